@@ -1,0 +1,57 @@
+//! The pure retry logic of rebound: which tier a failed record goes to next, the header contract
+//! that carries a record's retry history between topics, and the classification of failures.
+//!
+//! Nothing in this crate does I/O, reads a clock or knows about Kafka clients: callers pass the
+//! current time and the record's headers in, and get topics and headers out. That keeps every
+//! routing rule unit-testable and identical in the consumer, the scheduler and the admin CLI.
+
+mod classification;
+mod dispatch;
+mod headers;
+mod policy;
+
+pub use classification::{ErrorKind, Failure, MAX_ERROR_MESSAGE_BYTES, truncate_error_message};
+pub use dispatch::{Dispatch, RecordLocation, dead_letter_dispatch, failure_dispatch};
+pub use headers::{Header, RecordHeaders, RetryContext, contract, parse_retry_context};
+pub use policy::{Route, Tier, TierPolicy, apply_topic_prefix, parse_duration, parse_tier_spec};
+
+/// Everything that can go wrong in the pure retry logic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryError {
+    /// A `NAME:DELAY[:ATTEMPTS]` tier specification could not be parsed.
+    #[error("failed to parse tier {spec:?}: {reason}")]
+    ParseTierSpec {
+        /// The specification as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A duration such as `250ms`, `5s` or `1m` could not be parsed.
+    #[error("failed to parse duration {input:?}: {reason}")]
+    ParseDuration {
+        /// The text as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The tiers and DLQ topic do not form a usable policy.
+    #[error("failed to build retry policy: {reason}")]
+    BuildPolicy {
+        /// What is wrong with the policy.
+        reason: String,
+    },
+    /// A record carries `retry.*` headers that break the header contract.
+    #[error("failed to parse retry header {key}: {reason}")]
+    ParseRetryHeader {
+        /// The header key at fault.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An error kind name is not one of `transient`, `permanent`, `poison`.
+    #[error("failed to parse error kind {input:?}: expected transient, permanent or poison")]
+    ParseErrorKind {
+        /// The text as given.
+        input: String,
+    },
+}

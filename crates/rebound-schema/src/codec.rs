@@ -1,0 +1,317 @@
+//! Single-object encoding and decoding of notes, with a registry of every known writer schema.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use apache_avro::rabin::Rabin;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+
+use crate::{Note, SchemaError};
+
+include!(concat!(env!("OUT_DIR"), "/embedded_schemas.rs"));
+
+/// The two bytes every single-object encoded record starts with.
+pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
+
+/// Marker plus the 8-byte fingerprint.
+pub const SINGLE_OBJECT_HEADER_LEN: usize = 10;
+
+/// File name of the current note schema; older versions are named `note.vN.avsc`.
+const CURRENT_NOTE_SCHEMA_FILE: &str = "note.avsc";
+
+/// The CRC-64-AVRO fingerprint of a schema's parsing canonical form, as the 8 bytes that follow
+/// the marker on the wire (little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SchemaFingerprint(pub [u8; 8]);
+
+impl SchemaFingerprint {
+    /// Computes the fingerprint of a parsed schema.
+    pub fn of(schema: &Schema) -> Self {
+        let digest = schema.fingerprint::<Rabin>();
+        let mut bytes = [0_u8; 8];
+        // Rabin digests are exactly eight bytes, already in the little-endian order the
+        // single-object specification puts on the wire.
+        bytes.copy_from_slice(&digest.bytes[..8]);
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for SchemaFingerprint {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(formatter, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes notes with the current schema and decodes notes written with any known version.
+pub struct NoteCodec {
+    current_schema: &'static Schema,
+    current_header: [u8; SINGLE_OBJECT_HEADER_LEN],
+    writer: GenericDatumWriter<'static>,
+    readers_by_fingerprint: HashMap<SchemaFingerprint, GenericDatumReader<'static>>,
+}
+
+impl fmt::Debug for NoteCodec {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("NoteCodec")
+            .field(
+                "current_fingerprint",
+                &SchemaFingerprint::of(self.current_schema).to_string(),
+            )
+            .field("known_writer_schemas", &self.readers_by_fingerprint.len())
+            .finish()
+    }
+}
+
+static EMBEDDED_CODEC: LazyLock<NoteCodec> = LazyLock::new(|| {
+    NoteCodec::from_schema_files(EMBEDDED_SCHEMA_FILES)
+        .expect("the schemas compiled into rebound-schema are valid (checked by its unit tests)")
+});
+
+impl NoteCodec {
+    /// The codec built from every `schemas/*.avsc` file compiled into this crate.
+    pub fn embedded() -> &'static NoteCodec {
+        &EMBEDDED_CODEC
+    }
+
+    /// Builds a codec from (file name, schema JSON) pairs. The file named `note.avsc` is the
+    /// current schema, used for writing and as the reader schema; every file is a known writer.
+    ///
+    /// The parsed schemas are leaked so that the prepared readers and writer, which borrow them,
+    /// can live inside the codec. A process builds one codec (tests a handful), so the leak is a
+    /// few kilobytes once, and in exchange no schema is resolved again per record.
+    pub fn from_schema_files(files: &[(&str, &str)]) -> Result<Self, SchemaError> {
+        let mut parsed: Vec<(&str, &'static Schema)> = Vec::with_capacity(files.len());
+        for (file, text) in files {
+            let schema = Schema::parse_str(text).map_err(|source| SchemaError::ParseSchema {
+                file: (*file).to_owned(),
+                source: Box::new(source),
+            })?;
+            parsed.push((file, Box::leak(Box::new(schema))));
+        }
+        let current_schema = parsed
+            .iter()
+            .find(|(file, _)| *file == CURRENT_NOTE_SCHEMA_FILE)
+            .map(|(_, schema)| *schema)
+            .ok_or_else(|| SchemaError::FindCurrentSchema {
+                file: CURRENT_NOTE_SCHEMA_FILE.to_owned(),
+            })?;
+        let mut readers_by_fingerprint = HashMap::new();
+        for (file, writer_schema) in &parsed {
+            let reader = GenericDatumReader::builder(writer_schema)
+                .reader_schema(current_schema)
+                .build()
+                .map_err(|source| SchemaError::ParseSchema {
+                    file: (*file).to_owned(),
+                    source: Box::new(source),
+                })?;
+            readers_by_fingerprint.insert(SchemaFingerprint::of(writer_schema), reader);
+        }
+        let writer =
+            GenericDatumWriter::builder(current_schema)
+                .build()
+                .map_err(|source| SchemaError::ParseSchema {
+                    file: CURRENT_NOTE_SCHEMA_FILE.to_owned(),
+                    source: Box::new(source),
+                })?;
+        let mut current_header = [0_u8; SINGLE_OBJECT_HEADER_LEN];
+        current_header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
+        current_header[2..].copy_from_slice(&SchemaFingerprint::of(current_schema).0);
+        Ok(Self {
+            current_schema,
+            current_header,
+            writer,
+            readers_by_fingerprint,
+        })
+    }
+
+    /// The schema notes are written with and read into.
+    pub fn current_schema(&self) -> &Schema {
+        self.current_schema
+    }
+
+    /// How many schema versions this codec can read.
+    pub fn known_writer_schema_count(&self) -> usize {
+        self.readers_by_fingerprint.len()
+    }
+
+    /// Encodes a note as a single-object record of the current schema.
+    pub fn encode(&self, note: &Note) -> Result<Vec<u8>, SchemaError> {
+        let mut record = Vec::with_capacity(SINGLE_OBJECT_HEADER_LEN + 64 + note.title.len() + note.body.len());
+        record.extend_from_slice(&self.current_header);
+        // The schema-aware serializer checks the note against the schema as it writes, so a note
+        // that does not fit is an error here rather than a corrupt record.
+        self.writer
+            .write_ser(&mut record, note)
+            .map_err(|source| SchemaError::Encode {
+                source: Box::new(source),
+            })?;
+        Ok(record)
+    }
+
+    /// Decodes a single-object record written with any known schema version into a [`Note`].
+    ///
+    /// Any input, however malformed, yields either a note or a typed error; it never panics.
+    pub fn decode(&self, record: &[u8]) -> Result<Note, SchemaError> {
+        let reader = self.reader_for(record)?;
+        let mut body = &record[SINGLE_OBJECT_HEADER_LEN..];
+        let value = reader.read_value(&mut body).map_err(|source| SchemaError::DecodeBody {
+            source: Box::new(source),
+        })?;
+        if !body.is_empty() {
+            return Err(SchemaError::DecodeTrailingBytes { count: body.len() });
+        }
+        apache_avro::from_value::<Note>(&value).map_err(|source| SchemaError::DecodeBody {
+            source: Box::new(source),
+        })
+    }
+
+    /// Finds the reader prepared for the writer schema named by a record's single-object header.
+    fn reader_for(&self, record: &[u8]) -> Result<&GenericDatumReader<'static>, SchemaError> {
+        if record.len() < SINGLE_OBJECT_HEADER_LEN {
+            return Err(SchemaError::DecodeTooShort { len: record.len() });
+        }
+        if record[..2] != SINGLE_OBJECT_MARKER {
+            return Err(SchemaError::DecodeMarker {
+                found: format!("{:02x} {:02x}", record[0], record[1]),
+            });
+        }
+        let mut fingerprint = [0_u8; 8];
+        fingerprint.copy_from_slice(&record[2..SINGLE_OBJECT_HEADER_LEN]);
+        let fingerprint = SchemaFingerprint(fingerprint);
+        self.readers_by_fingerprint
+            .get(&fingerprint)
+            .ok_or_else(|| SchemaError::DecodeUnknownFingerprint {
+                fingerprint: fingerprint.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_note() -> Note {
+        Note {
+            note_id: "note-1".to_owned(),
+            user_id: "user-7".to_owned(),
+            device_id: "phone".to_owned(),
+            version: 3,
+            title: "Groceries 🥕".to_owned(),
+            body: "milk, eggs, 日本茶".to_owned(),
+            tags: vec!["home".to_owned(), "weekly".to_owned()],
+            updated_at: 1_764_300_000_123,
+            deleted: false,
+            pinned: true,
+        }
+    }
+
+    #[test]
+    fn every_embedded_schema_parses_and_the_current_one_exists() {
+        let codec = NoteCodec::embedded();
+        assert!(
+            codec.known_writer_schema_count() >= 2,
+            "note.avsc and note.v1.avsc are both known"
+        );
+    }
+
+    #[test]
+    fn encoded_note_starts_with_marker_and_current_fingerprint() {
+        let codec = NoteCodec::embedded();
+        let record = codec.encode(&sample_note()).expect("encodes");
+        assert_eq!(record[..2], SINGLE_OBJECT_MARKER);
+        assert_eq!(record[2..10], SchemaFingerprint::of(codec.current_schema()).0);
+    }
+
+    #[test]
+    fn header_matches_apache_avro_single_object_writer() {
+        // apache-avro's own single-object writer is an independent implementation of the
+        // specification; agreeing with it guards the fingerprint byte order.
+        let codec = NoteCodec::embedded();
+        let mut writer = apache_avro::GenericSingleObjectWriter::new_with_capacity(codec.current_schema(), 1024)
+            .expect("writer builds");
+        let value = apache_avro::to_value(sample_note())
+            .expect("to value")
+            .resolve(codec.current_schema())
+            .expect("resolves");
+        let mut theirs = Vec::new();
+        writer.write_value(value, &mut theirs).expect("writes");
+        let ours = codec.encode(&sample_note()).expect("encodes");
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let codec = NoteCodec::embedded();
+        let note = sample_note();
+        let decoded = codec.decode(&codec.encode(&note).expect("encodes")).expect("decodes");
+        assert_eq!(decoded, note);
+    }
+
+    #[test]
+    fn short_input_is_a_typed_error() {
+        let error = NoteCodec::embedded().decode(&[0xC3]).expect_err("too short");
+        assert!(matches!(error, SchemaError::DecodeTooShort { len: 1 }), "{error}");
+    }
+
+    #[test]
+    fn wrong_marker_is_a_typed_error() {
+        let error = NoteCodec::embedded().decode(b"{\"json\": true}").expect_err("not avro");
+        assert!(matches!(error, SchemaError::DecodeMarker { .. }), "{error}");
+    }
+
+    #[test]
+    fn unknown_fingerprint_is_a_typed_error() {
+        let mut record = NoteCodec::embedded().encode(&sample_note()).expect("encodes");
+        record[5] ^= 0xFF;
+        let error = NoteCodec::embedded().decode(&record).expect_err("unknown schema");
+        assert!(matches!(error, SchemaError::DecodeUnknownFingerprint { .. }), "{error}");
+    }
+
+    #[test]
+    fn truncated_body_is_a_typed_error() {
+        let record = NoteCodec::embedded().encode(&sample_note()).expect("encodes");
+        for cut in SINGLE_OBJECT_HEADER_LEN..record.len() {
+            let error = NoteCodec::embedded().decode(&record[..cut]).expect_err("truncated");
+            assert!(matches!(error, SchemaError::DecodeBody { .. }), "cut at {cut}: {error}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_a_typed_error() {
+        let mut record = NoteCodec::embedded().encode(&sample_note()).expect("encodes");
+        record.extend_from_slice(b"extra");
+        let error = NoteCodec::embedded().decode(&record).expect_err("trailing");
+        assert!(
+            matches!(error, SchemaError::DecodeTrailingBytes { count: 5 }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn garbage_after_a_valid_header_never_panics() {
+        let codec = NoteCodec::embedded();
+        let header = codec.encode(&sample_note()).expect("encodes")[..SINGLE_OBJECT_HEADER_LEN].to_vec();
+        // Deterministic pseudo-random bodies, including huge varint lengths and negative lengths.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        for length in 0..400 {
+            let mut record = header.clone();
+            for _ in 0..length {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                record.push(state.to_le_bytes()[0]);
+            }
+            let _ = codec.decode(&record);
+        }
+        let mut huge_length = header;
+        huge_length.extend_from_slice(&[0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+        assert!(codec.decode(&huge_length).is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! Avro schemas shared by every rebound crate: the typed [`Note`] record and its single-object
+//! encoding, with a fingerprint registry so that records written with an older schema version
+//! stay readable after the schema evolves.
+//!
+//! Wire format: Avro single-object encoding, that is the two marker bytes `C3 01`, the 8-byte
+//! little-endian CRC-64-AVRO (Rabin) fingerprint of the writer schema's canonical form, then the
+//! Avro binary datum. The decoder looks the fingerprint up among every schema version found in
+//! `schemas/` at build time and resolves the datum into the newest reader schema.
+//!
+//! This crate does no I/O and knows nothing of Kafka or of an async runtime.
+
+mod codec;
+mod note;
+
+pub use codec::{NoteCodec, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MARKER, SchemaFingerprint};
+pub use note::Note;
+
+/// Everything that can go wrong while loading schemas or encoding and decoding records.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// A compiled-in or supplied schema file is not a valid Avro schema.
+    #[error("failed to parse schema {file}: {source}")]
+    ParseSchema {
+        /// The schema file's name, such as `note.avsc`.
+        file: String,
+        /// What the Avro parser reported.
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    /// No schema file named the current (unversioned) schema for records of this name.
+    #[error("failed to find the current schema: no file named {file}")]
+    FindCurrentSchema {
+        /// The expected file name.
+        file: String,
+    },
+    /// The bytes are too short to hold the single-object header.
+    #[error("failed to decode record: {len} bytes is shorter than the 10-byte single-object header")]
+    DecodeTooShort {
+        /// Length of the input.
+        len: usize,
+    },
+    /// The bytes do not start with the single-object marker `C3 01`.
+    #[error("failed to decode record: expected single-object marker c3 01, found {found}")]
+    DecodeMarker {
+        /// The first two bytes, in hex.
+        found: String,
+    },
+    /// The writer schema fingerprint is not one of the known schema versions.
+    #[error("failed to decode record: unknown writer schema fingerprint {fingerprint}")]
+    DecodeUnknownFingerprint {
+        /// The fingerprint from the header, as 16 hex digits in wire order.
+        fingerprint: String,
+    },
+    /// The Avro datum does not match its writer schema, or cannot be resolved into the reader schema.
+    #[error("failed to decode record body: {source}")]
+    DecodeBody {
+        /// What the Avro reader reported.
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    /// The datum was read completely but bytes remain after it.
+    #[error("failed to decode record: {count} trailing bytes after the avro datum")]
+    DecodeTrailingBytes {
+        /// How many bytes were left over.
+        count: usize,
+    },
+    /// A note could not be turned into an Avro datum of the current schema.
+    #[error("failed to encode note: {source}")]
+    Encode {
+        /// What the Avro writer reported.
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+}
