@@ -1,1 +1,68 @@
-//! placeholder
+//! The `rebound` admin CLI: topic creation and the accounting audit of a pipeline run.
+//! Each command is a function taking its parsed flags, so tests call them without a process.
+
+mod audit;
+mod topics;
+
+pub use audit::{AuditArgs, AuditReport, audit};
+pub use topics::{TopicsCreateArgs, create_pipeline_topics, pipeline_topic_specs};
+
+use rebound_service::CommonArgs;
+
+/// `rebound`: administer a rebound pipeline.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "rebound",
+    version,
+    about = "Administer a rebound pipeline: topics, dead letters, audits."
+)]
+pub struct Cli {
+    /// Kafka connection and logging.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Topic administration.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Account for every produced note version: applied, dead-lettered, or lost.
+    Audit(AuditArgs),
+}
+
+/// `rebound topics …`
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicsCommand {
+    /// Create the source, retry-tier and dead-letter topics; existing topics are left as they are.
+    Create(TopicsCreateArgs),
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Topics(TopicsCommand::Create(args)) => {
+            let outcomes = create_pipeline_topics(&cli.common.kafka, &args).await?;
+            for outcome in outcomes {
+                match outcome {
+                    rebound_kafka::TopicCreation::Created(name) => println!("created  {name}"),
+                    rebound_kafka::TopicCreation::AlreadyExisted(name) => println!("exists   {name}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Audit(args) => {
+            let report = audit(&cli.common.kafka, &args).await?;
+            print!("{}", report.render_table());
+            if report.lost > 0 {
+                anyhow::bail!("{} note versions are neither applied nor dead-lettered", report.lost);
+            }
+            Ok(())
+        }
+    }
+}

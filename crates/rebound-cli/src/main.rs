@@ -1,1 +1,21 @@
-fn main() {}
+//! `rebound`: the admin command line. Parses flags, starts logging, runs one command and maps
+//! its outcome to an exit code (0 done, 1 failed, 2 bad usage).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use rebound_cli::{Cli, run};
+use rebound_service::init_telemetry;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_telemetry(cli.common.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,136 @@
-//! placeholder
+//! The only rebound crate that touches `rdkafka`: client builders with the shared connection
+//! flags and librdkafka passthrough, adapters between Kafka headers and the retry contract's
+//! [`RecordHeaders`], an at-least-once consumer, an acknowledging producer and topic admin.
+//!
+//! Every other crate talks to Kafka through the types here, so the at-least-once rules (offsets
+//! stored only after a record is safe, pauses reconciled after rebalances) live in one place.
+
+mod admin;
+mod config;
+mod consumer;
+mod producer;
+mod reader;
+mod record;
+
+pub use admin::{TopicCreation, TopicSpec, create_topics, fetch_partition_counts};
+pub use config::{KafkaArgs, KafkaConfigPair, redact_config_value};
+pub use consumer::{ConsumerSettings, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
+pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
+pub use reader::{TopicWatermarks, fetch_committed_offsets, fetch_topic_watermarks, read_topic_to_end};
+pub use record::ConsumedRecord;
+
+impl KafkaError {
+    /// True when the broker said the target topic or partition does not exist: retrying the
+    /// same produce cannot succeed.
+    pub fn is_unknown_topic(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode;
+        matches!(
+            self,
+            KafkaError::Produce {
+                source: rdkafka::error::KafkaError::MessageProduction(
+                    RDKafkaErrorCode::UnknownTopic
+                        | RDKafkaErrorCode::UnknownTopicOrPartition
+                        | RDKafkaErrorCode::UnknownPartition
+                ),
+                ..
+            }
+        )
+    }
+}
+
+/// Everything that can go wrong while talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// A `-X key=value` pair is malformed.
+    #[error("failed to parse kafka config {input:?}: expected key=value")]
+    ParseConfigPair {
+        /// The argument as given.
+        input: String,
+    },
+    /// The `--kafka-config-file` could not be read or parsed.
+    #[error("failed to read kafka config file {path}: {reason}")]
+    ReadConfigFile {
+        /// The file's path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// librdkafka rejected the client configuration.
+    #[error("failed to create kafka {client}: {source}")]
+    CreateClient {
+        /// Which client: producer, consumer, admin.
+        client: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Subscribing to topics failed.
+    #[error("failed to subscribe to {topics:?}: {source}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Receiving a record failed.
+    #[error("failed to receive a record: {source}")]
+    Receive {
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A record was not acknowledged by the broker.
+    #[error("failed to produce to {topic}: {source}")]
+    Produce {
+        /// Target topic.
+        topic: String,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Storing or committing offsets failed.
+    #[error("failed to commit offsets: {source}")]
+    CommitOffsets {
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Pausing or resuming partitions failed.
+    #[error("failed to {action} {topic}[{partition}]: {source}")]
+    PauseResume {
+        /// `pause` or `resume`.
+        action: &'static str,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Creating topics failed.
+    #[error("failed to create topic {topic}: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// Fetching cluster metadata or watermarks failed.
+    #[error("failed to fetch metadata of {what}: {reason}")]
+    FetchMetadata {
+        /// Topic or cluster.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A blocking Kafka call did not finish in time or its task failed.
+    #[error("failed to finish {operation} within {timeout_ms} ms")]
+    Timeout {
+        /// The operation.
+        operation: &'static str,
+        /// The deadline in milliseconds.
+        timeout_ms: u128,
+    },
+}

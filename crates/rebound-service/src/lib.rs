@@ -1,1 +1,33 @@
-//! placeholder
+//! Plumbing every rebound binary shares: the common flags (Kafka connection and log format, one
+//! clap group defined once), telemetry set-up, the shutdown signal, and the operational events
+//! (applied, retried, dead-lettered, republished) emitted as a log line and a metric together.
+
+pub mod events;
+mod shutdown;
+mod telemetry;
+
+pub use shutdown::{Shutdown, shutdown_signal};
+pub use telemetry::{LogFormat, init_telemetry};
+
+use rebound_kafka::KafkaArgs;
+
+/// Flags shared by every service and the admin CLI.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Log line format: `text` for people, `json` for log pipelines.
+    #[arg(long, env = "REBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Milliseconds since the Unix epoch by the wall clock, as Kafka timestamps and the retry
+/// headers count time. A clock before 1970 reads as 0.
+pub fn now_epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

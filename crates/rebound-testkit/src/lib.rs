@@ -1,1 +1,168 @@
-//! placeholder
+//! Helpers for rebound's integration tests, which run against a real Kafka broker.
+//!
+//! The broker address comes from `REBOUND_TEST_BROKERS` (default `127.0.0.1:9092`). When no
+//! broker answers there, [`broker`] panics with instructions: tests never skip silently. Every
+//! test works in its own topics (a unique prefix), so tests can share one broker and run in
+//! parallel. Waiting is always on a condition with a deadline, never a bare sleep.
+
+#![allow(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
+
+mod http_sink;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::ToSocketAddrs as _;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub use http_sink::{ScriptedHttpSink, SinkRequest};
+use rebound_kafka::{
+    ConsumedRecord, KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer, TopicSpec, create_topics,
+    read_topic_to_end,
+};
+use rebound_retry::RecordHeaders;
+use rebound_schema::{Note, NoteCodec};
+
+/// The environment variable naming the test broker.
+pub const BROKERS_ENV: &str = "REBOUND_TEST_BROKERS";
+
+/// The test broker's bootstrap address, checked to accept connections. Panics loudly when it
+/// does not: an integration test without a broker must fail, not pass vacuously.
+pub fn broker() -> String {
+    let brokers = std::env::var(BROKERS_ENV).unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let first = brokers.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .is_some_and(|address| std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka broker answers at {brokers} ({BROKERS_ENV}). Integration tests need a real broker: \
+         start one with `scripts/kafka-local.sh start`, or run everything with `scripts/test.sh`."
+    );
+    brokers
+}
+
+/// Connection flags for the test broker.
+pub fn kafka_args() -> KafkaArgs {
+    KafkaArgs::for_brokers(broker())
+}
+
+/// A topic prefix no other test (or earlier run) uses.
+pub fn unique_prefix(test_name: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() % 1_000_000_000)
+        .unwrap_or(0);
+    format!(
+        "t-{test_name}-{}-{}-{nanos}.",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates `names` (prefixed) with `partitions` partitions each, replication 1.
+pub async fn create_test_topics(prefix: &str, names: &[&str], partitions: i32) {
+    let specs: Vec<TopicSpec> = names
+        .iter()
+        .map(|name| TopicSpec {
+            name: format!("{prefix}{name}"),
+            partitions,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        })
+        .collect();
+    create_topics(&kafka_args(), &specs, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+/// Waits until `condition` returns `Some`, polling every 100 ms; panics with `what` after
+/// `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every record of a topic as it is now.
+pub async fn read_all(topic: &str) -> Vec<ConsumedRecord> {
+    read_topic_to_end(&kafka_args(), topic, Duration::from_secs(60))
+        .await
+        .unwrap()
+}
+
+/// Waits until a topic holds at least `count` records and returns them all.
+pub async fn wait_for_records(topic: &str, count: usize, deadline: Duration) -> Vec<ConsumedRecord> {
+    wait_for(&format!("{count} records in {topic}"), deadline, || async {
+        let records = read_all(topic).await;
+        (records.len() >= count).then_some(records)
+    })
+    .await
+}
+
+/// An acknowledging producer for the test broker.
+pub fn producer() -> RecordProducer {
+    RecordProducer::new(&kafka_args(), &ProducerSettings::default()).unwrap()
+}
+
+/// Produces raw bytes and waits for the acknowledgement.
+pub async fn produce_raw(topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: RecordHeaders) {
+    producer()
+        .send(&OutgoingRecord {
+            topic: topic.to_owned(),
+            partition: None,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            headers,
+        })
+        .await
+        .unwrap();
+}
+
+/// Produces notes (single-object Avro, keyed by id) in order and waits for every acknowledgement.
+pub async fn produce_notes(topic: &str, notes: &[Note]) {
+    let producer = producer();
+    for note in notes {
+        producer
+            .send(&OutgoingRecord {
+                topic: topic.to_owned(),
+                partition: None,
+                key: Some(note.note_id.clone().into_bytes()),
+                value: Some(NoteCodec::embedded().encode(note).unwrap()),
+                headers: RecordHeaders::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// A valid note.
+pub fn note(note_id: &str, version: i64) -> Note {
+    Note {
+        note_id: note_id.to_owned(),
+        user_id: "user-1".to_owned(),
+        device_id: "test".to_owned(),
+        version,
+        title: format!("{note_id} v{version}"),
+        body: "body ✓".to_owned(),
+        tags: vec!["test".to_owned()],
+        updated_at: 1_764_300_000_000 + version,
+        deleted: false,
+        pinned: false,
+    }
+}

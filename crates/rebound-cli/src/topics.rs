@@ -1,0 +1,153 @@
+//! `rebound topics create`: the pipeline's topics with partition counts, retention and
+//! replication from flags, created idempotently.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics};
+use rebound_retry::{apply_topic_prefix, parse_duration};
+
+/// Flags of `rebound topics create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopicsCreateArgs {
+    /// Source topic (repeatable).
+    #[arg(
+        long = "source-topic",
+        env = "REBOUND_SOURCE_TOPICS",
+        value_delimiter = ',',
+        default_value = "notes"
+    )]
+    pub source_topics: Vec<String>,
+
+    /// Retry tier topic, `NAME` or `NAME:DELAY[:ATTEMPTS]` as the services take it (repeatable).
+    #[arg(long = "tier", env = "REBOUND_TIERS", value_delimiter = ',', default_values_t = ["retry-5s".to_owned(), "retry-1m".to_owned()])]
+    pub tiers: Vec<String>,
+
+    /// Dead-letter topic.
+    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
+    pub dlq_topic: String,
+
+    /// Prefix applied to every topic name.
+    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Partitions of each source topic; also the default for tiers.
+    #[arg(long, env = "REBOUND_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
+    /// Partitions of each tier topic (default: as the source).
+    #[arg(long, env = "REBOUND_TIER_PARTITIONS")]
+    pub tier_partitions: Option<i32>,
+
+    /// Partitions of the dead-letter topic.
+    #[arg(long, env = "REBOUND_DLQ_PARTITIONS", default_value_t = 1)]
+    pub dlq_partitions: i32,
+
+    /// Replication factor of every topic; -1 takes the broker's default.
+    #[arg(long, env = "REBOUND_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub replication_factor: i32,
+
+    /// Retention of source and tier topics.
+    #[arg(long, env = "REBOUND_RETENTION", default_value = "7d")]
+    pub retention: String,
+
+    /// Retention of the dead-letter topic; must be longer than the source's, so a dead letter
+    /// outlives the record it came from long enough to be inspected and replayed.
+    #[arg(long, env = "REBOUND_DLQ_RETENTION", default_value = "28d")]
+    pub dlq_retention: String,
+}
+
+/// The topic specifications the flags describe, validated.
+pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<TopicSpec>> {
+    let retention = parse_duration(&args.retention).context("invalid --retention")?;
+    let dlq_retention = parse_duration(&args.dlq_retention).context("invalid --dlq-retention")?;
+    anyhow::ensure!(
+        dlq_retention > retention,
+        "invalid --dlq-retention: {} must be longer than --retention {}",
+        args.dlq_retention,
+        args.retention
+    );
+    for (flag, count) in [
+        ("--partitions", args.partitions),
+        ("--tier-partitions", args.tier_partitions.unwrap_or(args.partitions)),
+        ("--dlq-partitions", args.dlq_partitions),
+    ] {
+        anyhow::ensure!(count >= 1, "invalid {flag}: {count} (at least 1)");
+    }
+    anyhow::ensure!(
+        args.replication_factor == -1 || args.replication_factor >= 1,
+        "invalid --replication-factor: {} (at least 1, or -1 for the broker default)",
+        args.replication_factor
+    );
+    let spec = |name: &str, partitions: i32, retention: Duration| TopicSpec {
+        name: apply_topic_prefix(&args.topic_prefix, name),
+        partitions,
+        replication_factor: args.replication_factor,
+        config: BTreeMap::from([("retention.ms".to_owned(), retention.as_millis().to_string())]),
+    };
+    let mut specs: Vec<TopicSpec> = args
+        .source_topics
+        .iter()
+        .map(|topic| spec(topic, args.partitions, retention))
+        .collect();
+    for tier in &args.tiers {
+        let name = tier.split(':').next().unwrap_or(tier);
+        specs.push(spec(name, args.tier_partitions.unwrap_or(args.partitions), retention));
+    }
+    specs.push(spec(&args.dlq_topic, args.dlq_partitions, dlq_retention));
+    Ok(specs)
+}
+
+/// Creates the pipeline's topics that do not exist yet.
+pub async fn create_pipeline_topics(kafka: &KafkaArgs, args: &TopicsCreateArgs) -> anyhow::Result<Vec<TopicCreation>> {
+    let specs = pipeline_topic_specs(args)?;
+    Ok(create_topics(kafka, &specs, Duration::from_secs(30)).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::{Cli, Command, TopicsCommand};
+
+    fn parse(flags: &[&str]) -> TopicsCreateArgs {
+        let mut argv = vec!["rebound", "topics", "create"];
+        argv.extend_from_slice(flags);
+        match Cli::parse_from(argv).command {
+            Command::Topics(TopicsCommand::Create(args)) => args,
+            Command::Audit(_) => unreachable!("parsed topics create"),
+        }
+    }
+
+    #[test]
+    fn defaults_create_the_four_pipeline_topics_with_longer_dlq_retention() {
+        let specs = pipeline_topic_specs(&parse(&[])).expect("valid");
+        let names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+        assert_eq!(names, vec!["notes", "retry-5s", "retry-1m", "dlq"]);
+        let retention = |index: usize| specs[index].config["retention.ms"].parse::<u64>().expect("number");
+        assert!(retention(3) > retention(0));
+    }
+
+    #[test]
+    fn prefix_and_tier_specs_are_honoured() {
+        let specs = pipeline_topic_specs(&parse(&[
+            "--topic-prefix",
+            "s.",
+            "--tier",
+            "r1:1s",
+            "--partitions",
+            "3",
+        ]))
+        .expect("valid");
+        let names: Vec<(&str, i32)> = specs.iter().map(|spec| (spec.name.as_str(), spec.partitions)).collect();
+        assert_eq!(names, vec![("s.notes", 3), ("s.r1", 3), ("s.dlq", 1)]);
+    }
+
+    #[test]
+    fn shorter_dlq_retention_is_refused() {
+        let error = pipeline_topic_specs(&parse(&["--dlq-retention", "1d"])).expect_err("invalid");
+        assert!(error.to_string().contains("--dlq-retention"), "{error}");
+    }
+}

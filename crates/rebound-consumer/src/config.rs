@@ -1,0 +1,218 @@
+//! The consumer's command-line flags and the validated configuration they turn into before any
+//! work starts.
+
+use std::time::Duration;
+
+use rebound_kafka::KafkaArgs;
+use rebound_retry::{Tier, TierPolicy, apply_topic_prefix, parse_duration, parse_tier_spec};
+use rebound_service::CommonArgs;
+
+use crate::ConsumerError;
+use crate::sink::{FailureInjection, SinkSpec};
+
+/// Flags of `rebound-consumer`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "rebound-consumer",
+    version,
+    about = "Applies notes from Kafka to a sink; routes failures to retry tiers and the DLQ."
+)]
+pub struct ConsumerArgs {
+    /// Kafka connection and logging.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Consumer group; run more instances with the same group to scale out.
+    #[arg(long, env = "REBOUND_GROUP", default_value = "rebound-consumer")]
+    pub group: String,
+
+    /// Source topic to consume (repeatable).
+    #[arg(
+        long = "source-topic",
+        env = "REBOUND_SOURCE_TOPICS",
+        value_delimiter = ',',
+        default_value = "notes"
+    )]
+    pub source_topics: Vec<String>,
+
+    /// Where notes are applied: sqlite://PATH, http(s)://URL or null://.
+    #[arg(long, env = "REBOUND_SINK", default_value = "sqlite://notes.db")]
+    pub sink: String,
+
+    /// Inject random sink failures, e.g. `transient=0.1,permanent=0.01` (demo and tests).
+    #[arg(long, env = "REBOUND_INJECT_FAILURES")]
+    pub inject_failures: Option<String>,
+
+    /// Seed of the failure injector, so runs can be repeated.
+    #[arg(long, env = "REBOUND_INJECT_SEED", default_value_t = 1)]
+    pub inject_seed: u64,
+
+    /// Retry tier `NAME:DELAY[:ATTEMPTS]`, in order (repeatable).
+    #[arg(long = "tier", env = "REBOUND_TIERS", value_delimiter = ',', default_values_t = ["retry-5s:5s".to_owned(), "retry-1m:1m".to_owned()])]
+    pub tiers: Vec<String>,
+
+    /// Dead-letter topic.
+    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
+    pub dlq_topic: String,
+
+    /// Prefix applied to every topic name (source, tiers, DLQ), e.g. `staging.`.
+    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Most records processed as one batch (one sink transaction).
+    #[arg(long, env = "REBOUND_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+
+    /// Longest wait for more records before a partial batch is processed.
+    #[arg(long, env = "REBOUND_BATCH_LINGER", default_value = "20ms")]
+    pub batch_linger: String,
+
+    /// Timeout of one HTTP sink request.
+    #[arg(long, env = "REBOUND_HTTP_TIMEOUT", default_value = "10s")]
+    pub http_timeout: String,
+
+    /// How long shutdown may take to finish the batch in hand and commit.
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
+    pub shutdown_timeout: String,
+}
+
+/// The consumer's validated configuration.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Kafka connection.
+    pub kafka: KafkaArgs,
+    /// Consumer group.
+    pub group: String,
+    /// Source topics, prefix applied.
+    pub source_topics: Vec<String>,
+    /// The sink.
+    pub sink: SinkSpec,
+    /// Injected failures, if any, and their seed.
+    pub failure_injection: Option<(FailureInjection, u64)>,
+    /// Tiers and DLQ, prefix applied.
+    pub policy: TierPolicy,
+    /// Largest batch.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch.
+    pub batch_linger: Duration,
+    /// HTTP sink request timeout.
+    pub http_timeout: Duration,
+    /// Bound on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl ConsumerArgs {
+    /// Validates the flags; every error names the flag and the problem.
+    pub fn into_config(self) -> Result<ConsumerConfig, ConsumerError> {
+        let invalid = |flag: &str, reason: String| ConsumerError::InvalidFlag {
+            flag: flag.to_owned(),
+            reason,
+        };
+        let tiers: Vec<Tier> = self
+            .tiers
+            .iter()
+            .map(|spec| parse_tier_spec(spec))
+            .collect::<Result<_, _>>()
+            .map_err(|error| invalid("--tier", error.to_string()))?;
+        let policy = TierPolicy::new(tiers, &self.dlq_topic, &self.topic_prefix)
+            .map_err(|error| invalid("--tier/--dlq-topic", error.to_string()))?;
+        if self.source_topics.is_empty() {
+            return Err(invalid(
+                "--source-topic",
+                "at least one source topic is needed".to_owned(),
+            ));
+        }
+        let source_topics: Vec<String> = self
+            .source_topics
+            .iter()
+            .map(|topic| apply_topic_prefix(&self.topic_prefix, topic))
+            .collect();
+        for topic in &source_topics {
+            if policy.tier_by_topic(topic).is_some() || topic == policy.dead_letter_topic() {
+                return Err(invalid(
+                    "--source-topic",
+                    format!("{topic:?} is also a tier or the DLQ; records would loop"),
+                ));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("--batch-size", "must be at least 1".to_owned()));
+        }
+        let duration = |flag: &str, text: &str| parse_duration(text).map_err(|error| invalid(flag, error.to_string()));
+        let failure_injection = match &self.inject_failures {
+            None => None,
+            Some(spec) => Some((
+                spec.parse::<FailureInjection>()
+                    .map_err(|error| invalid("--inject-failures", error.to_string()))?,
+                self.inject_seed,
+            )),
+        };
+        Ok(ConsumerConfig {
+            sink: self
+                .sink
+                .parse()
+                .map_err(|error: ConsumerError| invalid("--sink", error.to_string()))?,
+            kafka: self.common.kafka,
+            group: self.group,
+            source_topics,
+            failure_injection,
+            policy,
+            batch_size: self.batch_size,
+            batch_linger: duration("--batch-linger", &self.batch_linger)?,
+            http_timeout: duration("--http-timeout", &self.http_timeout)?,
+            shutdown_timeout: duration("--shutdown-timeout", &self.shutdown_timeout)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_tiers_and_topics() {
+        let config = ConsumerArgs::parse_from(["rebound-consumer"])
+            .into_config()
+            .expect("valid");
+        let tiers: Vec<(&str, u64)> = config
+            .policy
+            .tiers()
+            .iter()
+            .map(|tier| (tier.topic.as_str(), tier.delay.as_secs()))
+            .collect();
+        assert_eq!(tiers, vec![("retry-5s", 5), ("retry-1m", 60)]);
+        assert_eq!(config.policy.dead_letter_topic(), "dlq");
+        assert_eq!(config.source_topics, vec!["notes".to_owned()]);
+        assert_eq!(config.group, "rebound-consumer");
+    }
+
+    #[test]
+    fn prefix_applies_to_every_topic() {
+        let config = ConsumerArgs::parse_from(["rebound-consumer", "--topic-prefix", "t1."])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.source_topics, vec!["t1.notes".to_owned()]);
+        assert_eq!(config.policy.dead_letter_topic(), "t1.dlq");
+    }
+
+    #[test]
+    fn invalid_flags_are_named() {
+        let cases: [(&[&str], &str); 4] = [
+            (&["--tier", "retry-5s"], "--tier"),
+            (&["--sink", "mysql://x"], "--sink"),
+            (&["--source-topic", "dlq"], "would loop"),
+            (&["--batch-linger", "soon"], "--batch-linger"),
+        ];
+        for (flags, expected) in cases {
+            let mut argv = vec!["rebound-consumer"];
+            argv.extend_from_slice(flags);
+            let error = ConsumerArgs::parse_from(argv)
+                .into_config()
+                .expect_err(expected)
+                .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The consume → apply → route → store loop.
+//!
+//! Records are taken in batches (up to `batch_size`, waiting at most `batch_linger` for more).
+//! A batch is decoded, applied to the sink in one call, and its failures are produced to their
+//! tier or the DLQ, all copies in flight together. Only when every record of the batch is safe,
+//! applied or acknowledged, are the offsets stored; librdkafka then commits them in the
+//! background, on rebalance and at close. The next batch is not read before that, which bounds
+//! memory to one batch and makes a slow sink slow the intake rather than grow a queue.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rebound_kafka::{
+    ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings, RecordConsumer,
+    RecordProducer, fetch_partition_counts,
+};
+use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, parse_retry_context};
+use rebound_schema::NoteCodec;
+use rebound_service::events::{self, RecordRef};
+use rebound_service::{Shutdown, now_epoch_ms};
+
+use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
+use crate::{ConsumerConfig, ConsumerError};
+
+/// Longest pause between attempts to produce a copy that the broker refused.
+const MAX_PRODUCE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the consumer until `shutdown` triggers, then finishes the batch in hand, commits and
+/// returns. Returns an error only for problems that stop the service (bad topics, no client).
+pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), ConsumerError> {
+    check_topics_exist(&config).await?;
+    let mut sink = Sink::open(&config.sink, config.http_timeout)?;
+    if let Some((injection, seed)) = config.failure_injection {
+        sink = Sink::FailureInjecting(Box::new(FailureInjectingSink::new(sink, injection, seed)));
+    }
+    let producer =
+        RecordProducer::new(&config.kafka, &ProducerSettings::default()).map_err(|source| ConsumerError::Kafka {
+            operation: "create producer",
+            source,
+        })?;
+    let consumer = RecordConsumer::subscribe(
+        &config.kafka,
+        &ConsumerSettings::new(config.group.clone(), config.source_topics.clone()),
+    )
+    .map_err(|source| ConsumerError::Kafka {
+        operation: "subscribe",
+        source,
+    })?;
+    tracing::info!(
+        group = %config.group,
+        topics = ?config.source_topics,
+        tiers = ?config.policy.tiers().iter().map(|tier| &tier.topic).collect::<Vec<_>>(),
+        dlq = config.policy.dead_letter_topic(),
+        "consumer started"
+    );
+    let pipeline = Pipeline {
+        config: &config,
+        codec: NoteCodec::embedded(),
+        sink,
+        producer,
+        consumer,
+    };
+    while let Some(batch) = pipeline.next_batch(&shutdown).await {
+        pipeline.process_batch(batch, &shutdown).await;
+    }
+    tracing::info!("consumer stopping: committing stored offsets");
+    let Pipeline { producer, consumer, .. } = pipeline;
+    if let Err(error) = producer.flush(config.shutdown_timeout).await {
+        tracing::warn!(%error, "producer flush at shutdown failed");
+    }
+    consumer
+        .commit_and_close(config.shutdown_timeout)
+        .await
+        .map_err(|source| ConsumerError::Kafka {
+            operation: "commit offsets at shutdown",
+            source,
+        })?;
+    tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// Fails fast, with the topic's name, when a source, tier or DLQ topic is missing: producing to
+/// a missing tier would otherwise stall the consumer on its first failure.
+async fn check_topics_exist(config: &ConsumerConfig) -> Result<(), ConsumerError> {
+    let mut topics = config.source_topics.clone();
+    topics.extend(config.policy.tiers().iter().map(|tier| tier.topic.clone()));
+    topics.push(config.policy.dead_letter_topic().to_owned());
+    fetch_partition_counts(&config.kafka, &topics, Duration::from_secs(15))
+        .await
+        .map_err(|error| match error {
+            rebound_kafka::KafkaError::FetchMetadata { what, reason } => {
+                ConsumerError::FindTopic { topic: what, reason }
+            }
+            source => ConsumerError::Kafka {
+                operation: "fetch topic metadata",
+                source,
+            },
+        })?;
+    Ok(())
+}
+
+struct Pipeline<'config> {
+    config: &'config ConsumerConfig,
+    codec: &'static NoteCodec,
+    sink: Sink,
+    producer: RecordProducer,
+    consumer: RecordConsumer,
+}
+
+/// What became of one record of a batch.
+enum Fate {
+    /// Applied by the sink, or its copy acknowledged: its offset may be stored.
+    Safe,
+    /// Must go to a tier or the DLQ; not safe until the copy is acknowledged.
+    Route(Box<Dispatch>),
+}
+
+impl Pipeline<'_> {
+    /// Waits for the first record, then gathers more until the batch is full or the linger time
+    /// passes. `None` once shutdown is triggered with no batch in hand.
+    async fn next_batch(&self, shutdown: &Shutdown) -> Option<Vec<ConsumedRecord>> {
+        let first = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => return None,
+                received = self.consumer.recv() => match received {
+                    Ok(record) => break record,
+                    Err(error) => {
+                        tracing::warn!(%error, "kafka receive error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        };
+        self.log_assignment_events();
+        let mut batch = Vec::with_capacity(self.config.batch_size.min(1024));
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + self.config.batch_linger;
+        while batch.len() < self.config.batch_size {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(record)) => batch.push(record),
+                Ok(Err(error)) => tracing::warn!(%error, "kafka receive error"),
+                Err(_) => break,
+            }
+        }
+        self.log_assignment_events();
+        Some(batch)
+    }
+
+    fn log_assignment_events(&self) {
+        for event in self.consumer.take_assignment_events() {
+            match event {
+                PartitionAssignmentEvent::Assigned(partitions) => {
+                    tracing::info!(partitions = ?partitions, "partitions assigned");
+                }
+                PartitionAssignmentEvent::Revoked(partitions) => {
+                    tracing::info!(partitions = ?partitions, "partitions revoked");
+                }
+            }
+        }
+    }
+
+    async fn process_batch(&self, batch: Vec<ConsumedRecord>, shutdown: &Shutdown) {
+        let mut fates: Vec<Option<Fate>> = Vec::with_capacity(batch.len());
+        let mut apply_items = Vec::new();
+        let mut applying = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            match self.prepare(record) {
+                Ok(item) => {
+                    apply_items.push(item);
+                    applying.push(index);
+                    fates.push(None);
+                }
+                Err((previous, failure)) => fates.push(Some(self.route(record, previous.as_ref(), &failure))),
+            }
+        }
+        let previous_attempts: Vec<u32> = apply_items.iter().map(|item| item.previous_attempts).collect();
+        let results = self.sink.apply_batch(apply_items).await;
+        for ((index, result), previous_attempts) in applying.into_iter().zip(results).zip(previous_attempts) {
+            let record = &batch[index];
+            fates[index] = Some(match result {
+                Ok(()) => {
+                    events::record_applied(record_ref(record, &record.key_for_display()), previous_attempts);
+                    Fate::Safe
+                }
+                Err(SinkFailure { kind, message }) => {
+                    // The record decoded, so its retry headers parsed; read them again rather
+                    // than carry them through the sink call.
+                    let previous = parse_retry_context(&record.headers).ok().flatten();
+                    let failure = Failure {
+                        kind,
+                        message,
+                        failed_at_ms: now_epoch_ms(),
+                    };
+                    self.route(record, previous.as_ref(), &failure)
+                }
+            });
+        }
+        let safe = self.deliver_copies(&batch, fates, shutdown).await;
+        self.store_offsets(&batch, &safe);
+    }
+
+    /// Decodes a record into a sink item, or explains why it is poison.
+    fn prepare(&self, record: &ConsumedRecord) -> Result<ApplyItem, (Option<RetryContext>, Failure)> {
+        let poison = |previous: Option<RetryContext>, message: String| {
+            (
+                previous,
+                Failure {
+                    kind: ErrorKind::Poison,
+                    message,
+                    failed_at_ms: now_epoch_ms(),
+                },
+            )
+        };
+        let previous = parse_retry_context(&record.headers).map_err(|error| poison(None, error.to_string()))?;
+        let Some(value) = record.value.as_deref() else {
+            return Err(poison(previous, "record has no value".to_owned()));
+        };
+        match self.codec.decode(value) {
+            Ok(note) => Ok(ApplyItem {
+                note,
+                previous_attempts: previous.as_ref().map_or(0, |context| context.attempt),
+                last_tier: previous.and_then(|context| context.tier),
+            }),
+            Err(error) => Err(poison(previous, error.to_string())),
+        }
+    }
+
+    fn route(&self, record: &ConsumedRecord, previous: Option<&RetryContext>, failure: &Failure) -> Fate {
+        Fate::Route(Box::new(failure_dispatch(
+            &self.config.policy,
+            &record.headers,
+            previous,
+            &record.location(),
+            failure,
+            &self.config.group,
+        )))
+    }
+
+    /// Produces every copy, all in flight together, and retries refused ones with backoff until
+    /// they are acknowledged or shutdown is triggered. Returns which records are safe.
+    async fn deliver_copies(
+        &self,
+        batch: &[ConsumedRecord],
+        fates: Vec<Option<Fate>>,
+        shutdown: &Shutdown,
+    ) -> Vec<bool> {
+        let mut safe = vec![false; batch.len()];
+        let mut pending: Vec<(usize, Box<Dispatch>)> = Vec::new();
+        for (index, fate) in fates.into_iter().enumerate() {
+            match fate {
+                Some(Fate::Safe) => safe[index] = true,
+                Some(Fate::Route(dispatch)) => pending.push((index, dispatch)),
+                None => {}
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        while !pending.is_empty() {
+            let sends = pending.iter().map(|(index, dispatch)| {
+                let record = &batch[*index];
+                let outgoing = OutgoingRecord {
+                    topic: dispatch.topic.clone(),
+                    partition: None,
+                    key: record.key.clone(),
+                    value: record.value.clone(),
+                    headers: dispatch.headers.clone(),
+                };
+                async move { self.producer.send(&outgoing).await }
+            });
+            let results = futures::future::join_all(sends).await;
+            let mut refused = Vec::new();
+            for ((index, dispatch), result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(_) => {
+                        safe[index] = true;
+                        emit_routed(&batch[index], &dispatch);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, topic = %dispatch.topic, "copy of failed record not acknowledged; retrying");
+                        refused.push((index, dispatch));
+                    }
+                }
+            }
+            pending = refused;
+            if pending.is_empty() || shutdown.is_triggered() {
+                break;
+            }
+            tokio::select! {
+                () = shutdown.wait() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_PRODUCE_BACKOFF);
+        }
+        safe
+    }
+
+    /// Stores, per partition, the offset after the longest run of safe records from the start of
+    /// the batch: a record that is not safe, and everything after it, will be read again.
+    fn store_offsets(&self, batch: &[ConsumedRecord], safe: &[bool]) {
+        let mut by_partition: BTreeMap<(&str, i32), Vec<(i64, bool)>> = BTreeMap::new();
+        for (record, is_safe) in batch.iter().zip(safe) {
+            by_partition
+                .entry((record.topic.as_str(), record.partition))
+                .or_default()
+                .push((record.offset, *is_safe));
+        }
+        for ((topic, partition), mut records) in by_partition {
+            records.sort_unstable_by_key(|(offset, _)| *offset);
+            let next_offset = records
+                .iter()
+                .take_while(|(_, is_safe)| *is_safe)
+                .last()
+                .map(|(offset, _)| offset + 1);
+            self.store_one(topic, partition, next_offset);
+        }
+    }
+
+    fn store_one(&self, topic: &str, partition: i32, next_offset: Option<i64>) {
+        let Some(next_offset) = next_offset else { return };
+        match self.consumer.store_next_offset(topic, partition, next_offset) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(topic, partition, "offset not stored: partition no longer assigned"),
+            Err(error) => tracing::error!(%error, topic, partition, "failed to store offset"),
+        }
+    }
+}
+
+fn record_ref<'record>(record: &'record ConsumedRecord, key: &'record str) -> RecordRef<'record> {
+    RecordRef {
+        topic: &record.topic,
+        partition: record.partition,
+        offset: record.offset,
+        key,
+    }
+}
+
+/// Emits the retried or dead-lettered event of an acknowledged copy.
+fn emit_routed(record: &ConsumedRecord, dispatch: &Dispatch) {
+    let key = record.key_for_display();
+    let message = dispatch
+        .headers
+        .get_str(rebound_retry::contract::ERROR_MESSAGE)
+        .unwrap_or_default();
+    match dispatch.route {
+        Route::Tier { .. } => {
+            events::record_retried(
+                record_ref(record, &key),
+                &dispatch.topic,
+                dispatch.attempt,
+                dispatch.kind,
+                message,
+            );
+        }
+        Route::DeadLetter => {
+            events::record_dead_lettered(
+                record_ref(record, &key),
+                &dispatch.topic,
+                dispatch.attempt,
+                dispatch.kind,
+                message,
+            );
+        }
+    }
+}

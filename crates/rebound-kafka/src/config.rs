@@ -1,0 +1,222 @@
+//! The connection flags every rebound service and the CLI share, and how they become a
+//! librdkafka client configuration.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use rdkafka::ClientConfig;
+
+use crate::KafkaError;
+
+/// Kafka connection flags, flattened into every binary's command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Comma-separated bootstrap brokers.
+    #[arg(long, env = "REBOUND_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// librdkafka property passed through as is (repeatable), as with kcat: `-X security.protocol=SASL_SSL`.
+    /// Applied after the config file, so it wins.
+    #[arg(
+        short = 'X',
+        long = "kafka-config",
+        value_name = "KEY=VALUE",
+        env = "REBOUND_KAFKA_CONFIG",
+        value_delimiter = ';'
+    )]
+    pub kafka_config: Vec<KafkaConfigPair>,
+
+    /// Java-style properties file of librdkafka properties (TLS, SASL, tuning).
+    #[arg(long, value_name = "PATH", env = "REBOUND_KAFKA_CONFIG_FILE")]
+    pub kafka_config_file: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    /// Connection flags for the given brokers with no passthrough properties.
+    pub fn for_brokers(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            kafka_config: Vec::new(),
+            kafka_config_file: None,
+        }
+    }
+
+    /// Resolves the flags into librdkafka properties: `bootstrap.servers`, then the config file,
+    /// then `-X` pairs, each later source overriding the earlier. Reads the file, so call it once
+    /// at start-up; a bad file or pair is reported before any work starts.
+    pub fn resolve(&self) -> Result<ResolvedKafkaConfig, KafkaError> {
+        let mut properties = BTreeMap::new();
+        properties.insert("bootstrap.servers".to_owned(), self.brokers.clone());
+        if let Some(path) = &self.kafka_config_file {
+            let file = std::fs::File::open(path).map_err(|error| KafkaError::ReadConfigFile {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            })?;
+            let from_file =
+                java_properties::read(std::io::BufReader::new(file)).map_err(|error| KafkaError::ReadConfigFile {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                })?;
+            properties.extend(from_file);
+        }
+        for pair in &self.kafka_config {
+            properties.insert(pair.key.clone(), pair.value.clone());
+        }
+        Ok(ResolvedKafkaConfig { properties })
+    }
+}
+
+/// librdkafka properties resolved from the shared flags; `Debug` hides secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ResolvedKafkaConfig {
+    properties: BTreeMap<String, String>,
+}
+
+impl ResolvedKafkaConfig {
+    /// A client configuration holding these properties, with `defaults` applied first so that
+    /// the user's properties override them.
+    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The bootstrap servers.
+    pub fn brokers(&self) -> &str {
+        self.properties.get("bootstrap.servers").map_or("", String::as_str)
+    }
+}
+
+impl fmt::Debug for ResolvedKafkaConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_map()
+            .entries(
+                self.properties
+                    .iter()
+                    .map(|(key, value)| (key, redact_config_value(key, value))),
+            )
+            .finish()
+    }
+}
+
+/// Replaces the value of a secret-bearing property with `[redacted]`, for logs and errors.
+pub fn redact_config_value<'value>(key: &str, value: &'value str) -> &'value str {
+    let lowered = key.to_ascii_lowercase();
+    let secret = ["password", "secret", "sasl.jaas.config", "ssl.key.pem", "token"]
+        .iter()
+        .any(|needle| lowered.contains(needle));
+    if secret { "[redacted]" } else { value }
+}
+
+/// One `-X key=value` librdkafka property.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConfigPair {
+    /// Property name.
+    pub key: String,
+    /// Property value.
+    pub value: String,
+}
+
+impl fmt::Debug for KafkaConfigPair {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "{}={}",
+            self.key,
+            redact_config_value(&self.key, &self.value)
+        )
+    }
+}
+
+impl FromStr for KafkaConfigPair {
+    type Err = KafkaError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        match input.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+                key: key.trim().to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(KafkaError::ParseConfigPair {
+                input: input.to_owned(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn pair_parses_key_and_value_with_equals_signs_in_value() {
+        let pair: KafkaConfigPair = "sasl.jaas.config=a=b".parse().expect("valid");
+        assert_eq!(pair.key, "sasl.jaas.config");
+        assert_eq!(pair.value, "a=b");
+        assert!("novalue".parse::<KafkaConfigPair>().is_err());
+        assert!("=x".parse::<KafkaConfigPair>().is_err());
+    }
+
+    #[test]
+    fn passthrough_overrides_file_which_overrides_brokers() {
+        let mut file = tempfile_in_target();
+        writeln!(
+            file.1,
+            "# comment\nbootstrap.servers=file:9092\nclient.id = from-file\nlinger.ms: 7"
+        )
+        .expect("write");
+        let args = KafkaArgs {
+            brokers: "flag:9092".to_owned(),
+            kafka_config: vec!["client.id=from-flag".parse().expect("valid")],
+            kafka_config_file: Some(file.0.clone()),
+        };
+        let resolved = args.resolve().expect("resolves");
+        assert_eq!(resolved.brokers(), "file:9092");
+        assert_eq!(
+            resolved.properties.get("client.id").map(String::as_str),
+            Some("from-flag")
+        );
+        assert_eq!(resolved.properties.get("linger.ms").map(String::as_str), Some("7"));
+        std::fs::remove_file(&file.0).expect("cleanup");
+    }
+
+    #[test]
+    fn missing_config_file_is_named_in_the_error() {
+        let args = KafkaArgs {
+            kafka_config_file: Some(PathBuf::from("/nonexistent/kafka.properties")),
+            ..KafkaArgs::for_brokers("x:1")
+        };
+        let error = args.resolve().expect_err("missing").to_string();
+        assert!(error.contains("/nonexistent/kafka.properties"), "{error}");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let args = KafkaArgs {
+            kafka_config: vec![
+                "sasl.password=hunter2".parse().expect("valid"),
+                "sasl.username=alice".parse().expect("valid"),
+            ],
+            ..KafkaArgs::for_brokers("x:1")
+        };
+        let shown = format!("{args:?} {:?}", args.resolve().expect("resolves"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+    }
+
+    fn tempfile_in_target() -> (PathBuf, std::fs::File) {
+        let path = std::env::temp_dir().join(format!("rebound-kafka-config-{}.properties", std::process::id()));
+        let file = std::fs::File::create(&path).expect("create");
+        (path, file)
+    }
+}

@@ -1,0 +1,250 @@
+//! An at-least-once group consumer: offsets are stored only when the caller says a record is
+//! safe (applied, or its copy acknowledged), and librdkafka commits what was stored in the
+//! background, on rebalance and at close. It also reports assignment changes and undoes
+//! librdkafka's habit of keeping an application pause across a re-assignment.
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::record::ConsumedRecord;
+use crate::{KafkaArgs, KafkaError};
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// A change of this member's partition assignment, in the order librdkafka made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionAssignmentEvent {
+    /// These partitions were assigned (and resumed, whatever pause librdkafka remembered).
+    Assigned(Vec<TopicPartition>),
+    /// These partitions were taken away; state kept for them must be dropped.
+    Revoked(Vec<TopicPartition>),
+}
+
+/// Consumer settings that are ours to choose; everything else passes through `-X`.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Consumer group id.
+    pub group_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Where a group with no committed offset starts. `earliest`, so a new group never skips
+    /// records that were produced before it first joined.
+    pub auto_offset_reset: String,
+    /// How often librdkafka commits the stored offsets in the background.
+    pub auto_commit_interval: Duration,
+}
+
+impl ConsumerSettings {
+    /// Settings for a group reading `topics` from the earliest offset when it has none.
+    pub fn new(group_id: impl Into<String>, topics: Vec<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            topics,
+            auto_offset_reset: "earliest".to_owned(),
+            auto_commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Forwards assignment changes to the consumer's owner, and resumes newly assigned partitions.
+struct AssignmentContext {
+    events: Mutex<Sender<PartitionAssignmentEvent>>,
+}
+
+impl ClientContext for AssignmentContext {}
+
+impl ConsumerContext for AssignmentContext {
+    fn post_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(assigned) => {
+                // librdkafka remembers an application pause across revoke and re-assign. Nothing
+                // from these partitions has reached the application yet, so nothing can be
+                // waiting on them: resume them all, and let the owner pause again if it must.
+                if let Err(error) = base_consumer.resume(assigned) {
+                    tracing::warn!(%error, "failed to resume newly assigned partitions");
+                }
+                PartitionAssignmentEvent::Assigned(topic_partitions(assigned))
+            }
+            Rebalance::Revoke(revoked) => PartitionAssignmentEvent::Revoked(topic_partitions(revoked)),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "consumer group rebalance error");
+                return;
+            }
+        };
+        if let Ok(sender) = self.events.lock() {
+            // The receiver lives as long as the consumer; a send can only fail during teardown.
+            let _ = sender.send(event);
+        }
+    }
+}
+
+fn topic_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|element| TopicPartition {
+            topic: element.topic().to_owned(),
+            partition: element.partition(),
+        })
+        .collect()
+}
+
+/// The at-least-once group consumer.
+pub struct RecordConsumer {
+    inner: Arc<StreamConsumer<AssignmentContext>>,
+    assignment_events: Mutex<Receiver<PartitionAssignmentEvent>>,
+}
+
+impl std::fmt::Debug for RecordConsumer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("RecordConsumer").finish_non_exhaustive()
+    }
+}
+
+impl RecordConsumer {
+    /// Creates the consumer and subscribes it. `enable.auto.offset.store` is forced off: an
+    /// offset is stored only through [`RecordConsumer::store_next_offset`].
+    pub fn subscribe(args: &KafkaArgs, settings: &ConsumerSettings) -> Result<Self, KafkaError> {
+        let resolved = args.resolve()?;
+        let auto_commit_interval_ms = settings.auto_commit_interval.as_millis().to_string();
+        let mut config = resolved.client_config(&[
+            ("auto.offset.reset", settings.auto_offset_reset.as_str()),
+            ("auto.commit.interval.ms", &auto_commit_interval_ms),
+            ("session.timeout.ms", "45000"),
+        ]);
+        config.set("group.id", &settings.group_id);
+        config.set("enable.auto.commit", "true");
+        config.set("enable.auto.offset.store", "false");
+        let (sender, receiver) = channel();
+        let context = AssignmentContext {
+            events: Mutex::new(sender),
+        };
+        let inner: StreamConsumer<AssignmentContext> =
+            config
+                .create_with_context(context)
+                .map_err(|source| KafkaError::CreateClient {
+                    client: "consumer",
+                    source,
+                })?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        inner.subscribe(&topics).map_err(|source| KafkaError::Subscribe {
+            topics: settings.topics.clone(),
+            source,
+        })?;
+        Ok(Self {
+            inner: Arc::new(inner),
+            assignment_events: Mutex::new(receiver),
+        })
+    }
+
+    /// Waits for the next record. Rebalances are served inside this call, so keep calling it
+    /// even while every partition is paused.
+    pub async fn recv(&self) -> Result<ConsumedRecord, KafkaError> {
+        let message = self
+            .inner
+            .recv()
+            .await
+            .map_err(|source| KafkaError::Receive { source })?;
+        Ok(ConsumedRecord::from_message(&message))
+    }
+
+    /// Assignment changes since the last call, oldest first. Call it after every `recv` and
+    /// before acting on the record: an event always precedes the records it affects.
+    pub fn take_assignment_events(&self) -> Vec<PartitionAssignmentEvent> {
+        match self.assignment_events.lock() {
+            Ok(receiver) => receiver.try_iter().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Marks everything before `next_offset` in the partition as done; librdkafka commits it.
+    ///
+    /// Takes the offset of the next record to read (last processed + 1), exactly what is
+    /// committed. Storing for a partition this member no longer owns fails with a state error
+    /// after a revoke; that is expected (the new owner re-reads from the last commit) and is
+    /// reported as `Ok(false)`.
+    pub fn store_next_offset(&self, topic: &str, partition: i32, next_offset: i64) -> Result<bool, KafkaError> {
+        let mut list = TopicPartitionList::with_capacity(1);
+        list.add_partition_offset(topic, partition, Offset::Offset(next_offset))
+            .map_err(|source| KafkaError::CommitOffsets { source })?;
+        match self.inner.store_offsets(&list) {
+            Ok(()) => Ok(true),
+            Err(RdKafkaError::StoreOffset(RDKafkaErrorCode::State | RDKafkaErrorCode::UnknownPartition)) => Ok(false),
+            Err(source) => Err(KafkaError::CommitOffsets { source }),
+        }
+    }
+
+    /// Stops fetching from a partition until [`RecordConsumer::resume`].
+    pub fn pause(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        self.pause_or_resume("pause", topic, partition)
+    }
+
+    /// Resumes fetching from a paused partition.
+    pub fn resume(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        self.pause_or_resume("resume", topic, partition)
+    }
+
+    fn pause_or_resume(&self, action: &'static str, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        let mut list = TopicPartitionList::with_capacity(1);
+        list.add_partition(topic, partition);
+        let result = if action == "pause" {
+            self.inner.pause(&list)
+        } else {
+            self.inner.resume(&list)
+        };
+        result.map_err(|source| KafkaError::PauseResume {
+            action,
+            topic: topic.to_owned(),
+            partition,
+            source,
+        })
+    }
+
+    /// The partitions currently assigned to this member.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.inner
+            .assignment()
+            .map(|list| topic_partitions(&list))
+            .unwrap_or_default()
+    }
+
+    /// Commits every stored offset synchronously, then leaves the group and closes the client,
+    /// each bounded by `timeout`: a broker that went away must not hang shutdown forever.
+    pub async fn commit_and_close(self, timeout: Duration) -> Result<(), KafkaError> {
+        let consumer = Arc::clone(&self.inner);
+        let commit = tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last commit: nothing to do.
+            Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(source) => Err(KafkaError::CommitOffsets { source }),
+        });
+        let commit_result = match tokio::time::timeout(timeout, commit).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(KafkaError::Timeout {
+                operation: "final offset commit",
+                timeout_ms: timeout.as_millis(),
+            }),
+        };
+        // Dropping the last handle closes the consumer (leave group, final auto-commit), which
+        // blocks; do it on a blocking thread and stop waiting after the deadline.
+        let Self { inner, .. } = self;
+        let close = tokio::task::spawn_blocking(move || drop(inner));
+        if tokio::time::timeout(timeout, close).await.is_err() {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis(),
+                "consumer close did not finish in time"
+            );
+        }
+        commit_result
+    }
+}

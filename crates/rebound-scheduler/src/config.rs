@@ -1,0 +1,121 @@
+//! The scheduler's command-line flags and the validated configuration they turn into.
+
+use std::time::Duration;
+
+use rebound_kafka::KafkaArgs;
+use rebound_retry::{Tier, TierPolicy, parse_duration, parse_tier_spec};
+use rebound_service::CommonArgs;
+
+use crate::SchedulerError;
+
+/// Flags of `rebound-scheduler`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "rebound-scheduler",
+    version,
+    about = "Holds retry-tier records until due and republishes them to their source topic."
+)]
+pub struct SchedulerArgs {
+    /// Kafka connection and logging.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Consumer group; run more instances with the same group to scale out.
+    #[arg(long, env = "REBOUND_GROUP", default_value = "rebound-scheduler")]
+    pub group: String,
+
+    /// Tier topic to serve, `NAME` or `NAME:DELAY` (repeatable). The delay is only the fallback
+    /// for records without a `retry.due.timestamp` header (0 when not given).
+    #[arg(long = "tier", env = "REBOUND_TIERS", value_delimiter = ',', default_values_t = ["retry-5s:5s".to_owned(), "retry-1m:1m".to_owned()])]
+    pub tiers: Vec<String>,
+
+    /// Dead-letter topic for tier records that cannot be routed back.
+    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
+    pub dlq_topic: String,
+
+    /// Prefix applied to every topic name (tiers, DLQ), e.g. `staging.`.
+    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// How long shutdown may take to commit.
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
+    pub shutdown_timeout: String,
+}
+
+/// The scheduler's validated configuration.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Kafka connection.
+    pub kafka: KafkaArgs,
+    /// Consumer group.
+    pub group: String,
+    /// Tiers served (prefix applied) and the DLQ.
+    pub policy: TierPolicy,
+    /// Bound on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl SchedulerArgs {
+    /// Validates the flags; every error names the flag and the problem.
+    pub fn into_config(self) -> Result<SchedulerConfig, SchedulerError> {
+        let invalid = |flag: &str, reason: String| SchedulerError::InvalidFlag {
+            flag: flag.to_owned(),
+            reason,
+        };
+        let tiers: Vec<Tier> = self
+            .tiers
+            .iter()
+            .map(|spec| {
+                if spec.contains(':') {
+                    parse_tier_spec(spec)
+                } else {
+                    parse_tier_spec(&format!("{spec}:0s"))
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|error| invalid("--tier", error.to_string()))?;
+        if tiers.is_empty() {
+            return Err(invalid("--tier", "at least one tier is needed".to_owned()));
+        }
+        let policy = TierPolicy::new(tiers, &self.dlq_topic, &self.topic_prefix)
+            .map_err(|error| invalid("--tier/--dlq-topic", error.to_string()))?;
+        Ok(SchedulerConfig {
+            kafka: self.common.kafka,
+            group: self.group,
+            policy,
+            shutdown_timeout: parse_duration(&self.shutdown_timeout)
+                .map_err(|error| invalid("--shutdown-timeout", error.to_string()))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn tiers_accept_name_or_name_and_fallback_delay() {
+        let config = SchedulerArgs::parse_from(["rebound-scheduler", "--tier", "retry-5s", "--tier", "retry-1m:1m"])
+            .into_config()
+            .expect("valid");
+        let tiers: Vec<(&str, u64)> = config
+            .policy
+            .tiers()
+            .iter()
+            .map(|tier| (tier.topic.as_str(), tier.delay.as_secs()))
+            .collect();
+        assert_eq!(tiers, vec![("retry-5s", 0), ("retry-1m", 60)]);
+        assert_eq!(config.group, "rebound-scheduler");
+    }
+
+    #[test]
+    fn a_bad_tier_is_named() {
+        let error = SchedulerArgs::parse_from(["rebound-scheduler", "--tier", "retry 5s"])
+            .into_config()
+            .expect_err("invalid")
+            .to_string();
+        assert!(error.contains("--tier") && error.contains("retry 5s"), "{error}");
+    }
+}

@@ -1,0 +1,248 @@
+//! Records held until due, per partition, in arrival (offset) order.
+//!
+//! Each tier has one fixed delay, so a partition's records become due roughly in offset order:
+//! only the head of each partition is ever waited on, and a partition whose head is not due is
+//! paused while others keep flowing. Time is tokio's [`Instant`], so the logic is tested with a
+//! paused clock; the wall-clock due time is kept alongside to measure lateness.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rebound_kafka::{ConsumedRecord, TopicPartition};
+use rebound_retry::Dispatch;
+use tokio::time::Instant;
+
+/// What to do with a held record once it is released.
+#[derive(Debug, Clone)]
+pub enum ReleaseAction {
+    /// Republish it unchanged to its source topic.
+    Republish {
+        /// The record's `retry.original.topic`.
+        target_topic: String,
+    },
+    /// Send it to the DLQ as poison. Poison records queue behind their partition's waiting
+    /// records too, so offsets are still stored strictly in order.
+    DeadLetter(Box<Dispatch>),
+}
+
+/// A tier record waiting for its due time.
+#[derive(Debug, Clone)]
+pub struct HeldRecord {
+    /// The record as consumed from the tier topic.
+    pub record: ConsumedRecord,
+    /// What to do with it when released.
+    pub action: ReleaseAction,
+    /// Failed attempts so far, for the log line.
+    pub attempt: u32,
+    /// Wall-clock due time, epoch milliseconds.
+    pub due_ms: i64,
+    /// When, by the runtime's clock, it may be released.
+    pub release_at: Instant,
+}
+
+/// All held records of this scheduler instance.
+#[derive(Debug, Default)]
+pub struct Holdings {
+    partitions: BTreeMap<TopicPartition, VecDeque<HeldRecord>>,
+}
+
+impl Holdings {
+    /// Appends a record to its partition's queue.
+    pub fn hold(&mut self, held: HeldRecord) {
+        let key = TopicPartition {
+            topic: held.record.topic.clone(),
+            partition: held.record.partition,
+        };
+        self.partitions.entry(key).or_default().push_back(held);
+    }
+
+    /// Puts records back at the front of their partition's queue, keeping their order, to be
+    /// released again no earlier than `not_before` (used after a refused republish).
+    pub fn hold_again_at_front(&mut self, records: Vec<HeldRecord>, not_before: Instant) {
+        for mut held in records.into_iter().rev() {
+            held.release_at = held.release_at.max(not_before);
+            let key = TopicPartition {
+                topic: held.record.topic.clone(),
+                partition: held.record.partition,
+            };
+            self.partitions.entry(key).or_default().push_front(held);
+        }
+    }
+
+    /// The earliest release time among partition heads.
+    pub fn next_release_at(&self) -> Option<Instant> {
+        self.partitions
+            .values()
+            .filter_map(|queue| queue.front().map(|held| held.release_at))
+            .min()
+    }
+
+    /// Takes, from every partition, the run of records at its head whose release time has come,
+    /// in offset order. A record behind one that is not due stays, even if it is due itself:
+    /// offsets are committed in order, so releasing it would not let the partition move on.
+    pub fn take_due(&mut self, now: Instant) -> Vec<HeldRecord> {
+        let mut due = Vec::new();
+        for queue in self.partitions.values_mut() {
+            while queue.front().is_some_and(|held| held.release_at <= now) {
+                if let Some(held) = queue.pop_front() {
+                    due.push(held);
+                }
+            }
+        }
+        self.partitions.retain(|_, queue| !queue.is_empty());
+        due
+    }
+
+    /// True when the partition has records waiting (and so must stay paused).
+    #[cfg(test)]
+    pub fn is_waiting(&self, topic: &str, partition: i32) -> bool {
+        self.partitions
+            .get(&TopicPartition {
+                topic: topic.to_owned(),
+                partition,
+            })
+            .is_some_and(|queue| !queue.is_empty())
+    }
+
+    /// Drops everything held for partitions this member lost; their offsets were not stored, so
+    /// the new owner reads them again.
+    pub fn forget(&mut self, partitions: &[TopicPartition]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|partition| self.partitions.remove(partition))
+            .map(|queue| queue.len())
+            .sum()
+    }
+
+    /// Partitions that currently have records waiting.
+    pub fn waiting_partitions(&self) -> impl Iterator<Item = &TopicPartition> {
+        self.partitions.keys()
+    }
+
+    /// Records waiting per tier topic.
+    pub fn waiting_per_topic(&self) -> BTreeMap<&str, usize> {
+        let mut counts = BTreeMap::new();
+        for (partition, queue) in &self.partitions {
+            *counts.entry(partition.topic.as_str()).or_default() += queue.len();
+        }
+        counts
+    }
+
+    /// Every record held.
+    pub fn len(&self) -> usize {
+        self.partitions.values().map(VecDeque::len).sum()
+    }
+
+    /// True when nothing is held.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rebound_retry::RecordHeaders;
+
+    use super::*;
+
+    fn held(partition: i32, offset: i64, release_at: Instant) -> HeldRecord {
+        HeldRecord {
+            record: ConsumedRecord {
+                topic: "retry-5s".to_owned(),
+                partition,
+                offset,
+                timestamp_ms: None,
+                key: None,
+                value: None,
+                headers: RecordHeaders::new(),
+            },
+            action: ReleaseAction::Republish {
+                target_topic: "notes".to_owned(),
+            },
+            attempt: 1,
+            due_ms: 0,
+            release_at,
+        }
+    }
+
+    fn offsets(records: &[HeldRecord]) -> Vec<(i32, i64)> {
+        records
+            .iter()
+            .map(|held| (held.record.partition, held.record.offset))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_released_before_its_time() {
+        let start = Instant::now();
+        let mut holdings = Holdings::default();
+        holdings.hold(held(0, 1, start + Duration::from_secs(5)));
+        assert_eq!(holdings.next_release_at(), Some(start + Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        assert!(holdings.take_due(Instant::now()).is_empty());
+        tokio::time::sleep_until(holdings.next_release_at().expect("held")).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        assert_eq!(offsets(&holdings.take_due(Instant::now())), vec![(0, 1)]);
+        assert!(holdings.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_partition_does_not_block_others() {
+        let start = Instant::now();
+        let mut holdings = Holdings::default();
+        holdings.hold(held(0, 1, start + Duration::from_secs(60)));
+        holdings.hold(held(1, 1, start + Duration::from_secs(1)));
+        holdings.hold(held(1, 2, start + Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(offsets(&holdings.take_due(Instant::now())), vec![(1, 1), (1, 2)]);
+        assert!(holdings.is_waiting("retry-5s", 0));
+        assert!(!holdings.is_waiting("retry-5s", 1));
+        assert_eq!(holdings.next_release_at(), Some(start + Duration::from_secs(60)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_due_record_behind_a_waiting_head_stays_in_order() {
+        let start = Instant::now();
+        let mut holdings = Holdings::default();
+        holdings.hold(held(0, 1, start + Duration::from_secs(10)));
+        holdings.hold(held(0, 2, start));
+        assert!(holdings.take_due(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(offsets(&holdings.take_due(Instant::now())), vec![(0, 1), (0, 2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_records_go_back_in_order_and_wait_for_the_backoff() {
+        let start = Instant::now();
+        let mut holdings = Holdings::default();
+        holdings.hold(held(0, 3, start));
+        let taken = vec![held(0, 1, start), held(0, 2, start)];
+        holdings.hold_again_at_front(taken, start + Duration::from_millis(500));
+        assert!(
+            holdings.take_due(Instant::now()).is_empty(),
+            "the head waits for the backoff"
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            offsets(&holdings.take_due(Instant::now())),
+            vec![(0, 1), (0, 2), (0, 3)]
+        );
+    }
+
+    #[test]
+    fn forgetting_a_revoked_partition_drops_only_its_records() {
+        let now = Instant::now();
+        let mut holdings = Holdings::default();
+        holdings.hold(held(0, 1, now));
+        holdings.hold(held(1, 1, now));
+        let dropped = holdings.forget(&[TopicPartition {
+            topic: "retry-5s".to_owned(),
+            partition: 0,
+        }]);
+        assert_eq!(dropped, 1);
+        assert_eq!(holdings.len(), 1);
+        assert_eq!(holdings.waiting_per_topic().get("retry-5s"), Some(&1));
+    }
+}

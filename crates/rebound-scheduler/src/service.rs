@@ -1,0 +1,380 @@
+//! The scheduler loop: receive tier records into per-partition queues, pause partitions whose
+//! head is waiting, release due records in batches, store offsets after acknowledgement.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rebound_kafka::{
+    ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings, RecordConsumer,
+    RecordProducer, TopicPartition, fetch_partition_counts,
+};
+use rebound_retry::{ErrorKind, Failure, RetryContext, dead_letter_dispatch, parse_retry_context};
+use rebound_service::events::{self, RecordRef};
+use rebound_service::{Shutdown, now_epoch_ms};
+use tokio::time::Instant;
+
+use crate::holdings::{HeldRecord, Holdings, ReleaseAction};
+use crate::{SchedulerConfig, SchedulerError};
+
+/// Most records taken from the consumer in one go before due records are released.
+const MAX_RECORDS_PER_INTAKE: usize = 1000;
+/// Wait before a refused republish is tried again.
+const REPUBLISH_BACKOFF: Duration = Duration::from_secs(1);
+/// A due time further ahead than the tier's delay plus this is treated as absurd (clock skew,
+/// a corrupted header) and pulled in, so a record can never be parked forever.
+const DUE_TIME_SLACK_MS: i64 = 60 * 60 * 1000;
+
+/// Runs the scheduler until `shutdown` triggers, then commits and returns. Held records are
+/// not republished at shutdown: their offsets were not stored, so they are read again.
+pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), SchedulerError> {
+    let mut topics: Vec<String> = config.policy.tiers().iter().map(|tier| tier.topic.clone()).collect();
+    let mut required = topics.clone();
+    required.push(config.policy.dead_letter_topic().to_owned());
+    fetch_partition_counts(&config.kafka, &required, Duration::from_secs(15))
+        .await
+        .map_err(|error| match error {
+            rebound_kafka::KafkaError::FetchMetadata { what, reason } => {
+                SchedulerError::FindTopic { topic: what, reason }
+            }
+            source => SchedulerError::Kafka {
+                operation: "fetch topic metadata",
+                source,
+            },
+        })?;
+    let producer =
+        RecordProducer::new(&config.kafka, &ProducerSettings::default()).map_err(|source| SchedulerError::Kafka {
+            operation: "create producer",
+            source,
+        })?;
+    topics.sort();
+    let consumer = RecordConsumer::subscribe(
+        &config.kafka,
+        &ConsumerSettings::new(config.group.clone(), topics.clone()),
+    )
+    .map_err(|source| SchedulerError::Kafka {
+        operation: "subscribe",
+        source,
+    })?;
+    tracing::info!(group = %config.group, tiers = ?topics, dlq = config.policy.dead_letter_topic(), "scheduler started");
+    let mut scheduler = Scheduler {
+        config: &config,
+        producer,
+        consumer,
+        holdings: Holdings::default(),
+        paused: BTreeSet::new(),
+    };
+    loop {
+        let next_release = scheduler.holdings.next_release_at();
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            () = sleep_until_or_forever(next_release) => {}
+            received = scheduler.consumer.recv() => {
+                scheduler.take_received(received).await;
+            }
+        }
+        scheduler.release_due().await;
+        scheduler.reconcile_pauses();
+    }
+    tracing::info!(
+        held = scheduler.holdings.len(),
+        "scheduler stopping: held records will be read again on restart"
+    );
+    let Scheduler { producer, consumer, .. } = scheduler;
+    if let Err(error) = producer.flush(config.shutdown_timeout).await {
+        tracing::warn!(%error, "producer flush at shutdown failed");
+    }
+    consumer
+        .commit_and_close(config.shutdown_timeout)
+        .await
+        .map_err(|source| SchedulerError::Kafka {
+            operation: "commit offsets at shutdown",
+            source,
+        })?;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Scheduler<'config> {
+    config: &'config SchedulerConfig,
+    producer: RecordProducer,
+    consumer: RecordConsumer,
+    holdings: Holdings,
+    /// Partitions this scheduler paused; reconciled with the holdings after every step.
+    paused: BTreeSet<TopicPartition>,
+}
+
+impl Scheduler<'_> {
+    /// Queues the received record, then whatever else is ready right now, applying assignment
+    /// changes before each record so a record never meets stale partition state.
+    async fn take_received(&mut self, first: Result<ConsumedRecord, rebound_kafka::KafkaError>) {
+        self.apply_assignment_events();
+        match first {
+            Ok(record) => self.accept(record),
+            Err(error) => {
+                tracing::warn!(%error, "kafka receive error");
+                return;
+            }
+        }
+        for _ in 1..MAX_RECORDS_PER_INTAKE {
+            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                Ok(Ok(record)) => {
+                    self.apply_assignment_events();
+                    self.accept(record);
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "kafka receive error"),
+                Err(_) => break,
+            }
+        }
+        self.apply_assignment_events();
+    }
+
+    fn apply_assignment_events(&mut self) {
+        for event in self.consumer.take_assignment_events() {
+            match event {
+                PartitionAssignmentEvent::Assigned(partitions) => {
+                    tracing::info!(partitions = ?partitions, "partitions assigned");
+                }
+                PartitionAssignmentEvent::Revoked(partitions) => {
+                    let dropped = self.holdings.forget(&partitions);
+                    for partition in &partitions {
+                        self.paused.remove(partition);
+                    }
+                    tracing::info!(partitions = ?partitions, dropped_held_records = dropped, "partitions revoked");
+                }
+            }
+        }
+    }
+
+    /// Decides what to do with a tier record and queues it behind its partition's others.
+    fn accept(&mut self, record: ConsumedRecord) {
+        let now_ms = now_epoch_ms();
+        let now = Instant::now();
+        let fallback_delay_ms = self
+            .config
+            .policy
+            .tier_by_topic(&record.topic)
+            .map_or(0, |tier| i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX));
+        let (action, attempt, due_ms) = match self.route_back(&record) {
+            Ok((context, target_topic)) => {
+                let requested_due_ms = context
+                    .due_timestamp_ms
+                    .unwrap_or_else(|| record.timestamp_ms.unwrap_or(now_ms).saturating_add(fallback_delay_ms));
+                let ceiling_ms = now_ms
+                    .saturating_add(fallback_delay_ms)
+                    .saturating_add(DUE_TIME_SLACK_MS);
+                if requested_due_ms > ceiling_ms {
+                    tracing::warn!(
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        requested_due_ms, ceiling_ms, "due time absurdly far ahead; pulled in"
+                    );
+                }
+                (
+                    ReleaseAction::Republish { target_topic },
+                    context.attempt,
+                    requested_due_ms.min(ceiling_ms),
+                )
+            }
+            Err((previous, message)) => {
+                let failure = Failure {
+                    kind: ErrorKind::Poison,
+                    message,
+                    failed_at_ms: now_ms,
+                };
+                let dispatch = dead_letter_dispatch(
+                    &self.config.policy,
+                    &record.headers,
+                    previous.as_ref(),
+                    &record.location(),
+                    &failure,
+                    &self.config.group,
+                );
+                (ReleaseAction::DeadLetter(Box::new(dispatch)), 0, now_ms)
+            }
+        };
+        let wait_ms = u64::try_from(due_ms.saturating_sub(now_ms)).unwrap_or(0);
+        self.holdings.hold(HeldRecord {
+            record,
+            action,
+            attempt,
+            due_ms,
+            release_at: now + Duration::from_millis(wait_ms),
+        });
+    }
+
+    /// The record's retry history and the topic to republish it to, or why it cannot go back.
+    fn route_back(&self, record: &ConsumedRecord) -> Result<(RetryContext, String), (Option<RetryContext>, String)> {
+        let context = match parse_retry_context(&record.headers) {
+            Ok(Some(context)) => context,
+            Ok(None) => return Err((None, "tier record has no retry headers".to_owned())),
+            Err(error) => return Err((None, error.to_string())),
+        };
+        let Some(target_topic) = context.original_topic.clone().filter(|topic| !topic.is_empty()) else {
+            return Err((Some(context), "tier record has no retry.original.topic".to_owned()));
+        };
+        if self.config.policy.tier_by_topic(&target_topic).is_some()
+            || target_topic == self.config.policy.dead_letter_topic()
+        {
+            let message =
+                format!("retry.original.topic {target_topic:?} is a retry tier or the DLQ; republishing would loop");
+            return Err((Some(context), message));
+        }
+        Ok((context, target_topic))
+    }
+
+    /// Republishes (or dead-letters) every due record, all in flight together, then stores the
+    /// offsets of what was acknowledged. Refused records go back to the front of their queue.
+    async fn release_due(&mut self) {
+        let now = Instant::now();
+        let now_ms = now_epoch_ms();
+        let mut due = self.holdings.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        // The runtime clock said due; the wall clock has the last word, so a wall clock that
+        // stepped back can delay a record but never release it early.
+        let mut early: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
+        due.retain_mut(|held| {
+            let key = (held.record.topic.clone(), held.record.partition);
+            if held.due_ms > now_ms || early.contains_key(&key) {
+                let wait_ms = u64::try_from(held.due_ms.saturating_sub(now_ms)).unwrap_or(0);
+                held.release_at = now + Duration::from_millis(wait_ms);
+                early.entry(key).or_default().push(held.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for (_, records) in early {
+            self.holdings.hold_again_at_front(records, now);
+        }
+
+        let sends = due.iter().map(|held| {
+            let (topic, headers) = match &held.action {
+                ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
+                ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
+            };
+            let outgoing = OutgoingRecord {
+                topic,
+                partition: None,
+                key: held.record.key.clone(),
+                value: held.record.value.clone(),
+                headers,
+            };
+            let producer = &self.producer;
+            async move { producer.send(&outgoing).await }
+        });
+        let results = futures::future::join_all(sends).await;
+
+        let mut refused: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
+        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (held, result) in due.into_iter().zip(results) {
+            let key = (held.record.topic.clone(), held.record.partition);
+            if let Some(blocked) = refused.get_mut(&key) {
+                // Something earlier in this partition was refused: keep order, send again later.
+                blocked.push(held);
+                continue;
+            }
+            match result {
+                Ok(_) => {
+                    self.emit_released(&held, now_ms);
+                    next_offsets.insert(key, held.record.offset + 1);
+                }
+                Err(error) if error.is_unknown_topic() && matches!(held.action, ReleaseAction::Republish { .. }) => {
+                    let mut poison = held;
+                    let message = format!("republish refused: {error}");
+                    tracing::warn!(topic = %poison.record.topic, offset = poison.record.offset, %message, "dead-lettering tier record");
+                    let failure = Failure {
+                        kind: ErrorKind::Poison,
+                        message,
+                        failed_at_ms: now_ms,
+                    };
+                    let previous = parse_retry_context(&poison.record.headers).ok().flatten();
+                    poison.action = ReleaseAction::DeadLetter(Box::new(dead_letter_dispatch(
+                        &self.config.policy,
+                        &poison.record.headers,
+                        previous.as_ref(),
+                        &poison.record.location(),
+                        &failure,
+                        &self.config.group,
+                    )));
+                    poison.release_at = now;
+                    refused.entry(key).or_default().push(poison);
+                }
+                Err(error) => {
+                    tracing::error!(%error, topic = %held.record.topic, offset = held.record.offset, "republish not acknowledged; will retry");
+                    let mut retry = held;
+                    retry.release_at = now + REPUBLISH_BACKOFF;
+                    refused.entry(key).or_default().push(retry);
+                }
+            }
+        }
+        for ((topic, partition), next_offset) in next_offsets {
+            match self.consumer.store_next_offset(&topic, partition, next_offset) {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(%topic, partition, "offset not stored: partition no longer assigned"),
+                Err(error) => tracing::error!(%error, %topic, partition, "failed to store offset"),
+            }
+        }
+        for (_, records) in refused {
+            self.holdings.hold_again_at_front(records, now);
+        }
+    }
+
+    fn emit_released(&self, held: &HeldRecord, now_ms: i64) {
+        let key = held.record.key_for_display();
+        let record = RecordRef {
+            topic: &held.record.topic,
+            partition: held.record.partition,
+            offset: held.record.offset,
+            key: &key,
+        };
+        match &held.action {
+            ReleaseAction::Republish { target_topic } => {
+                events::record_republished(record, target_topic, held.attempt, now_ms - held.due_ms);
+            }
+            ReleaseAction::DeadLetter(dispatch) => {
+                let message = dispatch
+                    .headers
+                    .get_str(rebound_retry::contract::ERROR_MESSAGE)
+                    .unwrap_or_default();
+                events::tier_record_dead_lettered(record, &dispatch.topic, message);
+            }
+        }
+    }
+
+    /// Pauses exactly the partitions with records waiting and resumes the rest.
+    fn reconcile_pauses(&mut self) {
+        let waiting: BTreeSet<TopicPartition> = self.holdings.waiting_partitions().cloned().collect();
+        for partition in waiting.difference(&self.paused.clone()) {
+            match self.consumer.pause(&partition.topic, partition.partition) {
+                Ok(()) => {
+                    self.paused.insert(partition.clone());
+                }
+                Err(error) => tracing::warn!(%error, "pause failed"),
+            }
+        }
+        let waiting_per_topic = self.holdings.waiting_per_topic();
+        for tier in self.config.policy.tiers() {
+            events::records_waiting(
+                &tier.topic,
+                waiting_per_topic.get(tier.topic.as_str()).copied().unwrap_or(0),
+            );
+        }
+        for partition in self.paused.clone().difference(&waiting) {
+            match self.consumer.resume(&partition.topic, partition.partition) {
+                Ok(()) => {
+                    self.paused.remove(partition);
+                }
+                Err(error) => tracing::warn!(%error, "resume failed"),
+            }
+        }
+    }
+}

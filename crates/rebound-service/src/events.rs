@@ -1,0 +1,124 @@
+//! Operational events, each emitted here and only here as one log line plus one metric, so that
+//! logs and metrics can never disagree about what happened to a record.
+//!
+//! Metric names follow Prometheus conventions; labels are bounded (tier and DLQ topic names come
+//! from configuration, error kinds from a fixed set), never keys or messages.
+
+use rebound_retry::ErrorKind;
+
+/// Identifies the record an event is about, for the log line.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'record> {
+    /// Topic it was consumed from.
+    pub topic: &'record str,
+    /// Partition it was consumed from.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key, as lossy UTF-8.
+    pub key: &'record str,
+}
+
+/// Consumer counter of processed records, labelled by outcome.
+pub const CONSUMER_RECORDS_TOTAL: &str = "rebound_consumer_records_total";
+/// Scheduler counter of records republished to their source topic.
+pub const SCHEDULER_REPUBLISHED_TOTAL: &str = "rebound_scheduler_republished_total";
+/// Scheduler histogram of how late a record was republished after its due time.
+pub const SCHEDULER_RETRY_LAG_SECONDS: &str = "rebound_scheduler_retry_lag_seconds";
+/// Scheduler counter of tier records it had to dead-letter itself.
+pub const SCHEDULER_DEAD_LETTERED_TOTAL: &str = "rebound_scheduler_dead_lettered_total";
+
+/// A record reached the sink. `previous_attempts` is 0 on the first try.
+pub fn record_applied(record: RecordRef<'_>, previous_attempts: u32) {
+    tracing::debug!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        attempt = previous_attempts,
+        "applied"
+    );
+    let after = if previous_attempts == 0 { "first_try" } else { "retry" };
+    metrics::counter!(CONSUMER_RECORDS_TOTAL, "outcome" => "applied", "after" => after).increment(1);
+}
+
+/// A record failed transiently and its copy was acknowledged by a retry tier.
+pub fn record_retried(record: RecordRef<'_>, tier: &str, attempt: u32, kind: ErrorKind, message: &str) {
+    tracing::info!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        attempt,
+        tier,
+        error_kind = kind.as_str(),
+        error = message,
+        "retried"
+    );
+    metrics::counter!(CONSUMER_RECORDS_TOTAL, "outcome" => "retried", "tier" => tier.to_owned()).increment(1);
+}
+
+/// A record's copy was acknowledged by the dead-letter topic.
+pub fn record_dead_lettered(
+    record: RecordRef<'_>,
+    dead_letter_topic: &str,
+    attempt: u32,
+    kind: ErrorKind,
+    message: &str,
+) {
+    tracing::warn!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        attempt,
+        dlq = dead_letter_topic,
+        error_kind = kind.as_str(),
+        error = message,
+        "dead-lettered"
+    );
+    metrics::counter!(CONSUMER_RECORDS_TOTAL, "outcome" => "dead_lettered", "kind" => kind.as_str()).increment(1);
+}
+
+/// The scheduler dead-lettered a tier record it could not route back.
+pub fn tier_record_dead_lettered(record: RecordRef<'_>, dead_letter_topic: &str, message: &str) {
+    tracing::warn!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        dlq = dead_letter_topic,
+        error_kind = ErrorKind::Poison.as_str(),
+        error = message,
+        "dead-lettered by scheduler"
+    );
+    metrics::counter!(SCHEDULER_DEAD_LETTERED_TOTAL, "tier" => record.topic.to_owned()).increment(1);
+}
+
+/// The scheduler republished a due tier record to its source topic.
+pub fn record_republished(record: RecordRef<'_>, source_topic: &str, attempt: u32, lateness_ms: i64) {
+    tracing::info!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        attempt,
+        tier = record.topic,
+        to = source_topic,
+        lateness_ms,
+        "republished"
+    );
+    metrics::counter!(SCHEDULER_REPUBLISHED_TOTAL, "tier" => record.topic.to_owned()).increment(1);
+    #[expect(clippy::cast_precision_loss, reason = "lateness in ms is far below 2^52")]
+    let lateness_seconds = lateness_ms.max(0) as f64 / 1000.0;
+    metrics::histogram!(SCHEDULER_RETRY_LAG_SECONDS, "tier" => record.topic.to_owned()).record(lateness_seconds);
+}
+
+/// Scheduler gauge of records held per tier.
+pub const SCHEDULER_RECORDS_WAITING: &str = "rebound_scheduler_records_waiting";
+
+/// How many records the scheduler holds for a tier right now.
+pub fn records_waiting(tier: &str, count: usize) {
+    #[expect(clippy::cast_precision_loss, reason = "held record counts are far below 2^52")]
+    metrics::gauge!(SCHEDULER_RECORDS_WAITING, "tier" => tier.to_owned()).set(count as f64);
+}
