@@ -256,17 +256,20 @@ impl Pipeline<'_> {
         }
         let mut backoff = Duration::from_millis(100);
         while !pending.is_empty() {
-            let sends = pending.iter().map(|(index, dispatch)| {
-                let record = &batch[*index];
-                let outgoing = OutgoingRecord {
-                    topic: dispatch.topic.clone(),
-                    partition: None,
-                    key: record.key.clone(),
-                    value: record.value.clone(),
-                    headers: dispatch.headers.clone(),
-                };
-                async move { self.producer.send(&outgoing).await }
-            });
+            let sends: Vec<_> = pending
+                .iter()
+                .map(|(index, dispatch)| {
+                    let record = &batch[*index];
+                    let outgoing = OutgoingRecord {
+                        topic: dispatch.topic.clone(),
+                        partition: None,
+                        key: record.key.clone(),
+                        value: record.value.clone(),
+                        headers: dispatch.headers.clone(),
+                    };
+                    async move { self.producer.send(&outgoing).await }
+                })
+                .collect();
             let results = futures::future::join_all(sends).await;
             let mut refused = Vec::new();
             for ((index, dispatch), result) in pending.into_iter().zip(results) {

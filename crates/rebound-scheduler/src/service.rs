@@ -256,21 +256,24 @@ impl Scheduler<'_> {
             self.holdings.hold_again_at_front(records, now);
         }
 
-        let sends = due.iter().map(|held| {
-            let (topic, headers) = match &held.action {
-                ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
-                ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
-            };
-            let outgoing = OutgoingRecord {
-                topic,
-                partition: None,
-                key: held.record.key.clone(),
-                value: held.record.value.clone(),
-                headers,
-            };
-            let producer = &self.producer;
-            async move { producer.send(&outgoing).await }
-        });
+        let sends: Vec<_> = due
+            .iter()
+            .map(|held| {
+                let (topic, headers) = match &held.action {
+                    ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
+                    ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
+                };
+                let outgoing = OutgoingRecord {
+                    topic,
+                    partition: None,
+                    key: held.record.key.clone(),
+                    value: held.record.value.clone(),
+                    headers,
+                };
+                let producer = &self.producer;
+                async move { producer.send(&outgoing).await }
+            })
+            .collect();
         let results = futures::future::join_all(sends).await;
 
         let mut refused: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();

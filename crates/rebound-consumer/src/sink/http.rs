@@ -41,7 +41,10 @@ impl HttpSink {
 
     /// POSTs every note, a bounded number at a time; one result per item, in order.
     pub async fn apply_batch(&self, items: &[ApplyItem]) -> Vec<Result<(), SinkFailure>> {
-        futures::stream::iter(items.iter().map(|item| self.post(item)))
+        // Collecting the futures first keeps the returned future `Send` (a lazily mapped
+        // iterator of borrowing closures trips the compiler's higher-ranked lifetime check).
+        let posts: Vec<_> = items.iter().map(|item| self.post(item)).collect();
+        futures::stream::iter(posts)
             .buffered(CONCURRENT_REQUESTS)
             .collect()
             .await
