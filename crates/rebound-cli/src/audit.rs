@@ -112,7 +112,11 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     for row in &rows {
         match &row.applied_tier {
             None => report.stored_first_try += 1,
-            Some(tier) => *report.stored_after_tier.entry(tier.clone()).or_default() += 1,
+            Some(tier) => {
+                // Tiers are reported by their configured name, without the deployment's prefix.
+                let name = tier.strip_prefix(args.topic_prefix.as_str()).unwrap_or(tier);
+                *report.stored_after_tier.entry(name.to_owned()).or_default() += 1;
+            }
         }
     }
 

@@ -37,6 +37,11 @@ pub struct SchedulerArgs {
     #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
 
+    /// Records held in memory per partition before the partition is paused (it resumes at
+    /// half). Bounds memory; records never go out early whatever the value.
+    #[arg(long, env = "REBOUND_READ_AHEAD", default_value_t = 500)]
+    pub read_ahead: usize,
+
     /// How long shutdown may take to commit.
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: String,
@@ -51,6 +56,8 @@ pub struct SchedulerConfig {
     pub group: String,
     /// Tiers served (prefix applied) and the DLQ.
     pub policy: TierPolicy,
+    /// Records held per partition before it is paused (at least 1).
+    pub read_ahead_per_partition: usize,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -79,7 +86,11 @@ impl SchedulerArgs {
         }
         let policy = TierPolicy::new(tiers, &self.dlq_topic, &self.topic_prefix)
             .map_err(|error| invalid("--tier/--dlq-topic", error.to_string()))?;
+        if self.read_ahead == 0 {
+            return Err(invalid("--read-ahead", "must be at least 1".to_owned()));
+        }
         Ok(SchedulerConfig {
+            read_ahead_per_partition: self.read_ahead,
             kafka: self.common.kafka,
             group: self.group,
             policy,

@@ -113,9 +113,11 @@ impl Holdings {
             .sum()
     }
 
-    /// Partitions that currently have records waiting.
-    pub fn waiting_partitions(&self) -> impl Iterator<Item = &TopicPartition> {
-        self.partitions.keys()
+    /// Partitions that have records waiting, with how many.
+    pub fn waiting_partitions(&self) -> impl Iterator<Item = (&TopicPartition, usize)> {
+        self.partitions
+            .iter()
+            .map(|(partition, queue)| (partition, queue.len()))
     }
 
     /// Records waiting per tier topic.

@@ -353,15 +353,37 @@ impl Scheduler<'_> {
         }
     }
 
-    /// Pauses exactly the partitions with records waiting and resumes the rest.
+    /// Pauses partitions holding a full read-ahead and resumes them once half of it is gone.
+    ///
+    /// Pausing bounds memory; it is not what keeps records from going out early (the holdings
+    /// do that). Keeping a read-ahead buffer, rather than pausing on the first waiting record,
+    /// means the records behind a released head are already here, instead of being fetched
+    /// again after a resume, which would add a fetch round trip to their lateness.
     fn reconcile_pauses(&mut self) {
-        let waiting: BTreeSet<TopicPartition> = self.holdings.waiting_partitions().cloned().collect();
-        for partition in waiting.difference(&self.paused.clone()) {
-            match self.consumer.pause(&partition.topic, partition.partition) {
-                Ok(()) => {
-                    self.paused.insert(partition.clone());
+        let read_ahead = self.config.read_ahead_per_partition;
+        let held: BTreeMap<TopicPartition, usize> = self
+            .holdings
+            .waiting_partitions()
+            .map(|(partition, count)| (partition.clone(), count))
+            .collect();
+        for (partition, count) in &held {
+            if *count >= read_ahead && !self.paused.contains(partition) {
+                match self.consumer.pause(&partition.topic, partition.partition) {
+                    Ok(()) => {
+                        self.paused.insert(partition.clone());
+                    }
+                    Err(error) => tracing::warn!(%error, "pause failed"),
                 }
-                Err(error) => tracing::warn!(%error, "pause failed"),
+            }
+        }
+        for partition in self.paused.clone() {
+            if held.get(&partition).copied().unwrap_or(0) <= read_ahead / 2 {
+                match self.consumer.resume(&partition.topic, partition.partition) {
+                    Ok(()) => {
+                        self.paused.remove(&partition);
+                    }
+                    Err(error) => tracing::warn!(%error, "resume failed"),
+                }
             }
         }
         let waiting_per_topic = self.holdings.waiting_per_topic();
@@ -370,14 +392,6 @@ impl Scheduler<'_> {
                 &tier.topic,
                 waiting_per_topic.get(tier.topic.as_str()).copied().unwrap_or(0),
             );
-        }
-        for partition in self.paused.clone().difference(&waiting) {
-            match self.consumer.resume(&partition.topic, partition.partition) {
-                Ok(()) => {
-                    self.paused.remove(partition);
-                }
-                Err(error) => tracing::warn!(%error, "resume failed"),
-            }
         }
     }
 }

@@ -12,6 +12,7 @@ mod http_sink;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::ToSocketAddrs as _;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -115,9 +116,13 @@ pub async fn wait_for_records(topic: &str, count: usize, deadline: Duration) -> 
     .await
 }
 
-/// An acknowledging producer for the test broker.
+/// The acknowledging producer for the test broker, shared by every test of the process: an
+/// idempotent producer's start-up handshake costs a broker round trip or more.
 pub fn producer() -> RecordProducer {
-    RecordProducer::new(&kafka_args(), &ProducerSettings::default()).unwrap()
+    static PRODUCER: OnceLock<RecordProducer> = OnceLock::new();
+    PRODUCER
+        .get_or_init(|| RecordProducer::new(&kafka_args(), &ProducerSettings::default()).unwrap())
+        .clone()
 }
 
 /// Produces raw bytes and waits for the acknowledgement.
