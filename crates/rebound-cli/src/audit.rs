@@ -60,25 +60,28 @@ pub struct AuditReport {
 impl AuditReport {
     /// The report as an aligned text table.
     pub fn render_table(&self) -> String {
-        let mut table = String::new();
-        let mut row = |label: &str, value: String| {
-            let _ = writeln!(table, "  {label:<44} {value:>9}");
-        };
-        row(
-            "note versions produced (acknowledged)",
-            self.produced_versions.to_string(),
-        );
-        row("distinct notes", self.distinct_notes.to_string());
-        row("latest version applied on first try", self.stored_first_try.to_string());
+        let mut rows: Vec<(String, usize)> = vec![
+            (
+                "note versions produced (acknowledged)".to_owned(),
+                self.produced_versions,
+            ),
+            ("distinct notes".to_owned(), self.distinct_notes),
+            ("latest version applied on first try".to_owned(), self.stored_first_try),
+        ];
         for (tier, count) in &self.stored_after_tier {
-            row(&format!("latest version applied after {tier}"), count.to_string());
+            rows.push((format!("latest version applied after {tier}"), *count));
         }
-        row("versions applied or superseded", self.applied_or_superseded.to_string());
+        rows.push(("versions applied or superseded".to_owned(), self.applied_or_superseded));
         for (kind, count) in &self.dead_lettered_by_kind {
-            row(&format!("versions in dlq ({kind})"), count.to_string());
+            rows.push((format!("versions in dlq ({kind})"), *count));
         }
-        row("undecodable records in dlq", self.undecodable_dead_letters.to_string());
-        row("lost", self.lost.to_string());
+        rows.push(("undecodable records in dlq".to_owned(), self.undecodable_dead_letters));
+        rows.push(("lost".to_owned(), self.lost));
+        let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
+        let mut table = String::new();
+        for (label, value) in rows {
+            let _ = writeln!(table, "  {label:<width$}  {value:>9}");
+        }
         table
     }
 }

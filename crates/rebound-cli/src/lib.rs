@@ -7,6 +7,7 @@ mod topics;
 pub use audit::{AuditArgs, AuditReport, audit};
 pub use topics::{TopicsCreateArgs, create_pipeline_topics, pipeline_topic_specs};
 
+use anyhow::Context as _;
 use rebound_service::CommonArgs;
 
 /// `rebound`: administer a rebound pipeline.
@@ -47,7 +48,9 @@ pub enum TopicsCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topics(TopicsCommand::Create(args)) => {
-            let outcomes = create_pipeline_topics(&cli.common.kafka, &args).await?;
+            let outcomes = create_pipeline_topics(&cli.common.kafka, &args)
+                .await
+                .with_context(|| format!("no topics created on brokers {}", cli.common.kafka.brokers))?;
             for outcome in outcomes {
                 match outcome {
                     rebound_kafka::TopicCreation::Created(name) => println!("created  {name}"),

@@ -56,6 +56,10 @@ pub struct TopicsCreateArgs {
     /// outlives the record it came from long enough to be inspected and replayed.
     #[arg(long, env = "REBOUND_DLQ_RETENTION", default_value = "28d")]
     pub dlq_retention: String,
+
+    /// How long to wait for the broker to create the topics.
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s")]
+    pub timeout: String,
 }
 
 /// The topic specifications the flags describe, validated.
@@ -102,7 +106,8 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
 /// Creates the pipeline's topics that do not exist yet.
 pub async fn create_pipeline_topics(kafka: &KafkaArgs, args: &TopicsCreateArgs) -> anyhow::Result<Vec<TopicCreation>> {
     let specs = pipeline_topic_specs(args)?;
-    Ok(create_topics(kafka, &specs, Duration::from_secs(30)).await?)
+    let timeout = parse_duration(&args.timeout).context("invalid --timeout")?;
+    Ok(create_topics(kafka, &specs, timeout).await?)
 }
 
 #[cfg(test)]

@@ -436,7 +436,7 @@ services:
       REBOUND_LOG_FORMAT: yaml
   topics:
     image: rebound:test
-    command: rebound topics create --brokers kafka:29092 --partitions 3
+    command: rebound topics create --brokers kafka:29092 --partitions 3 --dlq-partitons 1
   typo:
     image: rebound:test
     command: ["rebound", "topic", "create"]
@@ -460,8 +460,8 @@ services:
         "service producer: --count: value \"ten\" is rejected",
         "service producer: `rebound-producer generate` reads no environment variable REBOUND_NO_SUCH_SETTING",
         "service producer: REBOUND_LOG_FORMAT: value \"yaml\" is rejected",
-        // --brokers belongs to `rebound` itself, before the subcommand.
-        "service topics: `rebound topics create` has no flag --brokers",
+        // --brokers is global, so it is accepted after the subcommand; the misspelt flag is not.
+        "service topics: `rebound topics create` has no flag --dlq-partitons",
         "service typo: `rebound` has no subcommand or positional argument for \"topic\"",
         "service other: runs \"rebound-schedular\"",
     ] {

@@ -52,10 +52,11 @@ async fn unaccounted(prefix: &str, database: &std::path::Path, produced: &[Note]
     produced
         .iter()
         .filter(|note| {
-            !stored
+            let applied = stored
                 .get(&note.note_id)
-                .is_some_and(|version| *version >= note.version)
-                && !dead_lettered.contains(&(note.note_id.clone(), note.version))
+                .is_some_and(|version| *version >= note.version);
+            let dead_lettered = dead_lettered.contains(&(note.note_id.clone(), note.version));
+            !applied && !dead_lettered
         })
         .map(|note| (note.note_id.clone(), note.version))
         .collect()

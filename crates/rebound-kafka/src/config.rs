@@ -14,7 +14,7 @@ use crate::KafkaError;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Comma-separated bootstrap brokers.
-    #[arg(long, env = "REBOUND_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "REBOUND_BROKERS", default_value = "127.0.0.1:9092", global = true)]
     pub brokers: String,
 
     /// librdkafka property passed through as is (repeatable), as with kcat: `-X security.protocol=SASL_SSL`.
@@ -24,12 +24,13 @@ pub struct KafkaArgs {
         long = "kafka-config",
         value_name = "KEY=VALUE",
         env = "REBOUND_KAFKA_CONFIG",
-        value_delimiter = ';'
+        value_delimiter = ';',
+        global = true
     )]
     pub kafka_config: Vec<KafkaConfigPair>,
 
     /// Java-style properties file of librdkafka properties (TLS, SASL, tuning).
-    #[arg(long, value_name = "PATH", env = "REBOUND_KAFKA_CONFIG_FILE")]
+    #[arg(long, value_name = "PATH", env = "REBOUND_KAFKA_CONFIG_FILE", global = true)]
     pub kafka_config_file: Option<PathBuf>,
 }
 

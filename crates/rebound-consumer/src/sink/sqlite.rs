@@ -171,11 +171,15 @@ fn apply_in_transaction(
                 Ok(_) => Ok(()),
                 // A statement error for one note (a constraint, say) leaves the transaction
                 // usable; that note is rejected for good, the others still commit.
-                Err(error @ rusqlite::Error::SqliteFailure(rusqlite::ffi::Error { code, .. }, _))
-                    if code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(SinkFailure::permanent(format!("sqlite rejected note: {error}")))
-                }
+                Err(
+                    error @ rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error {
+                            code: rusqlite::ErrorCode::ConstraintViolation,
+                            ..
+                        },
+                        _,
+                    ),
+                ) => Err(SinkFailure::permanent(format!("sqlite rejected note: {error}"))),
                 Err(error) => return Err(error),
             });
         }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, and every unit and integration test, the
+# integration tests against a real Apache Kafka broker.
+#
+# Usage: scripts/test.sh [extra cargo test arguments]
+#
+# Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
+# and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
+# started when done, whether the checks passed or not. Integration tests fail loudly when the
+# broker is unreachable; none is skipped.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+say() { printf 'test.sh: %s\n' "$*" >&2; }
+
+started_broker=0
+stop_broker() {
+  local status=$?
+  if [[ $started_broker == 1 ]]; then
+    say "stopping the broker this run started"
+    scripts/kafka-local.sh stop >/dev/null || say "warning: stopping the broker failed"
+  fi
+  exit "$status"
+}
+trap stop_broker EXIT
+
+say "cargo fmt --check"
+cargo fmt --all --check
+
+say "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Build everything before the broker starts, so its start-up wait does not include compiling.
+say "building tests"
+cargo test --workspace --locked --no-run
+
+if scripts/kafka-local.sh status >/dev/null 2>&1; then
+  say "using the local broker that is already running"
+else
+  say "starting the local Kafka broker"
+  started_broker=1
+  scripts/kafka-local.sh start >/dev/null
+fi
+export REBOUND_TEST_BROKERS="127.0.0.1:${REBOUND_KAFKA_PORT:-9092}"
+
+say "cargo test (broker $REBOUND_TEST_BROKERS)"
+cargo test --workspace --locked --no-fail-fast "$@"
+say "all checks passed"
