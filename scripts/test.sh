@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, and every unit and integration test, the
-# integration tests against a real Apache Kafka broker.
+# The project's test command: formatting, lints, alert-rule tests, and every unit and
+# integration test, the integration tests against a real Apache Kafka broker.
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
@@ -31,6 +31,9 @@ cargo fmt --all --check
 
 say "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "alert rules and alertmanager config (promtool, amtool)"
+scripts/check-alerts.sh
 
 # Build everything before the broker starts, so its start-up wait does not include compiling.
 say "building tests"

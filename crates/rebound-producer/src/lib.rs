@@ -1,12 +1,22 @@
-//! rebound's producer service: where client note changes enter the pipeline. This version
-//! offers the `generate` mode, which publishes synthetic notes (single-object Avro, keyed by
-//! note id) with an idempotent `acks=all` producer and can log every acknowledged version for
-//! later accounting with `rebound audit`.
+//! rebound's producer service: where client note changes enter the pipeline.
+//!
+//! `serve` takes notes over HTTP and `send` from NDJSON; both commit every accepted note to a
+//! durable local outbox before saying yes, and a relay sends the outbox to Kafka in acceptance
+//! order, removing each note only once Kafka acknowledged it, so notes survive a broker outage
+//! and a producer crash. `generate` publishes synthetic notes straight to Kafka for demos and
+//! benchmarks. Resending of pending notes is governed by hot-reloaded feature flags.
 
+pub mod flags;
 mod generator;
+mod http;
+pub mod note_json;
+pub mod outbox;
+pub mod relay;
 
-use std::io::Write as _;
+use std::io::{BufRead as _, Write as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -14,7 +24,11 @@ pub use generator::NoteGenerator;
 use rebound_kafka::{OutgoingRecord, ProducerSettings, RecordProducer};
 use rebound_retry::{RecordHeaders, apply_topic_prefix};
 use rebound_schema::NoteCodec;
-use rebound_service::{CommonArgs, Shutdown, now_epoch_ms};
+use rebound_service::{CommonArgs, Shutdown, events, now_epoch_ms};
+
+use crate::flags::{FlagsSource, watch_flags};
+use crate::outbox::{NewEntry, Outbox};
+use crate::relay::{Relay, RelayStatus};
 
 /// Everything that can stop the producer.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +52,70 @@ pub enum ProducerError {
     /// A note could not be encoded.
     #[error("failed to encode note: {0}")]
     EncodeNote(#[from] rebound_schema::SchemaError),
+    /// The outbox could not be opened.
+    #[error("failed to open outbox {path}: {reason}")]
+    OpenOutbox {
+        /// The outbox path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A write to the outbox failed; nothing of it was committed.
+    #[error("failed to write outbox: {reason}")]
+    WriteOutbox {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A read of the outbox failed.
+    #[error("failed to read outbox: {reason}")]
+    ReadOutbox {
+        /// What went wrong.
+        reason: String,
+    },
+    /// Accepting the notes would take the outbox past its disk budget.
+    #[error("failed to accept notes: the outbox holds {pending_bytes} bytes of its {budget_bytes}-byte budget")]
+    OutboxFull {
+        /// Bytes pending now.
+        pending_bytes: u64,
+        /// The budget.
+        budget_bytes: u64,
+    },
+    /// The `send` input could not be read.
+    #[error("failed to read input {input}: {reason}")]
+    ReadInput {
+        /// File name or `-`.
+        input: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A line of the `send` input is not a valid note; nothing was accepted.
+    #[error("failed to parse input line {line}: {reason}; nothing was accepted")]
+    ParseInput {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `send` gave up waiting for Kafka; the unsent notes stay in the outbox.
+    #[error(
+        "failed to send {unsent} notes within {timeout_seconds} s; they stay in the outbox {outbox} for the next run"
+    )]
+    SendTimedOut {
+        /// Notes not yet acknowledged.
+        unsent: u64,
+        /// The timeout.
+        timeout_seconds: u64,
+        /// The outbox directory.
+        outbox: String,
+    },
+    /// The HTTP listener could not be bound or failed.
+    #[error("failed to serve http on {listen}: {reason}")]
+    ServeHttp {
+        /// The address.
+        listen: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A Kafka operation failed.
     #[error("failed to {operation}: {source}")]
     Kafka {
@@ -77,8 +155,79 @@ pub struct ProducerArgs {
 /// Producer modes.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ProducerMode {
-    /// Publish synthetic, realistic note changes.
+    /// Accept notes over HTTP into the durable outbox and relay them to Kafka.
+    Serve(ServeArgs),
+    /// Send NDJSON notes from a file (or `-` for stdin) through the outbox; exit once Kafka
+    /// acknowledged them all.
+    Send(SendArgs),
+    /// Publish synthetic, realistic note changes straight to Kafka.
     Generate(GenerateArgs),
+}
+
+/// Outbox and resend flags shared by `serve` and `send`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutboxArgs {
+    /// Directory of the durable outbox (created if missing).
+    #[arg(long, env = "REBOUND_OUTBOX_DIR", default_value = "rebound-outbox")]
+    pub outbox_dir: PathBuf,
+
+    /// Disk budget of pending notes, in bytes; past it, intake answers 503 with Retry-After.
+    #[arg(long, env = "REBOUND_OUTBOX_MAX_BYTES", default_value_t = 1 << 30)]
+    pub outbox_max_bytes: u64,
+
+    /// JSON file of resend flags, re-read when it changes.
+    #[arg(long = "flags", env = "REBOUND_FLAGS_FILE", conflicts_with = "flags_url")]
+    pub flags_file: Option<PathBuf>,
+
+    /// URL answering the resend flags document, polled.
+    #[arg(long, env = "REBOUND_FLAGS_URL")]
+    pub flags_url: Option<String>,
+
+    /// How often the flags file or URL is checked.
+    #[arg(long, env = "REBOUND_FLAGS_POLL_INTERVAL", default_value = "2s")]
+    pub flags_poll_interval: String,
+
+    /// How long Kafka gets to acknowledge one note before the send counts as failed.
+    #[arg(long, env = "REBOUND_SEND_TIMEOUT", default_value = "30s")]
+    pub send_timeout: String,
+}
+
+/// Flags of `rebound-producer serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "REBOUND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "REBOUND_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Outbox and resend.
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+}
+
+/// Flags of `rebound-producer send`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendArgs {
+    /// NDJSON file of notes, one JSON object per line; `-` reads stdin.
+    pub input: String,
+
+    /// How long to wait for Kafka to acknowledge every note.
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "60s")]
+    pub timeout: String,
+
+    /// Outbox and resend.
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+}
+
+/// What a producer run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSummary {
+    /// Notes acknowledged by Kafka during the run (for `serve`, notes accepted).
+    pub acknowledged: u64,
 }
 
 /// Flags of `rebound-producer generate`.
@@ -115,15 +264,201 @@ const GENERATE_IN_FLIGHT: usize = 2048;
 /// Runs the chosen mode until it is done or `shutdown` triggers.
 pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<u64, ProducerError> {
     let topic = apply_topic_prefix(&args.topic_prefix, &args.topic);
-    let producer = RecordProducer::new(&args.common.kafka, &ProducerSettings::default()).map_err(|source| {
-        ProducerError::Kafka {
-            operation: "create producer",
-            source,
-        }
+    let send_timeout = match &args.mode {
+        ProducerMode::Serve(serve) => parse_flag_duration("--send-timeout", &serve.outbox.send_timeout)?,
+        ProducerMode::Send(send) => parse_flag_duration("--send-timeout", &send.outbox.send_timeout)?,
+        ProducerMode::Generate(_) => ProducerSettings::default().message_timeout,
+    };
+    let settings = ProducerSettings {
+        message_timeout: send_timeout,
+        ..ProducerSettings::default()
+    };
+    let producer = RecordProducer::new(&args.common.kafka, &settings).map_err(|source| ProducerError::Kafka {
+        operation: "create producer",
+        source,
     })?;
     match args.mode {
+        ProducerMode::Serve(serve) => run_serve(producer, topic, serve, shutdown).await,
+        ProducerMode::Send(send) => run_send(producer, topic, send, shutdown).await,
         ProducerMode::Generate(generate) => run_generate(&producer, &topic, &generate, &shutdown).await,
     }
+}
+
+fn parse_flag_duration(flag: &str, text: &str) -> Result<Duration, ProducerError> {
+    rebound_retry::parse_duration(text).map_err(|error| ProducerError::InvalidFlag {
+        flag: flag.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+/// Opens the outbox, loads the flags and builds the relay of `serve` and `send`.
+async fn start_outbox(
+    producer: RecordProducer,
+    topic: String,
+    args: &OutboxArgs,
+) -> Result<(Outbox, Relay, Arc<RelayStatus>), ProducerError> {
+    let poll = parse_flag_duration("--flags-poll-interval", &args.flags_poll_interval)?;
+    let outbox = Outbox::open(&args.outbox_dir, args.outbox_max_bytes)?;
+    let first_fresh_seq = outbox.next_seq_floor().await?;
+    let source = match (&args.flags_file, &args.flags_url) {
+        (Some(path), _) => FlagsSource::File {
+            path: path.clone(),
+            poll,
+        },
+        (None, Some(url)) => FlagsSource::Url { url: url.clone(), poll },
+        (None, None) => FlagsSource::Defaults,
+    };
+    let flags = watch_flags(source).await;
+    let status = Arc::new(RelayStatus::default());
+    tracing::info!(
+        outbox = %outbox.path().display(),
+        pending = outbox.pending_notes(),
+        topic,
+        "outbox open"
+    );
+    let relay = Relay {
+        outbox: outbox.clone(),
+        producer,
+        topic,
+        flags,
+        status: Arc::clone(&status),
+        first_fresh_seq,
+    };
+    Ok((outbox, relay, status))
+}
+
+async fn run_serve(
+    producer: RecordProducer,
+    topic: String,
+    args: ServeArgs,
+    shutdown: Shutdown,
+) -> Result<u64, ProducerError> {
+    let flush_producer = producer.clone();
+    let (outbox, relay, status) = start_outbox(producer, topic, &args.outbox).await?;
+    let flags = relay.flags.clone();
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| ProducerError::ServeHttp {
+            listen: args.listen.to_string(),
+            reason: error.to_string(),
+        })?;
+    tracing::info!(listen = %args.listen, "http api listening");
+    let app = http::router(http::ApiState {
+        outbox,
+        flags,
+        status,
+        max_body_bytes: args.max_body_bytes,
+    });
+    let graceful = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { graceful.wait().await })
+        .await
+        .map_err(|error| ProducerError::ServeHttp {
+            listen: args.listen.to_string(),
+            reason: error.to_string(),
+        })?;
+    shutdown.trigger();
+    let _ = relay_task.await;
+    if let Err(error) = flush_producer.flush(Duration::from_secs(5)).await {
+        tracing::warn!(%error, "producer flush at shutdown failed; unacknowledged notes stay in the outbox");
+    }
+    tracing::info!("producer stopped");
+    Ok(0)
+}
+
+/// Reads NDJSON notes; all or nothing, with the line number of the first bad line.
+fn read_ndjson_notes(input: &str) -> Result<Vec<rebound_schema::Note>, ProducerError> {
+    let read_failed = |error: std::io::Error| ProducerError::ReadInput {
+        input: input.to_owned(),
+        reason: error.to_string(),
+    };
+    let reader: Box<dyn std::io::BufRead> = if input == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input).map_err(read_failed)?,
+        ))
+    };
+    let mut notes = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.map_err(read_failed)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<serde_json::Value>(&line)
+            .map_err(|error| format!("not valid JSON: {error}"))
+            .and_then(|value| note_json::note_from_json(&value).map_err(|problem| problem.message().to_owned()));
+        match parsed {
+            Ok(note) => notes.push(note),
+            Err(reason) => {
+                return Err(ProducerError::ParseInput {
+                    line: index + 1,
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(notes)
+}
+
+async fn run_send(
+    producer: RecordProducer,
+    topic: String,
+    args: SendArgs,
+    shutdown: Shutdown,
+) -> Result<u64, ProducerError> {
+    let timeout = parse_flag_duration("--timeout", &args.timeout)?;
+    let input = args.input.clone();
+    let notes = tokio::task::spawn_blocking(move || read_ndjson_notes(&input))
+        .await
+        .map_err(|error| ProducerError::ReadInput {
+            input: args.input.clone(),
+            reason: error.to_string(),
+        })??;
+    let flush_producer = producer.clone();
+    let (outbox, relay, _status) = start_outbox(producer, topic, &args.outbox).await?;
+    // Notes left pending by an earlier run are part of what this run delivers, so that
+    // `send` of an empty input is the way to flush a leftover outbox.
+    let mut last_seq = relay.first_fresh_seq - 1;
+    for chunk in notes.chunks(1000) {
+        let mut entries = Vec::with_capacity(chunk.len());
+        for note in chunk {
+            entries.push(NewEntry {
+                note_id: note.note_id.clone(),
+                version: note.version,
+                value: NoteCodec::embedded().encode(note)?,
+            });
+        }
+        let seqs = outbox.append(entries, now_epoch_ms()).await?;
+        last_seq = seqs.last().copied().unwrap_or(last_seq);
+        events::producer_notes_accepted(chunk.len());
+    }
+    tracing::info!(notes = notes.len(), "notes accepted into the outbox; sending");
+    let relay_shutdown = Shutdown::new();
+    let relay_task = tokio::spawn(relay.run(relay_shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut unsent = outbox.pending_up_to(last_seq).await?;
+    while unsent > 0 && tokio::time::Instant::now() < deadline && !shutdown.is_triggered() {
+        tokio::select! {
+            () = shutdown.wait() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        unsent = outbox.pending_up_to(last_seq).await?;
+    }
+    relay_shutdown.trigger();
+    let _ = relay_task.await;
+    let _ = flush_producer.flush(Duration::from_secs(5)).await;
+    if unsent > 0 {
+        return Err(ProducerError::SendTimedOut {
+            unsent,
+            timeout_seconds: timeout.as_secs(),
+            outbox: args.outbox.outbox_dir.display().to_string(),
+        });
+    }
+    tracing::info!(notes = notes.len(), "every note acknowledged by kafka");
+    Ok(notes.len() as u64)
 }
 
 async fn run_generate(

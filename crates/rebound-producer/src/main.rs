@@ -1,10 +1,10 @@
 //! `rebound-producer`: parses flags, starts logging, and runs the chosen mode until it is done
-//! or SIGINT/SIGTERM arrives.
+//! or SIGINT/SIGTERM arrives. Exit codes: 0 done, 1 failed (or `send` timed out), 2 bad input.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use rebound_producer::ProducerArgs;
+use rebound_producer::{ProducerArgs, ProducerError};
 use rebound_service::{Shutdown, init_telemetry, shutdown_signal};
 
 #[tokio::main]
@@ -14,8 +14,14 @@ async fn main() -> ExitCode {
     let shutdown = Shutdown::new().triggered_by(shutdown_signal());
     match rebound_producer::run(args, shutdown).await {
         Ok(acknowledged) => {
-            println!("{acknowledged} notes acknowledged");
+            if acknowledged > 0 {
+                println!("{acknowledged} notes acknowledged");
+            }
             ExitCode::SUCCESS
+        }
+        Err(error @ (ProducerError::InvalidFlag { .. } | ProducerError::ParseInput { .. })) => {
+            tracing::error!("{error}");
+            ExitCode::from(2)
         }
         Err(error) => {
             tracing::error!("{error}");

@@ -122,3 +122,48 @@ pub fn records_waiting(tier: &str, count: usize) {
     #[expect(clippy::cast_precision_loss, reason = "held record counts are far below 2^52")]
     metrics::gauge!(SCHEDULER_RECORDS_WAITING, "tier" => tier.to_owned()).set(count as f64);
 }
+
+/// Producer counter of notes accepted into the outbox.
+pub const PRODUCER_NOTES_ACCEPTED_TOTAL: &str = "rebound_producer_notes_accepted_total";
+/// Producer counter of notes acknowledged by Kafka (and removed from the outbox).
+pub const PRODUCER_NOTES_ACKNOWLEDGED_TOTAL: &str = "rebound_producer_notes_acknowledged_total";
+/// Producer counter of notes sent again after a failure or a restart.
+pub const PRODUCER_RESEND_ATTEMPTS_TOTAL: &str = "rebound_producer_resend_attempts_total";
+/// Producer gauge of notes waiting in the outbox.
+pub const PRODUCER_OUTBOX_PENDING_NOTES: &str = "rebound_producer_outbox_pending_notes";
+/// Producer gauge of the age of the oldest note in the outbox.
+pub const PRODUCER_OUTBOX_OLDEST_AGE_SECONDS: &str = "rebound_producer_outbox_oldest_age_seconds";
+/// Producer gauge: 1 while Kafka acknowledges, 0 while it refuses everything.
+pub const PRODUCER_BROKER_REACHABLE: &str = "rebound_producer_broker_reachable";
+
+/// Notes were durably accepted into the outbox.
+pub fn producer_notes_accepted(count: usize) {
+    tracing::debug!(count, "notes accepted into the outbox");
+    metrics::counter!(PRODUCER_NOTES_ACCEPTED_TOTAL).increment(count as u64);
+}
+
+/// Kafka acknowledged notes; they left the outbox.
+pub fn producer_notes_acknowledged(count: usize) {
+    if count > 0 {
+        tracing::debug!(count, "notes acknowledged by kafka");
+    }
+    metrics::counter!(PRODUCER_NOTES_ACKNOWLEDGED_TOTAL).increment(count as u64);
+}
+
+/// Pending notes are being sent again.
+pub fn producer_resend_attempted(count: usize) {
+    tracing::info!(count, "resending pending notes");
+    metrics::counter!(PRODUCER_RESEND_ATTEMPTS_TOTAL).increment(count as u64);
+}
+
+/// The outbox's current depth and age.
+pub fn producer_outbox_state(pending_notes: u64, oldest_age_seconds: f64) {
+    #[expect(clippy::cast_precision_loss, reason = "outbox depths are far below 2^52")]
+    metrics::gauge!(PRODUCER_OUTBOX_PENDING_NOTES).set(pending_notes as f64);
+    metrics::gauge!(PRODUCER_OUTBOX_OLDEST_AGE_SECONDS).set(oldest_age_seconds);
+}
+
+/// Whether Kafka currently acknowledges the producer's sends.
+pub fn producer_broker_reachable(reachable: bool) {
+    metrics::gauge!(PRODUCER_BROKER_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
+}

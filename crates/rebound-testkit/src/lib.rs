@@ -171,3 +171,21 @@ pub fn note(note_id: &str, version: i64) -> Note {
         pinned: false,
     }
 }
+
+/// A loopback TCP port that was free a moment ago, for a server a test starts as a process.
+pub fn free_local_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap()
+}
+
+/// Waits until an HTTP GET of `url` answers 200.
+pub async fn wait_for_http_ok(url: &str, deadline: Duration) {
+    let client = reqwest::Client::new();
+    wait_for(&format!("{url} to answer 200"), deadline, || async {
+        let response = client.get(url).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,169 @@
+//! The producer's HTTP API: `POST /v1/notes` (202 only once the notes are durably in the
+//! outbox), `GET /v1/outbox`, `GET /v1/flags`, `GET /healthz`, `GET /readyz`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rebound_schema::NoteCodec;
+use rebound_service::{events, now_epoch_ms};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::ProducerError;
+use crate::flags::ResendFlags;
+use crate::note_json::{NoteRejection, parse_notes_body};
+use crate::outbox::{NewEntry, Outbox};
+use crate::relay::{RelayStatus, oldest_age_seconds};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The outbox notes are accepted into.
+    pub outbox: Outbox,
+    /// Current resend flags, for display.
+    pub flags: watch::Receiver<ResendFlags>,
+    /// Broker status from the relay.
+    pub status: Arc<RelayStatus>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/notes", post(post_notes))
+        .route("/v1/outbox", get(get_outbox))
+        .route("/v1/flags", get(get_flags))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(get_ready))
+        .with_state(state)
+}
+
+fn error_response(status: StatusCode, message: &str, problems: serde_json::Value) -> Response {
+    (status, Json(json!({ "error": message, "problems": problems }))).into_response()
+}
+
+async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    // A declared length over the limit is refused before reading a byte of it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > state.max_body_bytes) {
+        return body_too_large(state.max_body_bytes);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, state.max_body_bytes).await else {
+        return body_too_large(state.max_body_bytes);
+    };
+    let notes = match parse_notes_body(&bytes) {
+        Ok(notes) => notes,
+        Err(problems) => {
+            let malformed = problems
+                .iter()
+                .any(|(_, problem)| matches!(problem, NoteRejection::Malformed(_)));
+            let status = if malformed {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            let listed: Vec<serde_json::Value> = problems
+                .iter()
+                .map(|(index, problem)| json!({ "index": index, "message": problem.message() }))
+                .collect();
+            let summary = match &problems[0] {
+                (Some(index), problem) => format!("note {index}: {}; nothing was accepted", problem.message()),
+                (None, problem) => format!("{}; nothing was accepted", problem.message()),
+            };
+            return error_response(status, &summary, json!(listed));
+        }
+    };
+    let mut entries = Vec::with_capacity(notes.len());
+    for note in &notes {
+        match NoteCodec::embedded().encode(note) {
+            Ok(value) => entries.push(NewEntry {
+                note_id: note.note_id.clone(),
+                version: note.version,
+                value,
+            }),
+            Err(error) => {
+                return error_response(StatusCode::UNPROCESSABLE_ENTITY, &error.to_string(), json!([]));
+            }
+        }
+    }
+    match state.outbox.append(entries, now_epoch_ms()).await {
+        Ok(_) => {
+            events::producer_notes_accepted(notes.len());
+            let accepted: Vec<serde_json::Value> = notes
+                .iter()
+                .map(|note| json!({ "note_id": note.note_id, "version": note.version }))
+                .collect();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "accepted": accepted, "count": notes.len() })),
+            )
+                .into_response()
+        }
+        Err(error @ ProducerError::OutboxFull { .. }) => {
+            let retry_after = state.flags.borrow().retry_interval_seconds.clamp(1, 60);
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{error}; nothing was accepted, retry later"),
+                json!([]),
+            );
+            if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "outbox append failed");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("{error}; nothing was accepted"),
+                json!([]),
+            )
+        }
+    }
+}
+
+fn body_too_large(limit: usize) -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body is larger than {limit} bytes; nothing was accepted"),
+        json!([]),
+    )
+}
+
+async fn get_outbox(State(state): State<ApiState>) -> Response {
+    let flags = *state.flags.borrow();
+    Json(json!({
+        "pending": state.outbox.pending_notes(),
+        "pending_bytes": state.outbox.pending_bytes(),
+        "oldest_age_seconds": oldest_age_seconds(&state.outbox).await,
+        "broker_reachable": state.status.broker_reachable(),
+        "flags": flags,
+    }))
+    .into_response()
+}
+
+async fn get_flags(State(state): State<ApiState>) -> Response {
+    let flags = *state.flags.borrow();
+    Json(flags).into_response()
+}
+
+async fn get_ready(State(state): State<ApiState>) -> Response {
+    if state.status.broker_reachable() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka unreachable; notes are kept in the outbox\n",
+        )
+            .into_response()
+    }
+}

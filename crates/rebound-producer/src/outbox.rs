@@ -1,0 +1,543 @@
+//! The durable local outbox: every accepted note is committed here (SQLite, WAL,
+//! `synchronous=FULL`) before it is acknowledged to the client, and leaves only when Kafka has
+//! acknowledged it.
+//!
+//! Writes go through one writer thread that drains every queued request into a single
+//! transaction: many concurrent HTTP requests share one fsync (group commit), which is what
+//! keeps durable intake fast. Reads use their own connection; WAL lets them run beside the writer.
+//! SQLite rather than a hand-written log: it is crash-safe, well tested, and already the sink's
+//! store; a custom WAL would have to beat it by a measured margin to be worth owning.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, params};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::ProducerError;
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    note_id         TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    value           BLOB NOT NULL,
+    accepted_at_ms  INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT
+);
+";
+
+/// Most write requests folded into one transaction.
+const MAX_REQUESTS_PER_TRANSACTION: usize = 1024;
+
+/// A note waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Position in acceptance order.
+    pub seq: i64,
+    /// Note id, the Kafka key.
+    pub note_id: String,
+    /// Note version.
+    pub version: i64,
+    /// Encoded record value.
+    pub value: Vec<u8>,
+    /// When the note was accepted, epoch milliseconds.
+    pub accepted_at_ms: i64,
+    /// Failed send attempts so far.
+    pub attempts: u32,
+}
+
+/// A note to append: id, version, encoded value.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// Note id.
+    pub note_id: String,
+    /// Note version.
+    pub version: i64,
+    /// Encoded record value.
+    pub value: Vec<u8>,
+}
+
+enum WriteRequest {
+    Append {
+        entries: Vec<NewEntry>,
+        accepted_at_ms: i64,
+        reply: oneshot::Sender<Result<Vec<i64>, ProducerError>>,
+    },
+    Remove {
+        seqs: Vec<i64>,
+        reply: oneshot::Sender<Result<(), ProducerError>>,
+    },
+    MarkFailed {
+        seqs: Vec<i64>,
+        error: String,
+        reply: oneshot::Sender<Result<(), ProducerError>>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    pending_notes: AtomicU64,
+    pending_bytes: AtomicU64,
+}
+
+/// The outbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteRequest>,
+    reader: Arc<Mutex<Connection>>,
+    counters: Arc<Counters>,
+    appended: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Outbox")
+            .field("path", &self.path)
+            .field("pending_notes", &self.pending_notes())
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, ProducerError> {
+    let fail = |error: rusqlite::Error| ProducerError::OpenOutbox {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    };
+    let connection = Connection::open(path).map_err(fail)?;
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
+        .map_err(fail)?;
+    Ok(connection)
+}
+
+impl Outbox {
+    /// Opens (creating if needed) the outbox in `directory`, refusing appends that would take
+    /// the pending notes' bytes past `budget_bytes`.
+    pub fn open(directory: &Path, budget_bytes: u64) -> Result<Self, ProducerError> {
+        std::fs::create_dir_all(directory).map_err(|error| ProducerError::OpenOutbox {
+            path: directory.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        let path = directory.join("outbox.db");
+        let writer_connection = open_connection(&path)?;
+        writer_connection
+            .execute_batch(SCHEMA_SQL)
+            .map_err(|error| ProducerError::OpenOutbox {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            })?;
+        let (pending_notes, pending_bytes): (i64, i64) = writer_connection
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM outbox",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|error| ProducerError::OpenOutbox {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            })?;
+        let counters = Arc::new(Counters {
+            pending_notes: AtomicU64::new(u64::try_from(pending_notes).unwrap_or(0)),
+            pending_bytes: AtomicU64::new(u64::try_from(pending_bytes).unwrap_or(0)),
+        });
+        let reader = Arc::new(Mutex::new(open_connection(&path)?));
+        let (writer, requests) = mpsc::channel(4096);
+        let thread_counters = Arc::clone(&counters);
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("rebound-outbox-writer".to_owned())
+            .spawn(move || {
+                run_writer(
+                    writer_connection,
+                    requests,
+                    &thread_counters,
+                    budget_bytes,
+                    &thread_path,
+                )
+            })
+            .map_err(|error| ProducerError::OpenOutbox {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            })?;
+        Ok(Self {
+            path,
+            writer,
+            reader,
+            counters,
+            appended: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends notes in order; resolves once they are committed to disk. All or nothing.
+    pub async fn append(&self, entries: Vec<NewEntry>, accepted_at_ms: i64) -> Result<Vec<i64>, ProducerError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::Append {
+                entries,
+                accepted_at_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| writer_gone())?;
+        let seqs = answer.await.map_err(|_| writer_gone())??;
+        self.appended.notify_one();
+        Ok(seqs)
+    }
+
+    /// Removes acknowledged notes.
+    pub async fn remove(&self, seqs: Vec<i64>) -> Result<(), ProducerError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::Remove { seqs, reply })
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// Records a failed send of these notes.
+    pub async fn mark_failed(&self, seqs: Vec<i64>, error: String) -> Result<(), ProducerError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::MarkFailed { seqs, error, reply })
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// The oldest `limit` pending notes, in acceptance order.
+    pub async fn oldest_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT seq, note_id, version, value, accepted_at_ms, attempts FROM outbox ORDER BY seq LIMIT ?1",
+                )
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let rows = statement
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                    Ok(OutboxEntry {
+                        seq: row.get(0)?,
+                        note_id: row.get(1)?,
+                        version: row.get(2)?,
+                        value: row.get(3)?,
+                        accepted_at_ms: row.get(4)?,
+                        attempts: row.get(5)?,
+                    })
+                })
+                .map_err(|error| read_failed(&error.to_string()))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// Acceptance time of the oldest pending note, epoch milliseconds.
+    pub async fn oldest_accepted_at_ms(&self) -> Result<Option<i64>, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            connection
+                .query_row("SELECT MIN(accepted_at_ms) FROM outbox", [], |row| row.get(0))
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// Pending notes accepted at or before `seq`.
+    pub async fn pending_up_to(&self, seq: i64) -> Result<u64, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            connection
+                .query_row("SELECT COUNT(*) FROM outbox WHERE seq <= ?1", [seq], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(|count| u64::try_from(count).unwrap_or(0))
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// The lowest sequence number a note appended from now on can get: everything below it
+    /// was accepted earlier (by this process or an earlier one).
+    pub async fn next_seq_floor(&self) -> Result<i64, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            connection
+                .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox", [], |row| row.get(0))
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// Number of pending notes.
+    pub fn pending_notes(&self) -> u64 {
+        self.counters.pending_notes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of pending note values.
+    pub fn pending_bytes(&self) -> u64 {
+        self.counters.pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Completes after the next append (at once if one happened since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+}
+
+fn writer_gone() -> ProducerError {
+    ProducerError::WriteOutbox {
+        reason: "the outbox writer thread stopped".to_owned(),
+    }
+}
+
+fn read_failed(reason: &str) -> ProducerError {
+    ProducerError::ReadOutbox {
+        reason: reason.to_owned(),
+    }
+}
+
+/// The writer thread: folds every queued request into one transaction, commits (one fsync),
+/// then answers each request. A request's answer is sent only after the commit.
+fn run_writer(
+    mut connection: Connection,
+    mut requests: mpsc::Receiver<WriteRequest>,
+    counters: &Counters,
+    budget_bytes: u64,
+    path: &Path,
+) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_REQUESTS_PER_TRANSACTION {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let outcome = write_batch(&mut connection, &batch, counters, budget_bytes);
+        let (results, added_notes, added_bytes, removed_notes, removed_bytes) = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let reason = format!("{}: {error}", path.display());
+                tracing::error!(%reason, "outbox write failed; nothing of this batch was committed");
+                (
+                    batch
+                        .iter()
+                        .map(|_| Err(WriteRefusal::Failed(reason.clone())))
+                        .collect(),
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            }
+        };
+        // Only this thread changes the counters; others just read them.
+        let notes = counters.pending_notes.load(Ordering::Relaxed);
+        counters
+            .pending_notes
+            .store((notes + added_notes).saturating_sub(removed_notes), Ordering::Relaxed);
+        let bytes = counters.pending_bytes.load(Ordering::Relaxed);
+        counters
+            .pending_bytes
+            .store((bytes + added_bytes).saturating_sub(removed_bytes), Ordering::Relaxed);
+        for (request, result) in batch.into_iter().zip(results) {
+            match request {
+                WriteRequest::Append { reply, .. } => {
+                    let _ = reply.send(result.map_err(|outcome| match outcome {
+                        WriteRefusal::Full { pending_bytes } => ProducerError::OutboxFull {
+                            pending_bytes,
+                            budget_bytes,
+                        },
+                        WriteRefusal::Failed(reason) => ProducerError::WriteOutbox { reason },
+                    }));
+                }
+                WriteRequest::Remove { reply, .. } | WriteRequest::MarkFailed { reply, .. } => {
+                    let _ = reply.send(result.map(|_| ()).map_err(|outcome| ProducerError::WriteOutbox {
+                        reason: match outcome {
+                            WriteRefusal::Failed(reason) => reason,
+                            WriteRefusal::Full { .. } => "outbox full".to_owned(),
+                        },
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Why one request of a write batch was refused.
+enum WriteRefusal {
+    Full { pending_bytes: u64 },
+    Failed(String),
+}
+
+type BatchOutcome = (Vec<Result<Vec<i64>, WriteRefusal>>, u64, u64, u64, u64);
+
+fn write_batch(
+    connection: &mut Connection,
+    batch: &[WriteRequest],
+    counters: &Counters,
+    budget_bytes: u64,
+) -> Result<BatchOutcome, rusqlite::Error> {
+    let transaction = connection.transaction()?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut projected_bytes = counters.pending_bytes.load(Ordering::Relaxed);
+    let (mut added_notes, mut added_bytes, mut removed_notes, mut removed_bytes) = (0_u64, 0_u64, 0_u64, 0_u64);
+    {
+        let mut insert = transaction
+            .prepare_cached("INSERT INTO outbox (note_id, version, value, accepted_at_ms) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut size_of = transaction.prepare_cached("SELECT LENGTH(value) FROM outbox WHERE seq = ?1")?;
+        let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        let mut fail =
+            transaction.prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1")?;
+        for request in batch {
+            match request {
+                WriteRequest::Append {
+                    entries,
+                    accepted_at_ms,
+                    ..
+                } => {
+                    let bytes: u64 = entries.iter().map(|entry| entry.value.len() as u64).sum();
+                    if projected_bytes.saturating_add(bytes) > budget_bytes {
+                        results.push(Err(WriteRefusal::Full {
+                            pending_bytes: projected_bytes,
+                        }));
+                        continue;
+                    }
+                    let mut seqs = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        insert.execute(params![entry.note_id, entry.version, entry.value, accepted_at_ms])?;
+                        seqs.push(transaction.last_insert_rowid());
+                    }
+                    projected_bytes += bytes;
+                    added_notes += entries.len() as u64;
+                    added_bytes += bytes;
+                    results.push(Ok(seqs));
+                }
+                WriteRequest::Remove { seqs, .. } => {
+                    for seq in seqs {
+                        let size: Option<i64> = size_of.query_row([seq], |row| row.get(0)).ok();
+                        if let Some(size) = size {
+                            delete.execute([seq])?;
+                            removed_notes += 1;
+                            removed_bytes += u64::try_from(size).unwrap_or(0);
+                            projected_bytes = projected_bytes.saturating_sub(u64::try_from(size).unwrap_or(0));
+                        }
+                    }
+                    results.push(Ok(Vec::new()));
+                }
+                WriteRequest::MarkFailed { seqs, error, .. } => {
+                    for seq in seqs {
+                        fail.execute(params![seq, error])?;
+                    }
+                    results.push(Ok(Vec::new()));
+                }
+            }
+        }
+    }
+    transaction.commit()?;
+    Ok((results, added_notes, added_bytes, removed_notes, removed_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(note_id: &str, version: i64, size: usize) -> NewEntry {
+        NewEntry {
+            note_id: note_id.to_owned(),
+            version,
+            value: vec![7; size],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appended_notes_survive_reopening_in_order_until_removed() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 1 << 20).expect("opens");
+        let first = outbox
+            .append(vec![entry("a", 1, 10), entry("b", 1, 10)], 5)
+            .await
+            .expect("appends");
+        let second = outbox.append(vec![entry("a", 2, 10)], 6).await.expect("appends");
+        assert!(first[1] < second[0]);
+        assert_eq!(outbox.pending_notes(), 3);
+        drop(outbox);
+
+        let reopened = Outbox::open(directory.path(), 1 << 20).expect("reopens");
+        assert_eq!(reopened.pending_notes(), 3);
+        assert_eq!(reopened.pending_bytes(), 30);
+        let pending = reopened.oldest_pending(10).await.expect("reads");
+        let order: Vec<(&str, i64)> = pending
+            .iter()
+            .map(|entry| (entry.note_id.as_str(), entry.version))
+            .collect();
+        assert_eq!(order, vec![("a", 1), ("b", 1), ("a", 2)]);
+        reopened
+            .mark_failed(vec![pending[0].seq], "broker down".to_owned())
+            .await
+            .expect("marks");
+        reopened.remove(vec![pending[1].seq]).await.expect("removes");
+        let pending = reopened.oldest_pending(10).await.expect("reads");
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].attempts, 1);
+        assert_eq!(reopened.pending_notes(), 2);
+        assert_eq!(reopened.oldest_accepted_at_ms().await.expect("reads"), Some(5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_past_the_budget_are_refused_whole_and_write_nothing() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 100).expect("opens");
+        outbox.append(vec![entry("a", 1, 60)], 1).await.expect("fits");
+        let refused = outbox.append(vec![entry("b", 1, 30), entry("c", 1, 30)], 2).await;
+        assert!(matches!(
+            refused,
+            Err(ProducerError::OutboxFull {
+                pending_bytes: 60,
+                budget_bytes: 100
+            })
+        ));
+        assert_eq!(outbox.pending_notes(), 1);
+        assert_eq!(outbox.oldest_pending(10).await.expect("reads").len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_are_all_committed() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 1 << 30).expect("opens");
+        let appends: Vec<_> = (0..200)
+            .map(|index| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { outbox.append(vec![entry(&format!("n{index}"), 1, 100)], 1).await })
+            })
+            .collect();
+        for append in appends {
+            append.await.expect("task").expect("appended");
+        }
+        assert_eq!(outbox.oldest_pending(1000).await.expect("reads").len(), 200);
+    }
+}

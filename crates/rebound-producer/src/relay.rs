@@ -1,0 +1,301 @@
+//! The relay: sends outbox notes to Kafka in acceptance order and removes each once Kafka
+//! acknowledged it. Failed notes stay and are resent with capped exponential backoff and
+//! jitter, if the `retry_pending_notes` flag allows.
+//!
+//! Per-key order: a window never holds two versions of one note id, and a version is not sent
+//! while an earlier version of the same note is still pending. A failure can therefore never let
+//! version 2 overtake version 1 of a note, whatever the broker does.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rand::Rng as _;
+use rebound_kafka::{OutgoingRecord, RecordProducer};
+use rebound_retry::RecordHeaders;
+use rebound_service::{Shutdown, events};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::flags::ResendFlags;
+use crate::outbox::{Outbox, OutboxEntry};
+
+/// Oldest pending notes looked at per round.
+const SCAN_LIMIT: usize = 5000;
+/// Most notes in flight per round.
+const MAX_WINDOW: usize = 2000;
+/// First pause after a failed round; doubles up to the flags' resend interval.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What the relay knows about the broker, shared with the HTTP API.
+#[derive(Debug)]
+pub struct RelayStatus {
+    broker_reachable: AtomicBool,
+}
+
+impl Default for RelayStatus {
+    fn default() -> Self {
+        Self {
+            broker_reachable: AtomicBool::new(true),
+        }
+    }
+}
+
+impl RelayStatus {
+    /// False after a round in which Kafka acknowledged nothing and refused something.
+    pub fn broker_reachable(&self) -> bool {
+        self.broker_reachable.load(Ordering::Relaxed)
+    }
+
+    fn set_broker_reachable(&self, reachable: bool) {
+        if self.broker_reachable.swap(reachable, Ordering::Relaxed) != reachable {
+            if reachable {
+                tracing::info!("kafka reachable again: acknowledgements resumed");
+            } else {
+                tracing::warn!("kafka unreachable: notes stay in the outbox and are resent");
+            }
+        }
+        events::producer_broker_reachable(reachable);
+    }
+}
+
+/// Chooses the notes to send this round, in acceptance order: at most one per note id, none
+/// behind a pending earlier version of its note, and no resend unless `resend_allowed`. A note
+/// is a resend when it failed before or was already pending when this process started.
+pub fn select_window(
+    entries: &[OutboxEntry],
+    first_fresh_seq: i64,
+    resend_allowed: bool,
+    max: usize,
+) -> Vec<&OutboxEntry> {
+    let mut blocked_note_ids: HashSet<&str> = HashSet::new();
+    let mut window = Vec::new();
+    for entry in entries {
+        if !blocked_note_ids.insert(entry.note_id.as_str()) {
+            continue;
+        }
+        let is_resend = entry.seq < first_fresh_seq || entry.attempts > 0;
+        if is_resend && !resend_allowed {
+            continue;
+        }
+        window.push(entry);
+        if window.len() == max {
+            break;
+        }
+    }
+    window
+}
+
+/// The relay's moving parts.
+#[derive(Debug)]
+pub struct Relay {
+    /// The outbox it drains.
+    pub outbox: Outbox,
+    /// The acknowledging producer.
+    pub producer: RecordProducer,
+    /// Target topic.
+    pub topic: String,
+    /// Current resend flags.
+    pub flags: watch::Receiver<ResendFlags>,
+    /// Shared broker status.
+    pub status: Arc<RelayStatus>,
+    /// Lowest outbox sequence accepted by this process; anything before it is a resend.
+    pub first_fresh_seq: i64,
+}
+
+impl Relay {
+    /// Runs until `shutdown`. Each round sends a window, waits for every acknowledgement or
+    /// failure, then removes what was acknowledged.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let mut backoff = INITIAL_BACKOFF;
+        let mut resend_not_before = Instant::now();
+        let mut flags = *self.flags.borrow();
+        if !flags.retry_pending_notes && self.outbox.pending_notes() > 0 {
+            tracing::info!(
+                pending = self.outbox.pending_notes(),
+                "retry_pending_notes is off: pending notes are kept, not resent"
+            );
+        }
+        while !shutdown.is_triggered() {
+            let entries = match self.outbox.oldest_pending(SCAN_LIMIT).await {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the outbox");
+                    wait_or_shutdown(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let resend_allowed = flags.retry_pending_notes && Instant::now() >= resend_not_before;
+            let window = select_window(&entries, self.first_fresh_seq, resend_allowed, MAX_WINDOW);
+            if window.is_empty() {
+                let resend_waiting = flags.retry_pending_notes && !entries.is_empty();
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    () = self.outbox.appended() => {}
+                    changed = self.flags.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let new_flags = *self.flags.borrow_and_update();
+                        if new_flags.retry_pending_notes && !flags.retry_pending_notes {
+                            tracing::info!("retry_pending_notes switched on: resending pending notes now");
+                            resend_not_before = Instant::now();
+                            backoff = INITIAL_BACKOFF;
+                        }
+                        flags = new_flags;
+                    }
+                    () = tokio::time::sleep_until(resend_not_before), if resend_waiting => {}
+                }
+                continue;
+            }
+            let resends = window
+                .iter()
+                .filter(|entry| entry.seq < self.first_fresh_seq || entry.attempts > 0)
+                .count();
+            if resends > 0 {
+                events::producer_resend_attempted(resends);
+            }
+            // Shutdown does not wait out a window stuck on an unreachable broker: its notes are
+            // still in the outbox and go out on the next start.
+            let (acknowledged, failed, last_error) = tokio::select! {
+                outcome = self.send_window(&window) => outcome,
+                () = shutdown.wait() => break,
+            };
+            events::producer_notes_acknowledged(acknowledged.len());
+            if let Err(error) = self.outbox.remove(acknowledged.clone()).await {
+                tracing::error!(%error, "cannot remove acknowledged notes; they will be sent again");
+            }
+            if failed.is_empty() {
+                backoff = INITIAL_BACKOFF;
+                self.status.set_broker_reachable(true);
+            } else {
+                if acknowledged.is_empty() {
+                    self.status.set_broker_reachable(false);
+                }
+                let failed_count = failed.len();
+                if let Err(error) = self.outbox.mark_failed(failed, last_error.clone()).await {
+                    tracing::error!(%error, "cannot record failed sends");
+                }
+                let pause = with_jitter(backoff);
+                tracing::warn!(failed = failed_count, error = %last_error, retry_in_ms = pause.as_millis(), "notes not acknowledged; they stay in the outbox");
+                resend_not_before = Instant::now() + pause;
+                backoff = (backoff * 2).min(flags.retry_interval());
+            }
+            events::producer_outbox_state(self.outbox.pending_notes(), oldest_age_seconds(&self.outbox).await);
+            // Pick up flag changes made while the window was in flight.
+            if self.flags.has_changed().unwrap_or(false) {
+                flags = *self.flags.borrow_and_update();
+            }
+        }
+    }
+
+    /// Sends every note of the window, all in flight together.
+    async fn send_window(&self, window: &[&OutboxEntry]) -> (Vec<i64>, Vec<i64>, String) {
+        let sends: Vec<_> = window
+            .iter()
+            .map(|entry| {
+                let record = OutgoingRecord {
+                    topic: self.topic.clone(),
+                    partition: None,
+                    key: Some(entry.note_id.clone().into_bytes()),
+                    value: Some(entry.value.clone()),
+                    headers: RecordHeaders::new(),
+                };
+                let producer = &self.producer;
+                let seq = entry.seq;
+                async move { (seq, producer.send(&record).await) }
+            })
+            .collect();
+        let mut acknowledged = Vec::new();
+        let mut failed = Vec::new();
+        let mut last_error = String::new();
+        for (seq, result) in futures::future::join_all(sends).await {
+            match result {
+                Ok(_) => acknowledged.push(seq),
+                Err(error) => {
+                    last_error = error.to_string();
+                    failed.push(seq);
+                }
+            }
+        }
+        (acknowledged, failed, last_error)
+    }
+}
+
+/// Age of the oldest pending note in seconds (0 when empty).
+pub async fn oldest_age_seconds(outbox: &Outbox) -> f64 {
+    match outbox.oldest_accepted_at_ms().await {
+        #[expect(clippy::cast_precision_loss, reason = "ages in ms are far below 2^52")]
+        Ok(Some(accepted_at_ms)) => (rebound_service::now_epoch_ms() - accepted_at_ms).max(0) as f64 / 1000.0,
+        _ => 0.0,
+    }
+}
+
+/// A pause of `base` give or take a fifth, so that many producers do not resend in step.
+fn with_jitter(base: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(factor)
+}
+
+async fn wait_or_shutdown(shutdown: &Shutdown, pause: Duration) {
+    tokio::select! {
+        () = shutdown.wait() => {}
+        () = tokio::time::sleep(pause) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: i64, note_id: &str, attempts: u32) -> OutboxEntry {
+        OutboxEntry {
+            seq,
+            note_id: note_id.to_owned(),
+            version: seq,
+            value: Vec::new(),
+            accepted_at_ms: 0,
+            attempts,
+        }
+    }
+
+    fn seqs(window: &[&OutboxEntry]) -> Vec<i64> {
+        window.iter().map(|entry| entry.seq).collect()
+    }
+
+    #[test]
+    fn one_version_per_note_per_window_in_acceptance_order() {
+        let entries = vec![entry(1, "a", 0), entry(2, "b", 0), entry(3, "a", 0), entry(4, "c", 0)];
+        assert_eq!(seqs(&select_window(&entries, 0, true, 10)), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn a_held_back_resend_also_holds_back_later_versions_of_its_note() {
+        // Note a's version at seq 1 failed before; with resends off, its later version at seq 3
+        // must wait too, or version 3 would reach Kafka before version 1.
+        let entries = vec![entry(1, "a", 1), entry(2, "b", 0), entry(3, "a", 0)];
+        assert_eq!(seqs(&select_window(&entries, 0, false, 10)), vec![2]);
+        assert_eq!(seqs(&select_window(&entries, 0, true, 10)), vec![1, 2]);
+    }
+
+    #[test]
+    fn notes_pending_from_an_earlier_run_count_as_resends() {
+        let entries = vec![entry(1, "a", 0), entry(2, "b", 0), entry(10, "c", 0)];
+        assert_eq!(seqs(&select_window(&entries, 10, false, 10)), vec![10]);
+    }
+
+    #[test]
+    fn the_window_is_bounded() {
+        let entries: Vec<OutboxEntry> = (0..100).map(|seq| entry(seq, &format!("n{seq}"), 0)).collect();
+        assert_eq!(select_window(&entries, 0, true, 7).len(), 7);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        for _ in 0..100 {
+            let pause = with_jitter(Duration::from_secs(10));
+            assert!(pause >= Duration::from_secs(8) && pause <= Duration::from_secs(12));
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `rebound-producer send`: exits 0 once Kafka acknowledged every note of the file; on timeout
+//! exits non-zero with a count and keeps the notes for the next run; a bad line is refused
+//! whole with its line number.
+
+use std::process::Command;
+
+use rebound_testkit::{broker, create_test_topics, read_all, unique_prefix};
+
+fn send(
+    brokers: &str,
+    prefix: &str,
+    input: &std::path::Path,
+    outbox: &std::path::Path,
+    timeout: &str,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
+        .args(["--brokers", brokers, "--topic-prefix", prefix, "send"])
+        .arg(input)
+        .arg("--outbox-dir")
+        .arg(outbox)
+        .args(["--timeout", timeout, "--send-timeout", "1s"])
+        .output()
+        .expect("producer runs")
+}
+
+fn ndjson(count: usize) -> String {
+    (0..count)
+        .map(|index| {
+            format!(
+                "{{\"note_id\":\"file-{index}\",\"user_id\":\"u\",\"device_id\":\"cli\",\"version\":1,\"updated_at\":{}}}\n",
+                1_764_000_000_000_i64 + index as i64
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_times_out_with_a_count_then_a_second_run_delivers_everything() {
+    let prefix = unique_prefix("send");
+    create_test_topics(&prefix, &["notes"], 2).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("notes.ndjson");
+    std::fs::write(&input, ndjson(300)).expect("written");
+    let outbox = work.path().join("outbox");
+
+    let offline = send("127.0.0.1:1", &prefix, &input, &outbox, "2s");
+    assert_eq!(offline.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&offline.stderr);
+    assert!(stderr.contains("failed to send 300 notes"), "{stderr}");
+    assert!(stderr.contains("stay in the outbox"), "{stderr}");
+
+    // An empty input delivers what earlier runs left in the outbox.
+    let empty = work.path().join("empty.ndjson");
+    std::fs::write(&empty, "").expect("written");
+    let online = send(&broker(), &prefix, &empty, &outbox, "60s");
+    assert!(online.status.success(), "{}", String::from_utf8_lossy(&online.stderr));
+    let records = read_all(&format!("{prefix}notes")).await;
+    let mut ids: Vec<Vec<u8>> = records.iter().filter_map(|record| record.key.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "every note of the file arrived");
+}
+
+#[test]
+fn a_bad_line_is_refused_whole_with_its_line_number_and_exit_code_2() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("notes.ndjson");
+    let mut text = ndjson(3);
+    text.push_str("{\"note_id\":\"x\",\"user_id\":\"u\",\"device_id\":\"d\",\"version\":\"one\",\"updated_at\":1}\n");
+    std::fs::write(&input, text).expect("written");
+    let outbox = work.path().join("outbox");
+    let output = send("127.0.0.1:1", "unused.", &input, &outbox, "1s");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 4") && stderr.contains("\"version\""), "{stderr}");
+    assert!(
+        !outbox.join("outbox.db").exists(),
+        "nothing was accepted, not even an empty outbox"
+    );
+}
