@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Checks the alerting configuration: Prometheus rules and their unit tests, the Prometheus
+# config, the Alertmanager config and its routing, and that every runbook link has its section.
+#
+# Usage: scripts/check-alerts.sh
+#
+# Needs promtool and amtool. When either is missing it installs the Debian packages that ship
+# them (`prometheus`, `prometheus-alertmanager`) with apt-get, non-interactively, running
+# `apt-get update` once first; this needs root (or sudo). Nothing is installed when both exist.
+#
+# Checks, each counted once:
+#   promtool check rules   deploy/prometheus/alerts.yml
+#   promtool test rules    deploy/prometheus/alerts_test.yml (and deploy/prometheus/tests/*.yml)
+#   promtool check config  deploy/prometheus/prometheus.yml (loads alerts.yml next to it)
+#   amtool check-config    deploy/alertmanager/alertmanager.yml (and its templates)
+#   amtool config routes test: a critical alert reaches pagerduty, slack and the email digest;
+#                               a warning reaches slack and the digest only
+#   runbook anchors: every runbook_url in alerts.yml names a heading of docs/alerts.md
+# Every check runs even after a failure. The last line is `alerts: N passed, M failed`; the exit
+# status is 1 when anything failed (2 when the tools cannot be installed).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+say() { printf 'check-alerts.sh: %s\n' "$*" >&2; }
+
+rules=deploy/prometheus/alerts.yml
+rule_tests=deploy/prometheus/alerts_test.yml
+prom_config=deploy/prometheus/prometheus.yml
+am_config=deploy/alertmanager/alertmanager.yml
+runbook=docs/alerts.md
+
+# --- tools -------------------------------------------------------------------------------------
+
+ensure_tools() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+  if [[ ${#missing[@]} == 0 ]]; then
+    return 0
+  fi
+
+  local as_root=()
+  if [[ $(id -u) != 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      say "promtool/amtool missing and not root (no sudo): install ${missing[*]} first"
+      exit 2
+    fi
+    as_root=(sudo)
+  fi
+
+  say "installing Debian packages: ${missing[*]}"
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+
+  command -v promtool >/dev/null 2>&1 || { say "promtool still missing after install"; exit 2; }
+  command -v amtool >/dev/null 2>&1 || { say "amtool still missing after install"; exit 2; }
+}
+
+# --- checks ------------------------------------------------------------------------------------
+
+passed=0
+failed=0
+failures=()
+
+# check NAME COMMAND...: runs one check, shows its output indented, counts it.
+check() {
+  local name=$1
+  shift
+  local out status=0
+  out=$("$@" 2>&1) || status=$?
+  if [[ $status == 0 ]]; then
+    passed=$((passed + 1))
+    printf 'ok   %s\n' "$name"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    printf 'FAIL %s (exit %d)\n' "$name" "$status"
+  fi
+  if [[ -n $out ]]; then
+    printf '%s\n' "$out" | sed 's/^/     | /'
+  fi
+}
+
+# route_test EXPECTED_RECEIVERS LABEL=VALUE...: the receivers an alert with these labels reaches.
+route_test() {
+  local expected=$1
+  shift
+  amtool config routes test --config.file="$am_config" --verify.receivers="$expected" "$@"
+}
+
+# GitHub's heading anchor: lower case, punctuation other than '-' and '_' dropped, spaces to '-'.
+slugify() {
+  tr '[:upper:]' '[:lower:]' | sed -e 's/[^a-z0-9 _-]//g' -e 's/ /-/g'
+}
+
+# Every runbook_url of the rules points into docs/alerts.md at an existing heading, and every
+# alert has one.
+runbook_anchors() {
+  local anchors url anchor bad=0 alerts urls
+  alerts=$(grep -cE '^[[:space:]]*-[[:space:]]*alert:' "$rules" || true)
+  urls=$(grep -cE '^[[:space:]]*runbook_url:' "$rules" || true)
+  if [[ $alerts != "$urls" ]]; then
+    echo "$alerts alerts but $urls runbook_url annotations in $rules"
+    bad=1
+  fi
+  anchors=$(grep -E '^#{1,6} ' "$runbook" | sed -E 's/^#+ +//' | slugify)
+  while read -r url; do
+    case $url in
+      https://github.com/rebound-sync/rebound/blob/main/docs/alerts.md\#*) ;;
+      *) echo "runbook_url outside docs/alerts.md: $url"; bad=1; continue ;;
+    esac
+    anchor=${url#*#}
+    if grep -qxF -- "$anchor" <<<"$anchors"; then
+      echo "#$anchor"
+    else
+      echo "no heading for #$anchor in $runbook"
+      bad=1
+    fi
+  done < <(grep -E '^[[:space:]]*runbook_url:' "$rules" | sed -E "s/^[[:space:]]*runbook_url:[[:space:]]*['\"]?([^'\"]*)['\"]?[[:space:]]*$/\1/")
+  return "$bad"
+}
+
+ensure_tools
+say "$(promtool --version 2>&1 | head -1)"
+say "$(amtool --version 2>&1 | head -1)"
+
+check "promtool check rules $rules" promtool check rules "$rules"
+check "promtool test rules $rule_tests" promtool test rules "$rule_tests"
+shopt -s nullglob
+for extra in deploy/prometheus/tests/*.yml deploy/prometheus/tests/*.yaml; do
+  check "promtool test rules $extra" promtool test rules "$extra"
+done
+shopt -u nullglob
+check "promtool check config $prom_config" promtool check config "$prom_config"
+check "amtool check-config $am_config" amtool check-config "$am_config"
+check "route: critical -> pagerduty, slack, email-digest" \
+  route_test pagerduty,slack,email-digest alertname=ReboundDLQSizeCritical severity=critical topic=dlq cluster=rebound-compose
+check "route: warning -> slack, email-digest" \
+  route_test slack,email-digest alertname=ReboundDLQGrowing severity=warning topic=dlq cluster=rebound-compose
+check "runbook anchors $rules -> $runbook" runbook_anchors
+
+if [[ $failed != 0 ]]; then
+  say "failed: ${failures[*]}"
+fi
+echo "alerts: $passed passed, $failed failed"
+[[ $failed == 0 ]]
