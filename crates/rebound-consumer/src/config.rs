@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::{Tier, TierPolicy, apply_topic_prefix, parse_duration, parse_tier_spec};
-use rebound_service::CommonArgs;
+use rebound_service::{CommonArgs, OperationalArgs};
 
 use crate::ConsumerError;
 use crate::sink::{FailureInjection, SinkSpec};
@@ -21,6 +21,10 @@ pub struct ConsumerArgs {
     /// Kafka connection and logging.
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Metrics and health endpoints.
+    #[command(flatten)]
+    pub operational: OperationalArgs,
 
     /// Consumer group; run more instances with the same group to scale out.
     #[arg(long, env = "REBOUND_GROUP", default_value = "rebound-consumer")]
@@ -99,6 +103,8 @@ pub struct ConsumerConfig {
     pub http_timeout: Duration,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
+    /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ConsumerArgs {
@@ -153,6 +159,7 @@ impl ConsumerArgs {
                 .parse()
                 .map_err(|error: ConsumerError| invalid("--sink", error.to_string()))?,
             kafka: self.common.kafka,
+            metrics_listen: self.operational.metrics_listen,
             group: self.group,
             source_topics,
             failure_injection,

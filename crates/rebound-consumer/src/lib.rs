@@ -56,6 +56,14 @@ pub enum ConsumerError {
         /// What the broker said.
         reason: String,
     },
+    /// The metrics and health endpoints could not be served.
+    #[error("failed to serve metrics on {listen}: {reason}")]
+    ServeEndpoints {
+        /// The address.
+        listen: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A Kafka operation failed.
     #[error("failed to {operation}: {source}")]
     Kafka {

@@ -8,16 +8,19 @@
 //! memory to one batch and makes a slow sink slow the intake rather than grow a queue.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rebound_kafka::{
-    ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings, RecordConsumer,
+    ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
+    RecordConsumer,
     RecordProducer, fetch_partition_counts,
 };
 use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, parse_retry_context};
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
-use rebound_service::{Shutdown, now_epoch_ms};
+use rebound_service::trace_context::{continue_trace, inject_trace};
+use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
 use crate::{ConsumerConfig, ConsumerError};
@@ -38,6 +41,19 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
             operation: "create producer",
             source,
         })?;
+    let readiness = Arc::new(Readiness::default());
+    readiness.set("kafka", false, "no partitions assigned yet");
+    readiness.set("sink", true, "no batch applied yet");
+    if let Some(listen) = config.metrics_listen {
+        serve_operational_endpoints(listen, Arc::clone(&readiness), shutdown.clone())
+            .await
+            .map_err(|error| ConsumerError::ServeEndpoints {
+                listen: listen.to_string(),
+                reason: error.to_string(),
+            })?;
+    }
+    events::consumer_paused(false);
+    events::consumer_in_flight(0);
     let consumer = RecordConsumer::subscribe(
         &config.kafka,
         &ConsumerSettings::new(config.group.clone(), config.source_topics.clone()),
@@ -53,12 +69,14 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         dlq = config.policy.dead_letter_topic(),
         "consumer started"
     );
+    tokio::spawn(publish_lag(consumer.lag_per_topic(), config.source_topics.clone(), shutdown.clone()));
     let pipeline = Pipeline {
         config: &config,
         codec: NoteCodec::embedded(),
         sink,
         producer,
         consumer,
+        readiness,
     };
     while let Some(batch) = pipeline.next_batch(&shutdown).await {
         pipeline.process_batch(batch, &shutdown).await;
@@ -99,12 +117,30 @@ async fn check_topics_exist(config: &ConsumerConfig) -> Result<(), ConsumerError
     Ok(())
 }
 
+/// Publishes the group's lag on the source topics every few seconds until shutdown.
+async fn publish_lag(lag_per_topic: LagPerTopic, source_topics: Vec<String>, shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        let snapshot = lag_per_topic.lock().map(|lag| lag.clone()).unwrap_or_default();
+        for topic in &source_topics {
+            if let Some(lag) = snapshot.get(topic) {
+                events::consumer_lag(topic, *lag);
+            }
+        }
+    }
+}
+
 struct Pipeline<'config> {
     config: &'config ConsumerConfig,
     codec: &'static NoteCodec,
     sink: Sink,
     producer: RecordProducer,
     consumer: RecordConsumer,
+    readiness: Arc<Readiness>,
 }
 
 /// What became of one record of a batch.
@@ -119,10 +155,13 @@ impl Pipeline<'_> {
     /// Waits for the first record, then gathers more until the batch is full or the linger time
     /// passes. `None` once shutdown is triggered with no batch in hand.
     async fn next_batch(&self, shutdown: &Shutdown) -> Option<Vec<ConsumedRecord>> {
+        let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
         let first = loop {
             tokio::select! {
                 biased;
                 () = shutdown.wait() => return None,
+                // While no record arrives, assignment changes are still noticed (readiness).
+                _ = idle_tick.tick() => self.log_assignment_events(),
                 received = self.consumer.recv() => match received {
                     Ok(record) => break record,
                     Err(error) => {
@@ -148,7 +187,13 @@ impl Pipeline<'_> {
     }
 
     fn log_assignment_events(&self) {
-        for event in self.consumer.take_assignment_events() {
+        let events = self.consumer.take_assignment_events();
+        if !events.is_empty() {
+            let assigned = self.consumer.assignment().len();
+            self.readiness
+                .set("kafka", assigned > 0, format!("{assigned} partitions assigned"));
+        }
+        for event in events {
             match event {
                 PartitionAssignmentEvent::Assigned(partitions) => {
                     tracing::info!(partitions = ?partitions, "partitions assigned");
@@ -161,6 +206,22 @@ impl Pipeline<'_> {
     }
 
     async fn process_batch(&self, batch: Vec<ConsumedRecord>, shutdown: &Shutdown) {
+        // One span per record, continuing the trace the record carries and living as long as
+        // the record's processing; copies sent to a tier or the DLQ carry this span onwards.
+        let spans: Vec<tracing::Span> = batch
+            .iter()
+            .map(|record| {
+                let span = tracing::info_span!(
+                    "consumer.process",
+                    messaging.source = %record.topic,
+                    messaging.partition = record.partition,
+                    messaging.offset = record.offset,
+                    outcome = tracing::field::Empty,
+                );
+                continue_trace(&span, &record.headers);
+                span
+            })
+            .collect();
         let mut fates: Vec<Option<Fate>> = Vec::with_capacity(batch.len());
         let mut apply_items = Vec::new();
         let mut applying = Vec::new();
@@ -171,15 +232,34 @@ impl Pipeline<'_> {
                     applying.push(index);
                     fates.push(None);
                 }
-                Err((previous, failure)) => fates.push(Some(self.route(record, previous.as_ref(), &failure))),
+                Err((previous, failure)) => {
+                    fates.push(Some(self.route(record, previous.as_ref(), &failure, &spans[index])));
+                }
             }
         }
+        events::consumer_in_flight(batch.len());
         let previous_attempts: Vec<u32> = apply_items.iter().map(|item| item.previous_attempts).collect();
+        let applying_count = apply_items.len();
+        let sink_started = std::time::Instant::now();
         let results = self.sink.apply_batch(apply_items).await;
+        if applying_count > 0 {
+            events::consumer_sink_batch(sink_started.elapsed());
+            let transient = results
+                .iter()
+                .filter(|result| matches!(result, Err(failure) if failure.kind == ErrorKind::Transient))
+                .count();
+            // A sink that fails a whole batch transiently is most likely down.
+            if transient == applying_count {
+                self.readiness.set("sink", false, "the last batch failed transiently as a whole");
+            } else {
+                self.readiness.set("sink", true, "the last batch reached the sink");
+            }
+        }
         for ((index, result), previous_attempts) in applying.into_iter().zip(results).zip(previous_attempts) {
             let record = &batch[index];
             fates[index] = Some(match result {
                 Ok(()) => {
+                    spans[index].record("outcome", "applied");
                     events::record_applied(record_ref(record, &record.key_for_display()), previous_attempts);
                     Fate::Safe
                 }
@@ -192,12 +272,13 @@ impl Pipeline<'_> {
                         message,
                         failed_at_ms: now_epoch_ms(),
                     };
-                    self.route(record, previous.as_ref(), &failure)
+                    self.route(record, previous.as_ref(), &failure, &spans[index])
                 }
             });
         }
         let safe = self.deliver_copies(&batch, fates, shutdown).await;
         self.store_offsets(&batch, &safe);
+        events::consumer_in_flight(0);
     }
 
     /// Decodes a record into a sink item, or explains why it is poison.
@@ -226,15 +307,25 @@ impl Pipeline<'_> {
         }
     }
 
-    fn route(&self, record: &ConsumedRecord, previous: Option<&RetryContext>, failure: &Failure) -> Fate {
-        Fate::Route(Box::new(failure_dispatch(
+    fn route(&self, record: &ConsumedRecord, previous: Option<&RetryContext>, failure: &Failure, span: &tracing::Span) -> Fate {
+        let mut dispatch = failure_dispatch(
             &self.config.policy,
             &record.headers,
             previous,
             &record.location(),
             failure,
             &self.config.group,
-        )))
+        );
+        span.record(
+            "outcome",
+            match dispatch.route {
+                Route::Tier { .. } => "retried",
+                Route::DeadLetter => "dead_lettered",
+            },
+        );
+        let hop = tracing::info_span!(parent: span, "consumer.route", messaging.destination = %dispatch.topic, error.kind = %failure.kind);
+        inject_trace(&hop, &mut dispatch.headers);
+        Fate::Route(Box::new(dispatch))
     }
 
     /// Produces every copy, all in flight together, and retries refused ones with backoff until

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rebound_schema::NoteCodec;
+use rebound_service::trace_context::{TRACEPARENT, continue_trace, headers_with_traceparent, traceparent_of};
 use rebound_service::{events, now_epoch_ms};
 use serde_json::json;
 use tokio::sync::watch;
@@ -82,13 +83,20 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
             return error_response(status, &summary, json!(listed));
         }
     };
+    // A client that traces its requests sends `traceparent`; each note's trace continues it.
+    let request_trace = headers_with_traceparent(
+        headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()),
+    );
     let mut entries = Vec::with_capacity(notes.len());
     for note in &notes {
+        let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
+        continue_trace(&span, &request_trace);
         match NoteCodec::embedded().encode(note) {
             Ok(value) => entries.push(NewEntry {
                 note_id: note.note_id.clone(),
                 version: note.version,
                 value,
+                traceparent: traceparent_of(&span),
             }),
             Err(error) => {
                 return error_response(StatusCode::UNPROCESSABLE_ENTITY, &error.to_string(), json!([]));

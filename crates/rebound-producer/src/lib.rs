@@ -24,7 +24,7 @@ pub use generator::NoteGenerator;
 use rebound_kafka::{OutgoingRecord, ProducerSettings, RecordProducer};
 use rebound_retry::{RecordHeaders, apply_topic_prefix};
 use rebound_schema::NoteCodec;
-use rebound_service::{CommonArgs, Shutdown, events, now_epoch_ms};
+use rebound_service::{CommonArgs, OperationalArgs, Readiness, Shutdown, events, now_epoch_ms, serve_operational_endpoints};
 
 use crate::flags::{FlagsSource, watch_flags};
 use crate::outbox::{NewEntry, Outbox};
@@ -203,6 +203,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REBOUND_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Metrics and health endpoints (the API port serves `/healthz` and `/readyz` too).
+    #[command(flatten)]
+    pub operational: OperationalArgs,
+
     /// Outbox and resend.
     #[command(flatten)]
     pub outbox: OutboxArgs,
@@ -336,6 +340,17 @@ async fn run_serve(
     let flush_producer = producer.clone();
     let (outbox, relay, status) = start_outbox(producer, topic, &args.outbox).await?;
     let flags = relay.flags.clone();
+    let readiness = Arc::new(Readiness::default());
+    readiness.set("outbox", true, format!("open at {}", outbox.path().display()));
+    if let Some(listen) = args.operational.metrics_listen {
+        serve_operational_endpoints(listen, Arc::clone(&readiness), shutdown.clone())
+            .await
+            .map_err(|error| ProducerError::ServeHttp {
+                listen: listen.to_string(),
+                reason: error.to_string(),
+            })?;
+    }
+    tokio::spawn(publish_outbox_state(outbox.clone(), Arc::clone(&status), readiness, shutdown.clone()));
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -365,6 +380,25 @@ async fn run_serve(
     }
     tracing::info!("producer stopped");
     Ok(0)
+}
+
+/// Keeps the outbox gauges and the readiness of the broker check current, also while idle.
+async fn publish_outbox_state(outbox: Outbox, status: Arc<RelayStatus>, readiness: Arc<Readiness>, shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        events::producer_outbox_state(outbox.pending_notes(), relay::oldest_age_seconds(&outbox).await);
+        let reachable = status.broker_reachable();
+        events::producer_broker_reachable(reachable);
+        readiness.set(
+            "kafka",
+            reachable,
+            if reachable { "acknowledging" } else { "refusing sends; notes are kept in the outbox" },
+        );
+    }
 }
 
 /// Reads NDJSON notes; all or nothing, with the line number of the first bad line.
@@ -424,10 +458,12 @@ async fn run_send(
     for chunk in notes.chunks(1000) {
         let mut entries = Vec::with_capacity(chunk.len());
         for note in chunk {
+            let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
             entries.push(NewEntry {
                 note_id: note.note_id.clone(),
                 version: note.version,
                 value: NoteCodec::embedded().encode(note)?,
+                traceparent: rebound_service::trace_context::traceparent_of(&span),
             });
         }
         let seqs = outbox.append(entries, now_epoch_ms()).await?;

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     value           BLOB NOT NULL,
     accepted_at_ms  INTEGER NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
-    last_error      TEXT
+    last_error      TEXT,
+    traceparent     TEXT
 );
 ";
 
@@ -47,6 +48,8 @@ pub struct OutboxEntry {
     pub accepted_at_ms: i64,
     /// Failed send attempts so far.
     pub attempts: u32,
+    /// W3C trace context of the acceptance, continued when the note is sent.
+    pub traceparent: Option<String>,
 }
 
 /// A note to append: id, version, encoded value.
@@ -58,6 +61,8 @@ pub struct NewEntry {
     pub version: i64,
     /// Encoded record value.
     pub value: Vec<u8>,
+    /// W3C trace context of the acceptance, if traced.
+    pub traceparent: Option<String>,
 }
 
 enum WriteRequest {
@@ -131,6 +136,23 @@ impl Outbox {
                 path: path.display().to_string(),
                 reason: error.to_string(),
             })?;
+        // Outboxes written before trace context was stored lack its column.
+        let has_traceparent: bool = writer_connection
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = 'traceparent'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|count| count > 0)
+            .unwrap_or(true);
+        if !has_traceparent {
+            writer_connection
+                .execute_batch("ALTER TABLE outbox ADD COLUMN traceparent TEXT")
+                .map_err(|error| ProducerError::OpenOutbox {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                })?;
+        }
         let (pending_notes, pending_bytes): (i64, i64) = writer_connection
             .query_row(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM outbox",
@@ -227,7 +249,8 @@ impl Outbox {
             let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
             let mut statement = connection
                 .prepare_cached(
-                    "SELECT seq, note_id, version, value, accepted_at_ms, attempts FROM outbox ORDER BY seq LIMIT ?1",
+                    "SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent \
+                     FROM outbox ORDER BY seq LIMIT ?1",
                 )
                 .map_err(|error| read_failed(&error.to_string()))?;
             let rows = statement
@@ -239,6 +262,7 @@ impl Outbox {
                         value: row.get(3)?,
                         accepted_at_ms: row.get(4)?,
                         attempts: row.get(5)?,
+                        traceparent: row.get(6)?,
                     })
                 })
                 .map_err(|error| read_failed(&error.to_string()))?;
@@ -408,7 +432,9 @@ fn write_batch(
     let (mut added_notes, mut added_bytes, mut removed_notes, mut removed_bytes) = (0_u64, 0_u64, 0_u64, 0_u64);
     {
         let mut insert = transaction
-            .prepare_cached("INSERT INTO outbox (note_id, version, value, accepted_at_ms) VALUES (?1, ?2, ?3, ?4)")?;
+            .prepare_cached(
+                "INSERT INTO outbox (note_id, version, value, accepted_at_ms, traceparent) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
         let mut size_of = transaction.prepare_cached("SELECT LENGTH(value) FROM outbox WHERE seq = ?1")?;
         let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
         let mut fail =
@@ -429,7 +455,13 @@ fn write_batch(
                     }
                     let mut seqs = Vec::with_capacity(entries.len());
                     for entry in entries {
-                        insert.execute(params![entry.note_id, entry.version, entry.value, accepted_at_ms])?;
+                        insert.execute(params![
+                            entry.note_id,
+                            entry.version,
+                            entry.value,
+                            accepted_at_ms,
+                            entry.traceparent
+                        ])?;
                         seqs.push(transaction.last_insert_rowid());
                     }
                     projected_bytes += bytes;
@@ -471,6 +503,7 @@ mod tests {
             note_id: note_id.to_owned(),
             version,
             value: vec![7; size],
+            traceparent: None,
         }
     }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use rand::Rng as _;
 use rebound_kafka::{OutgoingRecord, RecordProducer};
 use rebound_retry::RecordHeaders;
+use rebound_service::trace_context::{continue_trace, headers_with_traceparent, inject_trace};
 use rebound_service::{Shutdown, events};
+use tracing::Instrument as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -195,16 +197,22 @@ impl Relay {
         let sends: Vec<_> = window
             .iter()
             .map(|entry| {
+                // The send continues the trace begun when the note was accepted, and the
+                // record carries it on to the consumer.
+                let span = tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version);
+                continue_trace(&span, &headers_with_traceparent(entry.traceparent.as_deref()));
+                let mut headers = RecordHeaders::new();
+                inject_trace(&span, &mut headers);
                 let record = OutgoingRecord {
                     topic: self.topic.clone(),
                     partition: None,
                     key: Some(entry.note_id.clone().into_bytes()),
                     value: Some(entry.value.clone()),
-                    headers: RecordHeaders::new(),
+                    headers,
                 };
                 let producer = &self.producer;
                 let seq = entry.seq;
-                async move { (seq, producer.send(&record).await) }
+                async move { (seq, producer.send(&record).instrument(span).await) }
             })
             .collect();
         let mut acknowledged = Vec::new();
@@ -257,6 +265,7 @@ mod tests {
             value: Vec::new(),
             accepted_at_ms: 0,
             attempts,
+            traceparent: None,
         }
     }
 

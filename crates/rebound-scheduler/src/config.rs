@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::{Tier, TierPolicy, parse_duration, parse_tier_spec};
-use rebound_service::CommonArgs;
+use rebound_service::{CommonArgs, OperationalArgs};
 
 use crate::SchedulerError;
 
@@ -19,6 +19,10 @@ pub struct SchedulerArgs {
     /// Kafka connection and logging.
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Metrics and health endpoints.
+    #[command(flatten)]
+    pub operational: OperationalArgs,
 
     /// Consumer group; run more instances with the same group to scale out.
     #[arg(long, env = "REBOUND_GROUP", default_value = "rebound-scheduler")]
@@ -56,6 +60,8 @@ pub struct SchedulerConfig {
     pub group: String,
     /// Tiers served (prefix applied) and the DLQ.
     pub policy: TierPolicy,
+    /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Records held per partition before it is paused (at least 1).
     pub read_ahead_per_partition: usize,
     /// Bound on shutdown.
@@ -91,6 +97,7 @@ impl SchedulerArgs {
         }
         Ok(SchedulerConfig {
             read_ahead_per_partition: self.read_ahead,
+            metrics_listen: self.operational.metrics_listen,
             kafka: self.common.kafka,
             group: self.group,
             policy,

@@ -2,6 +2,7 @@
 //! head is waiting, release due records in batches, store offsets after acknowledgement.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rebound_kafka::{
@@ -10,7 +11,8 @@ use rebound_kafka::{
 };
 use rebound_retry::{ErrorKind, Failure, RetryContext, dead_letter_dispatch, parse_retry_context};
 use rebound_service::events::{self, RecordRef};
-use rebound_service::{Shutdown, now_epoch_ms};
+use rebound_service::trace_context::{continue_trace, inject_trace};
+use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
 use tokio::time::Instant;
 
 use crate::holdings::{HeldRecord, Holdings, ReleaseAction};
@@ -47,6 +49,16 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
             source,
         })?;
     topics.sort();
+    let readiness = Arc::new(Readiness::default());
+    readiness.set("kafka", false, "no partitions assigned yet");
+    if let Some(listen) = config.metrics_listen {
+        serve_operational_endpoints(listen, Arc::clone(&readiness), shutdown.clone())
+            .await
+            .map_err(|error| SchedulerError::ServeEndpoints {
+                listen: listen.to_string(),
+                reason: error.to_string(),
+            })?;
+    }
     let consumer = RecordConsumer::subscribe(
         &config.kafka,
         &ConsumerSettings::new(config.group.clone(), topics.clone()),
@@ -62,13 +74,17 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         consumer,
         holdings: Holdings::default(),
         paused: BTreeSet::new(),
+        readiness,
     };
+    let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let next_release = scheduler.holdings.next_release_at();
         tokio::select! {
             biased;
             () = shutdown.wait() => break,
             () = sleep_until_or_forever(next_release) => {}
+            // While no record arrives, assignment changes are still noticed (readiness).
+            _ = idle_tick.tick() => scheduler.apply_assignment_events(),
             received = scheduler.consumer.recv() => {
                 scheduler.take_received(received).await;
             }
@@ -109,6 +125,8 @@ struct Scheduler<'config> {
     holdings: Holdings,
     /// Partitions this scheduler paused; reconciled with the holdings after every step.
     paused: BTreeSet<TopicPartition>,
+    /// What `/readyz` reports.
+    readiness: Arc<Readiness>,
 }
 
 impl Scheduler<'_> {
@@ -137,7 +155,13 @@ impl Scheduler<'_> {
     }
 
     fn apply_assignment_events(&mut self) {
-        for event in self.consumer.take_assignment_events() {
+        let events = self.consumer.take_assignment_events();
+        if !events.is_empty() {
+            let assigned = self.consumer.assignment().len();
+            self.readiness
+                .set("kafka", assigned > 0, format!("{assigned} partitions assigned"));
+        }
+        for event in events {
             match event {
                 PartitionAssignmentEvent::Assigned(partitions) => {
                     tracing::info!(partitions = ?partitions, "partitions assigned");
@@ -256,14 +280,34 @@ impl Scheduler<'_> {
             self.holdings.hold_again_at_front(records, now);
         }
 
-        let sends: Vec<_> = due
+        // A span per released record continues the record's trace; its copy carries this hop.
+        let spans: Vec<tracing::Span> = due
             .iter()
             .map(|held| {
-                let (topic, headers) = match &held.action {
-                    ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
-                    ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
+                let span = match &held.action {
+                    ReleaseAction::Republish { target_topic } => tracing::info_span!(
+                        "scheduler.republish",
+                        messaging.source = %held.record.topic,
+                        messaging.destination = %target_topic,
+                        lateness_ms = now_ms - held.due_ms,
+                    ),
+                    ReleaseAction::DeadLetter(dispatch) => tracing::info_span!(
+                        "scheduler.dead_letter",
+                        messaging.source = %held.record.topic,
+                        messaging.destination = %dispatch.topic,
+                    ),
                 };
-                let outgoing = OutgoingRecord {
+                continue_trace(&span, &held.record.headers);
+                span
+            })
+            .collect();
+        let sends: Vec<_> = due.iter().zip(&spans).map(|(held, span)| {
+            let (topic, mut headers) = match &held.action {
+                ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
+                ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
+            };
+            inject_trace(span, &mut headers);
+            let outgoing = OutgoingRecord {
                     topic,
                     partition: None,
                     key: held.record.key.clone(),

@@ -167,3 +167,34 @@ pub fn producer_outbox_state(pending_notes: u64, oldest_age_seconds: f64) {
 pub fn producer_broker_reachable(reachable: bool) {
     metrics::gauge!(PRODUCER_BROKER_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
 }
+
+/// Consumer histogram of sink batch latency.
+pub const CONSUMER_SINK_DURATION_SECONDS: &str = "rebound_consumer_sink_duration_seconds";
+/// Consumer gauge of records taken from Kafka and not yet safe.
+pub const CONSUMER_IN_FLIGHT_RECORDS: &str = "rebound_consumer_in_flight_records";
+/// Consumer gauge: 1 while intake is paused.
+pub const CONSUMER_PAUSED: &str = "rebound_consumer_paused";
+/// Consumer gauge of records in the source topics not yet committed by the group.
+pub const CONSUMER_LAG_RECORDS: &str = "rebound_consumer_lag_records";
+
+/// The sink took `duration` to answer a batch.
+pub fn consumer_sink_batch(duration: std::time::Duration) {
+    metrics::histogram!(CONSUMER_SINK_DURATION_SECONDS).record(duration.as_secs_f64());
+}
+
+/// Records currently held by the consumer (one batch at most).
+pub fn consumer_in_flight(records: usize) {
+    #[expect(clippy::cast_precision_loss, reason = "batch sizes are far below 2^52")]
+    metrics::gauge!(CONSUMER_IN_FLIGHT_RECORDS).set(records as f64);
+}
+
+/// Whether the consumer's intake is paused (it pauses only while it cannot hand records on).
+pub fn consumer_paused(paused: bool) {
+    metrics::gauge!(CONSUMER_PAUSED).set(if paused { 1.0 } else { 0.0 });
+}
+
+/// The group's lag on one source topic.
+pub fn consumer_lag(topic: &str, lag: i64) {
+    #[expect(clippy::cast_precision_loss, reason = "lags are far below 2^52")]
+    metrics::gauge!(CONSUMER_LAG_RECORDS, "topic" => topic.to_owned()).set(lag as f64);
+}

@@ -3,11 +3,14 @@
 //! (applied, retried, dead-lettered, republished) emitted as a log line and a metric together.
 
 pub mod events;
+mod operational;
 mod shutdown;
 mod telemetry;
+pub mod trace_context;
 
+pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
 pub use shutdown::{Shutdown, shutdown_signal};
-pub use telemetry::{LogFormat, init_telemetry};
+pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
 
 use rebound_kafka::KafkaArgs;
 
@@ -21,6 +24,10 @@ pub struct CommonArgs {
     /// Log line format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "REBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// OTLP/HTTP collector to export traces to, e.g. `http://127.0.0.1:4318` (off when not given).
+    #[arg(long, env = "REBOUND_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch by the wall clock, as Kafka timestamps and the retry

@@ -1,6 +1,12 @@
-//! Log set-up: human-readable or JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
+//! Log and trace set-up: human-readable or JSON log lines on stderr, filtered by `RUST_LOG`
+//! (default `info`), and, with `--otlp-endpoint`, spans exported over OTLP/HTTP.
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -11,18 +17,79 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global log subscriber. Logs go to stderr so that commands whose stdout is data
-/// (`rebound dlq inspect --output json`) stay pipeable. Calling it twice is harmless.
-pub fn init_telemetry(format: LogFormat) {
+/// Keeps the trace exporter alive; dropping it flushes the spans still buffered.
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("trace exporter shutdown failed: {error}");
+        }
+    }
+}
+
+/// Installs the global log subscriber (and the span exporter when `otlp_endpoint` is given,
+/// e.g. `http://127.0.0.1:4318`). Logs go to stderr so that commands whose stdout is data stay
+/// pipeable. Calling it twice is harmless: the second call changes nothing.
+pub fn init_telemetry(format: LogFormat, otlp_endpoint: Option<&str>, service_name: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal; log files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            ),
+        ),
     };
+    let mut guard = TelemetryGuard::default();
+    let mut export_error = None;
+    let otel = otlp_endpoint.and_then(|endpoint| match build_provider(endpoint, service_name) {
+        Ok(provider) => {
+            let tracer = provider.tracer(service_name);
+            guard.provider = Some(provider);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        }
+        Err(error) => {
+            export_error = Some(error);
+            None
+        }
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .try_init();
+    if let Some(error) = export_error {
+        tracing::error!(%error, "traces will not be exported");
+    }
+    guard
+}
+
+fn build_provider(endpoint: &str, service_name: &'static str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()
+        .map_err(|error| format!("cannot build the OTLP exporter for {endpoint}: {error}"))?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
