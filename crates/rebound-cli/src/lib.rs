@@ -2,9 +2,15 @@
 //! Each command is a function taking its parsed flags, so tests call them without a process.
 
 mod audit;
+mod dlq;
 mod topics;
 
 pub use audit::{AuditArgs, AuditReport, audit};
+pub use dlq::{
+    DeadLetter, DlqCommand, DlqFilter, DlqFilterArgs, DlqInspectArgs, DlqReplayArgs, DlqStats, DlqStatsArgs,
+    DlqTopicArgs, OutputFormat, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, StatsGroup, UsageError, dlq_stats,
+    inspect_dead_letters, replay_dead_letters, run_dlq_command,
+};
 pub use topics::{TopicsCreateArgs, create_pipeline_topics, pipeline_topic_specs};
 
 use anyhow::Context as _;
@@ -35,6 +41,9 @@ pub enum Command {
     Topics(TopicsCommand),
     /// Account for every produced note version: applied, dead-lettered, or lost.
     Audit(AuditArgs),
+    /// Dead letters: statistics, inspection, and replay (redrive) once the cause is fixed.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
 }
 
 /// `rebound topics …`
@@ -67,5 +76,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Dlq(command) => run_dlq_command(&cli.common.kafka, command).await,
     }
 }

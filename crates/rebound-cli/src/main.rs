@@ -10,7 +10,7 @@ use rebound_service::init_telemetry;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_telemetry(cli.common.log_format);
+    let _telemetry = init_telemetry(cli.common.log_format, cli.common.otlp_endpoint.as_deref(), "rebound");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

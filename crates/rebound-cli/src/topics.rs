@@ -123,6 +123,7 @@ mod tests {
         match Cli::parse_from(argv).command {
             Command::Topics(TopicsCommand::Create(args)) => args,
             Command::Audit(_) => unreachable!("parsed topics create"),
+            Command::Dlq(_) => unreachable!("parsed topics create"),
         }
     }
 

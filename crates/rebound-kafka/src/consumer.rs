@@ -3,13 +3,14 @@
 //! background, on rebalance and at close. It also reports assignment changes and undoes
 //! librdkafka's habit of keeping an application pause across a re-assignment.
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use crate::record::ConsumedRecord;
 use crate::{KafkaArgs, KafkaError};
@@ -58,12 +59,34 @@ impl ConsumerSettings {
     }
 }
 
-/// Forwards assignment changes to the consumer's owner, and resumes newly assigned partitions.
+/// Records not yet committed by the group, per topic, from librdkafka's statistics.
+pub type LagPerTopic = Arc<Mutex<BTreeMap<String, i64>>>;
+
+/// Forwards assignment changes to the consumer's owner, resumes newly assigned partitions, and
+/// keeps the group's lag per topic from librdkafka's periodic statistics.
 struct AssignmentContext {
     events: Mutex<Sender<PartitionAssignmentEvent>>,
+    lag_per_topic: LagPerTopic,
 }
 
-impl ClientContext for AssignmentContext {}
+impl ClientContext for AssignmentContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut lag_per_topic = BTreeMap::new();
+        for (topic, topic_statistics) in &statistics.topics {
+            // Partition -1 is librdkafka's internal "unassigned" queue; a lag of -1 is unknown.
+            let lag: i64 = topic_statistics
+                .partitions
+                .values()
+                .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
+                .map(|partition| partition.consumer_lag)
+                .sum();
+            lag_per_topic.insert(topic.clone(), lag);
+        }
+        if let Ok(mut shared) = self.lag_per_topic.lock() {
+            *shared = lag_per_topic;
+        }
+    }
+}
 
 impl ConsumerContext for AssignmentContext {
     fn post_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -104,6 +127,7 @@ fn topic_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
 pub struct RecordConsumer {
     inner: Arc<StreamConsumer<AssignmentContext>>,
     assignment_events: Mutex<Receiver<PartitionAssignmentEvent>>,
+    lag_per_topic: LagPerTopic,
 }
 
 impl std::fmt::Debug for RecordConsumer {
@@ -122,13 +146,17 @@ impl RecordConsumer {
             ("auto.offset.reset", settings.auto_offset_reset.as_str()),
             ("auto.commit.interval.ms", &auto_commit_interval_ms),
             ("session.timeout.ms", "45000"),
+            // Statistics feed the lag metric; every 5 s is cheap and fresh enough for alerts.
+            ("statistics.interval.ms", "5000"),
         ]);
         config.set("group.id", &settings.group_id);
         config.set("enable.auto.commit", "true");
         config.set("enable.auto.offset.store", "false");
         let (sender, receiver) = channel();
+        let lag_per_topic = LagPerTopic::default();
         let context = AssignmentContext {
             events: Mutex::new(sender),
+            lag_per_topic: Arc::clone(&lag_per_topic),
         };
         let inner: StreamConsumer<AssignmentContext> =
             config
@@ -145,6 +173,7 @@ impl RecordConsumer {
         Ok(Self {
             inner: Arc::new(inner),
             assignment_events: Mutex::new(receiver),
+            lag_per_topic,
         })
     }
 
@@ -209,6 +238,12 @@ impl RecordConsumer {
             partition,
             source,
         })
+    }
+
+    /// A handle on the group's lag per topic (records not yet committed), refreshed from
+    /// librdkafka's statistics while the consumer is polled.
+    pub fn lag_per_topic(&self) -> LagPerTopic {
+        Arc::clone(&self.lag_per_topic)
     }
 
     /// The partitions currently assigned to this member.

@@ -11,13 +11,22 @@ mod consumer;
 mod producer;
 mod reader;
 mod record;
+mod replay_ledger;
+mod scan;
+mod transaction;
 
 pub use admin::{TopicCreation, TopicSpec, create_topics, fetch_partition_counts};
 pub use config::{KafkaArgs, KafkaConfigPair, redact_config_value};
-pub use consumer::{ConsumerSettings, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
+pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
 pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
 pub use reader::{TopicWatermarks, fetch_committed_offsets, fetch_topic_watermarks, read_topic_to_end};
 pub use record::ConsumedRecord;
+pub use replay_ledger::{
+    DlqBacklog, ReplayLedger, ensure_replay_ledger_topic, fetch_dlq_backlog, read_replay_ledger, replay_marker,
+    topic_exists,
+};
+pub use scan::TopicScan;
+pub use transaction::TransactionalProducer;
 
 impl KafkaError {
     /// True when the broker said the target topic or partition does not exist: retrying the
@@ -132,5 +141,23 @@ pub enum KafkaError {
         operation: &'static str,
         /// The deadline in milliseconds.
         timeout_ms: u128,
+    },
+    /// A step of a Kafka transaction failed.
+    #[error("failed to {operation} a kafka transaction: {source}")]
+    Transaction {
+        /// `initialise`, `begin`, `commit` or `abort`.
+        operation: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The transactional producer failed for good (it was fenced by a newer instance with the
+    /// same transactional id, or the broker refused it): nothing more can be sent with it.
+    #[error("failed the kafka transaction for good ({code:?}): {reason}")]
+    TransactionFatal {
+        /// librdkafka's error code, `Fenced` when a newer producer took over.
+        code: rdkafka::types::RDKafkaErrorCode,
+        /// librdkafka's explanation.
+        reason: String,
     },
 }

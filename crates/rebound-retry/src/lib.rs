@@ -7,11 +7,16 @@
 
 mod classification;
 mod dispatch;
+mod dlq;
 mod headers;
 mod policy;
 
 pub use classification::{ErrorKind, Failure, MAX_ERROR_MESSAGE_BYTES, truncate_error_message};
 pub use dispatch::{Dispatch, RecordLocation, dead_letter_dispatch, failure_dispatch};
+pub use dlq::{
+    ErrorFingerprint, ReplayPlan, ReplayRefusal, TimeBound, error_fingerprint, parse_replay_marker_key, plan_replay,
+    replay_marker_key,
+};
 pub use headers::{Header, RecordHeaders, RetryContext, contract, parse_retry_context};
 pub use policy::{Route, Tier, TierPolicy, apply_topic_prefix, parse_duration, parse_tier_spec};
 
@@ -53,5 +58,13 @@ pub enum RetryError {
     ParseErrorKind {
         /// The text as given.
         input: String,
+    },
+    /// A time bound such as `2h` (ago) or `2025-11-28T10:00:00Z` could not be parsed.
+    #[error("failed to parse time {input:?}: {reason}")]
+    ParseTimeBound {
+        /// The text as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
     },
 }

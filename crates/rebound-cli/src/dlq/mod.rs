@@ -1,0 +1,326 @@
+//! `rebound dlq`: see why records were dead-lettered (`stats`, `inspect`) and send them back
+//! once the cause is fixed (`replay`, a redrive). `docs/dlq.md` is the user guide and runbook.
+//!
+//! Each command is a library function returning data; [`run_dlq_command`] prints it and maps
+//! the outcome to the exit code.
+
+mod filter;
+mod inspect;
+mod letter;
+mod replay;
+mod stats;
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+pub use filter::{DlqFilter, DlqFilterArgs};
+pub use inspect::{DlqInspectArgs, inspect_dead_letters};
+pub use letter::DeadLetter;
+use rebound_kafka::{KafkaArgs, ReplayLedger, TopicScan, read_replay_ledger};
+use rebound_retry::{apply_topic_prefix, parse_duration};
+use rebound_schema::NoteCodec;
+pub use replay::{DlqReplayArgs, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, replay_dead_letters};
+use serde_json::json;
+pub use stats::{DlqStats, DlqStatsArgs, StatsGroup, dlq_stats};
+
+/// `rebound dlq …`
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Depth, oldest and newest age, and counts by original topic, error kind and error
+    /// fingerprint.
+    Stats(DlqStatsArgs),
+    /// List dead letters with their headers and decoded notes (hex for poison).
+    Inspect(DlqInspectArgs),
+    /// Send dead letters back to their original topic (redrive), each at most once across runs.
+    Replay(DlqReplayArgs),
+}
+
+/// Where the DLQ and its replay ledger are, shared by every `dlq` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqTopicArgs {
+    /// Dead-letter topic.
+    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
+    pub dlq_topic: String,
+
+    /// Prefix applied to every topic name: the DLQ, the ledger, --original-topic and --to.
+    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Topic recording which dead letters were replayed; created by the first replay.
+    /// Default: the DLQ's name followed by `.replayed`.
+    #[arg(long, env = "REBOUND_DLQ_LEDGER_TOPIC")]
+    pub ledger_topic: Option<String>,
+
+    /// How long to wait for the broker before giving up.
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|error| error.to_string())
+}
+
+impl DlqTopicArgs {
+    /// The DLQ's full name.
+    pub fn dlq(&self) -> String {
+        apply_topic_prefix(&self.topic_prefix, &self.dlq_topic)
+    }
+
+    /// The ledger's full name.
+    pub fn ledger(&self) -> String {
+        match &self.ledger_topic {
+            Some(ledger) => apply_topic_prefix(&self.topic_prefix, ledger),
+            None => format!("{}.replayed", self.dlq()),
+        }
+    }
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text for people.
+    #[default]
+    #[value(alias = "table")]
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+/// A flag value that is wrong in a way only visible once flags are combined (an empty time
+/// range, `--to` naming the DLQ). Reported like clap's own errors, with exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub(crate) fn resolve_filter(args: &DlqFilterArgs, topics: &DlqTopicArgs, now_ms: i64) -> anyhow::Result<DlqFilter> {
+    DlqFilter::new(args, &topics.topic_prefix, now_ms).map_err(|reason| UsageError(reason).into())
+}
+
+/// Opens a scan of the DLQ, with an error that names the topic and the brokers.
+pub(crate) async fn open_dlq_scan(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> anyhow::Result<TopicScan> {
+    let dlq = topics.dlq();
+    TopicScan::open_if_exists(kafka, &dlq, topics.timeout)
+        .await
+        .with_context(|| format!("cannot read dead-letter topic {dlq} on brokers {}", kafka.brokers))?
+        .with_context(|| {
+            format!(
+                "dead-letter topic {dlq} does not exist on brokers {} (check --dlq-topic and --topic-prefix; \
+                 `rebound topics create` creates the pipeline's topics)",
+                kafka.brokers
+            )
+        })
+}
+
+/// Reads the replay ledger of the DLQ; one that does not exist yet is empty.
+pub(crate) async fn read_ledger(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> anyhow::Result<ReplayLedger> {
+    let ledger = topics.ledger();
+    read_replay_ledger(kafka, &ledger, &topics.dlq(), topics.timeout)
+        .await
+        .with_context(|| format!("cannot read the replay ledger {ledger} on brokers {}", kafka.brokers))
+}
+
+pub(crate) async fn open_dlq(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> anyhow::Result<(TopicScan, ReplayLedger)> {
+    let scan = open_dlq_scan(kafka, topics).await?;
+    let ledger = read_ledger(kafka, topics).await?;
+    Ok((scan, ledger))
+}
+
+/// Runs one `dlq` command, printing its results on stdout. Usage errors exit the process with
+/// code 2, as clap's do; other failures are returned (exit code 1), as is a replay that left
+/// selected dead letters unreplayed.
+pub async fn run_dlq_command(kafka: &KafkaArgs, command: DlqCommand) -> anyhow::Result<()> {
+    let outcome = match command {
+        DlqCommand::Stats(args) => print_stats(kafka, &args).await,
+        DlqCommand::Inspect(args) => print_inspect(kafka, &args).await,
+        DlqCommand::Replay(args) => print_replay(kafka, &args).await,
+    };
+    match outcome {
+        Err(error) if error.downcast_ref::<UsageError>().is_some() => {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")).exit()
+        }
+        other => other,
+    }
+}
+
+async fn print_stats(kafka: &KafkaArgs, args: &DlqStatsArgs) -> anyhow::Result<()> {
+    let stats = dlq_stats(kafka, args, rebound_service::now_epoch_ms()).await?;
+    match args.output {
+        OutputFormat::Text => print!("{}", stats.render_table()),
+        OutputFormat::Json => println!("{}", serde_json::to_string(&stats)?),
+    }
+    Ok(())
+}
+
+async fn print_inspect(kafka: &KafkaArgs, args: &DlqInspectArgs) -> anyhow::Result<()> {
+    let codec = NoteCodec::embedded();
+    let output = args.output;
+    let listed = inspect_dead_letters(kafka, args, rebound_service::now_epoch_ms(), |letter| match output {
+        OutputFormat::Text => println!("{}", letter.render_text(codec)),
+        OutputFormat::Json => println!("{}", letter.to_json(codec)),
+    })
+    .await?;
+    if output == OutputFormat::Text {
+        println!("{listed} dead letters listed");
+    }
+    Ok(())
+}
+
+async fn print_replay(kafka: &KafkaArgs, args: &DlqReplayArgs) -> anyhow::Result<()> {
+    // The bar goes to stderr, and only when a person watches: piped or logged runs stay clean.
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} read  {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let output = args.output;
+    let dry_run = args.dry_run;
+    let (mut replayed, mut skipped, mut refused) = (0_u64, 0_u64, 0_u64);
+    // SIGINT or SIGTERM: send the batch in hand, then stop, rather than leave an open
+    // transaction that holds back readers until the next replay or its timeout.
+    let stop = rebound_service::Shutdown::new().triggered_by(rebound_service::shutdown_signal());
+    let outcome = replay_dead_letters(kafka, args, rebound_service::now_epoch_ms(), &stop, |event| {
+        let line = match event {
+            ReplayEvent::Scanned { scanned, total } => {
+                progress.set_length(total);
+                progress.set_position(scanned);
+                None
+            }
+            ReplayEvent::Replayed {
+                letter,
+                target,
+                replay_count,
+            } => {
+                replayed += 1;
+                let verb = if dry_run { "would_replay" } else { "replayed" };
+                match output {
+                    OutputFormat::Json => Some(
+                        json!({
+                            "event": verb,
+                            "partition": letter.record.partition,
+                            "offset": letter.record.offset,
+                            "key": letter.record.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()),
+                            "kind": letter.kind_label(),
+                            "target": target,
+                            "replay_count": replay_count,
+                        })
+                        .to_string(),
+                    ),
+                    // A real run reports per-record progress on the bar, not as lines.
+                    OutputFormat::Text if dry_run => Some(format!(
+                        "would replay {}  key={}  {}  -> {target} (replay {replay_count})",
+                        letter.position(),
+                        letter.key_label(),
+                        letter.kind_label()
+                    )),
+                    OutputFormat::Text => None,
+                }
+            }
+            ReplayEvent::AlreadyReplayed { letter } => {
+                skipped += 1;
+                (output == OutputFormat::Json).then(|| {
+                    json!({
+                        "event": "already_replayed",
+                        "partition": letter.record.partition,
+                        "offset": letter.record.offset,
+                        "key": letter.record.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()),
+                    })
+                    .to_string()
+                })
+            }
+            ReplayEvent::Refused { letter, reason } => {
+                refused += 1;
+                Some(match output {
+                    OutputFormat::Json => json!({
+                        "event": "refused",
+                        "partition": letter.record.partition,
+                        "offset": letter.record.offset,
+                        "key": letter.record.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()),
+                        "kind": letter.kind_label(),
+                        "replay_count": letter.replay_count(),
+                        "reason": reason,
+                    })
+                    .to_string(),
+                    OutputFormat::Text => format!(
+                        "refused {}  key={}  {}: {reason}",
+                        letter.position(),
+                        letter.key_label(),
+                        letter.kind_label()
+                    ),
+                })
+            }
+        };
+        progress.set_message(format!("replayed {replayed}  skipped {skipped}  refused {refused}"));
+        if let Some(line) = line {
+            progress.suspend(|| println!("{line}"));
+        }
+    })
+    .await;
+    progress.finish_and_clear();
+    let report = outcome?;
+    match output {
+        OutputFormat::Text => print!("{}", report.render_text()),
+        OutputFormat::Json => {
+            let mut summary = serde_json::to_value(&report)?;
+            summary["event"] = json!("summary");
+            println!("{summary}");
+        }
+    }
+    if report.interrupted {
+        anyhow::bail!(
+            "interrupted after replaying {} dead letters; run the same command again to replay the rest",
+            report.replayed
+        );
+    }
+    if !report.dry_run && !report.refused.is_empty() {
+        anyhow::bail!(
+            "{} selected dead letters were not replayed (listed above as refused)",
+            report.refused.len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use crate::Cli;
+
+    #[test]
+    fn every_dlq_flag_has_a_rebound_environment_variable() {
+        let mut command = Cli::command();
+        command.build();
+        let dlq = command.find_subcommand("dlq").expect("dlq subcommand");
+        let mut checked = 0;
+        for subcommand in dlq.get_subcommands() {
+            for arg in subcommand.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let env = arg.get_env().and_then(|env| env.to_str()).unwrap_or_default();
+                assert!(
+                    env.starts_with("REBOUND_"),
+                    "dlq {} --{id} has no REBOUND_ environment variable",
+                    subcommand.get_name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "checked {checked} flags");
+    }
+}
