@@ -9,7 +9,11 @@ use rebound_service::{Shutdown, init_telemetry, shutdown_signal};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ConsumerArgs::parse();
-    let _telemetry = init_telemetry(args.common.log_format, args.common.otlp_endpoint.as_deref(), env!("CARGO_PKG_NAME"));
+    let _telemetry = init_telemetry(
+        args.common.log_format,
+        args.common.otlp_endpoint.as_deref(),
+        env!("CARGO_PKG_NAME"),
+    );
     let config = match args.into_config() {
         Ok(config) => config,
         Err(error) => {

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use rebound_kafka::{
     ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
-    RecordConsumer,
-    RecordProducer, fetch_partition_counts,
+    RecordConsumer, RecordProducer, fetch_partition_counts,
 };
 use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, parse_retry_context};
 use rebound_schema::NoteCodec;
@@ -69,7 +68,11 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         dlq = config.policy.dead_letter_topic(),
         "consumer started"
     );
-    tokio::spawn(publish_lag(consumer.lag_per_topic(), config.source_topics.clone(), shutdown.clone()));
+    tokio::spawn(publish_lag(
+        consumer.lag_per_topic(),
+        config.source_topics.clone(),
+        shutdown.clone(),
+    ));
     let pipeline = Pipeline {
         config: &config,
         codec: NoteCodec::embedded(),
@@ -250,7 +253,8 @@ impl Pipeline<'_> {
                 .count();
             // A sink that fails a whole batch transiently is most likely down.
             if transient == applying_count {
-                self.readiness.set("sink", false, "the last batch failed transiently as a whole");
+                self.readiness
+                    .set("sink", false, "the last batch failed transiently as a whole");
             } else {
                 self.readiness.set("sink", true, "the last batch reached the sink");
             }
@@ -307,7 +311,13 @@ impl Pipeline<'_> {
         }
     }
 
-    fn route(&self, record: &ConsumedRecord, previous: Option<&RetryContext>, failure: &Failure, span: &tracing::Span) -> Fate {
+    fn route(
+        &self,
+        record: &ConsumedRecord,
+        previous: Option<&RetryContext>,
+        failure: &Failure,
+        span: &tracing::Span,
+    ) -> Fate {
         let mut dispatch = failure_dispatch(
             &self.config.policy,
             &record.headers,

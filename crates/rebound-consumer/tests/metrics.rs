@@ -41,7 +41,14 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
     let scheduler_listen = format!("127.0.0.1:{scheduler_port}");
     let sink_url = sink.url();
     let tiers = ["--tier", "retry-5s:300ms", "--tier", "retry-1m:600ms"];
-    let mut consumer_flags = vec!["--topic-prefix", prefix.as_str(), "--sink", &sink_url, "--metrics-listen", &consumer_listen];
+    let mut consumer_flags = vec![
+        "--topic-prefix",
+        prefix.as_str(),
+        "--sink",
+        &sink_url,
+        "--metrics-listen",
+        &consumer_listen,
+    ];
     consumer_flags.extend_from_slice(&tiers);
     let mut scheduler_flags = vec!["--topic-prefix", prefix.as_str(), "--metrics-listen", &scheduler_listen];
     scheduler_flags.extend_from_slice(&tiers);
@@ -60,21 +67,41 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
     produce_notes(&format!("{prefix}notes"), &notes).await;
 
     let retried_series = format!("rebound_consumer_records_total{{outcome=\"retried\",tier=\"{prefix}retry-5s\"}}");
-    let metrics = wait_for("applied, retried and dead-lettered counters", Duration::from_secs(60), || async {
-        let metrics = scrape(&format!("{consumer_url}/metrics")).await;
-        let applied_first = sample(&metrics, "rebound_consumer_records_total{outcome=\"applied\",after=\"first_try\"}");
-        let applied_retry = sample(&metrics, "rebound_consumer_records_total{outcome=\"applied\",after=\"retry\"}");
-        let dead = sample(&metrics, "rebound_consumer_records_total{outcome=\"dead_lettered\",kind=\"permanent\"}");
-        (applied_first == Some(3.0) && applied_retry == Some(1.0) && dead == Some(1.0)).then_some(metrics)
-    })
+    let metrics = wait_for(
+        "applied, retried and dead-lettered counters",
+        Duration::from_secs(60),
+        || async {
+            let metrics = scrape(&format!("{consumer_url}/metrics")).await;
+            let applied_first = sample(
+                &metrics,
+                "rebound_consumer_records_total{outcome=\"applied\",after=\"first_try\"}",
+            );
+            let applied_retry = sample(
+                &metrics,
+                "rebound_consumer_records_total{outcome=\"applied\",after=\"retry\"}",
+            );
+            let dead = sample(
+                &metrics,
+                "rebound_consumer_records_total{outcome=\"dead_lettered\",kind=\"permanent\"}",
+            );
+            (applied_first == Some(3.0) && applied_retry == Some(1.0) && dead == Some(1.0)).then_some(metrics)
+        },
+    )
     .await;
     assert_eq!(sample(&metrics, &retried_series), Some(1.0), "{metrics}");
-    assert!(metrics.contains("rebound_consumer_sink_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("rebound_consumer_sink_duration_seconds_bucket"),
+        "{metrics}"
+    );
     assert_eq!(sample(&metrics, "rebound_consumer_in_flight_records"), Some(0.0));
 
     let scheduler_metrics = scrape(&format!("{scheduler_url}/metrics")).await;
     let republished = format!("rebound_scheduler_republished_total{{tier=\"{prefix}retry-5s\"}}");
-    assert_eq!(sample(&scheduler_metrics, &republished), Some(1.0), "{scheduler_metrics}");
+    assert_eq!(
+        sample(&scheduler_metrics, &republished),
+        Some(1.0),
+        "{scheduler_metrics}"
+    );
     let lag_count = format!("rebound_scheduler_retry_lag_seconds_count{{tier=\"{prefix}retry-5s\"}}");
     assert_eq!(sample(&scheduler_metrics, &lag_count), Some(1.0), "{scheduler_metrics}");
     // Lag of the source topic reaches 0 once everything is committed (statistics every 5 s).

@@ -34,7 +34,14 @@ async fn one_trace_spans_producer_consumer_scheduler_and_dlq() {
     create_test_topics(&prefix, &["notes", "retry-5s", "dlq"], 1).await;
     let sink = ScriptedHttpSink::start(|_, _| 503).await;
     let sink_url = sink.url();
-    let consumer = start_consumer(&["--topic-prefix", &prefix, "--sink", &sink_url, "--tier", "retry-5s:300ms"]);
+    let consumer = start_consumer(&[
+        "--topic-prefix",
+        &prefix,
+        "--sink",
+        &sink_url,
+        "--tier",
+        "retry-5s:300ms",
+    ]);
     let scheduler = start_scheduler(&["--topic-prefix", &prefix, "--tier", "retry-5s:300ms"]);
 
     let outbox = tempfile::tempdir().expect("tempdir");
@@ -87,13 +94,25 @@ async fn one_trace_spans_producer_consumer_scheduler_and_dlq() {
         complete.then_some(spans)
     })
     .await;
-    let accept = spans.iter().find(|span| span.name == "producer.accept").expect("accept span");
+    let accept = spans
+        .iter()
+        .find(|span| span.name == "producer.accept")
+        .expect("accept span");
     let trace_id = accept.span_context.trace_id();
-    for name in ["producer.publish", "consumer.process", "consumer.route", "scheduler.republish"] {
+    for name in [
+        "producer.publish",
+        "consumer.process",
+        "consumer.route",
+        "scheduler.republish",
+    ] {
         let hops: Vec<_> = spans.iter().filter(|span| span.name == name).collect();
         assert!(!hops.is_empty(), "{name} exported");
         for hop in hops {
-            assert_eq!(hop.span_context.trace_id(), trace_id, "{name} belongs to the note's trace");
+            assert_eq!(
+                hop.span_context.trace_id(),
+                trace_id,
+                "{name} belongs to the note's trace"
+            );
         }
     }
     let dead_letter_route = spans
@@ -106,6 +125,12 @@ async fn one_trace_spans_producer_consumer_scheduler_and_dlq() {
         })
         .expect("a route span towards the DLQ");
     assert_eq!(dead_letter_route.span_context.trace_id(), trace_id);
-    let header = dead_letters[0].headers.get_str(TRACEPARENT).expect("the dead letter carries trace context");
-    assert!(header.contains(&trace_id.to_string()), "{header} continues trace {trace_id}");
+    let header = dead_letters[0]
+        .headers
+        .get_str(TRACEPARENT)
+        .expect("the dead letter carries trace context");
+    assert!(
+        header.contains(&trace_id.to_string()),
+        "{header} continues trace {trace_id}"
+    );
 }

@@ -84,9 +84,7 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
         }
     };
     // A client that traces its requests sends `traceparent`; each note's trace continues it.
-    let request_trace = headers_with_traceparent(
-        headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()),
-    );
+    let request_trace = headers_with_traceparent(headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()));
     let mut entries = Vec::with_capacity(notes.len());
     for note in &notes {
         let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);

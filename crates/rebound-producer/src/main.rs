@@ -10,7 +10,11 @@ use rebound_service::{Shutdown, init_telemetry, shutdown_signal};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ProducerArgs::parse();
-    let _telemetry = init_telemetry(args.common.log_format, args.common.otlp_endpoint.as_deref(), env!("CARGO_PKG_NAME"));
+    let _telemetry = init_telemetry(
+        args.common.log_format,
+        args.common.otlp_endpoint.as_deref(),
+        env!("CARGO_PKG_NAME"),
+    );
     let shutdown = Shutdown::new().triggered_by(shutdown_signal());
     match rebound_producer::run(args, shutdown).await {
         Ok(acknowledged) => {

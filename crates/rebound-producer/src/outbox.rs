@@ -431,10 +431,9 @@ fn write_batch(
     let mut projected_bytes = counters.pending_bytes.load(Ordering::Relaxed);
     let (mut added_notes, mut added_bytes, mut removed_notes, mut removed_bytes) = (0_u64, 0_u64, 0_u64, 0_u64);
     {
-        let mut insert = transaction
-            .prepare_cached(
-                "INSERT INTO outbox (note_id, version, value, accepted_at_ms, traceparent) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO outbox (note_id, version, value, accepted_at_ms, traceparent) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         let mut size_of = transaction.prepare_cached("SELECT LENGTH(value) FROM outbox WHERE seq = ?1")?;
         let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
         let mut fail =

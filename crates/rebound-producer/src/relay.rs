@@ -16,9 +16,9 @@ use rebound_kafka::{OutgoingRecord, RecordProducer};
 use rebound_retry::RecordHeaders;
 use rebound_service::trace_context::{continue_trace, headers_with_traceparent, inject_trace};
 use rebound_service::{Shutdown, events};
-use tracing::Instrument as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::flags::ResendFlags;
 use crate::outbox::{Outbox, OutboxEntry};

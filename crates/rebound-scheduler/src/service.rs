@@ -301,13 +301,16 @@ impl Scheduler<'_> {
                 span
             })
             .collect();
-        let sends: Vec<_> = due.iter().zip(&spans).map(|(held, span)| {
-            let (topic, mut headers) = match &held.action {
-                ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
-                ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
-            };
-            inject_trace(span, &mut headers);
-            let outgoing = OutgoingRecord {
+        let sends: Vec<_> = due
+            .iter()
+            .zip(&spans)
+            .map(|(held, span)| {
+                let (topic, mut headers) = match &held.action {
+                    ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
+                    ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
+                };
+                inject_trace(span, &mut headers);
+                let outgoing = OutgoingRecord {
                     topic,
                     partition: None,
                     key: held.record.key.clone(),

@@ -43,7 +43,10 @@ impl Readiness {
         };
         let mut report = String::new();
         for (check, (ready, detail)) in checks.iter() {
-            report.push_str(&format!("{check}: {} ({detail})\n", if *ready { "ok" } else { "failing" }));
+            report.push_str(&format!(
+                "{check}: {} ({detail})\n",
+                if *ready { "ok" } else { "failing" }
+            ));
         }
         let ready = !checks.is_empty() && checks.values().all(|(ready, _)| *ready);
         (ready, report)
@@ -109,15 +112,16 @@ pub async fn serve_operational_endpoints(
 }
 
 async fn render_metrics(State(state): State<EndpointState>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 async fn render_readiness(State(state): State<EndpointState>) -> impl IntoResponse {
     let (ready, report) = state.readiness.report();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, report)
 }
 
@@ -150,9 +154,17 @@ mod tests {
             .expect("serves");
         metrics::counter!("rebound_test_requests_total").increment(3);
         let base = format!("http://{address}");
-        let metrics_text = reqwest::get(format!("{base}/metrics")).await.expect("get").text().await.expect("text");
+        let metrics_text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("text");
         assert!(metrics_text.contains("rebound_test_requests_total 3"), "{metrics_text}");
-        assert_eq!(reqwest::get(format!("{base}/healthz")).await.expect("get").status(), 200);
+        assert_eq!(
+            reqwest::get(format!("{base}/healthz")).await.expect("get").status(),
+            200
+        );
         assert_eq!(reqwest::get(format!("{base}/readyz")).await.expect("get").status(), 503);
         readiness.set("kafka", true, "assigned");
         assert_eq!(reqwest::get(format!("{base}/readyz")).await.expect("get").status(), 200);

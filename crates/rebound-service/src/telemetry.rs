@@ -42,7 +42,11 @@ pub fn init_telemetry(format: LogFormat, otlp_endpoint: Option<&str>, service_na
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (text, json) = match format {
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi),
+            ),
             None,
         ),
         LogFormat::Json => (
@@ -87,7 +91,9 @@ fn build_provider(endpoint: &str, service_name: &'static str) -> Result<SdkTrace
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .build()
         .map_err(|error| format!("cannot build the OTLP exporter for {endpoint}: {error}"))?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
