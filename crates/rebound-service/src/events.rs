@@ -198,3 +198,31 @@ pub fn consumer_lag(topic: &str, lag: i64) {
     #[expect(clippy::cast_precision_loss, reason = "lags are far below 2^52")]
     metrics::gauge!(CONSUMER_LAG_RECORDS, "topic" => topic.to_owned()).set(lag as f64);
 }
+
+/// Gauge of dead letters not yet redriven.
+pub const DLQ_DEPTH_RECORDS: &str = "rebound_dlq_depth_records";
+/// Gauge of the age of the oldest dead letter not yet redriven.
+pub const DLQ_OLDEST_AGE_SECONDS: &str = "rebound_dlq_oldest_age_seconds";
+/// Counter of DLQ threshold notifications sent, labelled `state` = `crossed` or `recovered`.
+pub const DLQ_NOTIFICATIONS_TOTAL: &str = "rebound_dlq_notifications_total";
+/// Counter of completed DLQ depth checks.
+pub const DLQ_WATCH_CHECKS_TOTAL: &str = "rebound_dlq_watch_checks_total";
+
+/// The DLQ's backlog as of the last check.
+pub fn dlq_backlog(topic: &str, not_redriven: i64, oldest_age_seconds: f64) {
+    #[expect(clippy::cast_precision_loss, reason = "depths are far below 2^52")]
+    metrics::gauge!(DLQ_DEPTH_RECORDS, "topic" => topic.to_owned()).set(not_redriven as f64);
+    metrics::gauge!(DLQ_OLDEST_AGE_SECONDS, "topic" => topic.to_owned()).set(oldest_age_seconds);
+    metrics::counter!(DLQ_WATCH_CHECKS_TOTAL, "topic" => topic.to_owned()).increment(1);
+}
+
+/// A threshold notification about the DLQ was delivered.
+pub fn dlq_notified(topic: &str, crossed: bool, not_redriven: i64, threshold: i64) {
+    let state = if crossed { "crossed" } else { "recovered" };
+    if crossed {
+        tracing::warn!(dlq = topic, depth = not_redriven, threshold, "dlq depth crossed the threshold; notified");
+    } else {
+        tracing::info!(dlq = topic, depth = not_redriven, threshold, "dlq depth back under the threshold; notified");
+    }
+    metrics::counter!(DLQ_NOTIFICATIONS_TOTAL, "topic" => topic.to_owned(), "state" => state).increment(1);
+}

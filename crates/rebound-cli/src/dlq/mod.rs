@@ -9,6 +9,7 @@ mod inspect;
 mod letter;
 mod replay;
 mod stats;
+mod watch;
 
 use std::io::IsTerminal as _;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use rebound_schema::NoteCodec;
 pub use replay::{DlqReplayArgs, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, replay_dead_letters};
 use serde_json::json;
 pub use stats::{DlqStats, DlqStatsArgs, StatsGroup, dlq_stats};
+pub use watch::{DlqWatchArgs, watch_dead_letters};
 
 /// `rebound dlq …`
 #[derive(Debug, clap::Subcommand)]
@@ -34,6 +36,9 @@ pub enum DlqCommand {
     Inspect(DlqInspectArgs),
     /// Send dead letters back to their original topic (redrive), each at most once across runs.
     Replay(DlqReplayArgs),
+    /// Keep watching the backlog: export it as metrics, and notify a Slack-compatible webhook
+    /// when it crosses a threshold and when it recovers.
+    Watch(DlqWatchArgs),
 }
 
 /// Where the DLQ and its replay ledger are, shared by every `dlq` command.
@@ -141,6 +146,10 @@ pub async fn run_dlq_command(kafka: &KafkaArgs, command: DlqCommand) -> anyhow::
         DlqCommand::Stats(args) => print_stats(kafka, &args).await,
         DlqCommand::Inspect(args) => print_inspect(kafka, &args).await,
         DlqCommand::Replay(args) => print_replay(kafka, &args).await,
+        DlqCommand::Watch(args) => {
+            let shutdown = rebound_service::Shutdown::new().triggered_by(rebound_service::shutdown_signal());
+            watch_dead_letters(kafka, &args, shutdown).await
+        }
     };
     match outcome {
         Err(error) if error.downcast_ref::<UsageError>().is_some() => {
