@@ -8,8 +8,8 @@ mod topics;
 pub use audit::{AuditArgs, AuditReport, audit};
 pub use dlq::{
     DeadLetter, DlqCommand, DlqFilter, DlqFilterArgs, DlqInspectArgs, DlqReplayArgs, DlqStats, DlqStatsArgs,
-    DlqTopicArgs, DlqWatchArgs, OutputFormat, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, StatsGroup, UsageError, dlq_stats,
-    inspect_dead_letters, replay_dead_letters, run_dlq_command, watch_dead_letters,
+    DlqTopicArgs, DlqWatchArgs, OutputFormat, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, StatsGroup,
+    UsageError, dlq_stats, inspect_dead_letters, replay_dead_letters, run_dlq_command, watch_dead_letters,
 };
 pub use topics::{TopicsCreateArgs, create_pipeline_topics, pipeline_topic_specs};
 

@@ -67,8 +67,21 @@ async fn watch_notifies_once_on_crossing_and_once_on_recovery() {
     let metrics_listen = format!("127.0.0.1:{}", free_local_port());
     let broker = broker();
     let cli = Cli::parse_from([
-        "rebound", "--brokers", &broker, "dlq", "watch", "--topic-prefix", &prefix, "--threshold", "3",
-        "--interval", "200ms", "--webhook", &webhook, "--metrics-listen", &metrics_listen,
+        "rebound",
+        "--brokers",
+        &broker,
+        "dlq",
+        "watch",
+        "--topic-prefix",
+        &prefix,
+        "--threshold",
+        "3",
+        "--interval",
+        "200ms",
+        "--webhook",
+        &webhook,
+        "--metrics-listen",
+        &metrics_listen,
     ]);
     let CliCommand::Dlq(DlqCommand::Watch(args)) = cli.command else {
         panic!("parsed dlq watch");
@@ -82,14 +95,24 @@ async fn watch_notifies_once_on_crossing_and_once_on_recovery() {
     let metrics_url = format!("http://{metrics_listen}/metrics");
     let depth_series = format!("rebound_dlq_depth_records{{topic=\"{prefix}dlq\"}}");
     let checks_series = format!("rebound_dlq_watch_checks_total{{topic=\"{prefix}dlq\"}}");
-    let scrape = || async { reqwest::get(&metrics_url).await.expect("scrape").text().await.expect("text") };
+    let scrape = || async {
+        reqwest::get(&metrics_url)
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+    };
 
     produce_dead_letters(&prefix, &["a", "b"]).await;
     wait_for("depth 2 exported", Duration::from_secs(30), || async {
         (sample(&scrape().await, &depth_series) == Some(2.0)).then_some(())
     })
     .await;
-    assert!(received.lock().expect("lock").is_empty(), "under the threshold: no message");
+    assert!(
+        received.lock().expect("lock").is_empty(),
+        "under the threshold: no message"
+    );
 
     produce_dead_letters(&prefix, &["c", "d"]).await;
     wait_for("the crossing notification", Duration::from_secs(30), || async {
@@ -101,12 +124,28 @@ async fn watch_notifies_once_on_crossing_and_once_on_recovery() {
         (sample(&scrape().await, &checks_series)? >= checks_then + 3.0).then_some(())
     })
     .await;
-    assert_eq!(received.lock().expect("lock").len(), 1, "a backlog that stays high is announced once");
-    let crossed = received.lock().expect("lock")[0]["text"].as_str().expect("text").to_owned();
+    assert_eq!(
+        received.lock().expect("lock").len(),
+        1,
+        "a backlog that stays high is announced once"
+    );
+    let crossed = received.lock().expect("lock")[0]["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
     assert!(crossed.contains(&format!("`{prefix}dlq` holds 4")), "{crossed}");
 
     let redrive = Command::new(env!("CARGO_BIN_EXE_rebound"))
-        .args(["--brokers", &broker, "dlq", "replay", "--topic-prefix", &prefix, "--to", "parked"])
+        .args([
+            "--brokers",
+            &broker,
+            "dlq",
+            "replay",
+            "--topic-prefix",
+            &prefix,
+            "--to",
+            "parked",
+        ])
         .output()
         .expect("rebound runs");
     assert!(redrive.status.success(), "{}", String::from_utf8_lossy(&redrive.stderr));
@@ -114,11 +153,17 @@ async fn watch_notifies_once_on_crossing_and_once_on_recovery() {
         (received.lock().expect("lock").len() == 2).then_some(())
     })
     .await;
-    let recovered = received.lock().expect("lock")[1]["text"].as_str().expect("text").to_owned();
+    let recovered = received.lock().expect("lock")[1]["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
     assert!(recovered.contains("back under"), "{recovered}");
     assert_eq!(sample(&scrape().await, &depth_series), Some(0.0));
     let notifications = scrape().await;
-    assert!(notifications.contains("rebound_dlq_notifications_total"), "{notifications}");
+    assert!(
+        notifications.contains("rebound_dlq_notifications_total"),
+        "{notifications}"
+    );
     shutdown.trigger();
     watcher.await.expect("watcher task").expect("watcher exits cleanly");
 }

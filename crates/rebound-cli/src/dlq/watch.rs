@@ -55,7 +55,13 @@ pub fn threshold_change(alerting: bool, backlog: i64, threshold: i64) -> Option<
 }
 
 /// The Slack message for a change.
-pub fn slack_message(change: ThresholdChange, dlq: &str, backlog: i64, threshold: i64, oldest_age_seconds: f64) -> serde_json::Value {
+pub fn slack_message(
+    change: ThresholdChange,
+    dlq: &str,
+    backlog: i64,
+    threshold: i64,
+    oldest_age_seconds: f64,
+) -> serde_json::Value {
     let text = match change {
         ThresholdChange::Crossed => format!(
             ":rotating_light: DLQ `{dlq}` holds {backlog} dead letters not yet redriven (threshold {threshold}); \
@@ -77,7 +83,11 @@ fn describe_age(seconds: f64) -> String {
 /// Watches until `shutdown`. A webhook that fails is tried again at the next check, so a
 /// change is never lost to a network blip, and never announced twice.
 pub async fn watch_dead_letters(kafka: &KafkaArgs, args: &DlqWatchArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    anyhow::ensure!(args.threshold >= 1, "invalid --threshold: {} (at least 1)", args.threshold);
+    anyhow::ensure!(
+        args.threshold >= 1,
+        "invalid --threshold: {} (at least 1)",
+        args.threshold
+    );
     let dlq = args.topics.dlq();
     let ledger = args.topics.ledger();
     let readiness = Arc::new(Readiness::default());
@@ -88,7 +98,12 @@ pub async fn watch_dead_letters(kafka: &KafkaArgs, args: &DlqWatchArgs, shutdown
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let mut alerting = false;
     let mut ticker = tokio::time::interval(args.interval);
-    tracing::info!(dlq, threshold = args.threshold, notify = args.webhook.is_some(), "watching the dlq");
+    tracing::info!(
+        dlq,
+        threshold = args.threshold,
+        notify = args.webhook.is_some(),
+        "watching the dlq"
+    );
     loop {
         tokio::select! {
             () = shutdown.wait() => return Ok(()),
@@ -102,7 +117,11 @@ pub async fn watch_dead_letters(kafka: &KafkaArgs, args: &DlqWatchArgs, shutdown
                 continue;
             }
         };
-        readiness.set("kafka", true, format!("{} dead letters not yet redriven", backlog.not_replayed));
+        readiness.set(
+            "kafka",
+            true,
+            format!("{} dead letters not yet redriven", backlog.not_replayed),
+        );
         #[expect(clippy::cast_precision_loss, reason = "ages in ms are far below 2^52")]
         let oldest_age_seconds = backlog
             .oldest_not_replayed_timestamp_ms
@@ -115,7 +134,13 @@ pub async fn watch_dead_letters(kafka: &KafkaArgs, args: &DlqWatchArgs, shutdown
             None => true,
             Some(url) => {
                 let message = slack_message(change, &dlq, backlog.not_replayed, args.threshold, oldest_age_seconds);
-                match client.post(url).json(&message).send().await.and_then(reqwest::Response::error_for_status) {
+                match client
+                    .post(url)
+                    .json(&message)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                {
                     Ok(_) => true,
                     Err(error) => {
                         // The URL carries the webhook's token: log the failure without it.
@@ -149,7 +174,10 @@ mod tests {
     fn messages_are_slack_compatible_and_name_the_dlq() {
         let crossed = slack_message(ThresholdChange::Crossed, "dlq", 150, 100, 7200.0);
         let text = crossed["text"].as_str().expect("text");
-        assert!(text.contains("`dlq` holds 150") && text.contains("threshold 100") && text.contains("2h"), "{text}");
+        assert!(
+            text.contains("`dlq` holds 150") && text.contains("threshold 100") && text.contains("2h"),
+            "{text}"
+        );
         let recovered = slack_message(ThresholdChange::Recovered, "dlq", 3, 100, 0.0);
         assert!(recovered["text"].as_str().expect("text").contains("back under"));
     }
