@@ -24,7 +24,9 @@ pub use generator::NoteGenerator;
 use rebound_kafka::{OutgoingRecord, ProducerSettings, RecordProducer};
 use rebound_retry::{RecordHeaders, apply_topic_prefix};
 use rebound_schema::NoteCodec;
-use rebound_service::{CommonArgs, OperationalArgs, Readiness, Shutdown, events, now_epoch_ms, serve_operational_endpoints};
+use rebound_service::{
+    CommonArgs, OperationalArgs, Readiness, Shutdown, events, now_epoch_ms, serve_operational_endpoints,
+};
 
 use crate::flags::{FlagsSource, watch_flags};
 use crate::outbox::{NewEntry, Outbox};
@@ -222,6 +224,12 @@ pub struct SendArgs {
     #[arg(long, env = "REBOUND_TIMEOUT", default_value = "60s")]
     pub timeout: String,
 
+    /// Publish straight to Kafka, skipping the durable outbox: nothing is kept if the process
+    /// or the broker fails mid-way. It exists so that scripts/bench.sh can measure what the
+    /// outbox costs on the same input; do not use it to deliver notes.
+    #[arg(long, env = "REBOUND_NO_OUTBOX")]
+    pub no_outbox: bool,
+
     /// Outbox and resend.
     #[command(flatten)]
     pub outbox: OutboxArgs,
@@ -350,7 +358,12 @@ async fn run_serve(
                 reason: error.to_string(),
             })?;
     }
-    tokio::spawn(publish_outbox_state(outbox.clone(), Arc::clone(&status), readiness, shutdown.clone()));
+    tokio::spawn(publish_outbox_state(
+        outbox.clone(),
+        Arc::clone(&status),
+        readiness,
+        shutdown.clone(),
+    ));
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -396,7 +409,11 @@ async fn publish_outbox_state(outbox: Outbox, status: Arc<RelayStatus>, readines
         readiness.set(
             "kafka",
             reachable,
-            if reachable { "acknowledging" } else { "refusing sends; notes are kept in the outbox" },
+            if reachable {
+                "acknowledging"
+            } else {
+                "refusing sends; notes are kept in the outbox"
+            },
         );
     }
 }
@@ -450,6 +467,9 @@ async fn run_send(
             input: args.input.clone(),
             reason: error.to_string(),
         })??;
+    if args.no_outbox {
+        return send_without_outbox(&producer, &topic, &notes, timeout, &shutdown).await;
+    }
     let flush_producer = producer.clone();
     let (outbox, relay, _status) = start_outbox(producer, topic, &args.outbox).await?;
     // Notes left pending by an earlier run are part of what this run delivers, so that
@@ -497,6 +517,109 @@ async fn run_send(
     Ok(notes.len() as u64)
 }
 
+/// `send --no-outbox`: encodes and publishes the notes directly, as `generate` does, so the
+/// benchmark can compare the outbox path with the same notes sent without it.
+async fn send_without_outbox(
+    producer: &RecordProducer,
+    topic: &str,
+    notes: &[rebound_schema::Note],
+    timeout: Duration,
+    shutdown: &Shutdown,
+) -> Result<u64, ProducerError> {
+    let codec = NoteCodec::embedded();
+    let mut records = Vec::with_capacity(notes.len());
+    for note in notes {
+        records.push(DirectRecord {
+            note_id: note.note_id.clone(),
+            version: note.version,
+            value: codec.encode(note)?,
+        });
+    }
+    let total = records.len() as u64;
+    let mut acknowledged = 0_u64;
+    let sent = tokio::time::timeout(
+        timeout,
+        publish_directly(producer, topic, records, 0, shutdown, |_, _| {
+            acknowledged += 1;
+            Ok(())
+        }),
+    )
+    .await;
+    match sent {
+        Ok(result) => {
+            result?;
+        }
+        Err(_) => {
+            return Err(ProducerError::SendTimedOut {
+                unsent: total - acknowledged,
+                timeout_seconds: timeout.as_secs(),
+                outbox: "(none: --no-outbox)".to_owned(),
+            });
+        }
+    }
+    tracing::info!(notes = acknowledged, "every note acknowledged by kafka (no outbox)");
+    Ok(acknowledged)
+}
+
+/// A note published without the outbox: id, version, encoded value.
+struct DirectRecord {
+    note_id: String,
+    version: i64,
+    value: Vec<u8>,
+}
+
+/// Publishes records straight to Kafka, up to `GENERATE_IN_FLIGHT` at once, optionally paced to
+/// `rate` per second, and reports each acknowledgement in input order: with the idempotent
+/// producer that keeps every note's versions in the order they were made. Stops taking new
+/// records once `shutdown` triggers, and still waits for those in flight.
+///
+/// The sends are owned futures in a `FuturesOrdered` rather than a stream of borrowing
+/// closures, which keeps the whole future `Send` so that callers can spawn it.
+async fn publish_directly(
+    producer: &RecordProducer,
+    topic: &str,
+    records: Vec<DirectRecord>,
+    rate: u64,
+    shutdown: &Shutdown,
+    mut on_acknowledged: impl FnMut(&str, i64) -> Result<(), ProducerError>,
+) -> Result<u64, ProducerError> {
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
+    let started = tokio::time::Instant::now();
+    let mut pending = records.into_iter().enumerate();
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut acknowledged = 0_u64;
+    loop {
+        while in_flight.len() < GENERATE_IN_FLIGHT && !shutdown.is_triggered() {
+            let Some((index, record)) = pending.next() else {
+                break;
+            };
+            if let Some(interval) = interval {
+                tokio::time::sleep_until(started + interval * u32::try_from(index).unwrap_or(u32::MAX)).await;
+            }
+            let producer = producer.clone();
+            let outgoing = OutgoingRecord {
+                topic: topic.to_owned(),
+                partition: None,
+                key: Some(record.note_id.clone().into_bytes()),
+                value: Some(record.value),
+                headers: RecordHeaders::new(),
+            };
+            let (note_id, version) = (record.note_id, record.version);
+            in_flight.push_back(async move { producer.send(&outgoing).await.map(|_| (note_id, version)) });
+        }
+        let Some(result) = in_flight.next().await else {
+            break;
+        };
+        let (note_id, version) = result.map_err(|source| ProducerError::Kafka {
+            operation: "publish note",
+            source,
+        })?;
+        acknowledged += 1;
+        on_acknowledged(&note_id, version)?;
+    }
+    Ok(acknowledged)
+}
+
 async fn run_generate(
     producer: &RecordProducer,
     topic: &str,
@@ -529,50 +652,32 @@ async fn run_generate(
     for _ in 0..args.count {
         let note = generator.next_note();
         let value = codec.encode(&note)?;
-        records.push((note.note_id, note.version, value));
+        records.push(DirectRecord {
+            note_id: note.note_id,
+            version: note.version,
+            value,
+        });
     }
-    let started = tokio::time::Instant::now();
-    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
-    let sends = futures::stream::iter(records.into_iter().enumerate())
-        .take_while(|_| std::future::ready(!shutdown.is_triggered()))
-        .then(|(index, (note_id, version, value))| async move {
-            if let Some(interval) = interval {
-                tokio::time::sleep_until(started + interval * u32::try_from(index).unwrap_or(u32::MAX)).await;
-            }
-            (note_id, version, value)
-        })
-        .map(|(note_id, version, value)| async move {
-            let outgoing = OutgoingRecord {
-                topic: topic.to_owned(),
-                partition: None,
-                key: Some(note_id.clone().into_bytes()),
-                value: Some(value),
-                headers: RecordHeaders::new(),
-            };
-            producer.send(&outgoing).await.map(|_| (note_id, version))
-        })
-        // Ordered buffering keeps each note's versions acknowledged in the order they were made;
-        // the idempotent producer keeps them in that order on the broker too.
-        .buffered(GENERATE_IN_FLIGHT);
-    futures::pin_mut!(sends);
-    let mut acknowledged = 0_u64;
-    while let Some(result) = sends.next().await {
-        let (note_id, version) = result.map_err(|source| ProducerError::Kafka {
-            operation: "publish note",
-            source,
-        })?;
-        acknowledged += 1;
-        if let Some(log) = ids_log.as_mut() {
-            writeln!(log, "{note_id}\t{version}").map_err(|error| ProducerError::WriteIdsLog {
-                path: args
-                    .ids_log
-                    .as_ref()
-                    .map(|path| path.display().to_string())
-                    .unwrap_or_default(),
+    let ids_log_path = args
+        .ids_log
+        .as_ref()
+        .map(|path| path.display().to_string())
+        .unwrap_or_default();
+    let acknowledged = publish_directly(
+        producer,
+        topic,
+        records,
+        args.rate,
+        shutdown,
+        |note_id, version| match ids_log.as_mut() {
+            Some(log) => writeln!(log, "{note_id}\t{version}").map_err(|error| ProducerError::WriteIdsLog {
+                path: ids_log_path.clone(),
                 reason: error.to_string(),
-            })?;
-        }
-    }
+            }),
+            None => Ok(()),
+        },
+    )
+    .await?;
     if let Some(mut log) = ids_log {
         log.flush().map_err(|error| ProducerError::WriteIdsLog {
             path: args
