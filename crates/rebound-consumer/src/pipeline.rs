@@ -459,6 +459,7 @@ fn emit_routed(record: &ConsumedRecord, dispatch: &Dispatch) {
             events::record_dead_lettered(
                 record_ref(record, &key),
                 &dispatch.topic,
+                dispatch.headers.get_str(rebound_retry::contract::TIER),
                 dispatch.attempt,
                 dispatch.kind,
                 message,

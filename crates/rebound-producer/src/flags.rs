@@ -252,6 +252,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn flags_from_a_url_are_polled_and_a_failing_url_keeps_the_last_good_flags() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let document = Arc::new(Mutex::new((
+            200_u16,
+            r#"{"features": {"retry_pending_notes": false}}"#.to_owned(),
+        )));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let served = Arc::clone(&document);
+        let counted = Arc::clone(&polls);
+        let app = axum::Router::new().route(
+            "/flags",
+            axum::routing::get(move || {
+                let served = Arc::clone(&served);
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let (status, body) = served.lock().expect("lock").clone();
+                    (axum::http::StatusCode::from_u16(status).expect("status"), body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut receiver = watch_flags(FlagsSource::Url {
+            url: format!("http://{address}/flags"),
+            poll: Duration::from_millis(20),
+        })
+        .await;
+        assert!(!receiver.borrow().retry_pending_notes, "fetched before returning");
+        *document.lock().expect("lock") = (500, "down".to_owned());
+        *document.lock().expect("lock") = (200, r#"{"features": {"retry_pending_notes": true}}"#.to_owned());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            receiver.wait_for(|flags| flags.retry_pending_notes),
+        )
+        .await
+        .expect("polled in time")
+        .expect("sender alive");
+        *document.lock().expect("lock") = (500, "down".to_owned());
+        // Three failed polls later the last good flags still hold.
+        let polls_then = polls.load(Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while polls.load(Ordering::SeqCst) < polls_then + 3 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("polled three more times");
+        assert!(receiver.borrow().retry_pending_notes);
+    }
+
+    #[tokio::test]
     async fn a_changed_file_is_picked_up_and_a_broken_one_keeps_the_last_good_flags() {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("flags.json");

@@ -59,9 +59,11 @@ pub fn record_retried(record: RecordRef<'_>, tier: &str, attempt: u32, kind: Err
 }
 
 /// A record's copy was acknowledged by the dead-letter topic.
+/// `last_tier` is the tier the record last went through, if it was retried before.
 pub fn record_dead_lettered(
     record: RecordRef<'_>,
     dead_letter_topic: &str,
+    last_tier: Option<&str>,
     attempt: u32,
     kind: ErrorKind,
     message: &str,
@@ -72,6 +74,7 @@ pub fn record_dead_lettered(
         offset = record.offset,
         key = record.key,
         attempt,
+        tier = last_tier.unwrap_or("none"),
         dlq = dead_letter_topic,
         error_kind = kind.as_str(),
         error = message,
@@ -220,9 +223,19 @@ pub fn dlq_backlog(topic: &str, not_redriven: i64, oldest_age_seconds: f64) {
 pub fn dlq_notified(topic: &str, crossed: bool, not_redriven: i64, threshold: i64) {
     let state = if crossed { "crossed" } else { "recovered" };
     if crossed {
-        tracing::warn!(dlq = topic, depth = not_redriven, threshold, "dlq depth crossed the threshold; notified");
+        tracing::warn!(
+            dlq = topic,
+            depth = not_redriven,
+            threshold,
+            "dlq depth crossed the threshold; notified"
+        );
     } else {
-        tracing::info!(dlq = topic, depth = not_redriven, threshold, "dlq depth back under the threshold; notified");
+        tracing::info!(
+            dlq = topic,
+            depth = not_redriven,
+            threshold,
+            "dlq depth back under the threshold; notified"
+        );
     }
     metrics::counter!(DLQ_NOTIFICATIONS_TOTAL, "topic" => topic.to_owned(), "state" => state).increment(1);
 }
