@@ -28,14 +28,58 @@ const CURRENT_NOTE_SCHEMA_FILE: &str = "note.avsc";
 pub struct SchemaFingerprint(pub [u8; 8]);
 
 impl SchemaFingerprint {
-    /// Computes the fingerprint of a parsed schema.
-    pub fn of(schema: &Schema) -> Self {
+    /// The standard CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form, the one
+    /// Java, Python and every other conforming writer put on the wire.
+    ///
+    /// apache-avro's canonical form keeps a logical type's base as `{"type":"long"}` where the
+    /// specification has `"long"`, so logical types are stripped here first; what remains has
+    /// the same canonical form in both.
+    pub fn of_schema_json(schema_json: &str) -> Result<Self, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_str(schema_json).map_err(|error| format!("not JSON: {error}"))?;
+        strip_logical_types(&mut value);
+        let plain = Schema::parse(&value).map_err(|error| error.to_string())?;
+        Ok(Self::of_library_form(&plain))
+    }
+
+    /// The fingerprint of a parsed schema as apache-avro computes it: equal to the standard
+    /// one for schemas without logical types, different for the others.
+    pub fn of_library_form(schema: &Schema) -> Self {
         let digest = schema.fingerprint::<Rabin>();
         let mut bytes = [0_u8; 8];
         // Rabin digests are exactly eight bytes, already in the little-endian order the
         // single-object specification puts on the wire.
         bytes.copy_from_slice(&digest.bytes[..8]);
         Self(bytes)
+    }
+}
+
+/// Removes `logicalType` annotations (with their `precision` and `scale`), and collapses what is
+/// left of `{"type": "long"}` into `"long"`, recursively: the Parsing Canonical Form knows only
+/// the underlying types.
+fn strip_logical_types(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_logical_types),
+        serde_json::Value::Object(fields) => {
+            if fields.remove("logicalType").is_some() {
+                fields.remove("precision");
+                fields.remove("scale");
+            }
+            fields.values_mut().for_each(strip_logical_types);
+            let primitive = match fields.get("type") {
+                Some(serde_json::Value::String(name)) if fields.len() == 1 => Some(name.clone()),
+                _ => None,
+            };
+            if let Some(name) = primitive
+                && matches!(
+                    name.as_str(),
+                    "null" | "boolean" | "int" | "long" | "float" | "double" | "bytes" | "string"
+                )
+            {
+                *value = serde_json::Value::String(name);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -60,10 +104,7 @@ impl fmt::Debug for NoteCodec {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("NoteCodec")
-            .field(
-                "current_fingerprint",
-                &SchemaFingerprint::of(self.current_schema).to_string(),
-            )
+            .field("current_fingerprint", &self.current_fingerprint().to_string())
             .field("known_writer_schemas", &self.readers_by_fingerprint.len())
             .finish()
     }
@@ -87,31 +128,44 @@ impl NoteCodec {
     /// can live inside the codec. A process builds one codec (tests a handful), so the leak is a
     /// few kilobytes once, and in exchange no schema is resolved again per record.
     pub fn from_schema_files(files: &[(&str, &str)]) -> Result<Self, SchemaError> {
-        let mut parsed: Vec<(&str, &'static Schema)> = Vec::with_capacity(files.len());
+        let mut parsed: Vec<(&str, &'static Schema, SchemaFingerprint)> = Vec::with_capacity(files.len());
         for (file, text) in files {
             let schema = Schema::parse_str(text).map_err(|source| SchemaError::ParseSchema {
                 file: (*file).to_owned(),
                 source: Box::new(source),
             })?;
-            parsed.push((file, Box::leak(Box::new(schema))));
+            let fingerprint =
+                SchemaFingerprint::of_schema_json(text).map_err(|reason| SchemaError::FingerprintSchema {
+                    file: (*file).to_owned(),
+                    reason,
+                })?;
+            parsed.push((file, Box::leak(Box::new(schema)), fingerprint));
         }
-        let current_schema = parsed
+        let (current_schema, current_fingerprint) = parsed
             .iter()
-            .find(|(file, _)| *file == CURRENT_NOTE_SCHEMA_FILE)
-            .map(|(_, schema)| *schema)
+            .find(|(file, _, _)| *file == CURRENT_NOTE_SCHEMA_FILE)
+            .map(|(_, schema, fingerprint)| (*schema, *fingerprint))
             .ok_or_else(|| SchemaError::FindCurrentSchema {
                 file: CURRENT_NOTE_SCHEMA_FILE.to_owned(),
             })?;
         let mut readers_by_fingerprint = HashMap::new();
-        for (file, writer_schema) in &parsed {
-            let reader = GenericDatumReader::builder(writer_schema)
-                .reader_schema(current_schema)
-                .build()
-                .map_err(|source| SchemaError::ParseSchema {
-                    file: (*file).to_owned(),
-                    source: Box::new(source),
-                })?;
-            readers_by_fingerprint.insert(SchemaFingerprint::of(writer_schema), reader);
+        for (file, writer_schema, fingerprint) in &parsed {
+            let reader = || {
+                GenericDatumReader::builder(writer_schema)
+                    .reader_schema(current_schema)
+                    .build()
+                    .map_err(|source| SchemaError::ParseSchema {
+                        file: (*file).to_owned(),
+                        source: Box::new(source),
+                    })
+            };
+            readers_by_fingerprint.insert(*fingerprint, reader()?);
+            // Records written by earlier rebound builds carry apache-avro's variant of the
+            // fingerprint (see `of_library_form`); they stay readable.
+            let legacy = SchemaFingerprint::of_library_form(writer_schema);
+            if let std::collections::hash_map::Entry::Vacant(slot) = readers_by_fingerprint.entry(legacy) {
+                slot.insert(reader()?);
+            }
         }
         let writer =
             GenericDatumWriter::builder(current_schema)
@@ -122,13 +176,20 @@ impl NoteCodec {
                 })?;
         let mut current_header = [0_u8; SINGLE_OBJECT_HEADER_LEN];
         current_header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
-        current_header[2..].copy_from_slice(&SchemaFingerprint::of(current_schema).0);
+        current_header[2..].copy_from_slice(&current_fingerprint.0);
         Ok(Self {
             current_schema,
             current_header,
             writer,
             readers_by_fingerprint,
         })
+    }
+
+    /// The fingerprint records are written with: the standard one of the current schema.
+    pub fn current_fingerprint(&self) -> SchemaFingerprint {
+        let mut bytes = [0_u8; 8];
+        bytes.copy_from_slice(&self.current_header[2..]);
+        SchemaFingerprint(bytes)
     }
 
     /// The schema notes are written with and read into.
@@ -226,13 +287,39 @@ mod tests {
         let codec = NoteCodec::embedded();
         let record = codec.encode(&sample_note()).expect("encodes");
         assert_eq!(record[..2], SINGLE_OBJECT_MARKER);
-        assert_eq!(record[2..10], SchemaFingerprint::of(codec.current_schema()).0);
+        assert_eq!(record[2..10], codec.current_fingerprint().0);
     }
 
     #[test]
-    fn header_matches_apache_avro_single_object_writer() {
-        // apache-avro's own single-object writer is an independent implementation of the
-        // specification; agreeing with it guards the fingerprint byte order.
+    fn fingerprints_are_the_standard_parsing_canonical_form_ones() {
+        // Reference values from an independent implementation: Python's fastavro,
+        // `fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")`, which prints the
+        // fingerprint's little-endian bytes, the order the wire carries them in.
+        for (file, expected) in [("note.avsc", "17398454654a9a29"), ("note.v1.avsc", "de721a8f256e4187")] {
+            let text = EMBEDDED_SCHEMA_FILES
+                .iter()
+                .find(|(name, _)| *name == file)
+                .map(|(_, text)| *text)
+                .expect("embedded");
+            let fingerprint = SchemaFingerprint::of_schema_json(text).expect("fingerprints");
+            assert_eq!(fingerprint.to_string(), expected, "{file}");
+        }
+    }
+
+    #[test]
+    fn records_with_the_legacy_library_fingerprint_still_decode() {
+        let codec = NoteCodec::embedded();
+        let mut record = codec.encode(&sample_note()).expect("encodes");
+        let legacy = SchemaFingerprint::of_library_form(codec.current_schema());
+        assert_ne!(legacy, codec.current_fingerprint(), "the schema has a logical type");
+        record[2..10].copy_from_slice(&legacy.0);
+        assert_eq!(codec.decode(&record).expect("decodes"), sample_note());
+    }
+
+    #[test]
+    fn body_matches_apache_avro_single_object_writer() {
+        // apache-avro's own single-object writer is an independent encoder of the body; its
+        // header carries the library's fingerprint variant, ours the standard one.
         let codec = NoteCodec::embedded();
         let mut writer = apache_avro::GenericSingleObjectWriter::new_with_capacity(codec.current_schema(), 1024)
             .expect("writer builds");
@@ -243,7 +330,11 @@ mod tests {
         let mut theirs = Vec::new();
         writer.write_value(value, &mut theirs).expect("writes");
         let ours = codec.encode(&sample_note()).expect("encodes");
-        assert_eq!(ours, theirs);
+        assert_eq!(ours[SINGLE_OBJECT_HEADER_LEN..], theirs[SINGLE_OBJECT_HEADER_LEN..]);
+        assert_eq!(
+            theirs[2..10],
+            SchemaFingerprint::of_library_form(codec.current_schema()).0
+        );
     }
 
     #[test]

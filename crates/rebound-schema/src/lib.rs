@@ -27,6 +27,14 @@ pub enum SchemaError {
         #[source]
         source: Box<apache_avro::Error>,
     },
+    /// The standard fingerprint of a schema could not be computed.
+    #[error("failed to fingerprint schema {file}: {reason}")]
+    FingerprintSchema {
+        /// The schema file's name.
+        file: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// No schema file named the current (unversioned) schema for records of this name.
     #[error("failed to find the current schema: no file named {file}")]
     FindCurrentSchema {
