@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# bench.sh - rebound's performance benchmark: producer, consumer, failure path, scheduler timing
+# and peak memory, measured against a real local Kafka with kcat as the baseline, in one run.
+#
+# Usage: scripts/bench.sh
+#
+# Builds the release binaries, starts the local broker of scripts/kafka-local.sh unless one is
+# already running (and stops it at the end only if it started it), installs kcat with apt-get
+# when it is missing, then runs scripts/bench/harness.py, which does the measuring. Every figure
+# is the median of BENCH_RUNS repetitions, and every comparison is a ratio of two figures taken
+# in the same repetition, because the machines are shared and noisy. docs/performance.md
+# explains each measurement and the latest results.
+#
+# Output: target/bench/<run>/results.md (the table), results.json (every repetition, raw),
+# scheduler-*.csv (lateness of every record), logs/ (one log per process started; files over
+# 1 MiB are gzipped at the end); target/bench/latest.md and latest.json are copies of the last
+# complete run. The run's topics are deleted at the end; its processes are stopped on any exit,
+# also on failure or Ctrl-C.
+#
+# Environment (the defaults measure for about 4 minutes on 2 cores; a cold release build adds
+# about 9):
+#   BENCH_RUNS               repetitions of every measurement (default 3)
+#   BENCH_SMALL_COUNT        ~300 B notes per producer and consumer run (default 100000)
+#   BENCH_LARGE_COUNT        ~4 KiB notes per producer and consumer run (default 20000)
+#   BENCH_FAILURE_COUNT      notes per failure-path run (default 100000)
+#   BENCH_SCHEDULER_RATES    tier records per second, comma-separated (default 1000,10000,50000)
+#   BENCH_SCHEDULER_SECONDS  seconds of tier records written at each rate (default 4)
+#   BENCH_PHASES             subset of producer,consumer,failure,scheduler (default all)
+#   BENCH_SKIP_BUILD         1: use the binaries in target/release as they are
+#   REBOUND_KAFKA_PORT and the other REBOUND_KAFKA_* variables are passed to kafka-local.sh.
+set -euo pipefail
+
+readonly PROG=bench
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
+readonly SCRIPT_DIR REPO
+readonly KAFKA_LOCAL=$SCRIPT_DIR/kafka-local.sh
+readonly BROKERS=127.0.0.1:${REBOUND_KAFKA_PORT:-9092}
+
+say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT; do
+  value=${!var:-1}
+  [[ $value =~ ^[1-9][0-9]*$ ]] || die "$var must be a whole number of at least 1, not '$value'"
+done
+[[ ${BENCH_SCHEDULER_RATES:-1} =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] \
+  || die "BENCH_SCHEDULER_RATES must be comma-separated whole numbers, not '$BENCH_SCHEDULER_RATES'"
+
+# The benchmark names its topics, groups and tiers itself; variables that would rename them for
+# the services do not apply here.
+unset REBOUND_TOPIC REBOUND_SOURCE_TOPICS REBOUND_TIERS REBOUND_DLQ_TOPIC REBOUND_TOPIC_PREFIX \
+  REBOUND_GROUP REBOUND_SINK REBOUND_INJECT_FAILURES REBOUND_BATCH_SIZE REBOUND_NO_OUTBOX \
+  REBOUND_METRICS_LISTEN REBOUND_OTLP_ENDPOINT REBOUND_KAFKA_CONFIG REBOUND_KAFKA_CONFIG_FILE
+
+cd "$REPO"
+RUN=bench-$(date +%s)
+readonly RUN
+readonly RUN_DIR=$REPO/target/bench/$RUN
+mkdir -p "$RUN_DIR"
+
+KAFKA_STARTED=0
+HARNESS_PID=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [[ -n $HARNESS_PID ]] && kill -0 "$HARNESS_PID" 2>/dev/null; then
+    # The harness stops its own children and deletes its topics when it gets SIGTERM.
+    kill -TERM "$HARNESS_PID" 2>/dev/null || true
+    wait "$HARNESS_PID" 2>/dev/null || true
+  fi
+  if ((KAFKA_STARTED)); then
+    say "stopping the broker this run started"
+    "$KAFKA_LOCAL" stop >&2 || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! command -v kcat >/dev/null 2>&1; then
+  say "kcat is missing; installing it with apt-get"
+  command -v apt-get >/dev/null 2>&1 || die "kcat is missing and apt-get is not available; install kcat"
+  sudo_cmd=()
+  ((EUID == 0)) || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update
+  "${sudo_cmd[@]}" apt-get install -y kcat
+fi
+command -v python3 >/dev/null 2>&1 || die "python3 is needed to run scripts/bench/harness.py"
+
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+  say "building release binaries (log: target/bench/$RUN/build.log)"
+  cargo build --release --workspace --bins >"$RUN_DIR/build.log" 2>&1 \
+    || die "cargo build failed; see target/bench/$RUN/build.log"
+fi
+
+if "$KAFKA_LOCAL" status >/dev/null 2>&1; then
+  say "using the running broker at $BROKERS"
+else
+  say "starting a local broker"
+  "$KAFKA_LOCAL" start >/dev/null
+  KAFKA_STARTED=1
+fi
+
+started=$SECONDS
+python3 "$SCRIPT_DIR/bench/harness.py" \
+  --repo "$REPO" \
+  --bin-dir "$REPO/target/release" \
+  --out "$RUN_DIR" \
+  --brokers "$BROKERS" \
+  --runs "${BENCH_RUNS:-3}" \
+  --small-count "${BENCH_SMALL_COUNT:-100000}" \
+  --large-count "${BENCH_LARGE_COUNT:-20000}" \
+  --failure-count "${BENCH_FAILURE_COUNT:-100000}" \
+  --scheduler-rates "${BENCH_SCHEDULER_RATES:-1000,10000,50000}" \
+  --scheduler-seconds "${BENCH_SCHEDULER_SECONDS:-4}" \
+  --phases "${BENCH_PHASES:-producer,consumer,failure,scheduler}" \
+  --command "scripts/bench.sh" &
+HARNESS_PID=$!
+rc=0
+wait "$HARNESS_PID" || rc=$?
+HARNESS_PID=""
+((rc == 0)) || die "the benchmark failed (exit $rc); logs are in target/bench/$RUN/logs"
+
+cp "$RUN_DIR/results.md" "$REPO/target/bench/latest.md"
+cp "$RUN_DIR/results.json" "$REPO/target/bench/latest.json"
+say "done in $((SECONDS - started)) s after the build"
+cat "$RUN_DIR/results.md"
