@@ -527,15 +527,16 @@ async fn send_without_outbox(
     shutdown: &Shutdown,
 ) -> Result<u64, ProducerError> {
     let codec = NoteCodec::embedded();
-    let mut records = Vec::with_capacity(notes.len());
-    for note in notes {
-        records.push(DirectRecord {
+    // Encoded as they are sent, so memory holds the input and the window in flight, not a
+    // second, encoded copy of the whole input.
+    let records = notes.iter().map(|note| {
+        Ok(DirectRecord {
             note_id: note.note_id.clone(),
             version: note.version,
             value: codec.encode(note)?,
-        });
-    }
-    let total = records.len() as u64;
+        })
+    });
+    let total = notes.len() as u64;
     let mut acknowledged = 0_u64;
     let sent = tokio::time::timeout(
         timeout,
@@ -578,14 +579,14 @@ struct DirectRecord {
 async fn publish_directly(
     producer: &RecordProducer,
     topic: &str,
-    records: Vec<DirectRecord>,
+    records: impl Iterator<Item = Result<DirectRecord, ProducerError>> + Send,
     rate: u64,
     shutdown: &Shutdown,
     mut on_acknowledged: impl FnMut(&str, i64) -> Result<(), ProducerError>,
 ) -> Result<u64, ProducerError> {
     let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
     let started = tokio::time::Instant::now();
-    let mut pending = records.into_iter().enumerate();
+    let mut pending = records.enumerate();
     let mut in_flight = futures::stream::FuturesOrdered::new();
     let mut acknowledged = 0_u64;
     loop {
@@ -593,6 +594,7 @@ async fn publish_directly(
             let Some((index, record)) = pending.next() else {
                 break;
             };
+            let record = record?;
             if let Some(interval) = interval {
                 tokio::time::sleep_until(started + interval * u32::try_from(index).unwrap_or(u32::MAX)).await;
             }
@@ -648,16 +650,16 @@ async fn run_generate(
                 })?,
         )),
     };
-    let mut records = Vec::with_capacity(usize::try_from(args.count).unwrap_or(0).min(1 << 20));
-    for _ in 0..args.count {
+    // Notes are made and encoded as they are sent: memory holds the window in flight only.
+    let records = (0..args.count).map(move |_| {
         let note = generator.next_note();
         let value = codec.encode(&note)?;
-        records.push(DirectRecord {
+        Ok(DirectRecord {
             note_id: note.note_id,
             version: note.version,
             value,
-        });
-    }
+        })
+    });
     let ids_log_path = args
         .ids_log
         .as_ref()
