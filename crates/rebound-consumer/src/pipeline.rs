@@ -86,11 +86,8 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     }
     tracing::info!("consumer stopping: committing stored offsets");
     let Pipeline { producer, consumer, .. } = pipeline;
-    if let Err(error) = producer.flush(config.shutdown_timeout).await {
-        tracing::warn!(%error, "producer flush at shutdown failed");
-    }
     consumer
-        .commit_and_close(config.shutdown_timeout)
+        .flush_commit_and_close(&producer, config.shutdown_timeout)
         .await
         .map_err(|source| ConsumerError::Kafka {
             operation: "commit offsets at shutdown",

@@ -13,7 +13,7 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use crate::record::ConsumedRecord;
-use crate::{KafkaArgs, KafkaError};
+use crate::{KafkaArgs, KafkaError, RecordProducer};
 
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -252,6 +252,16 @@ impl RecordConsumer {
             .assignment()
             .map(|list| topic_partitions(&list))
             .unwrap_or_default()
+    }
+
+    /// The end of a consume-and-produce service: flushes `producer` (whatever it still holds
+    /// was sent for records whose offsets are not stored, so a failed flush loses nothing and is
+    /// only logged), then commits and closes as [`RecordConsumer::commit_and_close`] does.
+    pub async fn flush_commit_and_close(self, producer: &RecordProducer, timeout: Duration) -> Result<(), KafkaError> {
+        if let Err(error) = producer.flush(timeout).await {
+            tracing::warn!(%error, "producer flush at shutdown failed");
+        }
+        self.commit_and_close(timeout).await
     }
 
     /// Commits every stored offset synchronously, then leaves the group and closes the client,

@@ -97,11 +97,8 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         "scheduler stopping: held records will be read again on restart"
     );
     let Scheduler { producer, consumer, .. } = scheduler;
-    if let Err(error) = producer.flush(config.shutdown_timeout).await {
-        tracing::warn!(%error, "producer flush at shutdown failed");
-    }
     consumer
-        .commit_and_close(config.shutdown_timeout)
+        .flush_commit_and_close(&producer, config.shutdown_timeout)
         .await
         .map_err(|source| SchedulerError::Kafka {
             operation: "commit offsets at shutdown",
