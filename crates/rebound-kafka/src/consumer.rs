@@ -148,6 +148,12 @@ impl RecordConsumer {
             ("session.timeout.ms", "45000"),
             // Statistics feed the lag metric; every 5 s is cheap and fresh enough for alerts.
             ("statistics.interval.ms", "5000"),
+            // librdkafka prefetches up to 64 MiB per consumer by default, which is most of a
+            // service's memory when the sink is slower than the fetcher. 8 MiB still keeps the
+            // fetcher ahead; the short queue backoff stops a full queue from idling the fetcher
+            // for a second at a time (measured: same throughput, 44-62 MiB instead of 76-104).
+            ("queued.max.messages.kbytes", "8192"),
+            ("fetch.queue.backoff.ms", "5"),
         ]);
         config.set("group.id", &settings.group_id);
         config.set("enable.auto.commit", "true");
@@ -291,5 +297,21 @@ impl RecordConsumer {
             );
         }
         commit_result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_default_property_is_one_librdkafka_knows() {
+        // Creating the client validates its configuration without a broker: an unknown or
+        // misspelt default property fails here instead of in production.
+        let consumer = RecordConsumer::subscribe(
+            &KafkaArgs::for_brokers("127.0.0.1:1"),
+            &ConsumerSettings::new("group", vec!["topic".to_owned()]),
+        );
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
     }
 }
