@@ -87,6 +87,9 @@ pub async fn create_topics(
         .collect()
 }
 
+/// How long a topic may be absent from metadata before it counts as missing.
+const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
+
 /// Partition counts of the named topics; a topic that does not exist is an error naming it.
 pub async fn fetch_partition_counts(
     args: &KafkaArgs,
@@ -102,27 +105,35 @@ pub async fn fetch_partition_counts(
         })?;
         let mut counts = BTreeMap::new();
         for topic in &topics {
-            let metadata =
-                consumer
-                    .fetch_metadata(Some(topic), timeout)
-                    .map_err(|source| KafkaError::FetchMetadata {
-                        what: topic.clone(),
-                        reason: source.to_string(),
-                    })?;
-            let found = metadata.topics().iter().find(|entry| entry.name() == topic);
-            match found {
-                Some(entry) if entry.error().is_none() && !entry.partitions().is_empty() => {
-                    counts.insert(
-                        topic.clone(),
-                        i32::try_from(entry.partitions().len()).unwrap_or(i32::MAX),
-                    );
+            // A topic created a moment ago may not be in the broker's metadata yet (a service
+            // started right after `rebound topics create`); ask again for a short while before
+            // calling it missing.
+            let give_up = std::time::Instant::now() + MISSING_TOPIC_GRACE;
+            loop {
+                let metadata =
+                    consumer
+                        .fetch_metadata(Some(topic), timeout)
+                        .map_err(|source| KafkaError::FetchMetadata {
+                            what: topic.clone(),
+                            reason: source.to_string(),
+                        })?;
+                let found = metadata
+                    .topics()
+                    .iter()
+                    .find(|entry| entry.name() == topic)
+                    .filter(|entry| entry.error().is_none() && !entry.partitions().is_empty())
+                    .map(|entry| entry.partitions().len());
+                if let Some(partitions) = found {
+                    counts.insert(topic.clone(), i32::try_from(partitions).unwrap_or(i32::MAX));
+                    break;
                 }
-                _ => {
+                if std::time::Instant::now() >= give_up {
                     return Err(KafkaError::FetchMetadata {
                         what: topic.clone(),
                         reason: "topic does not exist".to_owned(),
                     });
                 }
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
         Ok(counts)
