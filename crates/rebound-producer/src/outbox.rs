@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ProducerError;
@@ -434,8 +434,9 @@ fn write_batch(
         let mut insert = transaction.prepare_cached(
             "INSERT INTO outbox (note_id, version, value, accepted_at_ms, traceparent) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        let mut size_of = transaction.prepare_cached("SELECT LENGTH(value) FROM outbox WHERE seq = ?1")?;
-        let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        // One statement deletes a note and reports its size for the byte budget; a seq that is
+        // already gone (removed twice after a resend) returns no row.
+        let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING LENGTH(value)")?;
         let mut fail =
             transaction.prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1")?;
         for request in batch {
@@ -470,9 +471,8 @@ fn write_batch(
                 }
                 WriteRequest::Remove { seqs, .. } => {
                     for seq in seqs {
-                        let size: Option<i64> = size_of.query_row([seq], |row| row.get(0)).ok();
+                        let size: Option<i64> = delete.query_row([seq], |row| row.get(0)).optional()?;
                         if let Some(size) = size {
-                            delete.execute([seq])?;
                             removed_notes += 1;
                             removed_bytes += u64::try_from(size).unwrap_or(0);
                             projected_bytes = projected_bytes.saturating_sub(u64::try_from(size).unwrap_or(0));
