@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of `NoteCodec`: Avro single-object encoding and decoding of a
 //! small (~300 B) and a large (~4 KiB) note, the per-record codec work of the producer and the
-//! consumer, plus decoding a record written with an older schema version (schema resolution).
+//! consumer, plus decoding a record written with an older schema version (schema resolution),
+//! and decoding with apache-avro's generic reader, which the direct reader replaced.
 //!
 //! Run with `cargo bench -p rebound-schema --bench codec`; docs/performance.md records results.
 
@@ -105,6 +106,14 @@ fn note_codec(criterion: &mut Criterion) {
             &encoded,
             |bench, encoded| {
                 bench.iter(|| codec.decode(black_box(encoded)).expect("decodes"));
+            },
+        );
+        // The generic reader the direct one replaced, measured side by side with it.
+        group.bench_with_input(
+            BenchmarkId::new("decode_generic_reader", format!("{label}-{}B", encoded.len())),
+            &encoded,
+            |bench, encoded| {
+                bench.iter(|| codec.decode_with_generic_reader(black_box(encoded)).expect("decodes"));
             },
         );
         let old = encode_with_v1_schema(&note);

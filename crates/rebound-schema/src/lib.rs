@@ -10,6 +10,7 @@
 //! This crate does no I/O and knows nothing of Kafka or of an async runtime.
 
 mod codec;
+mod direct_reader;
 mod note;
 
 pub use codec::{NoteCodec, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MARKER, SchemaFingerprint};
@@ -65,6 +66,14 @@ pub enum SchemaError {
         /// What the Avro reader reported.
         #[source]
         source: Box<apache_avro::Error>,
+    },
+    /// A field of the datum is malformed (found by the direct reader, which names the field).
+    #[error("failed to decode record body: field {field}: {reason}")]
+    DecodeField {
+        /// The writer schema's field name.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The datum was read completely but bytes remain after it.
     #[error("failed to decode record: {count} trailing bytes after the avro datum")]
