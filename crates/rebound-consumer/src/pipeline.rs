@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
+
 use rebound_kafka::{
     ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
     RecordConsumer, RecordProducer, fetch_partition_counts,
@@ -176,10 +178,19 @@ impl Pipeline<'_> {
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
         while batch.len() < self.config.batch_size {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(record)) => batch.push(record),
-                Ok(Err(error)) => tracing::warn!(%error, "kafka receive error"),
-                Err(_) => break,
+            // Records librdkafka already holds are taken at once; only when none is ready is a
+            // timer armed for the rest of the linger time (a timer per record cost more than
+            // receiving it).
+            let received = match self.consumer.recv().now_or_never() {
+                Some(received) => received,
+                None => match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => break,
+                },
+            };
+            match received {
+                Ok(record) => batch.push(record),
+                Err(error) => tracing::warn!(%error, "kafka receive error"),
             }
         }
         self.log_assignment_events();
