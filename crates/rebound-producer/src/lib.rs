@@ -271,7 +271,7 @@ pub struct GenerateArgs {
 }
 
 /// How many sends `generate` keeps in flight.
-const GENERATE_IN_FLIGHT: usize = 2048;
+const GENERATE_IN_FLIGHT: usize = 8192;
 
 /// Runs the chosen mode until it is done or `shutdown` triggers.
 pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<u64, ProducerError> {

@@ -7,6 +7,7 @@ use rebound_retry::{Tier, TierPolicy, parse_duration, parse_tier_spec};
 use rebound_service::{CommonArgs, OperationalArgs};
 
 use crate::SchedulerError;
+use crate::holdings::ReadAhead;
 
 /// Flags of `rebound-scheduler`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -41,10 +42,16 @@ pub struct SchedulerArgs {
     #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
 
-    /// Records held in memory per partition before the partition is paused (it resumes at
-    /// half). Bounds memory; records never go out early whatever the value.
-    #[arg(long, env = "REBOUND_READ_AHEAD", default_value_t = 500)]
+    /// Most records held in memory per partition: a partition holding this many is paused (it
+    /// resumes at half). Bounds memory; records never go out early whatever the value.
+    #[arg(long, env = "REBOUND_READ_AHEAD", default_value_t = 5000)]
     pub read_ahead: usize,
+
+    /// How far ahead a partition is read: a partition whose newest held record is due this far
+    /// in the future is paused, and resumes when that is down to half. Must be longer than a
+    /// fetch takes, so the next records arrive before they are due.
+    #[arg(long, env = "REBOUND_READ_AHEAD_TIME", default_value = "4s")]
+    pub read_ahead_time: String,
 
     /// How long shutdown may take to commit.
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
@@ -62,8 +69,8 @@ pub struct SchedulerConfig {
     pub policy: TierPolicy,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Records held per partition before it is paused (at least 1).
-    pub read_ahead_per_partition: usize,
+    /// How far ahead each partition is read, in records and in time.
+    pub read_ahead: ReadAhead,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -96,7 +103,11 @@ impl SchedulerArgs {
             return Err(invalid("--read-ahead", "must be at least 1".to_owned()));
         }
         Ok(SchedulerConfig {
-            read_ahead_per_partition: self.read_ahead,
+            read_ahead: ReadAhead {
+                max_records: self.read_ahead,
+                max_time: parse_duration(&self.read_ahead_time)
+                    .map_err(|error| invalid("--read-ahead-time", error.to_string()))?,
+            },
             metrics_listen: self.operational.metrics_listen,
             kafka: self.common.kafka,
             group: self.group,

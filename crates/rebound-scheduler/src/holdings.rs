@@ -39,6 +39,46 @@ pub struct HeldRecord {
     pub release_at: Instant,
 }
 
+/// How far ahead of its due records a partition is read: by count (bounds memory) and by time
+/// (there is no use holding records due long after the next fetch could bring them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAhead {
+    /// Most records held per partition.
+    pub max_records: usize,
+    /// Most time between now and the newest held record's release.
+    pub max_time: std::time::Duration,
+}
+
+/// What to do with a partition's fetching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchDecision {
+    /// Stop fetching: enough is held.
+    Pause,
+    /// Fetch again: what is held runs out soon.
+    Resume,
+    /// Leave it as it is.
+    Keep,
+}
+
+impl ReadAhead {
+    /// Decides for one partition. A partition pauses when it holds `max_records`, or records
+    /// reaching `max_time` ahead; it resumes only when both have fallen to half. The gap between
+    /// the two thresholds keeps it from flapping, and resuming while half the time is still held
+    /// gives the fetch that long to bring the next records before they are due.
+    pub fn decide(&self, held: usize, horizon: Option<Instant>, now: Instant, paused: bool) -> FetchDecision {
+        let ahead = horizon.map_or(std::time::Duration::ZERO, |horizon| {
+            horizon.saturating_duration_since(now)
+        });
+        if !paused && (held >= self.max_records || ahead >= self.max_time) {
+            FetchDecision::Pause
+        } else if paused && held <= self.max_records / 2 && ahead <= self.max_time / 2 {
+            FetchDecision::Resume
+        } else {
+            FetchDecision::Keep
+        }
+    }
+}
+
 /// All held records of this scheduler instance.
 #[derive(Debug, Default)]
 pub struct Holdings {
@@ -113,11 +153,15 @@ impl Holdings {
             .sum()
     }
 
-    /// Partitions that have records waiting, with how many.
-    pub fn waiting_partitions(&self) -> impl Iterator<Item = (&TopicPartition, usize)> {
-        self.partitions
-            .iter()
-            .map(|(partition, queue)| (partition, queue.len()))
+    /// Partitions that have records waiting, with how many and when the newest of them may be
+    /// released (how far ahead the partition has been read).
+    pub fn partition_horizons(&self) -> impl Iterator<Item = (&TopicPartition, usize, Instant)> {
+        self.partitions.iter().filter_map(|(partition, queue)| {
+            // Records of one tier share a delay, so the newest is the last one in offset order;
+            // the maximum is taken anyway, for records whose producers' clocks disagree.
+            let horizon = queue.iter().rev().take(8).map(|held| held.release_at).max()?;
+            Some((partition, queue.len(), horizon))
+        })
     }
 
     /// Records waiting per tier topic.
@@ -230,6 +274,55 @@ mod tests {
         assert_eq!(
             offsets(&holdings.take_due(Instant::now())),
             vec![(0, 1), (0, 2), (0, 3)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_ahead_pauses_on_count_or_time_and_resumes_when_both_are_at_half() {
+        let limits = ReadAhead {
+            max_records: 100,
+            max_time: Duration::from_secs(4),
+        };
+        let now = Instant::now();
+        let soon = Some(now + Duration::from_secs(1));
+        let far = Some(now + Duration::from_secs(4));
+        assert_eq!(limits.decide(10, soon, now, false), FetchDecision::Keep);
+        assert_eq!(limits.decide(100, soon, now, false), FetchDecision::Pause, "count");
+        assert_eq!(limits.decide(10, far, now, false), FetchDecision::Pause, "time");
+        assert_eq!(
+            limits.decide(60, soon, now, true),
+            FetchDecision::Keep,
+            "count above half"
+        );
+        assert_eq!(
+            limits.decide(10, Some(now + Duration::from_secs(3)), now, true),
+            FetchDecision::Keep,
+            "time above half"
+        );
+        assert_eq!(limits.decide(50, soon, now, true), FetchDecision::Resume);
+        assert_eq!(limits.decide(0, None, now, true), FetchDecision::Resume, "nothing held");
+        // As the clock moves on, the same holdings run out of time ahead and fetching resumes.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(limits.decide(10, far, Instant::now(), true), FetchDecision::Resume);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn horizon_is_the_newest_release_time_of_a_partition() {
+        let now = Instant::now();
+        let mut holdings = Holdings::default();
+        holdings.hold(held(0, 1, now + Duration::from_secs(1)));
+        holdings.hold(held(0, 2, now + Duration::from_secs(3)));
+        holdings.hold(held(1, 1, now + Duration::from_secs(2)));
+        let horizons: Vec<(i32, usize, Instant)> = holdings
+            .partition_horizons()
+            .map(|(partition, count, horizon)| (partition.partition, count, horizon))
+            .collect();
+        assert_eq!(
+            horizons,
+            vec![
+                (0, 2, now + Duration::from_secs(3)),
+                (1, 1, now + Duration::from_secs(2))
+            ]
         );
     }
 

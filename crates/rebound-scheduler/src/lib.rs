@@ -9,6 +9,7 @@ mod holdings;
 mod service;
 
 pub use config::{SchedulerArgs, SchedulerConfig};
+pub use holdings::{FetchDecision, ReadAhead};
 pub use service::run;
 
 /// Everything that can stop the scheduler.
