@@ -37,11 +37,12 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     if let Some((injection, seed)) = config.failure_injection {
         sink = Sink::FailureInjecting(Box::new(FailureInjectingSink::new(sink, injection, seed)));
     }
-    let producer =
-        RecordProducer::new(&config.kafka, &ProducerSettings::default()).map_err(|source| ConsumerError::Kafka {
+    let producer = RecordProducer::new(&config.kafka, &ProducerSettings::awaited_copies()).map_err(|source| {
+        ConsumerError::Kafka {
             operation: "create producer",
             source,
-        })?;
+        }
+    })?;
     let readiness = Arc::new(Readiness::default());
     readiness.set("kafka", false, "no partitions assigned yet");
     readiness.set("sink", true, "no batch applied yet");

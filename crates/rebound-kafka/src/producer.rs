@@ -30,6 +30,19 @@ impl Default for ProducerSettings {
     }
 }
 
+impl ProducerSettings {
+    /// For services that wait for their copies' acknowledgements before moving on (the
+    /// consumer's batches, the scheduler's releases): no linger, since every millisecond a copy
+    /// lingers is a millisecond the whole loop waits. librdkafka still batches whatever queues
+    /// up while a request is in flight. `-X linger.ms=...` overrides it.
+    pub fn awaited_copies() -> Self {
+        Self {
+            linger: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+}
+
 /// A record to produce. Key, value and headers are sent exactly as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRecord {

@@ -43,11 +43,12 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
                 source,
             },
         })?;
-    let producer =
-        RecordProducer::new(&config.kafka, &ProducerSettings::default()).map_err(|source| SchedulerError::Kafka {
+    let producer = RecordProducer::new(&config.kafka, &ProducerSettings::awaited_copies()).map_err(|source| {
+        SchedulerError::Kafka {
             operation: "create producer",
             source,
-        })?;
+        }
+    })?;
     topics.sort();
     let readiness = Arc::new(Readiness::default());
     readiness.set("kafka", false, "no partitions assigned yet");

@@ -74,9 +74,14 @@ impl SqliteSink {
         };
         let connection = Connection::open(path).map_err(fail)?;
         // WAL with synchronous=FULL: a committed batch survives a crash of the process and of
-        // the machine, and readers (the accounting tools) never block the writer.
+        // the machine, and readers (the accounting tools) never block the writer. A 16 MiB page
+        // cache (the default is 2 MiB) keeps the upper levels of the note index in memory once
+        // the table outgrows the default.
         connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
+                 PRAGMA cache_size = -16384;",
+            )
             .map_err(fail)?;
         connection.execute_batch(SCHEMA_SQL).map_err(fail)?;
         Ok(Self {
@@ -143,13 +148,19 @@ fn apply_in_transaction(
     items: &[ApplyItem],
 ) -> Result<Vec<Result<(), SinkFailure>>, rusqlite::Error> {
     let transaction = connection.transaction()?;
-    let mut results = Vec::with_capacity(items.len());
+    let mut results = vec![Ok(()); items.len()];
+    // Upserting in key order touches the index's pages in order instead of at random; the
+    // outcome is the same, since each note's row depends only on that note's versions, which
+    // keep their relative order (the sort is stable).
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|left, right| items[*left].note.note_id.cmp(&items[*right].note.note_id));
     {
         let mut upsert = transaction.prepare_cached(UPSERT_SQL)?;
-        for item in items {
+        for index in order {
+            let item = &items[index];
             let note = &item.note;
             if note.note_id.is_empty() {
-                results.push(Err(SinkFailure::permanent("note_id is empty")));
+                results[index] = Err(SinkFailure::permanent("note_id is empty"));
                 continue;
             }
             let tags_json = serde_json::to_string(&note.tags).unwrap_or_else(|_| "[]".to_owned());
@@ -167,7 +178,7 @@ fn apply_in_transaction(
                 item.previous_attempts,
                 item.last_tier,
             ]);
-            results.push(match outcome {
+            results[index] = match outcome {
                 Ok(_) => Ok(()),
                 // A statement error for one note (a constraint, say) leaves the transaction
                 // usable; that note is rejected for good, the others still commit.
@@ -181,7 +192,7 @@ fn apply_in_transaction(
                     ),
                 ) => Err(SinkFailure::permanent(format!("sqlite rejected note: {error}"))),
                 Err(error) => return Err(error),
-            });
+            };
         }
     }
     transaction.commit()?;
