@@ -16,7 +16,7 @@ mod scan;
 mod transaction;
 
 pub use admin::{TopicCreation, TopicSpec, create_topics, fetch_partition_counts};
-pub use config::{KafkaArgs, KafkaConfigPair, redact_config_value};
+pub use config::{KafkaArgs, KafkaConfigPair, REDACTED, is_secret_config_key, redact_config_value};
 pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
 pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
 pub use reader::{TopicWatermarks, fetch_committed_offsets, fetch_topic_watermarks, read_topic_to_end};
