@@ -6,6 +6,7 @@
 //! stored only after a record is safe, pauses reconciled after rebalances) live in one place.
 
 mod admin;
+mod auth;
 mod config;
 mod consumer;
 mod producer;
@@ -62,6 +63,12 @@ pub enum KafkaError {
         /// The file's path.
         path: String,
         /// What went wrong.
+        reason: String,
+    },
+    /// The brokers refused the credentials (SASL) or the TLS handshake failed.
+    #[error("failed to authenticate with kafka: {reason}")]
+    Authenticate {
+        /// librdkafka's report, which names the mechanism and never the secret.
         reason: String,
     },
     /// librdkafka rejected the client configuration.
