@@ -66,6 +66,7 @@ async fn library_call_reports_created_and_existing_topics() {
         tier_partitions: None,
         dlq_partitions: 1,
         replication_factor: 1,
+        min_insync_replicas: Some(1),
         retention: "1d".to_owned(),
         dlq_retention: "7d".to_owned(),
         timeout: "30s".to_owned(),
