@@ -15,6 +15,17 @@
 # Progress goes to stderr; `start`, `restart-broker` and `start-node` print the bootstrap address
 # alone on stdout, so `BOOTSTRAP=$(scripts/kafka-local.sh start)` works.
 #
+# Listeners of the single broker (JVM and Docker mode alike):
+#   REBOUND_KAFKA_PORT       PLAINTEXT, no authentication (the default for everything)
+#   REBOUND_KAFKA_PORT + 1   the KRaft controller (JVM mode; inside the container in Docker mode)
+#   REBOUND_KAFKA_PORT + 2   SASL_PLAINTEXT with SCRAM-SHA-512, one user: rebound / rebound-secret
+#                            (created when the storage is formatted in JVM mode, through the admin
+#                            API in Docker mode). For authentication tests only: SASL_PLAINTEXT
+#                            sends the data itself unencrypted. A client connects with
+#                            -X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=SCRAM-SHA-512
+#                            -X sasl.username=rebound -X sasl.password=rebound-secret
+# The 3-node cluster has PLAINTEXT listeners only.
+#
 # Modes: when `docker info` succeeds, `docker compose` exists and the repository has a
 # docker-compose.yml, the single broker runs as the compose service `kafka`. Otherwise (or with
 # REBOUND_KAFKA_MODE=jvm) the broker runs directly on the JVM from jars that Maven copies once
@@ -50,6 +61,10 @@ readonly STOP_TIMEOUT=30
 readonly QUORUM_GRACE=5
 readonly HOST=127.0.0.1
 readonly CLUSTER_SIZE=3
+# The SCRAM test user of the single broker's SASL listener (see the header).
+readonly SASL_USER=rebound
+readonly SASL_PASSWORD=rebound-secret
+readonly SASL_MECHANISM=SCRAM-SHA-512
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -68,8 +83,10 @@ EOF
 
 node_dir() { if [[ $1 == single ]]; then echo "$STATE"; else echo "$STATE/node-$1"; fi; }
 node_port() { if [[ $1 == single ]]; then echo "$PORT"; else echo "$(($1 * 10000 + 9092))"; fi; }
+# The SASL_PLAINTEXT listener's port; only the single broker has one.
+sasl_port() { echo "$((PORT + 2))"; }
 node_label() {
-  if [[ $1 == single ]]; then echo "kafka ($HOST:$(node_port "$1"))"
+  if [[ $1 == single ]]; then echo "kafka ($HOST:$(node_port "$1"), SASL $HOST:$(sasl_port))"
   else echo "kafka node $1 ($HOST:$(node_port "$1"))"; fi
 }
 cluster_nodes() { seq 1 "$CLUSTER_SIZE"; }
@@ -170,12 +187,19 @@ kafka_tool() {
 # Broker configuration.
 
 write_node_config() { # node
-  local node=$1 dir port cport id voters rf isr
+  local node=$1 dir port cport id voters rf isr sasl_listener="" sasl_advertised="" sasl_map="" sasl_config=""
   dir=$(node_dir "$node")
   port=$(node_port "$node")
   cport=$((port + 1))
   if [[ $node == single ]]; then
     id=1 voters="1@$HOST:$cport" rf=1 isr=1
+    # A second client listener that requires SCRAM, next to the unauthenticated one the tests and
+    # the demo use. Brokers talk to each other and to the controller over PLAINTEXT.
+    sasl_listener=",SASL_PLAINTEXT://$HOST:$(sasl_port)"
+    sasl_advertised=$sasl_listener
+    sasl_map=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+    sasl_config="sasl.enabled.mechanisms=$SASL_MECHANISM
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
   else
     id=$node rf=3 isr=2 voters=""
     local n
@@ -187,11 +211,12 @@ write_node_config() { # node
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://$HOST:$port,CONTROLLER://$HOST:$cport
-advertised.listeners=PLAINTEXT://$HOST:$port
+listeners=PLAINTEXT://$HOST:$port,CONTROLLER://$HOST:$cport$sasl_listener
+advertised.listeners=PLAINTEXT://$HOST:$port$sasl_advertised
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$sasl_map
+${sasl_config}
 log.dirs=$dir/data
 num.partitions=3
 default.replication.factor=$rf
@@ -224,11 +249,16 @@ EOF
 
 # Formats the node's empty data dir with the given cluster id. The quorum is static
 # (controller.quorum.voters), so no --standalone / --initial-controllers.
+# The single broker's SCRAM user is written into the metadata log at format time, so it exists
+# before the broker accepts its first connection.
 format_node() { # node cluster_id
   local dir
+  local -a scram=()
   dir=$(node_dir "$1")
+  [[ $1 == single ]] && scram=(--add-scram "$SASL_MECHANISM=[name=$SASL_USER,password=$SASL_PASSWORD]")
   rm -rf "$dir/data"
-  kafka_tool kafka.tools.StorageTool format -t "$2" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+  kafka_tool kafka.tools.StorageTool format -t "$2" -c "$dir/server.properties" ${scram[@]+"${scram[@]}"} \
+    >"$dir/format.log" 2>&1 ||
     { cat "$dir/format.log" >&2; die "formatting $dir/data failed"; }
 }
 
@@ -238,6 +268,9 @@ require_free_ports() { # node...
     port=$(node_port "$node")
     if port_open "$HOST" "$port" || port_open "$HOST" "$((port + 1))"; then
       die "port $port or $((port + 1)) of $(node_label "$node") is already in use by another process"
+    fi
+    if [[ $node == single ]] && port_open "$HOST" "$(sasl_port)"; then
+      die "port $(sasl_port) (SASL listener) of $(node_label "$node") is already in use by another process"
     fi
   done
 }
@@ -293,6 +326,8 @@ wait_ready() { # node...
     for node in "${targets[@]}"; do
       node_running "$node" || fail_start "$(node_label "$node") exited during startup" "${targets[@]}"
       kafka_answers "$HOST" "$(node_port "$node")" || pending=1
+      # ApiVersions is answered before authentication, so this probes the SASL listener too.
+      if [[ $node == single ]]; then kafka_answers "$HOST" "$(sasl_port)" || pending=1; fi
     done
     if ((pending == 0)) && kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" \
         --command-config "$STATE/tools-client.properties" --list >/dev/null 2>&1 &&
@@ -536,7 +571,7 @@ docker_usable() {
 
 docker_wait_ready() {
   local started=$1 deadline=$((SECONDS + READY_TIMEOUT))
-  until kafka_answers "$HOST" "$PORT"; do
+  until kafka_answers "$HOST" "$PORT" && kafka_answers "$HOST" "$(sasl_port)"; do
     if ((SECONDS >= deadline)); then
       log "error: the kafka container does not answer on $HOST:$PORT after ${READY_TIMEOUT}s"
       compose logs --tail 50 kafka >&2 || true
@@ -545,9 +580,19 @@ docker_wait_ready() {
     fi
     sleep 1
   done
+  docker_add_scram_user
   log "ready after $((SECONDS - started))s; logs: docker compose logs kafka"
   log "bootstrap: $HOST:$PORT"
   echo "$HOST:$PORT"
+}
+
+# The image formats its storage itself, without SCRAM users, so the test user is added through
+# the admin API (idempotent: an existing credential is replaced).
+docker_add_scram_user() {
+  compose exec -T kafka /opt/kafka/bin/kafka-configs.sh --bootstrap-server localhost:9092 --alter \
+    --entity-type users --entity-name "$SASL_USER" \
+    --add-config "$SASL_MECHANISM=[iterations=8192,password=$SASL_PASSWORD]" >&2 ||
+    { compose stop kafka >&2 || true; die "could not create the SCRAM user $SASL_USER"; }
 }
 
 docker_start() {

@@ -47,6 +47,8 @@ else
   scripts/kafka-local.sh start >/dev/null
 fi
 export REBOUND_TEST_BROKERS="127.0.0.1:${REBOUND_KAFKA_PORT:-9092}"
+# The broker's SASL_PLAINTEXT/SCRAM-SHA-512 listener (scripts/kafka-local.sh: client port + 2).
+export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((${REBOUND_KAFKA_PORT:-9092} + 2))"
 
 say "cargo test (broker $REBOUND_TEST_BROKERS)"
 cargo test --workspace --locked --no-fail-fast "$@"

@@ -17,7 +17,7 @@ use rebound_schema::NoteCodec;
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuditArgs {
     /// The consumer's SQLite sink, `sqlite://PATH`.
-    #[arg(long, env = "REBOUND_SINK")]
+    #[arg(long, env = "REBOUND_SINK", hide_env_values = true)]
     pub sink: String,
 
     /// Log of acknowledged note versions, one `NOTE_ID<TAB>VERSION` line each (written by
@@ -89,7 +89,10 @@ impl AuditReport {
 /// Runs the audit.
 pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditReport> {
     let SinkSpec::Sqlite(path) = args.sink.parse::<SinkSpec>()? else {
-        anyhow::bail!("invalid --sink {}: the audit reads a sqlite:// sink", args.sink);
+        anyhow::bail!(
+            "invalid --sink {}: the audit reads a sqlite:// sink",
+            rebound_service::redact::redact_url(&args.sink)
+        );
     };
     let ids_log = std::fs::read_to_string(&args.ids_log)
         .with_context(|| format!("failed to read ids log {}", args.ids_log.display()))?;

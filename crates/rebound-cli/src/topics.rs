@@ -48,6 +48,11 @@ pub struct TopicsCreateArgs {
     #[arg(long, env = "REBOUND_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
     pub replication_factor: i32,
 
+    /// `min.insync.replicas` of every topic: how many replicas must have a record before an
+    /// `acks=all` write (every rebound producer) is acknowledged. Not set: the broker's default.
+    #[arg(long, env = "REBOUND_MIN_INSYNC_REPLICAS")]
+    pub min_insync_replicas: Option<i32>,
+
     /// Retention of source and tier topics.
     #[arg(long, env = "REBOUND_RETENTION", default_value = "7d")]
     pub retention: String,
@@ -84,11 +89,24 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
         "invalid --replication-factor: {} (at least 1, or -1 for the broker default)",
         args.replication_factor
     );
-    let spec = |name: &str, partitions: i32, retention: Duration| TopicSpec {
-        name: apply_topic_prefix(&args.topic_prefix, name),
-        partitions,
-        replication_factor: args.replication_factor,
-        config: BTreeMap::from([("retention.ms".to_owned(), retention.as_millis().to_string())]),
+    if let Some(min_isr) = args.min_insync_replicas {
+        anyhow::ensure!(
+            min_isr >= 1 && (args.replication_factor == -1 || min_isr <= args.replication_factor),
+            "invalid --min-insync-replicas: {min_isr} (at least 1 and at most --replication-factor {})",
+            args.replication_factor
+        );
+    }
+    let spec = |name: &str, partitions: i32, retention: Duration| {
+        let mut config = BTreeMap::from([("retention.ms".to_owned(), retention.as_millis().to_string())]);
+        if let Some(min_isr) = args.min_insync_replicas {
+            config.insert("min.insync.replicas".to_owned(), min_isr.to_string());
+        }
+        TopicSpec {
+            name: apply_topic_prefix(&args.topic_prefix, name),
+            partitions,
+            replication_factor: args.replication_factor,
+            config,
+        }
     };
     let mut specs: Vec<TopicSpec> = args
         .source_topics
@@ -149,6 +167,21 @@ mod tests {
         .expect("valid");
         let names: Vec<(&str, i32)> = specs.iter().map(|spec| (spec.name.as_str(), spec.partitions)).collect();
         assert_eq!(names, vec![("s.notes", 3), ("s.r1", 3), ("s.dlq", 1)]);
+    }
+
+    #[test]
+    fn replication_and_min_insync_replicas_reach_every_topic() {
+        let specs =
+            pipeline_topic_specs(&parse(&["--replication-factor", "3", "--min-insync-replicas", "2"])).expect("valid");
+        for spec in &specs {
+            assert_eq!(spec.replication_factor, 3, "{}", spec.name);
+            assert_eq!(spec.config["min.insync.replicas"], "2", "{}", spec.name);
+        }
+        let error = pipeline_topic_specs(&parse(&["--replication-factor", "2", "--min-insync-replicas", "3"]))
+            .expect_err("more in-sync replicas than replicas");
+        assert!(error.to_string().contains("--min-insync-replicas"), "{error}");
+        let unset = pipeline_topic_specs(&parse(&[])).expect("valid");
+        assert!(!unset[0].config.contains_key("min.insync.replicas"));
     }
 
     #[test]

@@ -40,7 +40,13 @@ pub struct ConsumerArgs {
     pub source_topics: Vec<String>,
 
     /// Where notes are applied: sqlite://PATH, http(s)://URL or null://.
-    #[arg(long, env = "REBOUND_SINK", default_value = "sqlite://notes.db")]
+    // An HTTP sink's URL may carry credentials or a token, so `--help` must not print the variable.
+    #[arg(
+        long,
+        env = "REBOUND_SINK",
+        default_value = "sqlite://notes.db",
+        hide_env_values = true
+    )]
     pub sink: String,
 
     /// Inject random sink failures, e.g. `transient=0.1,permanent=0.01` (demo and tests).
@@ -193,6 +199,8 @@ mod tests {
         assert_eq!(config.policy.dead_letter_topic(), "dlq");
         assert_eq!(config.source_topics, vec!["notes".to_owned()]);
         assert_eq!(config.group, "rebound-consumer");
+        // Metrics and health endpoints are opt-in, so nothing listens unless asked to.
+        assert_eq!(config.metrics_listen, None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum ConsumerError {
     /// The `--sink` URL is not one of the supported forms.
     #[error("failed to parse sink url {url:?}: {reason}")]
     ParseSinkUrl {
-        /// The URL as given.
+        /// The URL as given, with credentials, query and fragment redacted.
         url: String,
         /// What is wrong.
         reason: String,
@@ -43,7 +43,7 @@ pub enum ConsumerError {
     /// The sink could not be opened.
     #[error("failed to open sink {sink}: {reason}")]
     OpenSink {
-        /// The sink.
+        /// The sink, with credentials, query and fragment redacted.
         sink: String,
         /// What went wrong.
         reason: String,

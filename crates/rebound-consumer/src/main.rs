@@ -21,6 +21,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The effective configuration, for operators; its Debug form redacts secret Kafka
+    // properties and the credentials of an HTTP sink's URL.
+    tracing::info!(config = ?config, "effective configuration");
     let shutdown = Shutdown::new().triggered_by(shutdown_signal());
     match rebound_consumer::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

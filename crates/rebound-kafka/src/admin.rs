@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::auth::AuthWatch;
 use crate::{KafkaArgs, KafkaError};
 
 /// A topic to create.
@@ -39,8 +41,36 @@ pub async fn create_topics(
     specs: &[TopicSpec],
     timeout: Duration,
 ) -> Result<Vec<TopicCreation>, KafkaError> {
+    let resolved = args.resolve()?;
+    // The admin client reports refused credentials only as a timeout at the end; a metadata
+    // request first turns them into a clear error within a second or so.
+    let probe_config = resolved.client_config(&[]);
+    let topic_names = || {
+        specs
+            .iter()
+            .map(|spec| spec.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    tokio::task::spawn_blocking(move || {
+        let (consumer, auth) = watched_metadata_client(&probe_config)?;
+        fetch_metadata_watching_auth(&consumer, &auth, None, timeout).map(|_| ())
+    })
+    .await
+    .map_err(|_| KafkaError::Timeout {
+        operation: "metadata fetch",
+        timeout_ms: timeout.as_millis(),
+    })?
+    .map_err(|error| match error {
+        // Unreachable brokers: the same error the admin call would have given, naming the topics.
+        KafkaError::FetchMetadata { reason, .. } => KafkaError::CreateTopic {
+            topic: topic_names(),
+            reason,
+        },
+        other => other,
+    })?;
     let admin: AdminClient<DefaultClientContext> =
-        args.resolve()?
+        resolved
             .client_config(&[])
             .create()
             .map_err(|source| KafkaError::CreateClient {
@@ -67,11 +97,7 @@ pub async fn create_topics(
         .create_topics(&new_topics, &options)
         .await
         .map_err(|source| KafkaError::CreateTopic {
-            topic: specs
-                .iter()
-                .map(|spec| spec.name.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
+            topic: topic_names(),
             reason: source.to_string(),
         })?;
     results
@@ -87,6 +113,62 @@ pub async fn create_topics(
         .collect()
 }
 
+/// How long one metadata request may take before the authentication watch is looked at again.
+const METADATA_SLICE: Duration = Duration::from_secs(1);
+
+/// A client for metadata requests whose librdkafka log lines and errors go to an [`AuthWatch`].
+fn watched_metadata_client(config: &ClientConfig) -> Result<(BaseConsumer<AuthWatch>, AuthWatch), KafkaError> {
+    let auth = AuthWatch::default();
+    let consumer = config
+        .create_with_context(auth.clone())
+        .map_err(|source| KafkaError::CreateClient {
+            client: "metadata",
+            source,
+        })?;
+    Ok((consumer, auth))
+}
+
+/// Fetches the metadata of `topic` (or of the cluster) within `timeout`, in short requests, so
+/// that refused credentials are reported as such within a second or so instead of as a
+/// transport failure at the timeout.
+fn fetch_metadata_watching_auth(
+    consumer: &BaseConsumer<AuthWatch>,
+    auth: &AuthWatch,
+    topic: Option<&str>,
+    timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata, KafkaError> {
+    let give_up = std::time::Instant::now() + timeout;
+    loop {
+        let left = give_up.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_metadata(topic, left.min(METADATA_SLICE)) {
+            Ok(metadata) => return Ok(metadata),
+            Err(source) => {
+                // librdkafka hands its log lines and error events to the client's queue, which
+                // only a poll serves; nothing is assigned, so no record can come back.
+                for _ in 0..MAX_EVENTS_PER_POLL {
+                    match consumer.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Err(error)) => auth.record_error(&error),
+                        Some(Ok(_)) => {}
+                    }
+                }
+                if let Some(error) = auth.error() {
+                    return Err(error);
+                }
+                if left <= METADATA_SLICE {
+                    return Err(KafkaError::FetchMetadata {
+                        what: topic.unwrap_or("the cluster").to_owned(),
+                        reason: source.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Most queued events served between two metadata requests.
+const MAX_EVENTS_PER_POLL: usize = 100;
+
 /// How long a topic may be absent from metadata before it counts as missing.
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
 
@@ -99,10 +181,7 @@ pub async fn fetch_partition_counts(
     let config = args.resolve()?.client_config(&[]);
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().map_err(|source| KafkaError::CreateClient {
-            client: "metadata",
-            source,
-        })?;
+        let (consumer, auth) = watched_metadata_client(&config)?;
         let mut counts = BTreeMap::new();
         for topic in &topics {
             // A topic created a moment ago may not be in the broker's metadata yet (a service
@@ -110,13 +189,7 @@ pub async fn fetch_partition_counts(
             // calling it missing.
             let give_up = std::time::Instant::now() + MISSING_TOPIC_GRACE;
             loop {
-                let metadata =
-                    consumer
-                        .fetch_metadata(Some(topic), timeout)
-                        .map_err(|source| KafkaError::FetchMetadata {
-                            what: topic.clone(),
-                            reason: source.to_string(),
-                        })?;
+                let metadata = fetch_metadata_watching_auth(&consumer, &auth, Some(topic), timeout)?;
                 let found = metadata
                     .topics()
                     .iter()

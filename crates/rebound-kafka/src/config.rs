@@ -19,13 +19,15 @@ pub struct KafkaArgs {
 
     /// librdkafka property passed through as is (repeatable), as with kcat: `-X security.protocol=SASL_SSL`.
     /// Applied after the config file, so it wins.
+    // The variable's value may hold `sasl.password`, so `--help` must not print it.
     #[arg(
         short = 'X',
         long = "kafka-config",
         value_name = "KEY=VALUE",
         env = "REBOUND_KAFKA_CONFIG",
         value_delimiter = ';',
-        global = true
+        global = true,
+        hide_env_values = true
     )]
     pub kafka_config: Vec<KafkaConfigPair>,
 
@@ -108,13 +110,32 @@ impl fmt::Debug for ResolvedKafkaConfig {
     }
 }
 
-/// Replaces the value of a secret-bearing property with `[redacted]`, for logs and errors.
-pub fn redact_config_value<'value>(key: &str, value: &'value str) -> &'value str {
+/// What a redacted secret is shown as.
+pub const REDACTED: &str = "***";
+
+/// Parts of property names that mark a secret. Matching on parts rather than a fixed list also
+/// covers properties a newer librdkafka adds (`*.password`, `*.secret`) and Java-style keys
+/// that a shared properties file may carry (`sasl.jaas.config`).
+const SECRET_KEY_PARTS: [&str; 8] = [
+    "password",
+    "secret",
+    "sasl.jaas.config",
+    "sasl.oauthbearer.config",
+    "ssl.key.pem",
+    "ssl_key",
+    "token",
+    "credential",
+];
+
+/// True when a property's value is a secret that must not be shown.
+pub fn is_secret_config_key(key: &str) -> bool {
     let lowered = key.to_ascii_lowercase();
-    let secret = ["password", "secret", "sasl.jaas.config", "ssl.key.pem", "token"]
-        .iter()
-        .any(|needle| lowered.contains(needle));
-    if secret { "[redacted]" } else { value }
+    SECRET_KEY_PARTS.iter().any(|part| lowered.contains(part))
+}
+
+/// Replaces the value of a secret-bearing property with `***`, for logs and errors.
+pub fn redact_config_value<'value>(key: &str, value: &'value str) -> &'value str {
+    if is_secret_config_key(key) { REDACTED } else { value }
 }
 
 /// One `-X key=value` librdkafka property.
@@ -170,7 +191,7 @@ mod tests {
 
     #[test]
     fn passthrough_overrides_file_which_overrides_brokers() {
-        let mut file = tempfile_in_target();
+        let mut file = tempfile_in_target("override");
         writeln!(
             file.1,
             "# comment\nbootstrap.servers=file:9092\nclient.id = from-file\nlinger.ms: 7"
@@ -213,10 +234,51 @@ mod tests {
         let shown = format!("{args:?} {:?}", args.resolve().expect("resolves"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("alice"), "{shown}");
+        assert!(shown.contains("sasl.password=***"), "{shown}");
     }
 
-    fn tempfile_in_target() -> (PathBuf, std::fs::File) {
-        let path = std::env::temp_dir().join(format!("rebound-kafka-config-{}.properties", std::process::id()));
+    #[test]
+    fn every_secret_librdkafka_property_is_redacted() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "sasl.jaas.config",
+            "SASL.PASSWORD",
+        ] {
+            assert_eq!(redact_config_value(key, "s3cret"), REDACTED, "{key}");
+        }
+        for key in [
+            "sasl.username",
+            "security.protocol",
+            "sasl.mechanisms",
+            "ssl.ca.location",
+        ] {
+            assert_eq!(redact_config_value(key, "shown"), "shown", "{key}");
+        }
+    }
+
+    #[test]
+    fn secrets_from_the_config_file_are_redacted_too() {
+        let mut file = tempfile_in_target("secrets");
+        writeln!(file.1, "sasl.username=bob\nssl.key.password=from-file-secret").expect("write");
+        let args = KafkaArgs {
+            kafka_config_file: Some(file.0.clone()),
+            ..KafkaArgs::for_brokers("x:1")
+        };
+        let shown = format!("{:?}", args.resolve().expect("resolves"));
+        std::fs::remove_file(&file.0).expect("cleanup");
+        assert!(!shown.contains("from-file-secret"), "{shown}");
+        assert!(shown.contains("\"ssl.key.password\": \"***\""), "{shown}");
+        assert!(shown.contains("bob"), "{shown}");
+    }
+
+    // Tests run in parallel threads of one process, so each names its own file.
+    fn tempfile_in_target(test: &str) -> (PathBuf, std::fs::File) {
+        let path = std::env::temp_dir().join(format!("rebound-kafka-config-{}-{test}.properties", std::process::id()));
         let file = std::fs::File::create(&path).expect("create");
         (path, file)
     }

@@ -6,6 +6,7 @@
 //! stored only after a record is safe, pauses reconciled after rebalances) live in one place.
 
 mod admin;
+mod auth;
 mod config;
 mod consumer;
 mod producer;
@@ -16,7 +17,7 @@ mod scan;
 mod transaction;
 
 pub use admin::{TopicCreation, TopicSpec, create_topics, fetch_partition_counts};
-pub use config::{KafkaArgs, KafkaConfigPair, redact_config_value};
+pub use config::{KafkaArgs, KafkaConfigPair, REDACTED, is_secret_config_key, redact_config_value};
 pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
 pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
 pub use reader::{TopicWatermarks, fetch_committed_offsets, fetch_topic_watermarks, read_topic_to_end};
@@ -62,6 +63,12 @@ pub enum KafkaError {
         /// The file's path.
         path: String,
         /// What went wrong.
+        reason: String,
+    },
+    /// The brokers refused the credentials (SASL) or the TLS handshake failed.
+    #[error("failed to authenticate with kafka: {reason}")]
+    Authenticate {
+        /// librdkafka's report, which names the mechanism and never the secret.
         reason: String,
     },
     /// librdkafka rejected the client configuration.

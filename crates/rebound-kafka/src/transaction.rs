@@ -95,6 +95,12 @@ impl TransactionalProducer {
                     return Err(KafkaError::TransactionFatal { code, reason });
                 }
                 self.abort_after(&error).await;
+                // A commit that races a newer producer with the same id can fail with an
+                // unknown broker error; the fencing shows only in the answer to the abort, as
+                // the producer's fatal error. Report that, so the caller knows it was taken over.
+                if let Some((code, reason)) = self.inner.client().fatal_error() {
+                    return Err(KafkaError::TransactionFatal { code, reason });
+                }
                 Err(error)
             }
         }

@@ -165,8 +165,16 @@ async fn reload_url(
     }
     .await;
     match fetched {
-        Ok(document) => apply_document(url, document.to_vec(), sender, last_seen),
+        // The URL may carry a token: it is logged redacted, and reqwest's errors (which quote
+        // the whole URL) without it.
+        Ok(document) => apply_document(
+            &rebound_service::redact::redact_url(url),
+            document.to_vec(),
+            sender,
+            last_seen,
+        ),
         Err(error) => {
+            let error = error.without_url();
             tracing::warn!(%error, flags = ?*sender.borrow(), "cannot fetch flags; keeping the last good flags")
         }
     }

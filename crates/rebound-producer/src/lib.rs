@@ -182,7 +182,8 @@ pub struct OutboxArgs {
     pub flags_file: Option<PathBuf>,
 
     /// URL answering the resend flags document, polled.
-    #[arg(long, env = "REBOUND_FLAGS_URL")]
+    // The URL may carry a token, so `--help` must not print the variable.
+    #[arg(long, env = "REBOUND_FLAGS_URL", hide_env_values = true)]
     pub flags_url: Option<String>,
 
     /// How often the flags file or URL is checked.
@@ -692,4 +693,22 @@ async fn run_generate(
     }
     tracing::info!(acknowledged, topic, "generate finished");
     Ok(acknowledged)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn http_endpoints_bind_loopback_unless_told_otherwise() {
+        let args = ProducerArgs::parse_from(["rebound-producer", "serve"]);
+        let ProducerMode::Serve(serve) = args.mode else {
+            unreachable!("parsed serve")
+        };
+        // The API accepts notes without authentication: it must not face the network by default.
+        assert!(serve.listen.ip().is_loopback(), "{}", serve.listen);
+        assert_eq!(serve.operational.metrics_listen, None);
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod events;
 mod operational;
+pub mod redact;
 mod shutdown;
 mod telemetry;
 pub mod trace_context;
@@ -26,7 +27,7 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 
     /// OTLP/HTTP collector to export traces to, e.g. `http://127.0.0.1:4318` (off when not given).
-    #[arg(long, env = "REBOUND_OTLP_ENDPOINT", global = true)]
+    #[arg(long, env = "REBOUND_OTLP_ENDPOINT", global = true, hide_env_values = true)]
     pub otlp_endpoint: Option<String>,
 }
 

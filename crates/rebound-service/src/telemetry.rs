@@ -99,7 +99,12 @@ fn build_provider(endpoint: &str, service_name: &'static str) -> Result<SdkTrace
         .with_http()
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .build()
-        .map_err(|error| format!("cannot build the OTLP exporter for {endpoint}: {error}"))?;
+        .map_err(|error| {
+            format!(
+                "cannot build the OTLP exporter for {}: {error}",
+                crate::redact::redact_url(endpoint)
+            )
+        })?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name)
         .build();

@@ -16,10 +16,20 @@ use crate::ConsumerError;
 const CONCURRENT_REQUESTS: usize = 16;
 
 /// The HTTP sink.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpSink {
     url: String,
     client: reqwest::Client,
+}
+
+/// The URL may carry credentials or a token: show it redacted.
+impl std::fmt::Debug for HttpSink {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("HttpSink")
+            .field("url", &rebound_service::redact::redact_url(&self.url))
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpSink {
@@ -30,7 +40,7 @@ impl HttpSink {
             .connect_timeout(timeout)
             .build()
             .map_err(|error| ConsumerError::OpenSink {
-                sink: url.to_owned(),
+                sink: rebound_service::redact::redact_url(url),
                 reason: error.to_string(),
             })?;
         Ok(Self {

@@ -57,7 +57,7 @@ impl SinkFailure {
 }
 
 /// Which sink to use, parsed from `--sink URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum SinkSpec {
     /// `sqlite:///absolute/path.db` or `sqlite://relative/path.db`.
     Sqlite(PathBuf),
@@ -67,12 +67,27 @@ pub enum SinkSpec {
     Null,
 }
 
+/// Shows an HTTP sink's URL without credentials, query or fragment, since the configuration is
+/// logged at start-up.
+impl std::fmt::Debug for SinkSpec {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkSpec::Sqlite(path) => formatter.debug_tuple("Sqlite").field(path).finish(),
+            SinkSpec::Http(url) => formatter
+                .debug_tuple("Http")
+                .field(&rebound_service::redact::redact_url(url))
+                .finish(),
+            SinkSpec::Null => formatter.write_str("Null"),
+        }
+    }
+}
+
 impl FromStr for SinkSpec {
     type Err = ConsumerError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let fail = |reason: &str| ConsumerError::ParseSinkUrl {
-            url: url.to_owned(),
+            url: rebound_service::redact::redact_url(url),
             reason: reason.to_owned(),
         };
         if let Some(path) = url.strip_prefix("sqlite://") {
