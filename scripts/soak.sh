@@ -337,8 +337,13 @@ say "started producer (http://127.0.0.1:$HTTP_PORT), consumer-1, consumer-2, sch
   "tiers ${TIERS[*]}, failures $FAILURES"
 
 readonly T_LOAD=$SECONDS
+# Unpaced, batches of 200; paced, about five requests a second per thread (two threads), so a
+# producer crash meets requests in flight.
+BATCH=200
+((RATE > 0)) && BATCH=$((RATE / 10 < 10 ? 10 : (RATE / 10 > 200 ? 200 : RATE / 10)))
+readonly BATCH
 python3 "$SCRIPT_DIR/soak/load.py" --url "http://127.0.0.1:$HTTP_PORT/v1/notes" --versions "$VERSIONS" \
-  --notes "$NOTES" --ids-log "$IDS" --rate "$RATE" --seed "$SEED" --deadline "$TIMEOUT" \
+  --notes "$NOTES" --ids-log "$IDS" --rate "$RATE" --seed "$SEED" --deadline "$TIMEOUT" --batch "$BATCH" \
   --summary "$RUN_DIR/load.json" </dev/null >"$RUN_DIR/load.log" 2>&1 &
 LOAD_PID=$!
 LOAD_RC=""

@@ -193,7 +193,10 @@ impl AuditReport {
                 "dlq duplicate versions".to_owned(),
                 extended.dead_letter_duplicate_versions.to_string(),
             );
-            row("dlq extra copies".to_owned(), extended.dead_letter_extra_copies.to_string());
+            row(
+                "dlq extra copies".to_owned(),
+                extended.dead_letter_extra_copies.to_string(),
+            );
             row(
                 "dlq transient before tiers used up".to_owned(),
                 extended.transient_dead_letters_early.to_string(),
@@ -324,7 +327,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             dead_letter_extra_copies,
             transient_dead_letters_early: transient_early,
             sink_deliveries: SqliteSink::read_delivery_journal(&path)?,
-            lateness: measure_lateness(kafka, args, &codec).await?,
+            lateness: measure_lateness(kafka, args, codec).await?,
         });
     }
     Ok(report)
@@ -385,16 +388,19 @@ mod tests {
     #[test]
     fn the_plain_table_is_unchanged_and_ends_with_lost() {
         let table = report().render_table();
-        let expected = "\
-  note versions produced (acknowledged)       1000
-  distinct notes                                10
-  latest version applied on first try            8
-  latest version applied after retry-5s          2
-  versions applied or superseded               990
-  versions in dlq (permanent)                   10
-  undecodable records in dlq                     0
-  lost                                           0
-";
+        // Each row: two spaces, the label padded to the widest, two spaces, the value in nine.
+        let expected = [
+            "  note versions produced (acknowledged)       1000",
+            "  distinct notes                                10",
+            "  latest version applied on first try            8",
+            "  latest version applied after retry-5s          2",
+            "  versions applied or superseded               990",
+            "  versions in dlq (permanent)                   10",
+            "  undecodable records in dlq                     0",
+            "  lost                                           0",
+        ]
+        .map(|line| format!("{line}\n"))
+        .concat();
         assert_eq!(table, expected);
     }
 
@@ -441,8 +447,15 @@ mod tests {
         let mut report = report();
         report.extended = Some(ExtendedFigures::default());
         let table = report.render_table();
-        assert!(table.contains("sink deliveries") && table.contains("no journal"), "{table}");
-        assert!(table.lines().any(|line| line.starts_with("  retry lateness max") && line.ends_with(" -")));
+        assert!(
+            table.contains("sink deliveries") && table.contains("no journal"),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|line| line.starts_with("  retry lateness max") && line.ends_with(" -"))
+        );
     }
 
     #[test]
