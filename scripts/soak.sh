@@ -38,7 +38,8 @@
 # Environment (flags win):
 #   SOAK_VERSIONS   note versions the load client sends (default 200000; --small: 5000)
 #   SOAK_NOTES      distinct notes (default 2000; --small: 250)
-#   SOAK_RATE       versions per second, 0 for as fast as possible (default 0; --small: 125)
+#   SOAK_RATE       versions per second, 0 for as fast as possible (default 1000, so the
+#                   versions flow through the whole chaos time; --small: 125)
 #   SOAK_DURATION   least seconds of chaos (default 240; --small: 40)
 #   SOAK_TIMEOUT    seconds the whole run gets after the build, load and drain (default 1800;
 #                   --small: 240)
@@ -67,7 +68,7 @@ if ((SMALL)); then
   VERSIONS=${SOAK_VERSIONS:-5000} NOTES=${SOAK_NOTES:-250} RATE=${SOAK_RATE:-125}
   DURATION=${SOAK_DURATION:-40} TIMEOUT=${SOAK_TIMEOUT:-240}
 else
-  VERSIONS=${SOAK_VERSIONS:-200000} NOTES=${SOAK_NOTES:-2000} RATE=${SOAK_RATE:-0}
+  VERSIONS=${SOAK_VERSIONS:-200000} NOTES=${SOAK_NOTES:-2000} RATE=${SOAK_RATE:-1000}
   DURATION=${SOAK_DURATION:-240} TIMEOUT=${SOAK_TIMEOUT:-1800}
 fi
 SEED=${SOAK_SEED:-1}
