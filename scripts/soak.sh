@@ -20,15 +20,17 @@
 # 25% and 65% of the chaos time) and one consumer is frozen with SIGSTOP past its session
 # timeout (at about 45%), then resumed; a kill always comes between two of these. Every fault is
 # logged with a UTC timestamp to faults.log. Chaos lasts at least SOAK_DURATION seconds, and
-# until the load client is done and every required fault was injected. Then the pipeline must account for every accepted version within
-# SOAK_TIMEOUT: `rebound audit` is polled until lost = 0, the services are stopped with SIGTERM
-# (each must exit 0), and a final `rebound audit --extended` gives the figures: duplicates in the
-# DLQ, redeliveries to the sink (from the sink's delivery journal) and retry lateness (Kafka
-# timestamp of each republished record on the source topic minus its retry.due.timestamp).
+# until the load client is done and every required fault was injected. Then the pipeline must
+# account for every accepted version within SOAK_TIMEOUT: `rebound audit` is polled until
+# lost = 0, the services are stopped with SIGTERM (each must exit 0), and a final
+# `rebound audit --extended` gives the figures: duplicates in the DLQ, redeliveries to the sink
+# (from the sink's delivery journal) and retry lateness (Kafka timestamp of each republished
+# record on the source topic minus its retry.due.timestamp).
 #
-# Exits 0 only when lost = 0, no transient dead letter skipped a tier, no record was republished
-# before it was due, every required fault was injected, the load client succeeded and no
-# service exited on its own or failed to stop cleanly; 1 otherwise, 2 on bad usage. Everything
+# Exits 0 only when lost = 0, every accepted version reached the sink (in its delivery journal)
+# or the DLQ, no transient dead letter skipped a tier, no record was republished before it was
+# due, every required fault was injected, the load client succeeded and no service exited on
+# its own or failed to stop cleanly; 1 otherwise, 2 on bad usage. Everything
 # started is stopped on exit, failure or Ctrl-C; a SIGSTOPped consumer is resumed first.
 #
 # Files of a run: target/soak/<run>/ (build.log, topics.log, faults.log, ids.log, load.log,
@@ -474,6 +476,7 @@ if [[ ! -s $RUN_DIR/audit.out ]]; then cat "$RUN_DIR/audit.out.err" >&2; die "th
 LOST=$(figure "$RUN_DIR/audit.out" lost)
 EARLY=$(figure "$RUN_DIR/audit.out" "dlq transient before tiers used up")
 LATENESS_MIN=$(figure "$RUN_DIR/audit.out" "retry lateness min")
+NEVER=$(figure "$RUN_DIR/audit.out" "versions never delivered (only superseded)")
 
 # ---------------------------------------------------------------------------------------------
 # 5. Summary.
@@ -482,6 +485,7 @@ FAILED=()
 [[ $LOST == 0 ]] || FAILED+=("lost = $LOST")
 ((AUDIT_RC == 0)) || FAILED+=("audit exited with status $AUDIT_RC")
 [[ $EARLY == 0 ]] || FAILED+=("$EARLY transient dead letters skipped a tier")
+[[ $NEVER == 0 ]] || FAILED+=("$NEVER versions never reached the sink nor the DLQ")
 [[ $LATENESS_MIN != -* ]] || FAILED+=("a retry was republished before it was due (min lateness $LATENESS_MIN)")
 ((LOAD_RC == 0)) || FAILED+=("load client failed")
 ((UNEXPECTED == 0)) || FAILED+=("$UNEXPECTED unexpected service exits")
@@ -513,6 +517,7 @@ row() { printf '  %-44s %s\n' "$1" "$2"; }
   done
   row "dlq transient before tiers used up" "$EARLY"
   row "LOST" "$LOST"
+  row "versions never delivered (only superseded)" "$NEVER"
   row "dlq duplicates (versions / extra copies)" \
     "$(figure "$RUN_DIR/audit.out" "dlq duplicate versions") / $(figure "$RUN_DIR/audit.out" "dlq extra copies")"
   row "sink deliveries" "$(figure "$RUN_DIR/audit.out" "sink deliveries")"

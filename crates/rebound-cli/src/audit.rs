@@ -96,6 +96,9 @@ pub struct ExtendedFigures {
     pub transient_dead_letters_early: usize,
     /// The sink's delivery journal, if the consumer kept one.
     pub sink_deliveries: Option<DeliveryJournalSummary>,
+    /// Produced versions that are neither in the DLQ nor in the delivery journal: counted as
+    /// applied only because a newer version of their note was (`None` without a journal).
+    pub never_delivered: Option<usize>,
     /// Lateness of the records the scheduler republished.
     pub lateness: LatenessSummary,
 }
@@ -216,6 +219,12 @@ impl AuditReport {
                 }
                 None => row("sink deliveries".to_owned(), "no journal".to_owned()),
             }
+            row(
+                "versions never delivered (only superseded)".to_owned(),
+                extended
+                    .never_delivered
+                    .map_or_else(|| "no journal".to_owned(), |count| count.to_string()),
+            );
             let lateness = &extended.lateness;
             row("retries republished".to_owned(), lateness.republished.to_string());
             row(
@@ -321,12 +330,23 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     if args.extended {
         let dead_letter_records = dead_letter_versions.len();
         let (dead_letter_duplicate_versions, dead_letter_extra_copies) = duplicates(dead_letter_versions);
+        // The journal shows which versions reached the sink at all; a version neither there nor
+        // in the DLQ passed the check above only because a newer version was applied.
+        let never_delivered = SqliteSink::read_delivered_versions(&path)?.map(|delivered| {
+            produced
+                .iter()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .filter(|version| !in_dlq.contains_key(*version) && !delivered.contains(*version))
+                .count()
+        });
         report.extended = Some(ExtendedFigures {
             dead_letter_records,
             dead_letter_duplicate_versions,
             dead_letter_extra_copies,
             transient_dead_letters_early: transient_early,
             sink_deliveries: SqliteSink::read_delivery_journal(&path)?,
+            never_delivered,
             lateness: measure_lateness(kafka, args, codec).await?,
         });
     }
@@ -420,11 +440,12 @@ mod tests {
                 max_deliveries_of_one_version: 4,
                 changed_rows: 900,
             }),
+            never_delivered: Some(0),
             lateness: LatenessSummary::from_samples(vec![5, 1, 250], 1),
         });
         let table = report.render_table();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 8 + 14);
+        assert_eq!(lines.len(), 8 + 15);
         let row = |label: &str| {
             lines
                 .iter()
@@ -434,6 +455,7 @@ mod tests {
         assert_eq!(row("lost").as_deref(), Some("0"));
         assert_eq!(row("dlq duplicate versions").as_deref(), Some("2"));
         assert_eq!(row("sink extra deliveries").as_deref(), Some("15"));
+        assert_eq!(row("versions never delivered (only superseded)").as_deref(), Some("0"));
         assert_eq!(row("retries republished twice or more").as_deref(), Some("1"));
         assert_eq!(row("retry lateness max").as_deref(), Some("250 ms"));
         assert_eq!(row("retry lateness min").as_deref(), Some("1 ms"));

@@ -5,6 +5,7 @@
 //! An opt-in delivery journal (`deliveries` table, off by default) records every note the sink
 //! was handed, in the same transaction, so soak tests can count redeliveries exactly.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -193,6 +194,26 @@ impl SqliteSink {
         rows.collect::<Result<Vec<_>, _>>().map_err(fail)
     }
 
+    /// Every note version the delivery journal holds; `None` when the database has none.
+    /// Opens its own read-only connection.
+    pub fn read_delivered_versions(path: &Path) -> Result<Option<HashSet<(String, i64)>>, ConsumerError> {
+        let fail = |error: rusqlite::Error| ConsumerError::OpenSink {
+            sink: format!("sqlite://{}", path.display()),
+            reason: error.to_string(),
+        };
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+        if !journal_exists(&connection).map_err(fail)? {
+            return Ok(None);
+        }
+        let mut statement = connection
+            .prepare("SELECT DISTINCT note_id, version FROM deliveries")
+            .map_err(fail)?;
+        let versions = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+            .map_err(fail)?;
+        versions.collect::<Result<HashSet<_>, _>>().map(Some).map_err(fail)
+    }
+
     /// Summarises the delivery journal; `None` when the database has none (the consumer ran
     /// without it). Opens its own read-only connection.
     pub fn read_delivery_journal(path: &Path) -> Result<Option<DeliveryJournalSummary>, ConsumerError> {
@@ -201,14 +222,7 @@ impl SqliteSink {
             reason: error.to_string(),
         };
         let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
-        let exists: bool = connection
-            .query_row(
-                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
-                [],
-                |row| row.get(0),
-            )
-            .map_err(fail)?;
-        if !exists {
+        if !journal_exists(&connection).map_err(fail)? {
             return Ok(None);
         }
         let mut statement = connection
@@ -231,6 +245,14 @@ impl SqliteSink {
         }
         Ok(Some(summary))
     }
+}
+
+fn journal_exists(connection: &Connection) -> Result<bool, rusqlite::Error> {
+    connection.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
+        [],
+        |row| row.get(0),
+    )
 }
 
 fn apply_in_transaction(
@@ -362,6 +384,7 @@ mod tests {
         let mut sink = SqliteSink::open(&path).expect("opens");
         sink.apply_batch(vec![item("a", 1, "before the journal")]).await;
         assert_eq!(SqliteSink::read_delivery_journal(&path).expect("reads"), None);
+        assert_eq!(SqliteSink::read_delivered_versions(&path).expect("reads"), None);
         sink.enable_delivery_journal().expect("enables");
         let results = sink
             .apply_batch(vec![item("a", 2, "v2"), item("a", 2, "v2 again"), item("b", 1, "b1")])
@@ -369,6 +392,13 @@ mod tests {
         assert!(results.iter().all(Result::is_ok));
         sink.apply_batch(vec![item("a", 2, "v2 a third time"), item("a", 1, "stale")])
             .await;
+        let delivered = SqliteSink::read_delivered_versions(&path)
+            .expect("reads")
+            .expect("journal exists");
+        assert_eq!(
+            delivered,
+            HashSet::from([("a".to_owned(), 2), ("a".to_owned(), 1), ("b".to_owned(), 1)])
+        );
         let summary = SqliteSink::read_delivery_journal(&path)
             .expect("reads")
             .expect("journal exists");
