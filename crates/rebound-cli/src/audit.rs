@@ -96,8 +96,8 @@ pub struct ExtendedFigures {
     pub transient_dead_letters_early: usize,
     /// The sink's delivery journal, if the consumer kept one.
     pub sink_deliveries: Option<DeliveryJournalSummary>,
-    /// Produced versions that are neither in the DLQ nor in the delivery journal: counted as
-    /// applied only because a newer version of their note was (`None` without a journal).
+    /// Produced versions counted as applied only because a newer version of their note was:
+    /// neither in the DLQ nor in the delivery journal, and not lost (`None` without a journal).
     pub never_delivered: Option<usize>,
     /// Lateness of the records the scheduler republished.
     pub lateness: LatenessSummary,
@@ -331,13 +331,20 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
         let dead_letter_records = dead_letter_versions.len();
         let (dead_letter_duplicate_versions, dead_letter_extra_copies) = duplicates(dead_letter_versions);
         // The journal shows which versions reached the sink at all; a version neither there nor
-        // in the DLQ passed the check above only because a newer version was applied.
+        // in the DLQ, and not lost, passed the check above only because a newer version was
+        // applied.
         let never_delivered = SqliteSink::read_delivered_versions(&path)?.map(|delivered| {
             produced
                 .iter()
                 .collect::<HashSet<_>>()
                 .into_iter()
-                .filter(|version| !in_dlq.contains_key(*version) && !delivered.contains(*version))
+                .filter(|version| {
+                    !in_dlq.contains_key(*version)
+                        && !delivered.contains(*version)
+                        && stored
+                            .get(version.0.as_str())
+                            .is_some_and(|stored_version| *stored_version >= version.1)
+                })
                 .count()
         });
         report.extended = Some(ExtendedFigures {
