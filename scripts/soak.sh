@@ -62,7 +62,7 @@ readonly KAFKA_LOCAL=$SCRIPT_DIR/kafka-local.sh
 say() { printf '%s: %s\n' "$PROG" "$*"; }
 warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { warn "error: $*"; exit 1; }
-usage() { sed -n '4,5p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2; }
+usage() { sed -n '5,6p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2; }
 
 SMALL=0
 for arg in "$@"; do [[ $arg == --small ]] && SMALL=1; done
@@ -91,7 +91,7 @@ while (($# > 0)); do
   esac
 done
 for var in VERSIONS NOTES RATE DURATION TIMEOUT SEED FAULT_MIN FAULT_MAX; do
-  [[ ${!var} =~ ^[0-9]+$ ]] || { warn "error: $var must be a whole number, not '${!var}'"; exit 2; }
+  [[ ${!var} =~ ^[0-9]+$ ]] || { warn "error: SOAK_$var (or its flag) must be a whole number, not '${!var}'"; exit 2; }
 done
 ((VERSIONS > 0 && NOTES > 0)) || { warn "error: versions and notes must be at least 1"; exit 2; }
 ((FAULT_MIN >= 1 && FAULT_MAX >= FAULT_MIN)) || { warn "error: need 1 <= SOAK_FAULT_MIN <= SOAK_FAULT_MAX"; exit 2; }
