@@ -52,4 +52,8 @@ export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((${REBOUND_KAFKA_PORT:-9092} + 2))
 
 say "cargo test (broker $REBOUND_TEST_BROKERS)"
 cargo test --workspace --locked --no-fail-fast "$@"
+
+# Last, as it restarts the broker: the small chaos soak (about 2 minutes), lost = 0 or it fails.
+say "small chaos soak (scripts/soak.sh --small, broker $REBOUND_TEST_BROKERS)"
+scripts/soak.sh --small
 say "all checks passed"

@@ -1,6 +1,8 @@
 //! `rebound audit`: accounts for every note version a producer reported as acknowledged. Each
 //! version must be applied in the SQLite sink (the stored version is at least it) or sit in the
-//! DLQ; anything else is lost. Also tallies how the stored versions got there.
+//! DLQ; anything else is lost. Also tallies how the stored versions got there, and with
+//! `--extended` the figures a soak test needs: duplicates in the DLQ, redeliveries to the sink
+//! (from its delivery journal) and how late the scheduler brought retried records back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -8,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rebound_consumer::sink::{SinkSpec, SqliteSink};
-use rebound_kafka::{KafkaArgs, read_topic_to_end};
+use rebound_consumer::sink::{DeliveryJournalSummary, SinkSpec, SqliteSink};
+use rebound_kafka::{KafkaArgs, TopicScan, read_topic_to_end};
 use rebound_retry::{apply_topic_prefix, contract};
 use rebound_schema::NoteCodec;
 
@@ -32,6 +34,27 @@ pub struct AuditArgs {
     /// Prefix applied to the DLQ topic name.
     #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
+
+    /// Also report duplicates in the DLQ, redeliveries recorded by the sink's delivery journal
+    /// (`rebound-consumer --sink-journal`), transient dead letters that skipped tiers, and the
+    /// lateness of retried records, measured on the source topics.
+    #[arg(long, env = "REBOUND_AUDIT_EXTENDED")]
+    pub extended: bool,
+
+    /// Source topics whose republished records `--extended` measures (prefix applied).
+    #[arg(
+        long = "source-topic",
+        env = "REBOUND_SOURCE_TOPICS",
+        value_delimiter = ',',
+        default_value = "notes"
+    )]
+    pub source_topics: Vec<String>,
+
+    /// Processing attempts a transiently failing record gets before the DLQ: one plus the
+    /// attempts of every tier (3 with the default tiers). With `--extended`, a transient dead
+    /// letter with fewer attempts is reported as dead-lettered early.
+    #[arg(long, env = "REBOUND_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
 }
 
 /// The audit's figures.
@@ -55,28 +78,164 @@ pub struct AuditReport {
     pub lost: usize,
     /// A few lost versions, for the error message.
     pub lost_examples: Vec<(String, i64)>,
+    /// The `--extended` figures, when asked for.
+    pub extended: Option<ExtendedFigures>,
+}
+
+/// Figures of `rebound audit --extended`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtendedFigures {
+    /// Decodable records in the DLQ.
+    pub dead_letter_records: usize,
+    /// Note versions dead-lettered more than once.
+    pub dead_letter_duplicate_versions: usize,
+    /// Dead letters beyond the first of each note version.
+    pub dead_letter_extra_copies: usize,
+    /// Transient dead letters with fewer attempts than the tiers allow: routed to the DLQ while
+    /// a tier should still have taken them.
+    pub transient_dead_letters_early: usize,
+    /// The sink's delivery journal, if the consumer kept one.
+    pub sink_deliveries: Option<DeliveryJournalSummary>,
+    /// Produced versions counted as applied only because a newer version of their note was:
+    /// neither in the DLQ nor in the delivery journal, and not lost (`None` without a journal).
+    pub never_delivered: Option<usize>,
+    /// Lateness of the records the scheduler republished.
+    pub lateness: LatenessSummary,
+}
+
+/// How late retried records came back: for every record on a source topic that carries
+/// `retry.due.timestamp`, its Kafka timestamp (set when the scheduler produced it) minus that
+/// due time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatenessSummary {
+    /// Republished records found on the source topics.
+    pub republished: usize,
+    /// Republished copies beyond the first of one note version at one attempt.
+    pub duplicate_republishes: usize,
+    /// Smallest lateness in ms (negative: republished before it was due).
+    pub min_ms: Option<i64>,
+    /// Median lateness in ms.
+    pub p50_ms: Option<i64>,
+    /// 99th percentile of lateness in ms.
+    pub p99_ms: Option<i64>,
+    /// Largest lateness in ms.
+    pub max_ms: Option<i64>,
+}
+
+impl LatenessSummary {
+    /// Summarises lateness samples in ms (nearest-rank percentiles).
+    pub fn from_samples(mut samples: Vec<i64>, duplicate_republishes: usize) -> Self {
+        samples.sort_unstable();
+        let rank = |percent: usize| -> Option<i64> {
+            if samples.is_empty() {
+                return None;
+            }
+            // Nearest rank: the smallest sample with at least `percent` % of samples at or below it.
+            let index = (samples.len() * percent).div_ceil(100).max(1) - 1;
+            samples.get(index).copied()
+        };
+        Self {
+            republished: samples.len(),
+            duplicate_republishes,
+            min_ms: samples.first().copied(),
+            p50_ms: rank(50),
+            p99_ms: rank(99),
+            max_ms: samples.last().copied(),
+        }
+    }
+}
+
+/// Keys seen more than once, and the occurrences beyond the first of each.
+fn duplicates<K: std::hash::Hash + Eq>(keys: impl IntoIterator<Item = K>) -> (usize, usize) {
+    let mut counts: HashMap<K, usize> = HashMap::new();
+    for key in keys {
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+        .values()
+        .filter(|count| **count > 1)
+        .fold((0, 0), |(keys, extra), count| (keys + 1, extra + count - 1))
+}
+
+fn milliseconds(value: Option<i64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"))
 }
 
 impl AuditReport {
     /// The report as an aligned text table.
     pub fn render_table(&self) -> String {
-        let mut rows: Vec<(String, usize)> = vec![
-            (
-                "note versions produced (acknowledged)".to_owned(),
-                self.produced_versions,
-            ),
-            ("distinct notes".to_owned(), self.distinct_notes),
-            ("latest version applied on first try".to_owned(), self.stored_first_try),
-        ];
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut row = |label: String, value: String| rows.push((label, value));
+        row(
+            "note versions produced (acknowledged)".to_owned(),
+            self.produced_versions.to_string(),
+        );
+        row("distinct notes".to_owned(), self.distinct_notes.to_string());
+        row(
+            "latest version applied on first try".to_owned(),
+            self.stored_first_try.to_string(),
+        );
         for (tier, count) in &self.stored_after_tier {
-            rows.push((format!("latest version applied after {tier}"), *count));
+            row(format!("latest version applied after {tier}"), count.to_string());
         }
-        rows.push(("versions applied or superseded".to_owned(), self.applied_or_superseded));
+        row(
+            "versions applied or superseded".to_owned(),
+            self.applied_or_superseded.to_string(),
+        );
         for (kind, count) in &self.dead_lettered_by_kind {
-            rows.push((format!("versions in dlq ({kind})"), *count));
+            row(format!("versions in dlq ({kind})"), count.to_string());
         }
-        rows.push(("undecodable records in dlq".to_owned(), self.undecodable_dead_letters));
-        rows.push(("lost".to_owned(), self.lost));
+        row(
+            "undecodable records in dlq".to_owned(),
+            self.undecodable_dead_letters.to_string(),
+        );
+        row("lost".to_owned(), self.lost.to_string());
+        if let Some(extended) = &self.extended {
+            row("dlq records".to_owned(), extended.dead_letter_records.to_string());
+            row(
+                "dlq duplicate versions".to_owned(),
+                extended.dead_letter_duplicate_versions.to_string(),
+            );
+            row(
+                "dlq extra copies".to_owned(),
+                extended.dead_letter_extra_copies.to_string(),
+            );
+            row(
+                "dlq transient before tiers used up".to_owned(),
+                extended.transient_dead_letters_early.to_string(),
+            );
+            match &extended.sink_deliveries {
+                Some(journal) => {
+                    row("sink deliveries".to_owned(), journal.deliveries.to_string());
+                    row(
+                        "sink redelivered versions".to_owned(),
+                        journal.redelivered_versions.to_string(),
+                    );
+                    row("sink extra deliveries".to_owned(), journal.extra_deliveries.to_string());
+                    row(
+                        "sink max deliveries of one version".to_owned(),
+                        journal.max_deliveries_of_one_version.to_string(),
+                    );
+                }
+                None => row("sink deliveries".to_owned(), "no journal".to_owned()),
+            }
+            row(
+                "versions never delivered (only superseded)".to_owned(),
+                extended
+                    .never_delivered
+                    .map_or_else(|| "no journal".to_owned(), |count| count.to_string()),
+            );
+            let lateness = &extended.lateness;
+            row("retries republished".to_owned(), lateness.republished.to_string());
+            row(
+                "retries republished twice or more".to_owned(),
+                lateness.duplicate_republishes.to_string(),
+            );
+            row("retry lateness min".to_owned(), milliseconds(lateness.min_ms));
+            row("retry lateness p50".to_owned(), milliseconds(lateness.p50_ms));
+            row("retry lateness p99".to_owned(), milliseconds(lateness.p99_ms));
+            row("retry lateness max".to_owned(), milliseconds(lateness.max_ms));
+        }
         let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
         let mut table = String::new();
         for (label, value) in rows {
@@ -130,6 +289,8 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     let dead_letters = read_topic_to_end(kafka, &dlq_topic, Duration::from_secs(120)).await?;
     let codec = NoteCodec::embedded();
     let mut in_dlq: HashMap<(String, i64), String> = HashMap::new();
+    let mut dead_letter_versions: Vec<(String, i64)> = Vec::new();
+    let mut transient_early = 0;
     for record in &dead_letters {
         let kind = record
             .headers
@@ -138,6 +299,17 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             .to_owned();
         match record.value.as_deref().map(|value| codec.decode(value)) {
             Some(Ok(note)) => {
+                let attempts = record
+                    .headers
+                    .get_str(contract::ATTEMPT)
+                    .and_then(|attempt| attempt.parse::<u32>().ok())
+                    .unwrap_or(0);
+                if kind == "transient" && attempts < args.max_attempts {
+                    transient_early += 1;
+                }
+                if args.extended {
+                    dead_letter_versions.push((note.note_id.clone(), note.version));
+                }
                 in_dlq.insert((note.note_id, note.version), kind);
             }
             _ => report.undecodable_dead_letters += 1,
@@ -158,5 +330,183 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             }
         }
     }
+    if args.extended {
+        let dead_letter_records = dead_letter_versions.len();
+        let (dead_letter_duplicate_versions, dead_letter_extra_copies) = duplicates(dead_letter_versions);
+        // The journal shows which versions reached the sink at all; a version neither there nor
+        // in the DLQ, and not lost, passed the check above only because a newer version was
+        // applied.
+        let never_delivered = SqliteSink::read_delivered_versions(&path)?.map(|delivered| {
+            produced
+                .iter()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .filter(|version| {
+                    !in_dlq.contains_key(*version)
+                        && !delivered.contains(*version)
+                        && stored
+                            .get(version.0.as_str())
+                            .is_some_and(|stored_version| *stored_version >= version.1)
+                })
+                .count()
+        });
+        report.extended = Some(ExtendedFigures {
+            dead_letter_records,
+            dead_letter_duplicate_versions,
+            dead_letter_extra_copies,
+            transient_dead_letters_early: transient_early,
+            sink_deliveries: SqliteSink::read_delivery_journal(&path)?,
+            never_delivered,
+            lateness: measure_lateness(kafka, args, codec).await?,
+        });
+    }
     Ok(report)
+}
+
+/// Scans the source topics for republished records (those carrying `retry.due.timestamp`) and
+/// takes each one's Kafka timestamp minus its due time. The scheduler republishes a record with
+/// its headers unchanged and lets the client stamp the produce time, so this measures when the
+/// copy was actually sent, including the time a killed or revoked scheduler's successor needed
+/// to read it again, which the scheduler's own metrics cannot see.
+async fn measure_lateness(kafka: &KafkaArgs, args: &AuditArgs, codec: &NoteCodec) -> anyhow::Result<LatenessSummary> {
+    let mut samples = Vec::new();
+    let mut republished_versions: Vec<(String, i64, String)> = Vec::new();
+    for topic in &args.source_topics {
+        let topic = apply_topic_prefix(&args.topic_prefix, topic);
+        let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? else {
+            anyhow::bail!("source topic {topic} does not exist");
+        };
+        while let Some(batch) = scan.next_batch().await? {
+            for record in batch {
+                let (Some(due_ms), Some(timestamp_ms)) = (
+                    record
+                        .headers
+                        .get_str(contract::DUE_TIMESTAMP)
+                        .and_then(|due| due.parse::<i64>().ok()),
+                    record.timestamp_ms,
+                ) else {
+                    continue;
+                };
+                samples.push(timestamp_ms - due_ms);
+                if let Some(Ok(note)) = record.value.as_deref().map(|value| codec.decode(value)) {
+                    let attempt = record.headers.get_str(contract::ATTEMPT).unwrap_or("").to_owned();
+                    republished_versions.push((note.note_id, note.version, attempt));
+                }
+            }
+        }
+    }
+    let (duplicate_republishes, _) = duplicates(republished_versions);
+    Ok(LatenessSummary::from_samples(samples, duplicate_republishes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> AuditReport {
+        AuditReport {
+            produced_versions: 1000,
+            distinct_notes: 10,
+            applied_or_superseded: 990,
+            dead_lettered_by_kind: BTreeMap::from([("permanent".to_owned(), 10)]),
+            stored_first_try: 8,
+            stored_after_tier: BTreeMap::from([("retry-5s".to_owned(), 2)]),
+            ..AuditReport::default()
+        }
+    }
+
+    #[test]
+    fn the_plain_table_is_unchanged_and_ends_with_lost() {
+        let table = report().render_table();
+        // Each row: two spaces, the label padded to the widest, two spaces, the value in nine.
+        let expected = [
+            "  note versions produced (acknowledged)       1000",
+            "  distinct notes                                10",
+            "  latest version applied on first try            8",
+            "  latest version applied after retry-5s          2",
+            "  versions applied or superseded               990",
+            "  versions in dlq (permanent)                   10",
+            "  undecodable records in dlq                     0",
+            "  lost                                           0",
+        ]
+        .map(|line| format!("{line}\n"))
+        .concat();
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn the_extended_table_adds_rows_after_lost() {
+        let mut report = report();
+        report.extended = Some(ExtendedFigures {
+            dead_letter_records: 12,
+            dead_letter_duplicate_versions: 2,
+            dead_letter_extra_copies: 2,
+            transient_dead_letters_early: 0,
+            sink_deliveries: Some(DeliveryJournalSummary {
+                deliveries: 1005,
+                distinct_versions: 990,
+                redelivered_versions: 5,
+                extra_deliveries: 15,
+                max_deliveries_of_one_version: 4,
+                changed_rows: 900,
+            }),
+            never_delivered: Some(0),
+            lateness: LatenessSummary::from_samples(vec![5, 1, 250], 1),
+        });
+        let table = report.render_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 8 + 15);
+        let row = |label: &str| {
+            lines
+                .iter()
+                .find(|line| line.trim_start().starts_with(label))
+                .map(|line| line[line.find(label).unwrap_or(0) + label.len()..].trim().to_owned())
+        };
+        assert_eq!(row("lost").as_deref(), Some("0"));
+        assert_eq!(row("dlq duplicate versions").as_deref(), Some("2"));
+        assert_eq!(row("sink extra deliveries").as_deref(), Some("15"));
+        assert_eq!(row("versions never delivered (only superseded)").as_deref(), Some("0"));
+        assert_eq!(row("retries republished twice or more").as_deref(), Some("1"));
+        assert_eq!(row("retry lateness max").as_deref(), Some("250 ms"));
+        assert_eq!(row("retry lateness min").as_deref(), Some("1 ms"));
+        // Values stay in one right-aligned column.
+        let ends: HashSet<usize> = lines.iter().map(|line| line.chars().count()).collect();
+        assert_eq!(ends.len(), 1, "{table}");
+    }
+
+    #[test]
+    fn a_missing_journal_and_no_retries_are_shown_as_such() {
+        let mut report = report();
+        report.extended = Some(ExtendedFigures::default());
+        let table = report.render_table();
+        assert!(
+            table.contains("sink deliveries") && table.contains("no journal"),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|line| line.starts_with("  retry lateness max") && line.ends_with(" -"))
+        );
+    }
+
+    #[test]
+    fn lateness_percentiles_are_nearest_rank() {
+        let samples: Vec<i64> = (1..=200).rev().collect();
+        let summary = LatenessSummary::from_samples(samples, 3);
+        assert_eq!(summary.republished, 200);
+        assert_eq!(summary.duplicate_republishes, 3);
+        assert_eq!(summary.min_ms, Some(1));
+        assert_eq!(summary.p50_ms, Some(100));
+        assert_eq!(summary.p99_ms, Some(198));
+        assert_eq!(summary.max_ms, Some(200));
+        assert_eq!(LatenessSummary::from_samples(vec![-3], 0).p99_ms, Some(-3));
+        assert_eq!(LatenessSummary::from_samples(Vec::new(), 0), LatenessSummary::default());
+    }
+
+    #[test]
+    fn duplicates_count_keys_and_extra_occurrences() {
+        assert_eq!(duplicates(["a", "b", "a", "c", "a", "b"]), (2, 3));
+        assert_eq!(duplicates(Vec::<&str>::new()), (0, 0));
+    }
 }

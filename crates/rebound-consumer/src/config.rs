@@ -49,6 +49,11 @@ pub struct ConsumerArgs {
     )]
     pub sink: String,
 
+    /// Record every delivery in a `deliveries` table of the SQLite sink, committed with its
+    /// batch, so redeliveries can be counted (soak tests; off by default).
+    #[arg(long, env = "REBOUND_SINK_JOURNAL")]
+    pub sink_journal: bool,
+
     /// Inject random sink failures, e.g. `transient=0.1,permanent=0.01` (demo and tests).
     #[arg(long, env = "REBOUND_INJECT_FAILURES")]
     pub inject_failures: Option<String>,
@@ -97,6 +102,8 @@ pub struct ConsumerConfig {
     pub source_topics: Vec<String>,
     /// The sink.
     pub sink: SinkSpec,
+    /// Whether the SQLite sink keeps its delivery journal.
+    pub sink_journal: bool,
     /// Injected failures, if any, and their seed.
     pub failure_injection: Option<(FailureInjection, u64)>,
     /// Tiers and DLQ, prefix applied.
@@ -159,11 +166,19 @@ impl ConsumerArgs {
                 self.inject_seed,
             )),
         };
+        let sink: SinkSpec = self
+            .sink
+            .parse()
+            .map_err(|error: ConsumerError| invalid("--sink", error.to_string()))?;
+        if self.sink_journal && !matches!(sink, SinkSpec::Sqlite(_)) {
+            return Err(invalid(
+                "--sink-journal",
+                "the delivery journal is kept by the sqlite:// sink only".to_owned(),
+            ));
+        }
         Ok(ConsumerConfig {
-            sink: self
-                .sink
-                .parse()
-                .map_err(|error: ConsumerError| invalid("--sink", error.to_string()))?,
+            sink,
+            sink_journal: self.sink_journal,
             kafka: self.common.kafka,
             metrics_listen: self.operational.metrics_listen,
             group: self.group,
@@ -214,7 +229,8 @@ mod tests {
 
     #[test]
     fn invalid_flags_are_named() {
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 5] = [
+            (&["--sink", "null://", "--sink-journal"], "--sink-journal"),
             (&["--tier", "retry-5s"], "--tier"),
             (&["--sink", "mysql://x"], "--sink"),
             (&["--source-topic", "dlq"], "would loop"),

@@ -34,6 +34,11 @@ const MAX_PRODUCE_BACKOFF: Duration = Duration::from_secs(5);
 pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), ConsumerError> {
     check_topics_exist(&config).await?;
     let mut sink = Sink::open(&config.sink, config.http_timeout)?;
+    if config.sink_journal
+        && let Sink::Sqlite(sqlite) = &mut sink
+    {
+        sqlite.enable_delivery_journal()?;
+    }
     if let Some((injection, seed)) = config.failure_injection {
         sink = Sink::FailureInjecting(Box::new(FailureInjectingSink::new(sink, injection, seed)));
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use http::HttpSink;
 pub use inject::{FailureInjectingSink, FailureInjection};
-pub use sqlite::{AppliedNoteRow, SqliteSink};
+pub use sqlite::{AppliedNoteRow, DeliveryJournalSummary, SqliteSink};
 
 use rebound_retry::ErrorKind;
 use rebound_schema::Note;

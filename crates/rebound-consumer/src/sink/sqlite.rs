@@ -1,7 +1,11 @@
 //! The embedded SQLite sink: one row per note, upserted only when the incoming version is
 //! higher than the stored one, so redelivery and out-of-order retries never regress a note.
 //! Deletes are stored as versioned tombstones (`deleted = 1`) for the same reason.
+//!
+//! An opt-in delivery journal (`deliveries` table, off by default) records every note the sink
+//! was handed, in the same transaction, so soak tests can count redeliveries exactly.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +45,37 @@ ON CONFLICT (note_id) DO UPDATE SET
 WHERE excluded.version > notes.version
 ";
 
+// The delivery journal: one row per note the sink applied (or found already applied), written in
+// the batch's own transaction, so a row exists exactly when the delivery's effect was committed.
+const JOURNAL_SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS deliveries (
+    note_id            TEXT NOT NULL,
+    version            INTEGER NOT NULL,
+    previous_attempts  INTEGER NOT NULL,
+    changed            INTEGER NOT NULL
+);
+";
+
+const JOURNAL_INSERT_SQL: &str =
+    "INSERT INTO deliveries (note_id, version, previous_attempts, changed) VALUES (?1, ?2, ?3, ?4)";
+
+/// What the delivery journal says about redeliveries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryJournalSummary {
+    /// Deliveries committed in total.
+    pub deliveries: u64,
+    /// Distinct note versions among them.
+    pub distinct_versions: u64,
+    /// Note versions delivered more than once.
+    pub redelivered_versions: u64,
+    /// Deliveries beyond the first of each version.
+    pub extra_deliveries: u64,
+    /// Most deliveries of one version.
+    pub max_deliveries_of_one_version: u64,
+    /// Deliveries that changed the stored row (the others were older or repeated versions).
+    pub changed_rows: u64,
+}
+
 /// One stored note, as the accounting tools read it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedNoteRow {
@@ -63,6 +98,7 @@ pub struct AppliedNoteRow {
 pub struct SqliteSink {
     path: PathBuf,
     connection: Arc<Mutex<Connection>>,
+    journal: bool,
 }
 
 impl SqliteSink {
@@ -87,7 +123,27 @@ impl SqliteSink {
         Ok(Self {
             path: path.to_owned(),
             connection: Arc::new(Mutex::new(connection)),
+            journal: false,
         })
+    }
+
+    /// Turns the delivery journal on: from now on every delivered note also gets a row in the
+    /// `deliveries` table (created if needed), committed with the batch. Off by default, and
+    /// then it costs nothing; it exists so soak tests can count redeliveries.
+    pub fn enable_delivery_journal(&mut self) -> Result<(), ConsumerError> {
+        let connection = self.connection.lock().map_err(|_| ConsumerError::OpenSink {
+            sink: format!("sqlite://{}", self.path.display()),
+            reason: "sqlite connection lock poisoned".to_owned(),
+        })?;
+        connection
+            .execute_batch(JOURNAL_SCHEMA_SQL)
+            .map_err(|error| ConsumerError::OpenSink {
+                sink: format!("sqlite://{}", self.path.display()),
+                reason: format!("cannot create the delivery journal: {error}"),
+            })?;
+        drop(connection);
+        self.journal = true;
+        Ok(())
     }
 
     /// The database file.
@@ -100,11 +156,12 @@ impl SqliteSink {
     pub async fn apply_batch(&self, items: Vec<ApplyItem>) -> Vec<Result<(), SinkFailure>> {
         let connection = Arc::clone(&self.connection);
         let count = items.len();
+        let journal = self.journal;
         let outcome = tokio::task::spawn_blocking(move || {
             let mut connection = connection
                 .lock()
                 .map_err(|_| SinkFailure::transient("sqlite connection lock poisoned"))?;
-            apply_in_transaction(&mut connection, &items)
+            apply_in_transaction(&mut connection, &items, journal)
                 .map_err(|error| SinkFailure::transient(format!("sqlite transaction failed: {error}")))
         })
         .await;
@@ -141,11 +198,72 @@ impl SqliteSink {
             .map_err(fail)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(fail)
     }
+
+    /// Every note version the delivery journal holds; `None` when the database has none.
+    /// Opens its own read-only connection.
+    pub fn read_delivered_versions(path: &Path) -> Result<Option<HashSet<(String, i64)>>, ConsumerError> {
+        let fail = |error: rusqlite::Error| ConsumerError::OpenSink {
+            sink: format!("sqlite://{}", path.display()),
+            reason: error.to_string(),
+        };
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+        if !journal_exists(&connection).map_err(fail)? {
+            return Ok(None);
+        }
+        let mut statement = connection
+            .prepare("SELECT DISTINCT note_id, version FROM deliveries")
+            .map_err(fail)?;
+        let versions = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+            .map_err(fail)?;
+        versions.collect::<Result<HashSet<_>, _>>().map(Some).map_err(fail)
+    }
+
+    /// Summarises the delivery journal; `None` when the database has none (the consumer ran
+    /// without it). Opens its own read-only connection.
+    pub fn read_delivery_journal(path: &Path) -> Result<Option<DeliveryJournalSummary>, ConsumerError> {
+        let fail = |error: rusqlite::Error| ConsumerError::OpenSink {
+            sink: format!("sqlite://{}", path.display()),
+            reason: error.to_string(),
+        };
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+        if !journal_exists(&connection).map_err(fail)? {
+            return Ok(None);
+        }
+        let mut statement = connection
+            .prepare("SELECT count(*), sum(changed) FROM deliveries GROUP BY note_id, version")
+            .map_err(fail)?;
+        let groups = statement
+            .query_map([], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
+            .map_err(fail)?;
+        let mut summary = DeliveryJournalSummary::default();
+        for group in groups {
+            let (deliveries, changed) = group.map_err(fail)?;
+            summary.deliveries += deliveries;
+            summary.distinct_versions += 1;
+            summary.changed_rows += changed;
+            if deliveries > 1 {
+                summary.redelivered_versions += 1;
+                summary.extra_deliveries += deliveries - 1;
+            }
+            summary.max_deliveries_of_one_version = summary.max_deliveries_of_one_version.max(deliveries);
+        }
+        Ok(Some(summary))
+    }
+}
+
+fn journal_exists(connection: &Connection) -> Result<bool, rusqlite::Error> {
+    connection.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
+        [],
+        |row| row.get(0),
+    )
 }
 
 fn apply_in_transaction(
     connection: &mut Connection,
     items: &[ApplyItem],
+    journal: bool,
 ) -> Result<Vec<Result<(), SinkFailure>>, rusqlite::Error> {
     let transaction = connection.transaction()?;
     let mut results = vec![Ok(()); items.len()];
@@ -156,6 +274,11 @@ fn apply_in_transaction(
     order.sort_by(|left, right| items[*left].note.note_id.cmp(&items[*right].note.note_id));
     {
         let mut upsert = transaction.prepare_cached(UPSERT_SQL)?;
+        let mut journal_insert = if journal {
+            Some(transaction.prepare_cached(JOURNAL_INSERT_SQL)?)
+        } else {
+            None
+        };
         for index in order {
             let item = &items[index];
             let note = &item.note;
@@ -179,7 +302,12 @@ fn apply_in_transaction(
                 item.last_tier,
             ]);
             results[index] = match outcome {
-                Ok(_) => Ok(()),
+                Ok(changed) => {
+                    if let Some(insert) = journal_insert.as_mut() {
+                        insert.execute(params![note.note_id, note.version, item.previous_attempts, changed])?;
+                    }
+                    Ok(())
+                }
                 // A statement error for one note (a constraint, say) leaves the transaction
                 // usable; that note is rejected for good, the others still commit.
                 Err(
@@ -258,6 +386,44 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert!(rows[0].deleted);
         assert_eq!(rows[0].version, 5);
+    }
+
+    #[tokio::test]
+    async fn the_delivery_journal_counts_every_delivery_only_when_enabled() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("notes.db");
+        let mut sink = SqliteSink::open(&path).expect("opens");
+        sink.apply_batch(vec![item("a", 1, "before the journal")]).await;
+        assert_eq!(SqliteSink::read_delivery_journal(&path).expect("reads"), None);
+        assert_eq!(SqliteSink::read_delivered_versions(&path).expect("reads"), None);
+        sink.enable_delivery_journal().expect("enables");
+        let results = sink
+            .apply_batch(vec![item("a", 2, "v2"), item("a", 2, "v2 again"), item("b", 1, "b1")])
+            .await;
+        assert!(results.iter().all(Result::is_ok));
+        sink.apply_batch(vec![item("a", 2, "v2 a third time"), item("a", 1, "stale")])
+            .await;
+        let delivered = SqliteSink::read_delivered_versions(&path)
+            .expect("reads")
+            .expect("journal exists");
+        assert_eq!(
+            delivered,
+            HashSet::from([("a".to_owned(), 2), ("a".to_owned(), 1), ("b".to_owned(), 1)])
+        );
+        let summary = SqliteSink::read_delivery_journal(&path)
+            .expect("reads")
+            .expect("journal exists");
+        assert_eq!(
+            summary,
+            DeliveryJournalSummary {
+                deliveries: 5,
+                distinct_versions: 3,
+                redelivered_versions: 1,
+                extra_deliveries: 2,
+                max_deliveries_of_one_version: 3,
+                changed_rows: 2,
+            }
+        );
     }
 
     #[tokio::test]
