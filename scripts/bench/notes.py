@@ -78,8 +78,8 @@ def crc64_avro(data):
 
 
 def parsing_canonical_form(schema, namespace=None):
-    """The canonical form, as rebound's Avro library writes it, of the subset of schema JSON
-    that note.avsc uses."""
+    """The specification's Parsing Canonical Form of the subset of schema JSON that note.avsc
+    uses."""
     if isinstance(schema, str):
         return json.dumps(schema)
     if isinstance(schema, list):
@@ -96,10 +96,9 @@ def parsing_canonical_form(schema, namespace=None):
         return '{"name":' + json.dumps(full_name) + ',"type":"record","fields":[' + fields + "]}"
     if kind == "array":
         return '{"type":"array","items":' + parsing_canonical_form(schema["items"], namespace) + "}"
-    # A primitive with attributes (a logical type). The specification reduces it to the bare
-    # name ("long"), but the apache-avro crate rebound uses writes {"type":"long"}, and the
-    # fingerprint on the wire is the crate's; this follows the crate so the bytes are identical.
-    return '{"type":' + parsing_canonical_form(kind, namespace) + "}"
+    # A primitive with attributes (a logical type): the specification's canonical form keeps
+    # only the underlying type's name ("long"), and rebound writes that standard fingerprint.
+    return parsing_canonical_form(kind, namespace)
 
 
 def single_object_header(schema_path):
