@@ -362,12 +362,15 @@ async fn thousands_of_foreign_headers_are_carried_over_in_order_without_stalling
     assert_committed_to(&group, &topic, 2).await;
 }
 
+/// A record key, the contract headers it carries, and the header the poison message must name.
+type GarbledCase<'case> = (&'case str, Vec<(&'case str, Vec<u8>)>, &'case str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_conflicting_and_non_utf8_contract_headers_make_the_record_poison_with_one_fresh_history() {
     let prefix = unique_prefix("garbled-contract");
     create_test_topics(&prefix, &TOPICS, 1).await;
     let topic = format!("{prefix}notes");
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<GarbledCase> = vec![
         (
             "attempt-twice",
             vec![(contract::ATTEMPT, b"1".to_vec()), (contract::ATTEMPT, b"2".to_vec())],
