@@ -55,7 +55,12 @@ fn value(input: &mut Unstructured<'_>) -> arbitrary::Result<Option<Vec<u8>>> {
         1 => Some(i64::arbitrary(input)?.to_string().into_bytes()),
         2 => Some(u32::arbitrary(input)?.to_string().into_bytes()),
         3 => Some(i32::arbitrary(input)?.to_string().into_bytes()),
-        4 => Some(input.choose(&["transient", "permanent", "poison", "fatal", ""])?.as_bytes().to_vec()),
+        4 => Some(
+            input
+                .choose(&["transient", "permanent", "poison", "fatal", ""])?
+                .as_bytes()
+                .to_vec(),
+        ),
         5 => Some(input.choose(&TOPICS)?.as_bytes().to_vec()),
         6 => Some(String::arbitrary(input)?.into_bytes()),
         _ => Some(Vec::<u8>::arbitrary(input)?),
@@ -134,18 +139,41 @@ fuzz_target!(|case: Case| {
         ),
     };
     let dispatch = if case.scheduler {
-        dead_letter_dispatch(&policy, &case.headers, previous.as_ref(), &case.location, &failure, "group")
+        dead_letter_dispatch(
+            &policy,
+            &case.headers,
+            previous.as_ref(),
+            &case.location,
+            &failure,
+            "group",
+        )
     } else {
-        failure_dispatch(&policy, &case.headers, previous.as_ref(), &case.location, &failure, "group")
+        failure_dispatch(
+            &policy,
+            &case.headers,
+            previous.as_ref(),
+            &case.location,
+            &failure,
+            "group",
+        )
     };
     let previous_attempt = previous.as_ref().map_or(0, |context| context.attempt);
 
     for key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
         assert!(dispatch.headers.count(key) <= 1, "{key} appears once at most");
     }
-    assert_eq!(foreign(&dispatch.headers), foreign(&case.headers), "foreign headers kept");
+    assert_eq!(
+        foreign(&dispatch.headers),
+        foreign(&case.headers),
+        "foreign headers kept"
+    );
     assert!(dispatch.attempt >= 1 && dispatch.attempt >= previous_attempt);
-    assert!(dispatch.headers.get_str(contract::ERROR_MESSAGE).is_some_and(|message| message.len() <= MAX_ERROR_MESSAGE_BYTES));
+    assert!(
+        dispatch
+            .headers
+            .get_str(contract::ERROR_MESSAGE)
+            .is_some_and(|message| message.len() <= MAX_ERROR_MESSAGE_BYTES)
+    );
     match dispatch.route {
         Route::Tier { index } => {
             assert!(!case.scheduler && failure.kind == ErrorKind::Transient);
