@@ -17,7 +17,9 @@ use rebound_kafka::{
     ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
     RecordConsumer, RecordProducer, fetch_partition_counts,
 };
-use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, parse_retry_context};
+use rebound_retry::{
+    Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, oversized_stub, parse_retry_context,
+};
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
@@ -374,29 +376,35 @@ impl Pipeline<'_> {
             let sends: Vec<_> = pending
                 .iter()
                 .map(|(index, dispatch)| {
-                    let record = &batch[*index];
-                    let outgoing = OutgoingRecord {
-                        topic: dispatch.topic.clone(),
-                        partition: None,
-                        key: record.key.clone(),
-                        value: record.value.clone(),
-                        headers: dispatch.headers.clone(),
-                    };
+                    let outgoing = copy_of(&batch[*index], dispatch);
                     async move { self.producer.send(&outgoing).await }
                 })
                 .collect();
             let results = futures::future::join_all(sends).await;
             let mut refused = Vec::new();
+            let mut too_large = Vec::new();
             for ((index, dispatch), result) in pending.into_iter().zip(results) {
                 match result {
                     Ok(_) => {
                         safe[index] = true;
                         emit_routed(&batch[index], &dispatch);
                     }
+                    Err(error) if error.is_message_too_large() && !dispatch.is_stub() => {
+                        too_large.push((index, dispatch))
+                    }
                     Err(error) => {
                         tracing::error!(%error, topic = %dispatch.topic, "copy of failed record not acknowledged; retrying");
                         refused.push((index, dispatch));
                     }
+                }
+            }
+            for (index, dispatch) in too_large {
+                match self.resend_alone_or_stub(&batch[index], dispatch).await {
+                    Ok(dispatch) => {
+                        safe[index] = true;
+                        emit_routed(&batch[index], &dispatch);
+                    }
+                    Err(dispatch) => refused.push((index, dispatch)),
                 }
             }
             pending = refused;
@@ -410,6 +418,41 @@ impl Pipeline<'_> {
             backoff = (backoff * 2).min(MAX_PRODUCE_BACKOFF);
         }
         safe
+    }
+
+    /// Sends a copy refused as too large once more, alone, because Kafka refuses a whole batch
+    /// when one of its records is too large. Refused alone too, it can never be sent, so its
+    /// bounded dead-letter stub goes instead. `Ok` holds what was acknowledged, `Err` what to retry.
+    async fn resend_alone_or_stub(
+        &self,
+        record: &ConsumedRecord,
+        dispatch: Box<Dispatch>,
+    ) -> Result<Box<Dispatch>, Box<Dispatch>> {
+        let error = match self.producer.send(&copy_of(record, &dispatch)).await {
+            Ok(_) => return Ok(dispatch),
+            Err(error) if error.is_message_too_large() => error,
+            Err(error) => {
+                tracing::error!(%error, topic = %dispatch.topic, "copy of failed record not acknowledged; retrying");
+                return Err(dispatch);
+            }
+        };
+        tracing::warn!(%error, topic = %dispatch.topic, offset = record.offset, "copy of failed record too large; dead-lettering a stub");
+        let stub = Box::new(oversized_stub(
+            &self.config.policy,
+            &dispatch,
+            &record.headers,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &error.to_string(),
+            &self.config.group,
+        ));
+        match self.producer.send(&copy_of(record, &stub)).await {
+            Ok(_) => Ok(stub),
+            Err(error) => {
+                tracing::error!(%error, topic = %stub.topic, "dead-letter stub not acknowledged; retrying");
+                Err(stub)
+            }
+        }
     }
 
     /// Stores, per partition, the offset after the longest run of safe records from the start of
@@ -440,6 +483,17 @@ impl Pipeline<'_> {
             Ok(false) => tracing::debug!(topic, partition, "offset not stored: partition no longer assigned"),
             Err(error) => tracing::error!(%error, topic, partition, "failed to store offset"),
         }
+    }
+}
+
+/// The record to produce for a failed record's copy: its key and value as the dispatch carries them.
+fn copy_of(record: &ConsumedRecord, dispatch: &Dispatch) -> OutgoingRecord {
+    OutgoingRecord {
+        topic: dispatch.topic.clone(),
+        partition: None,
+        key: dispatch.copy_key(record.key.as_deref()),
+        value: dispatch.copy_value(record.value.as_deref()),
+        headers: dispatch.headers.clone(),
     }
 }
 

@@ -48,6 +48,23 @@ impl KafkaError {
     }
 }
 
+impl KafkaError {
+    /// True when the record was refused as too large, by this client's `message.max.bytes` or by
+    /// the target topic's `max.message.bytes`: retrying the same produce cannot succeed.
+    pub fn is_message_too_large(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode;
+        matches!(
+            self,
+            KafkaError::Produce {
+                source: rdkafka::error::KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge
+                ),
+                ..
+            }
+        )
+    }
+}
+
 /// Everything that can go wrong while talking to Kafka.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {

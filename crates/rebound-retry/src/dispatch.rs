@@ -34,7 +34,51 @@ pub struct Dispatch {
     pub due_timestamp_ms: Option<i64>,
     /// Kind of this failure.
     pub kind: ErrorKind,
+    /// What the copy carries of the original record: all of it, except for a stub.
+    pub carries: Carries,
 }
+
+/// What a copy carries of the original record's key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    /// Key and value, byte for byte: every ordinary copy.
+    KeyAndValue,
+    /// The key only: a dead-letter stub whose record did not fit in the DLQ.
+    KeyOnly,
+    /// Neither: a stub whose key was too large to keep as well.
+    Nothing,
+}
+
+impl Dispatch {
+    /// The key the copy is produced with.
+    pub fn copy_key(&self, key: Option<&[u8]>) -> Option<Vec<u8>> {
+        match self.carries {
+            Carries::KeyAndValue | Carries::KeyOnly => key.map(<[u8]>::to_vec),
+            Carries::Nothing => None,
+        }
+    }
+
+    /// The value the copy is produced with.
+    pub fn copy_value(&self, value: Option<&[u8]>) -> Option<Vec<u8>> {
+        match self.carries {
+            Carries::KeyAndValue => value.map(<[u8]>::to_vec),
+            Carries::KeyOnly | Carries::Nothing => None,
+        }
+    }
+
+    /// True for a dead-letter stub, which cannot be cut down any further.
+    pub fn is_stub(&self) -> bool {
+        self.carries != Carries::KeyAndValue
+    }
+}
+
+/// Longest key a dead-letter stub keeps; a longer one is dropped and its size recorded.
+pub const STUB_MAX_KEY_BYTES: usize = 1024;
+/// Most bytes (keys plus values) of other headers a stub keeps, in order; the rest are dropped
+/// and counted. With the contract's own values capped, a stub stays well under 32 KiB.
+pub const STUB_MAX_OTHER_HEADER_BYTES: usize = 16 * 1024;
+/// Longest contract value a stub copies; only a garbled history has longer ones.
+const STUB_MAX_CONTRACT_VALUE_BYTES: usize = 1024;
 
 /// Routes a record that failed processing in the consumer, following the tier policy.
 ///
@@ -167,7 +211,119 @@ fn build_dispatch(
         attempt,
         due_timestamp_ms,
         kind: failure.kind,
+        carries: Carries::KeyAndValue,
     }
+}
+
+/// The dead letter to send instead of a copy that Kafka refused as too large: a bounded *stub*.
+///
+/// A copy adds headers to a record, so a record close to the message size limit can fit in its
+/// source topic and still not fit in a tier or the DLQ (or a DLQ configured with a smaller limit
+/// refuses it). Retrying such a copy can never succeed and would hold its partition forever, so
+/// it goes to the DLQ as a stub instead: the contract history of `refused` (kind `poison`, the
+/// message saying why), without the value, with the key only if it is at most
+/// [`STUB_MAX_KEY_BYTES`], and with other headers in order up to [`STUB_MAX_OTHER_HEADER_BYTES`].
+/// `retry.dropped.value.bytes`, `retry.dropped.key.bytes` and `retry.dropped.headers` say what
+/// was left out; the original record is still at its `retry.original.*` location.
+///
+/// `incoming_headers` are the headers of the record as consumed: when `refused` was a tier copy,
+/// the tier the record last went through is read from them.
+pub fn oversized_stub(
+    policy: &TierPolicy,
+    refused: &Dispatch,
+    incoming_headers: &RecordHeaders,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    refusal: &str,
+    consumer_group: &str,
+) -> Dispatch {
+    let contract_value = |headers: &RecordHeaders, contract_key: &str| {
+        headers
+            .get_str(contract_key)
+            .map(|text| cut_at_char_boundary(text, STUB_MAX_CONTRACT_VALUE_BYTES).to_owned())
+    };
+    let is_contract_key = |header_key: &str| {
+        contract::FAILURE_HISTORY_KEYS.contains(&header_key) || contract::DLQ_KEYS.contains(&header_key)
+    };
+
+    let mut headers = RecordHeaders::new();
+    let mut other_bytes = 0usize;
+    let mut dropped_headers = 0usize;
+    for header in refused.headers.iter().filter(|header| !is_contract_key(&header.key)) {
+        let size = header.key.len() + header.value.as_ref().map_or(0, Vec::len);
+        if other_bytes.saturating_add(size) <= STUB_MAX_OTHER_HEADER_BYTES {
+            other_bytes += size;
+            headers.push(header.key.clone(), header.value.clone());
+        } else {
+            dropped_headers += 1;
+        }
+    }
+    for contract_key in [
+        contract::ATTEMPT,
+        contract::ORIGINAL_TOPIC,
+        contract::ORIGINAL_PARTITION,
+        contract::ORIGINAL_OFFSET,
+        contract::ORIGINAL_TIMESTAMP,
+        contract::FIRST_FAILURE_TIMESTAMP,
+    ] {
+        if let Some(text) = contract_value(&refused.headers, contract_key) {
+            headers.set(contract_key, text);
+        }
+    }
+    let last_tier = match refused.route {
+        Route::DeadLetter => contract_value(&refused.headers, contract::TIER),
+        Route::Tier { .. } => contract_value(incoming_headers, contract::TIER),
+    };
+    if let Some(tier) = last_tier {
+        headers.set(contract::TIER, tier);
+    }
+    let original_topic = contract_value(&refused.headers, contract::ORIGINAL_TOPIC).unwrap_or_default();
+    let original_partition = contract_value(&refused.headers, contract::ORIGINAL_PARTITION).unwrap_or_default();
+    let original_offset = contract_value(&refused.headers, contract::ORIGINAL_OFFSET).unwrap_or_default();
+    let keeps_key = key.is_none_or(|key| key.len() <= STUB_MAX_KEY_BYTES);
+    let message = format!(
+        "copy refused as too large by {}: {refusal}; dead-lettered as a stub without its value{}, \
+         the record is at {original_topic}[{original_partition}]@{original_offset}; it failed with: {}",
+        refused.topic,
+        if keeps_key { "" } else { " and key" },
+        refused.headers.get_str(contract::ERROR_MESSAGE).unwrap_or_default(),
+    );
+    let message = truncate_error_message(&message);
+    headers.set(contract::ERROR_KIND, ErrorKind::Poison.as_str());
+    headers.set(contract::ERROR_MESSAGE, message);
+    headers.set(contract::DLQ_ERRORS_TOPIC, original_topic.as_str());
+    headers.set(contract::DLQ_ERRORS_PARTITION, original_partition.as_str());
+    headers.set(contract::DLQ_ERRORS_OFFSET, original_offset.as_str());
+    headers.set(contract::DLQ_ERRORS_GROUP, consumer_group);
+    headers.set(contract::DLQ_ERRORS_DELIVERY_COUNT, refused.attempt.to_string());
+    headers.set(contract::DLQ_ERRORS_MESSAGE, message);
+    if let Some(value) = value {
+        headers.set(contract::DROPPED_VALUE_BYTES, value.len().to_string());
+    }
+    if let Some(key) = key.filter(|_| !keeps_key) {
+        headers.set(contract::DROPPED_KEY_BYTES, key.len().to_string());
+    }
+    if dropped_headers > 0 {
+        headers.set(contract::DROPPED_HEADERS, dropped_headers.to_string());
+    }
+    Dispatch {
+        topic: policy.dead_letter_topic().to_owned(),
+        headers,
+        route: Route::DeadLetter,
+        attempt: refused.attempt,
+        due_timestamp_ms: None,
+        kind: ErrorKind::Poison,
+        carries: if keeps_key { Carries::KeyOnly } else { Carries::Nothing },
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn cut_at_char_boundary(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
@@ -320,6 +476,145 @@ mod tests {
             "replay count survives"
         );
         assert_eq!(dispatch.headers.get_str(contract::ORIGINAL_TOPIC), Some("retry-5s"));
+    }
+
+    fn header_bytes(headers: &RecordHeaders) -> usize {
+        headers
+            .iter()
+            .map(|header| header.key.len() + header.value.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+
+    #[test]
+    fn a_refused_tier_copy_becomes_a_bounded_dead_letter_stub() {
+        let policy = policy();
+        let mut incoming = user_headers();
+        incoming.push("big", Some(vec![0xAB; STUB_MAX_OTHER_HEADER_BYTES]));
+        incoming.push("after-big", Some(b"small".to_vec()));
+        let tier_copy = failure_dispatch(&policy, &incoming, None, &location("notes", 7), &transient(10_000), "g");
+        assert_eq!(tier_copy.topic, "retry-5s");
+        let value = vec![0u8; 1_000_000];
+        let stub = oversized_stub(
+            &policy,
+            &tier_copy,
+            &incoming,
+            Some(b"note-1"),
+            Some(&value),
+            "Broker: Message size too large",
+            "g",
+        );
+        assert_eq!(stub.topic, "dlq");
+        assert_eq!(stub.route, Route::DeadLetter);
+        assert_eq!(stub.kind, ErrorKind::Poison);
+        assert!(stub.is_stub());
+        assert_eq!(stub.copy_key(Some(b"note-1")), Some(b"note-1".to_vec()));
+        assert_eq!(stub.copy_value(Some(&value)), None);
+        let headers = &stub.headers;
+        assert_eq!(headers.get_str(contract::DROPPED_VALUE_BYTES), Some("1000000"));
+        assert_eq!(
+            headers.get_str(contract::DROPPED_HEADERS),
+            Some("1"),
+            "only the big header"
+        );
+        assert!(headers.get(contract::DROPPED_KEY_BYTES).is_none());
+        assert_eq!(headers.get_str("traceparent"), Some("00-trace"));
+        assert_eq!(
+            headers.get_str("after-big"),
+            Some("small"),
+            "later small headers still fit"
+        );
+        assert!(headers.get("big").is_none());
+        assert!(headers.get(contract::TIER).is_none(), "it never went through a tier");
+        assert!(headers.get(contract::DUE_TIMESTAMP).is_none());
+        assert_eq!(headers.get_str(contract::ERROR_KIND), Some("poison"));
+        let message = headers.get_str(contract::ERROR_MESSAGE).expect("message");
+        assert!(
+            message.starts_with("copy refused as too large by retry-5s"),
+            "{message}"
+        );
+        assert!(
+            message.contains("notes[2]@7") && message.contains("sink timed out"),
+            "{message}"
+        );
+        assert_eq!(headers.get_str(contract::DLQ_ERRORS_OFFSET), Some("7"));
+        assert_eq!(headers.get_str(contract::DLQ_ERRORS_DELIVERY_COUNT), Some("1"));
+        let history = parse_retry_context(headers).expect("valid").expect("present");
+        assert_eq!(history.attempt, 1);
+        assert_eq!(history.original_topic.as_deref(), Some("notes"));
+        assert_eq!(history.first_failure_timestamp_ms, Some(10_000));
+        for key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
+            assert!(headers.count(key) <= 1, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_stub_drops_a_huge_key_and_caps_garbled_contract_values() {
+        let policy = policy();
+        let mut incoming = RecordHeaders::new();
+        incoming.set(contract::ATTEMPT, "1");
+        incoming.set(contract::TIER, "retry-5s");
+        incoming.set(contract::ORIGINAL_TOPIC, "t".repeat(300_000));
+        for index in 0..5000 {
+            incoming.push(format!("h{index}"), Some(vec![0xFF; 8]));
+        }
+        let history = parse_retry_context(&incoming).expect("valid").expect("present");
+        let failure = Failure {
+            kind: ErrorKind::Poison,
+            message: "republish refused".to_owned(),
+            failed_at_ms: 5,
+        };
+        let dead_letter = dead_letter_dispatch(
+            &policy,
+            &incoming,
+            Some(&history),
+            &location("retry-5s", 3),
+            &failure,
+            "s",
+        );
+        let key = vec![b'k'; STUB_MAX_KEY_BYTES + 1];
+        let stub = oversized_stub(&policy, &dead_letter, &incoming, Some(&key), None, "too large", "s");
+        assert_eq!(stub.carries, Carries::Nothing);
+        assert_eq!(stub.copy_key(Some(&key)), None);
+        let headers = &stub.headers;
+        assert_eq!(headers.get_str(contract::DROPPED_KEY_BYTES), Some("1025"));
+        assert!(
+            headers.get(contract::DROPPED_VALUE_BYTES).is_none(),
+            "there was no value"
+        );
+        assert_eq!(
+            headers.get_str(contract::TIER),
+            Some("retry-5s"),
+            "the tier it went through"
+        );
+        assert!(
+            headers
+                .get_str(contract::DROPPED_HEADERS)
+                .is_some_and(|count| count.parse::<usize>().is_ok_and(|count| count > 3000))
+        );
+        assert!(header_bytes(headers) < 32 * 1024, "{} bytes", header_bytes(headers));
+    }
+
+    #[test]
+    fn rerouting_or_replaying_a_stub_forgets_what_it_dropped() {
+        let policy = policy();
+        let permanent = Failure {
+            kind: ErrorKind::Permanent,
+            message: "rejected".to_owned(),
+            failed_at_ms: 5,
+        };
+        let refused = failure_dispatch(&policy, &user_headers(), None, &location("notes", 1), &permanent, "g");
+        let stub = oversized_stub(
+            &policy,
+            &refused,
+            &user_headers(),
+            Some(b"k"),
+            Some(b"v"),
+            "too large",
+            "g",
+        );
+        let again = failure_dispatch(&policy, &stub.headers, None, &location("notes", 9), &permanent, "g");
+        assert!(again.headers.get(contract::DROPPED_VALUE_BYTES).is_none());
+        assert!(!again.is_stub());
     }
 
     #[test]

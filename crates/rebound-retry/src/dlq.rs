@@ -234,6 +234,12 @@ pub enum ReplayRefusal {
         /// The target topic.
         topic: String,
     },
+    /// It is a stub of a record too large for the DLQ: redriving it would send an empty record.
+    /// The original is at its `retry.original.*` location; `--to` still parks the stub.
+    StubWithoutValue {
+        /// Where the original is: `TOPIC[PARTITION]@OFFSET`.
+        original: String,
+    },
 }
 
 impl fmt::Display for ReplayRefusal {
@@ -253,6 +259,10 @@ impl fmt::Display for ReplayRefusal {
             ReplayRefusal::TargetIsTheDlq { topic } => {
                 write!(formatter, "target {topic} is the dead-letter topic itself")
             }
+            ReplayRefusal::StubWithoutValue { original } => write!(
+                formatter,
+                "a stub without the record's value (too large for the DLQ); the original is at {original}"
+            ),
         }
     }
 }
@@ -304,6 +314,20 @@ pub fn plan_replay(
         return Err(ReplayRefusal::TooManyReplays {
             count,
             max: max_replays,
+        });
+    }
+    let is_stub = [contract::DROPPED_VALUE_BYTES, contract::DROPPED_KEY_BYTES]
+        .iter()
+        .any(|key| dead_letter_headers.get(key).is_some());
+    if is_stub && target.is_none() {
+        let part = |key: &str| dead_letter_headers.get_str(key).unwrap_or("?");
+        return Err(ReplayRefusal::StubWithoutValue {
+            original: format!(
+                "{}[{}]@{}",
+                part(contract::ORIGINAL_TOPIC),
+                part(contract::ORIGINAL_PARTITION),
+                part(contract::ORIGINAL_OFFSET)
+            ),
         });
     }
     let topic = match target {
@@ -534,6 +558,17 @@ mod tests {
         );
         let refusal = ReplayRefusal::TooManyReplays { count: 3, max: 3 }.to_string();
         assert!(refusal.contains("--max-replays 3"), "{refusal}");
+    }
+
+    #[test]
+    fn a_stub_is_not_redriven_but_can_be_parked() {
+        let mut stub = dead_letter_headers(None);
+        stub.set(contract::DROPPED_VALUE_BYTES, "1000000");
+        let refusal = plan_replay(&stub, "dlq", None, 3).expect_err("a stub has no value to redrive");
+        assert!(matches!(refusal, ReplayRefusal::StubWithoutValue { .. }));
+        assert!(refusal.to_string().contains("notes["), "{refusal}");
+        let parked = plan_replay(&stub, "dlq", Some("notes.quarantine"), 3).expect("parking is allowed");
+        assert!(parked.headers.get(contract::DROPPED_VALUE_BYTES).is_none());
     }
 
     #[test]

@@ -59,14 +59,25 @@ pub mod contract {
         ERROR_MESSAGE,
     ];
 
-    /// The KIP-1191 keys written on dead letters.
-    pub const DLQ_KEYS: [&str; 6] = [
+    /// On a dead-letter stub: size in bytes of the value the stub does not carry.
+    pub const DROPPED_VALUE_BYTES: &str = "retry.dropped.value.bytes";
+    /// On a dead-letter stub: size in bytes of the key the stub does not carry.
+    pub const DROPPED_KEY_BYTES: &str = "retry.dropped.key.bytes";
+    /// On a dead-letter stub: how many other headers the stub does not carry.
+    pub const DROPPED_HEADERS: &str = "retry.dropped.headers";
+
+    /// The keys written only on dead letters: KIP-1191's, and the stub's account of what it
+    /// dropped. Every copy of a record rewrites them from scratch, and a replay removes them.
+    pub const DLQ_KEYS: [&str; 9] = [
         DLQ_ERRORS_TOPIC,
         DLQ_ERRORS_PARTITION,
         DLQ_ERRORS_OFFSET,
         DLQ_ERRORS_GROUP,
         DLQ_ERRORS_DELIVERY_COUNT,
         DLQ_ERRORS_MESSAGE,
+        DROPPED_VALUE_BYTES,
+        DROPPED_KEY_BYTES,
+        DROPPED_HEADERS,
     ];
 }
 

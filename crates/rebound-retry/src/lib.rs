@@ -12,7 +12,10 @@ mod headers;
 mod policy;
 
 pub use classification::{ErrorKind, Failure, MAX_ERROR_MESSAGE_BYTES, truncate_error_message};
-pub use dispatch::{Dispatch, RecordLocation, dead_letter_dispatch, failure_dispatch};
+pub use dispatch::{
+    Carries, Dispatch, RecordLocation, STUB_MAX_KEY_BYTES, STUB_MAX_OTHER_HEADER_BYTES, dead_letter_dispatch,
+    failure_dispatch, oversized_stub,
+};
 pub use dlq::{
     ErrorFingerprint, ReplayPlan, ReplayRefusal, TimeBound, error_fingerprint, parse_replay_marker_key, plan_replay,
     replay_marker_key,

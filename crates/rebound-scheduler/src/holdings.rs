@@ -24,6 +24,21 @@ pub enum ReleaseAction {
     DeadLetter(Box<Dispatch>),
 }
 
+impl ReleaseAction {
+    /// True for a dead-letter stub, which cannot be cut down any further.
+    pub fn is_stub(&self) -> bool {
+        matches!(self, ReleaseAction::DeadLetter(dispatch) if dispatch.is_stub())
+    }
+}
+
+/// The due time a record is held until: the one it asks for, pulled in to `ceiling_ms` when
+/// absurdly far ahead, and up to the epoch when before it. Any due time in the past means "due
+/// now"; bounding it below keeps the lateness (`now - due`) from overflowing for a garbled
+/// `retry.due.timestamp` such as `i64::MIN`.
+pub fn bounded_due_ms(requested_due_ms: i64, ceiling_ms: i64) -> i64 {
+    requested_due_ms.min(ceiling_ms).max(0)
+}
+
 /// A tier record waiting for its due time.
 #[derive(Debug, Clone)]
 pub struct HeldRecord {
@@ -211,6 +226,19 @@ mod tests {
             due_ms: 0,
             release_at,
         }
+    }
+
+    #[test]
+    fn due_times_before_the_epoch_are_due_now_and_keep_lateness_finite() {
+        let now_ms = 1_764_300_000_000;
+        let ceiling_ms = now_ms + 3_605_000;
+        for requested in [i64::MIN, -1_700_000_000_000, -1] {
+            let due = bounded_due_ms(requested, ceiling_ms);
+            assert_eq!(due, 0);
+            assert!(now_ms.checked_sub(due).is_some(), "lateness of {requested} overflows");
+        }
+        assert_eq!(bounded_due_ms(i64::MAX, ceiling_ms), ceiling_ms);
+        assert_eq!(bounded_due_ms(now_ms + 5000, ceiling_ms), now_ms + 5000);
     }
 
     fn offsets(records: &[HeldRecord]) -> Vec<(i32, i64)> {

@@ -9,13 +9,13 @@ use rebound_kafka::{
     ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings, RecordConsumer,
     RecordProducer, TopicPartition, fetch_partition_counts,
 };
-use rebound_retry::{ErrorKind, Failure, RetryContext, dead_letter_dispatch, parse_retry_context};
+use rebound_retry::{ErrorKind, Failure, RetryContext, dead_letter_dispatch, oversized_stub, parse_retry_context};
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
 use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
 use tokio::time::Instant;
 
-use crate::holdings::{FetchDecision, HeldRecord, Holdings, ReleaseAction};
+use crate::holdings::{FetchDecision, HeldRecord, Holdings, ReleaseAction, bounded_due_ms};
 use crate::{SchedulerConfig, SchedulerError};
 
 /// Most records taken from the consumer in one go before due records are released.
@@ -109,6 +109,27 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     Ok(())
 }
 
+/// The record a held record is released as: republished unchanged, or its dead-letter copy.
+fn outgoing_of(held: &HeldRecord) -> OutgoingRecord {
+    let record = &held.record;
+    match &held.action {
+        ReleaseAction::Republish { target_topic } => OutgoingRecord {
+            topic: target_topic.clone(),
+            partition: None,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record.headers.clone(),
+        },
+        ReleaseAction::DeadLetter(dispatch) => OutgoingRecord {
+            topic: dispatch.topic.clone(),
+            partition: None,
+            key: dispatch.copy_key(record.key.as_deref()),
+            value: dispatch.copy_value(record.value.as_deref()),
+            headers: dispatch.headers.clone(),
+        },
+    }
+}
+
 async fn sleep_until_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -197,11 +218,16 @@ impl Scheduler<'_> {
                         topic = %record.topic, partition = record.partition, offset = record.offset,
                         requested_due_ms, ceiling_ms, "due time absurdly far ahead; pulled in"
                     );
+                } else if requested_due_ms < 0 {
+                    tracing::warn!(
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        requested_due_ms, "due time before the epoch; due now"
+                    );
                 }
                 (
                     ReleaseAction::Republish { target_topic },
                     context.attempt,
-                    requested_due_ms.min(ceiling_ms),
+                    bounded_due_ms(requested_due_ms, ceiling_ms),
                 )
             }
             Err((previous, message)) => {
@@ -299,31 +325,20 @@ impl Scheduler<'_> {
                 span
             })
             .collect();
-        let sends: Vec<_> = due
+        let outgoings: Vec<OutgoingRecord> = due
             .iter()
             .zip(&spans)
             .map(|(held, span)| {
-                let (topic, mut headers) = match &held.action {
-                    ReleaseAction::Republish { target_topic } => (target_topic.clone(), held.record.headers.clone()),
-                    ReleaseAction::DeadLetter(dispatch) => (dispatch.topic.clone(), dispatch.headers.clone()),
-                };
-                inject_trace(span, &mut headers);
-                let outgoing = OutgoingRecord {
-                    topic,
-                    partition: None,
-                    key: held.record.key.clone(),
-                    value: held.record.value.clone(),
-                    headers,
-                };
-                let producer = &self.producer;
-                async move { producer.send(&outgoing).await }
+                let mut outgoing = outgoing_of(held);
+                inject_trace(span, &mut outgoing.headers);
+                outgoing
             })
             .collect();
-        let results = futures::future::join_all(sends).await;
+        let results = futures::future::join_all(outgoings.iter().map(|outgoing| self.producer.send(outgoing))).await;
 
         let mut refused: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
         let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for (held, result) in due.into_iter().zip(results) {
+        for ((held, outgoing), result) in due.into_iter().zip(&outgoings).zip(results) {
             let key = (held.record.topic.clone(), held.record.partition);
             if let Some(blocked) = refused.get_mut(&key) {
                 // Something earlier in this partition was refused: keep order, send again later.
@@ -334,6 +349,18 @@ impl Scheduler<'_> {
                 Ok(_) => {
                     self.emit_released(&held, now_ms);
                     next_offsets.insert(key, held.record.offset + 1);
+                }
+                Err(error) if error.is_message_too_large() && !held.action.is_stub() => {
+                    match self.resend_alone_or_stub(held, outgoing, now_ms).await {
+                        Ok(held) => {
+                            self.emit_released(&held, now_ms);
+                            next_offsets.insert(key, held.record.offset + 1);
+                        }
+                        Err(mut held) => {
+                            held.release_at = now + REPUBLISH_BACKOFF;
+                            refused.entry(key).or_default().push(held);
+                        }
+                    }
                 }
                 Err(error) if error.is_unknown_topic() && matches!(held.action, ReleaseAction::Republish { .. }) => {
                     let mut poison = held;
@@ -373,6 +400,67 @@ impl Scheduler<'_> {
         }
         for (_, records) in refused {
             self.holdings.hold_again_at_front(records, now);
+        }
+    }
+
+    /// Sends a copy refused as too large once more, alone, because Kafka refuses a whole batch
+    /// when one of its records is too large. Refused alone too, it can never be sent, so the
+    /// record's bounded dead-letter stub goes instead. `Ok` is what was acknowledged, `Err` what
+    /// to retry.
+    async fn resend_alone_or_stub(
+        &self,
+        mut held: HeldRecord,
+        outgoing: &OutgoingRecord,
+        now_ms: i64,
+    ) -> Result<HeldRecord, HeldRecord> {
+        let error = match self.producer.send(outgoing).await {
+            Ok(_) => return Ok(held),
+            Err(error) if error.is_message_too_large() => error,
+            Err(error) => {
+                tracing::error!(%error, topic = %outgoing.topic, offset = held.record.offset, "copy not acknowledged; will retry");
+                return Err(held);
+            }
+        };
+        tracing::warn!(%error, topic = %outgoing.topic, offset = held.record.offset, "copy of tier record too large; dead-lettering a stub");
+        let record = &held.record;
+        let refused = match &held.action {
+            ReleaseAction::DeadLetter(dispatch) => (**dispatch).clone(),
+            ReleaseAction::Republish { target_topic } => {
+                let failure = Failure {
+                    kind: ErrorKind::Poison,
+                    message: format!("republish refused: {error}"),
+                    failed_at_ms: now_ms,
+                };
+                let previous = parse_retry_context(&record.headers).ok().flatten();
+                let mut dispatch = dead_letter_dispatch(
+                    &self.config.policy,
+                    &record.headers,
+                    previous.as_ref(),
+                    &record.location(),
+                    &failure,
+                    &self.config.group,
+                );
+                // The copy that did not fit was the republished one; the stub says so.
+                dispatch.topic.clone_from(target_topic);
+                dispatch
+            }
+        };
+        let stub = oversized_stub(
+            &self.config.policy,
+            &refused,
+            &record.headers,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &error.to_string(),
+            &self.config.group,
+        );
+        held.action = ReleaseAction::DeadLetter(Box::new(stub));
+        match self.producer.send(&outgoing_of(&held)).await {
+            Ok(_) => Ok(held),
+            Err(error) => {
+                tracing::error!(%error, offset = held.record.offset, "dead-letter stub not acknowledged; will retry");
+                Err(held)
+            }
         }
     }
 

@@ -66,13 +66,23 @@ pub fn unique_prefix(test_name: &str) -> String {
 
 /// Creates `names` (prefixed) with `partitions` partitions each, replication 1.
 pub async fn create_test_topics(prefix: &str, names: &[&str], partitions: i32) {
+    create_test_topics_with_config(prefix, names, partitions, &[]).await;
+}
+
+/// Creates `names` (prefixed) as [`create_test_topics`] does, each with these topic configs
+/// (`max.message.bytes`, say).
+pub async fn create_test_topics_with_config(prefix: &str, names: &[&str], partitions: i32, config: &[(&str, &str)]) {
+    let config: BTreeMap<String, String> = config
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
     let specs: Vec<TopicSpec> = names
         .iter()
         .map(|name| TopicSpec {
             name: format!("{prefix}{name}"),
             partitions,
             replication_factor: 1,
-            config: BTreeMap::new(),
+            config: config.clone(),
         })
         .collect();
     create_topics(&kafka_args(), &specs, Duration::from_secs(30))
@@ -137,6 +147,20 @@ pub async fn produce_raw(topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, 
         })
         .await
         .unwrap();
+}
+
+/// Bytes that neither compress nor decode: a deterministic pseudo-random sequence (xorshift), so
+/// a test can fill a record close to a size limit that compression would otherwise defeat.
+pub fn incompressible_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
 }
 
 /// Produces notes (single-object Avro, keyed by id) in order and waits for every acknowledgement.
