@@ -1,17 +1,26 @@
 //! The consume → apply → route → store loop.
 //!
 //! Records are taken in batches (up to `batch_size`, waiting at most `batch_linger` for more).
-//! A batch is decoded, applied to the sink in one call, and its failures are produced to their
-//! tier or the DLQ, all copies in flight together. Only when every record of the batch is safe,
-//! applied or acknowledged, are the offsets stored; librdkafka then commits them in the
-//! background, on rebalance and at close. The next batch is not read before that, which bounds
-//! memory to one batch and makes a slow sink slow the intake rather than grow a queue.
+//! Two stages run side by side in one task:
+//!
+//! - *Intake* decodes a batch and applies it to the sink in one call, one batch after the
+//!   other, so the sink sees batches in the order they were read. It then hands the batch on.
+//! - *Delivery* produces the batch's copies of failed records to their tier or the DLQ, with
+//!   the copies of up to [`COPY_BATCHES_IN_FLIGHT`] batches in flight together, and, strictly in
+//!   batch order, stores a batch's offsets once all its records are safe: applied, or copied and
+//!   acknowledged. librdkafka commits stored offsets in the background, on rebalance and at close.
+//!
+//! Waiting for copies' acknowledgements (a broker round trip, `acks=all`) therefore no longer
+//! stops the intake: it used to cap a consumer with 10% failures at one batch per round trip.
+//! Memory stays bounded: at most [`APPLIED_BATCHES_QUEUED`] plus [`COPY_BATCHES_IN_FLIGHT`]
+//! batches wait for delivery, and of their records only the failed ones keep their bytes.
+//! A slow sink still slows the intake rather than grow a queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 
 use rebound_kafka::{
     ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
@@ -27,6 +36,13 @@ use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpo
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
 use crate::{ConsumerConfig, ConsumerError};
+
+/// Batches whose copies may be in flight at once. Beyond it the intake waits: this bounds the
+/// records held in memory while copies are acknowledged.
+pub const COPY_BATCHES_IN_FLIGHT: usize = 8;
+
+/// Applied batches queued between the intake and the delivery stage.
+pub const APPLIED_BATCHES_QUEUED: usize = 2;
 
 /// Longest pause between attempts to produce a copy that the broker refused.
 const MAX_PRODUCE_BACKOFF: Duration = Duration::from_secs(5);
@@ -91,9 +107,20 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         consumer,
         readiness,
     };
-    while let Some(batch) = pipeline.next_batch(&shutdown).await {
-        pipeline.process_batch(batch, &shutdown).await;
-    }
+    let (applied_sender, applied_receiver) = tokio::sync::mpsc::channel(APPLIED_BATCHES_QUEUED);
+    let intake = {
+        let (pipeline, shutdown) = (&pipeline, &shutdown);
+        async move {
+            while let Some(batch) = pipeline.next_batch(shutdown).await {
+                let applied = pipeline.apply_batch(batch).await;
+                if applied_sender.send(applied).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping the sender here tells the delivery stage that no batch follows.
+        }
+    };
+    tokio::join!(intake, pipeline.deliver_in_order(applied_receiver, &shutdown));
     tracing::info!("consumer stopping: committing stored offsets");
     let Pipeline { producer, consumer, .. } = pipeline;
     consumer
@@ -151,6 +178,19 @@ struct Pipeline<'config> {
     producer: RecordProducer,
     consumer: RecordConsumer,
     readiness: Arc<Readiness>,
+}
+
+/// A batch after the sink: what became of each record, and the records' spans.
+struct AppliedBatch {
+    batch: Vec<ConsumedRecord>,
+    fates: Vec<Option<Fate>>,
+    spans: Vec<tracing::Span>,
+}
+
+/// A batch whose copies are delivered: which records are safe.
+struct DeliveredBatch {
+    batch: Vec<ConsumedRecord>,
+    safe: Vec<bool>,
 }
 
 /// What became of one record of a batch.
@@ -224,7 +264,8 @@ impl Pipeline<'_> {
         }
     }
 
-    async fn process_batch(&self, batch: Vec<ConsumedRecord>, shutdown: &Shutdown) {
+    /// Decodes and applies a batch, and decides the fate of each record.
+    async fn apply_batch(&self, mut batch: Vec<ConsumedRecord>) -> AppliedBatch {
         // One span per record, continuing the trace the record carries and living as long as
         // the record's processing; copies sent to a tier or the DLQ carry this span onwards.
         let spans: Vec<tracing::Span> = batch
@@ -256,7 +297,6 @@ impl Pipeline<'_> {
                 }
             }
         }
-        events::consumer_in_flight(batch.len());
         let previous_attempts: Vec<u32> = apply_items.iter().map(|item| item.previous_attempts).collect();
         let applying_count = apply_items.len();
         let sink_started = std::time::Instant::now();
@@ -296,9 +336,57 @@ impl Pipeline<'_> {
                 }
             });
         }
+        // Records already safe only need their place for the offsets; their bytes go now.
+        for (record, fate) in batch.iter_mut().zip(&fates) {
+            if matches!(fate, Some(Fate::Safe)) {
+                record.key = None;
+                record.value = None;
+                record.headers = rebound_retry::RecordHeaders::new();
+            }
+        }
+        AppliedBatch { batch, fates, spans }
+    }
+
+    /// The delivery stage: takes applied batches in order, keeps the copies of up to
+    /// [`COPY_BATCHES_IN_FLIGHT`] of them in flight, and stores each batch's offsets in the
+    /// order the batches were read, once the batch is delivered. Returns when the intake has
+    /// stopped and every batch it handed on is delivered (or given up at shutdown).
+    async fn deliver_in_order(&self, mut applied: tokio::sync::mpsc::Receiver<AppliedBatch>, shutdown: &Shutdown) {
+        let mut in_flight: futures::stream::FuturesOrdered<futures::future::BoxFuture<'_, DeliveredBatch>> =
+            futures::stream::FuturesOrdered::new();
+        let mut records_in_flight = 0_usize;
+        // Partitions with a record that could not be made safe (only at shutdown): no later
+        // offset of theirs may be stored, or that record would be skipped on restart.
+        let mut blocked_partitions = BTreeSet::new();
+        let mut intake_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some(DeliveredBatch { batch, safe }) = in_flight.next(), if !in_flight.is_empty() => {
+                    records_in_flight -= batch.len();
+                    events::consumer_in_flight(records_in_flight);
+                    self.store_offsets(&batch, &safe, &mut blocked_partitions);
+                }
+                received = applied.recv(), if intake_open && in_flight.len() < COPY_BATCHES_IN_FLIGHT => match received {
+                    Some(batch) => {
+                        records_in_flight += batch.batch.len();
+                        events::consumer_in_flight(records_in_flight);
+                        in_flight.push_back(self.deliver_batch(batch, shutdown).boxed());
+                    }
+                    None => intake_open = false,
+                },
+                else => break,
+            }
+        }
+    }
+
+    /// Delivers one applied batch's copies; returns the batch and which of its records are safe.
+    async fn deliver_batch(&self, applied: AppliedBatch, shutdown: &Shutdown) -> DeliveredBatch {
+        let AppliedBatch { batch, fates, spans } = applied;
         let safe = self.deliver_copies(&batch, fates, shutdown).await;
-        self.store_offsets(&batch, &safe);
-        events::consumer_in_flight(0);
+        // The records' spans end when their copies are acknowledged, not before.
+        drop(spans);
+        DeliveredBatch { batch, safe }
     }
 
     /// Decodes a record into a sink item, or explains why it is poison.
@@ -455,35 +543,58 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Stores, per partition, the offset after the longest run of safe records from the start of
-    /// the batch: a record that is not safe, and everything after it, will be read again.
-    fn store_offsets(&self, batch: &[ConsumedRecord], safe: &[bool]) {
-        let mut by_partition: BTreeMap<(&str, i32), Vec<(i64, bool)>> = BTreeMap::new();
-        for (record, is_safe) in batch.iter().zip(safe) {
-            by_partition
-                .entry((record.topic.as_str(), record.partition))
-                .or_default()
-                .push((record.offset, *is_safe));
-        }
-        for ((topic, partition), mut records) in by_partition {
-            records.sort_unstable_by_key(|(offset, _)| *offset);
-            let next_offset = records
-                .iter()
-                .take_while(|(_, is_safe)| *is_safe)
-                .last()
-                .map(|(offset, _)| offset + 1);
+    /// Stores the offsets [`offsets_to_store`] finds for a delivered batch.
+    fn store_offsets(&self, batch: &[ConsumedRecord], safe: &[bool], blocked_partitions: &mut BTreeSet<(String, i32)>) {
+        for (topic, partition, next_offset) in offsets_to_store(batch, safe, blocked_partitions) {
             self.store_one(topic, partition, next_offset);
         }
     }
 
-    fn store_one(&self, topic: &str, partition: i32, next_offset: Option<i64>) {
-        let Some(next_offset) = next_offset else { return };
+    fn store_one(&self, topic: &str, partition: i32, next_offset: i64) {
         match self.consumer.store_next_offset(topic, partition, next_offset) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(topic, partition, "offset not stored: partition no longer assigned"),
             Err(error) => tracing::error!(%error, topic, partition, "failed to store offset"),
         }
     }
+}
+
+/// Per partition of a delivered batch, the offset after the longest run of safe records from
+/// the start of the batch: a record that is not safe, and everything after it, will be read
+/// again. Such a partition is then blocked, and nothing is stored for it from later batches
+/// either, since batches are delivered in order and a later offset would skip the record.
+fn offsets_to_store<'batch>(
+    batch: &'batch [ConsumedRecord],
+    safe: &[bool],
+    blocked_partitions: &mut BTreeSet<(String, i32)>,
+) -> Vec<(&'batch str, i32, i64)> {
+    let mut by_partition: BTreeMap<(&str, i32), Vec<(i64, bool)>> = BTreeMap::new();
+    for (record, is_safe) in batch.iter().zip(safe) {
+        by_partition
+            .entry((record.topic.as_str(), record.partition))
+            .or_default()
+            .push((record.offset, *is_safe));
+    }
+    let mut offsets = Vec::new();
+    for ((topic, partition), mut records) in by_partition {
+        let key = (topic.to_owned(), partition);
+        if blocked_partitions.contains(&key) {
+            continue;
+        }
+        records.sort_unstable_by_key(|(offset, _)| *offset);
+        if records.iter().any(|(_, is_safe)| !is_safe) {
+            blocked_partitions.insert(key);
+        }
+        let next_offset = records
+            .iter()
+            .take_while(|(_, is_safe)| *is_safe)
+            .last()
+            .map(|(offset, _)| offset + 1);
+        if let Some(next_offset) = next_offset {
+            offsets.push((topic, partition, next_offset));
+        }
+    }
+    offsets
 }
 
 /// The record to produce for a failed record's copy: its key and value as the dispatch carries them.
@@ -533,5 +644,53 @@ fn emit_routed(record: &ConsumedRecord, dispatch: &Dispatch) {
                 message,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: i32, offset: i64) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: "notes".to_owned(),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: rebound_retry::RecordHeaders::new(),
+        }
+    }
+
+    #[test]
+    fn offsets_stop_at_the_first_unsafe_record_and_block_its_partition_for_later_batches() {
+        let mut blocked = BTreeSet::new();
+        let first = [
+            record(0, 10),
+            record(1, 20),
+            record(0, 11),
+            record(1, 21),
+            record(0, 12),
+        ];
+        let offsets = offsets_to_store(&first, &[true, true, false, true, true], &mut blocked);
+        assert_eq!(offsets, vec![("notes", 0, 11), ("notes", 1, 22)]);
+        assert!(blocked.contains(&("notes".to_owned(), 0)));
+        // A later batch, all safe, stores nothing for the blocked partition.
+        let second = [record(0, 13), record(1, 22)];
+        let offsets = offsets_to_store(&second, &[true, true], &mut blocked);
+        assert_eq!(offsets, vec![("notes", 1, 23)]);
+    }
+
+    #[test]
+    fn offsets_follow_offset_order_not_batch_order() {
+        let mut blocked = BTreeSet::new();
+        let batch = [record(0, 6), record(0, 5)];
+        assert_eq!(
+            offsets_to_store(&batch, &[true, true], &mut blocked),
+            vec![("notes", 0, 7)]
+        );
+        let batch = [record(2, 6), record(2, 5)];
+        assert_eq!(offsets_to_store(&batch, &[true, false], &mut blocked), Vec::new());
     }
 }
