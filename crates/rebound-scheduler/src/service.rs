@@ -9,7 +9,9 @@ use rebound_kafka::{
     ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings, RecordConsumer,
     RecordProducer, TopicPartition, fetch_partition_counts,
 };
-use rebound_retry::{ErrorKind, Failure, RetryContext, dead_letter_dispatch, oversized_stub, parse_retry_context};
+use rebound_retry::{
+    Dispatch, ErrorKind, Failure, RetryContext, dead_letter_dispatch, oversized_stub, parse_retry_context,
+};
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
 use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
@@ -231,19 +233,7 @@ impl Scheduler<'_> {
                 )
             }
             Err((previous, message)) => {
-                let failure = Failure {
-                    kind: ErrorKind::Poison,
-                    message,
-                    failed_at_ms: now_ms,
-                };
-                let dispatch = dead_letter_dispatch(
-                    &self.config.policy,
-                    &record.headers,
-                    previous.as_ref(),
-                    &record.location(),
-                    &failure,
-                    &self.config.group,
-                );
+                let dispatch = self.poison_dispatch(&record, previous.as_ref(), message, now_ms);
                 (ReleaseAction::DeadLetter(Box::new(dispatch)), 0, now_ms)
             }
         };
@@ -366,20 +356,9 @@ impl Scheduler<'_> {
                     let mut poison = held;
                     let message = format!("republish refused: {error}");
                     tracing::warn!(topic = %poison.record.topic, offset = poison.record.offset, %message, "dead-lettering tier record");
-                    let failure = Failure {
-                        kind: ErrorKind::Poison,
-                        message,
-                        failed_at_ms: now_ms,
-                    };
                     let previous = parse_retry_context(&poison.record.headers).ok().flatten();
-                    poison.action = ReleaseAction::DeadLetter(Box::new(dead_letter_dispatch(
-                        &self.config.policy,
-                        &poison.record.headers,
-                        previous.as_ref(),
-                        &poison.record.location(),
-                        &failure,
-                        &self.config.group,
-                    )));
+                    let dispatch = self.poison_dispatch(&poison.record, previous.as_ref(), message, now_ms);
+                    poison.action = ReleaseAction::DeadLetter(Box::new(dispatch));
                     poison.release_at = now;
                     refused.entry(key).or_default().push(poison);
                 }
@@ -426,20 +405,9 @@ impl Scheduler<'_> {
         let refused = match &held.action {
             ReleaseAction::DeadLetter(dispatch) => (**dispatch).clone(),
             ReleaseAction::Republish { target_topic } => {
-                let failure = Failure {
-                    kind: ErrorKind::Poison,
-                    message: format!("republish refused: {error}"),
-                    failed_at_ms: now_ms,
-                };
                 let previous = parse_retry_context(&record.headers).ok().flatten();
-                let mut dispatch = dead_letter_dispatch(
-                    &self.config.policy,
-                    &record.headers,
-                    previous.as_ref(),
-                    &record.location(),
-                    &failure,
-                    &self.config.group,
-                );
+                let mut dispatch =
+                    self.poison_dispatch(record, previous.as_ref(), format!("republish refused: {error}"), now_ms);
                 // The copy that did not fit was the republished one; the stub says so.
                 dispatch.topic.clone_from(target_topic);
                 dispatch
@@ -462,6 +430,30 @@ impl Scheduler<'_> {
                 Err(held)
             }
         }
+    }
+
+    /// The DLQ copy of a tier record that cannot go back to its source: kind poison, with the
+    /// record's history so far.
+    fn poison_dispatch(
+        &self,
+        record: &ConsumedRecord,
+        previous: Option<&RetryContext>,
+        message: String,
+        now_ms: i64,
+    ) -> Dispatch {
+        let failure = Failure {
+            kind: ErrorKind::Poison,
+            message,
+            failed_at_ms: now_ms,
+        };
+        dead_letter_dispatch(
+            &self.config.policy,
+            &record.headers,
+            previous,
+            &record.location(),
+            &failure,
+            &self.config.group,
+        )
     }
 
     fn emit_released(&self, held: &HeldRecord, now_ms: i64) {

@@ -104,19 +104,16 @@ pub struct SqliteSink {
 impl SqliteSink {
     /// Opens (creating if needed) the database and its table.
     pub fn open(path: &Path) -> Result<Self, ConsumerError> {
-        let fail = |error: rusqlite::Error| ConsumerError::OpenSink {
-            sink: format!("sqlite://{}", path.display()),
-            reason: error.to_string(),
-        };
+        let fail = |error: rusqlite::Error| sink_error(path, &error);
         let connection = Connection::open(path).map_err(fail)?;
         // WAL with synchronous=FULL: a committed batch survives a crash of the process and of
-        // the machine, and readers (the accounting tools) never block the writer. A 16 MiB page
+        // the machine, and readers (the accounting tools) never block the writer. An 8 MiB page
         // cache (the default is 2 MiB) keeps the upper levels of the note index in memory once
-        // the table outgrows the default.
+        // the table outgrows the default, within the consumer's 64 MiB memory budget.
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
-                 PRAGMA cache_size = -16384;",
+                 PRAGMA cache_size = -8192;",
             )
             .map_err(fail)?;
         connection.execute_batch(SCHEMA_SQL).map_err(fail)?;
@@ -174,10 +171,7 @@ impl SqliteSink {
 
     /// Reads every stored note, ordered by id. Opens its own read-only connection.
     pub fn read_all(path: &Path) -> Result<Vec<AppliedNoteRow>, ConsumerError> {
-        let fail = |error: rusqlite::Error| ConsumerError::OpenSink {
-            sink: format!("sqlite://{}", path.display()),
-            reason: error.to_string(),
-        };
+        let fail = |error: rusqlite::Error| sink_error(path, &error);
         let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
         let mut statement = connection
             .prepare(
@@ -202,14 +196,10 @@ impl SqliteSink {
     /// Every note version the delivery journal holds; `None` when the database has none.
     /// Opens its own read-only connection.
     pub fn read_delivered_versions(path: &Path) -> Result<Option<HashSet<(String, i64)>>, ConsumerError> {
-        let fail = |error: rusqlite::Error| ConsumerError::OpenSink {
-            sink: format!("sqlite://{}", path.display()),
-            reason: error.to_string(),
-        };
-        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
-        if !journal_exists(&connection).map_err(fail)? {
+        let fail = |error: rusqlite::Error| sink_error(path, &error);
+        let Some(connection) = open_journal_read_only(path)? else {
             return Ok(None);
-        }
+        };
         let mut statement = connection
             .prepare("SELECT DISTINCT note_id, version FROM deliveries")
             .map_err(fail)?;
@@ -222,14 +212,10 @@ impl SqliteSink {
     /// Summarises the delivery journal; `None` when the database has none (the consumer ran
     /// without it). Opens its own read-only connection.
     pub fn read_delivery_journal(path: &Path) -> Result<Option<DeliveryJournalSummary>, ConsumerError> {
-        let fail = |error: rusqlite::Error| ConsumerError::OpenSink {
-            sink: format!("sqlite://{}", path.display()),
-            reason: error.to_string(),
-        };
-        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
-        if !journal_exists(&connection).map_err(fail)? {
+        let fail = |error: rusqlite::Error| sink_error(path, &error);
+        let Some(connection) = open_journal_read_only(path)? else {
             return Ok(None);
-        }
+        };
         let mut statement = connection
             .prepare("SELECT count(*), sum(changed) FROM deliveries GROUP BY note_id, version")
             .map_err(fail)?;
@@ -250,6 +236,21 @@ impl SqliteSink {
         }
         Ok(Some(summary))
     }
+}
+
+/// The error of any operation on the sink's database, naming the sink.
+fn sink_error(path: &Path, error: &rusqlite::Error) -> ConsumerError {
+    ConsumerError::OpenSink {
+        sink: format!("sqlite://{}", path.display()),
+        reason: error.to_string(),
+    }
+}
+
+/// A read-only connection to a sink database that has a delivery journal; `None` without one.
+fn open_journal_read_only(path: &Path) -> Result<Option<Connection>, ConsumerError> {
+    let fail = |error: rusqlite::Error| sink_error(path, &error);
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+    Ok(journal_exists(&connection).map_err(fail)?.then_some(connection))
 }
 
 fn journal_exists(connection: &Connection) -> Result<bool, rusqlite::Error> {
