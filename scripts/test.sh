@@ -4,6 +4,9 @@
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
+# Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh) and
+# kcat (one bad-input test writes a record the Rust client cannot); .ci/run installs them.
+#
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
 # started when done, whether the checks passed or not. Integration tests fail loudly when the

@@ -469,3 +469,55 @@ async fn duplicated_conflicting_and_non_utf8_contract_headers_make_the_record_po
     assert_eq!(rows.len(), 1, "no garbled record reached the sink");
     assert_committed_to(&group, &topic, i64::try_from(cases.len()).expect("small") + 1).await;
 }
+
+/// kcat writes header keys as raw bytes, which the Rust client cannot: it is how a record with a
+/// header key that is not UTF-8 reaches the broker here.
+fn produce_with_kcat(topic: &str, key: &str, header_args: &[&[u8]], value: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut command = std::process::Command::new("kcat");
+    command.args(["-P", "-b", &broker(), "-t", topic, "-k", key]);
+    for header in header_args {
+        command.arg("-H").arg(std::ffi::OsStr::from_bytes(header));
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat runs (Debian package `kcat`; scripts/test.sh installs it)");
+    child.stdin.take().expect("stdin").write_all(value).expect("writes");
+    assert!(child.wait().expect("kcat exits").success(), "kcat produced the record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_key_that_is_not_utf8_is_replaced_by_a_stand_in_instead_of_crashing_the_consumer() {
+    let prefix = unique_prefix("non-utf8-key");
+    create_test_topics(&prefix, &TOPICS, 1).await;
+    let topic = format!("{prefix}notes");
+    produce_with_kcat(
+        &topic,
+        "odd-key",
+        &[b"before=1", b"\xff\xfe-bad=2", b"after=3"],
+        b"not avro at all",
+    );
+    produce_notes(&topic, &[note("after-odd-key", 1)]).await;
+
+    let (_directory, database, sink) = sqlite_sink();
+    let group = format!("{prefix}consumer");
+    let consumer = start_consumer(&["--topic-prefix", &prefix, "--sink", &sink, "--group", &group]);
+    let dead_letters = wait_for_records(&format!("{prefix}dlq"), 1, Duration::from_secs(60)).await;
+    wait_for_applied(&database, "after-odd-key").await;
+    consumer.stop().await;
+
+    let letter = by_key(&dead_letters, "odd-key");
+    assert_eq!(header(letter, contract::ERROR_KIND), "poison");
+    assert_eq!(
+        foreign_headers(&letter.headers),
+        vec![
+            ("before".to_owned(), Some(b"1".to_vec())),
+            (contract::UNREADABLE_HEADER.to_owned(), None),
+            ("after".to_owned(), Some(b"3".to_vec())),
+        ],
+        "the unreadable header keeps its place as a stand-in; the others are carried byte-exact"
+    );
+    assert_committed_to(&group, &topic, 2).await;
+}

@@ -58,12 +58,34 @@ impl ConsumedRecord {
 }
 
 /// Copies Kafka headers into the contract's header list, keeping order and duplicates.
+///
+/// rdkafka panics on a header key that is not valid UTF-8 (it unwraps the conversion, with no
+/// fallible accessor), and a record from the network must never crash a service. Each header is
+/// therefore read under `catch_unwind`; one that cannot be read is replaced, in its place, by
+/// [`rebound_retry::contract::UNREADABLE_HEADER`] with no value, and the record goes on. Contract keys are ASCII,
+/// so only a foreign header can be affected; copies of the record carry the stand-in.
 pub(crate) fn headers_from_kafka<H: Headers>(headers: &H) -> RecordHeaders {
-    headers
-        .iter()
-        .map(|header| rebound_retry::Header {
-            key: header.key.to_owned(),
-            value: header.value.map(<[u8]>::to_vec),
+    (0..headers.count())
+        .filter_map(|index| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                headers.try_get(index).map(|header| rebound_retry::Header {
+                    key: header.key.to_owned(),
+                    value: header.value.map(<[u8]>::to_vec),
+                })
+            })) {
+                Ok(header) => header,
+                Err(_) => {
+                    tracing::warn!(
+                        index,
+                        stand_in = rebound_retry::contract::UNREADABLE_HEADER,
+                        "header key is not valid UTF-8; replaced by a stand-in"
+                    );
+                    Some(rebound_retry::Header {
+                        key: rebound_retry::contract::UNREADABLE_HEADER.to_owned(),
+                        value: None,
+                    })
+                }
+            }
         })
         .collect()
 }

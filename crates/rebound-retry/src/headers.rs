@@ -66,6 +66,10 @@ pub mod contract {
     /// On a dead-letter stub: how many other headers the stub does not carry.
     pub const DROPPED_HEADERS: &str = "retry.dropped.headers";
 
+    /// Stands in, in its place, for a foreign header whose key is not valid UTF-8: the Kafka
+    /// client cannot read such a key, so neither it nor its value can be carried over.
+    pub const UNREADABLE_HEADER: &str = "retry.unreadable.header";
+
     /// The keys written only on dead letters: KIP-1191's, and the stub's account of what it
     /// dropped. Every copy of a record rewrites them from scratch, and a replay removes them.
     pub const DLQ_KEYS: [&str; 9] = [
