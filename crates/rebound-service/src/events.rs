@@ -185,7 +185,8 @@ pub fn consumer_sink_batch(duration: std::time::Duration) {
     metrics::histogram!(CONSUMER_SINK_DURATION_SECONDS).record(duration.as_secs_f64());
 }
 
-/// Records currently held by the consumer (one batch at most).
+/// Records the consumer has applied or routed but whose batches are not yet delivered (their
+/// copies await acknowledgement, or their offsets are not yet stored): a few batches at most.
 pub fn consumer_in_flight(records: usize) {
     #[expect(clippy::cast_precision_loss, reason = "batch sizes are far below 2^52")]
     metrics::gauge!(CONSUMER_IN_FLIGHT_RECORDS).set(records as f64);
