@@ -59,7 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics(TopicsCommand::Create(args)) => {
             let outcomes = create_pipeline_topics(&cli.common.kafka, &args)
                 .await
-                .with_context(|| format!("no topics created on brokers {}", cli.common.kafka.brokers))?;
+                .with_context(|| format!("no topics created on brokers {}", cli.common.kafka.brokers()))?;
             for outcome in outcomes {
                 match outcome {
                     rebound_kafka::TopicCreation::Created(name) => println!("created  {name}"),

@@ -10,12 +10,19 @@ use rdkafka::ClientConfig;
 
 use crate::KafkaError;
 
+/// The bootstrap brokers when neither a flag, a variable nor the config file names any.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+
 /// Kafka connection flags, flattened into every binary's command line.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
-    /// Comma-separated bootstrap brokers.
-    #[arg(long, env = "REBOUND_BROKERS", default_value = "127.0.0.1:9092", global = true)]
-    pub brokers: String,
+    /// Comma-separated bootstrap brokers [default: 127.0.0.1:9092]. Given as a flag or
+    /// variable, it wins over `bootstrap.servers` in `--kafka-config-file`; `-X
+    /// bootstrap.servers=...` wins over both.
+    // No clap default: an explicit value must be told apart from the default, which the file
+    // may override.
+    #[arg(long, env = "REBOUND_BROKERS", global = true)]
+    pub brokers: Option<String>,
 
     /// librdkafka property passed through as is (repeatable), as with kcat: `-X security.protocol=SASL_SSL`.
     /// Applied after the config file, so it wins.
@@ -40,18 +47,25 @@ impl KafkaArgs {
     /// Connection flags for the given brokers with no passthrough properties.
     pub fn for_brokers(brokers: impl Into<String>) -> Self {
         Self {
-            brokers: brokers.into(),
+            brokers: Some(brokers.into()),
             kafka_config: Vec::new(),
             kafka_config_file: None,
         }
     }
 
-    /// Resolves the flags into librdkafka properties: `bootstrap.servers`, then the config file,
-    /// then `-X` pairs, each later source overriding the earlier. Reads the file, so call it once
-    /// at start-up; a bad file or pair is reported before any work starts.
+    /// The brokers as given by `--brokers` or `REBOUND_BROKERS`, else the default; for
+    /// messages. The brokers actually used are [`ResolvedKafkaConfig::brokers`].
+    pub fn brokers(&self) -> &str {
+        self.brokers.as_deref().unwrap_or(DEFAULT_BROKERS)
+    }
+
+    /// Resolves the flags into librdkafka properties, each source overriding the ones before
+    /// it: the default brokers, the config file, an explicit `--brokers`, then `-X` pairs. Reads
+    /// the file, so call it once at start-up; a bad file or pair is reported before any work
+    /// starts.
     pub fn resolve(&self) -> Result<ResolvedKafkaConfig, KafkaError> {
         let mut properties = BTreeMap::new();
-        properties.insert("bootstrap.servers".to_owned(), self.brokers.clone());
+        properties.insert("bootstrap.servers".to_owned(), DEFAULT_BROKERS.to_owned());
         if let Some(path) = &self.kafka_config_file {
             let file = std::fs::File::open(path).map_err(|error| KafkaError::ReadConfigFile {
                 path: path.display().to_string(),
@@ -63,6 +77,9 @@ impl KafkaArgs {
                     reason: error.to_string(),
                 })?;
             properties.extend(from_file);
+        }
+        if let Some(brokers) = &self.brokers {
+            properties.insert("bootstrap.servers".to_owned(), brokers.clone());
         }
         for pair in &self.kafka_config {
             properties.insert(pair.key.clone(), pair.value.clone());
@@ -89,6 +106,11 @@ impl ResolvedKafkaConfig {
             config.set(key, value);
         }
         config
+    }
+
+    /// A property's value as the user set it (flags, file or `-X`), if set.
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(String::as_str)
     }
 
     /// The bootstrap servers.
@@ -190,26 +212,59 @@ mod tests {
     }
 
     #[test]
-    fn passthrough_overrides_file_which_overrides_brokers() {
+    fn an_explicit_brokers_flag_wins_over_the_file_and_x_wins_over_both() {
         let mut file = tempfile_in_target("override");
         writeln!(
             file.1,
             "# comment\nbootstrap.servers=file:9092\nclient.id = from-file\nlinger.ms: 7"
         )
         .expect("write");
-        let args = KafkaArgs {
-            brokers: "flag:9092".to_owned(),
-            kafka_config: vec!["client.id=from-flag".parse().expect("valid")],
-            kafka_config_file: Some(file.0.clone()),
-        };
+        let args = KafkaArgs::parse_from(["test", "--brokers", "flag:9092", "-X", "client.id=from-flag"])
+            .with_config_file(&file.0);
         let resolved = args.resolve().expect("resolves");
-        assert_eq!(resolved.brokers(), "file:9092");
+        assert_eq!(
+            resolved.brokers(),
+            "flag:9092",
+            "an explicit --brokers is not overridden by the file"
+        );
         assert_eq!(
             resolved.properties.get("client.id").map(String::as_str),
             Some("from-flag")
         );
         assert_eq!(resolved.properties.get("linger.ms").map(String::as_str), Some("7"));
+        let args = KafkaArgs::parse_from(["test", "--brokers", "flag:9092", "-X", "bootstrap.servers=x:9092"])
+            .with_config_file(&file.0);
+        assert_eq!(args.resolve().expect("resolves").brokers(), "x:9092");
         std::fs::remove_file(&file.0).expect("cleanup");
+    }
+
+    #[test]
+    fn the_file_wins_over_the_default_brokers() {
+        let mut file = tempfile_in_target("default-brokers");
+        writeln!(file.1, "bootstrap.servers=file:9092").expect("write");
+        let args = KafkaArgs::parse_from(["test"]).with_config_file(&file.0);
+        assert_eq!(args.resolve().expect("resolves").brokers(), "file:9092");
+        let args = KafkaArgs::parse_from(["test"]);
+        assert_eq!(args.resolve().expect("resolves").brokers(), "127.0.0.1:9092");
+        std::fs::remove_file(&file.0).expect("cleanup");
+    }
+
+    /// The connection flags alone, as a binary would parse them.
+    #[derive(clap::Parser)]
+    struct FlagsOnly {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    impl KafkaArgs {
+        fn parse_from<const N: usize>(argv: [&str; N]) -> Self {
+            <FlagsOnly as clap::Parser>::parse_from(argv).kafka
+        }
+
+        fn with_config_file(mut self, path: &std::path::Path) -> Self {
+            self.kafka_config_file = Some(path.to_owned());
+            self
+        }
     }
 
     #[test]

@@ -114,12 +114,12 @@ pub(crate) async fn open_dlq_scan(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> a
     let dlq = topics.dlq();
     TopicScan::open_if_exists(kafka, &dlq, topics.timeout)
         .await
-        .with_context(|| format!("cannot read dead-letter topic {dlq} on brokers {}", kafka.brokers))?
+        .with_context(|| format!("cannot read dead-letter topic {dlq} on brokers {}", kafka.brokers()))?
         .with_context(|| {
             format!(
                 "dead-letter topic {dlq} does not exist on brokers {} (check --dlq-topic and --topic-prefix; \
                  `rebound topics create` creates the pipeline's topics)",
-                kafka.brokers
+                kafka.brokers()
             )
         })
 }
@@ -129,7 +129,7 @@ pub(crate) async fn read_ledger(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> any
     let ledger = topics.ledger();
     read_replay_ledger(kafka, &ledger, &topics.dlq(), topics.timeout)
         .await
-        .with_context(|| format!("cannot read the replay ledger {ledger} on brokers {}", kafka.brokers))
+        .with_context(|| format!("cannot read the replay ledger {ledger} on brokers {}", kafka.brokers()))
 }
 
 pub(crate) async fn open_dlq(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> anyhow::Result<(TopicScan, ReplayLedger)> {

@@ -282,7 +282,7 @@ pub async fn replay_dead_letters(
     if let Some(target) = &target {
         let exists = topic_exists(kafka, target, timeout)
             .await
-            .with_context(|| format!("cannot check target topic {target} on brokers {}", kafka.brokers))?;
+            .with_context(|| format!("cannot check target topic {target} on brokers {}", kafka.brokers()))?;
         anyhow::ensure!(exists, "target topic {target} does not exist (--to)");
         target_exists.insert(target.clone(), true);
     }
@@ -306,7 +306,7 @@ pub async fn replay_dead_letters(
                 .with_context(|| {
                     format!(
                         "cannot start the transactional producer {transactional_id} on brokers {}",
-                        kafka.brokers
+                        kafka.brokers()
                     )
                 })?,
         )
