@@ -86,6 +86,13 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_HTTP_TIMEOUT", default_value = "10s")]
     pub http_timeout: String,
 
+    /// Longest time one batch may spend in the HTTP sink; notes without an answer by then are
+    /// transient failures. Must stay below `max.poll.interval.ms`, or a receiver that never
+    /// answers gets the consumer evicted from its group. Default: half of
+    /// `max.poll.interval.ms` (150 s with librdkafka's default of 300 s).
+    #[arg(long, env = "REBOUND_HTTP_BATCH_TIMEOUT")]
+    pub http_batch_timeout: Option<String>,
+
     /// How long shutdown may take to finish the batch in hand and commit.
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: String,
@@ -114,6 +121,8 @@ pub struct ConsumerConfig {
     pub batch_linger: Duration,
     /// HTTP sink request timeout.
     pub http_timeout: Duration,
+    /// Bound on one batch in the HTTP sink, below the consumer's poll interval.
+    pub http_batch_timeout: Duration,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
@@ -176,6 +185,21 @@ impl ConsumerArgs {
                 "the delivery journal is kept by the sqlite:// sink only".to_owned(),
             ));
         }
+        let max_poll_interval = max_poll_interval(&self.common.kafka)?;
+        let http_batch_timeout = match &self.http_batch_timeout {
+            None => max_poll_interval / 2,
+            Some(text) => duration("--http-batch-timeout", text)?,
+        };
+        if http_batch_timeout.is_zero() || http_batch_timeout >= max_poll_interval {
+            return Err(invalid(
+                "--http-batch-timeout",
+                format!(
+                    "must be above 0 and below max.poll.interval.ms ({} ms), or a sink that never \
+                     answers gets the consumer evicted from its group",
+                    max_poll_interval.as_millis()
+                ),
+            ));
+        }
         Ok(ConsumerConfig {
             sink,
             sink_journal: self.sink_journal,
@@ -188,8 +212,33 @@ impl ConsumerArgs {
             batch_size: self.batch_size,
             batch_linger: duration("--batch-linger", &self.batch_linger)?,
             http_timeout: duration("--http-timeout", &self.http_timeout)?,
+            http_batch_timeout,
             shutdown_timeout: duration("--shutdown-timeout", &self.shutdown_timeout)?,
         })
+    }
+}
+
+/// librdkafka's default `max.poll.interval.ms`.
+const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The effective `max.poll.interval.ms`: what `-X` or the config file set, else librdkafka's
+/// default. A member that does not poll for that long is evicted from its group.
+fn max_poll_interval(kafka: &KafkaArgs) -> Result<Duration, ConsumerError> {
+    let resolved = kafka.resolve().map_err(|source| ConsumerError::Kafka {
+        operation: "read kafka config",
+        source,
+    })?;
+    match resolved.property("max.poll.interval.ms") {
+        None => Ok(DEFAULT_MAX_POLL_INTERVAL),
+        Some(text) => {
+            text.trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|error| ConsumerError::InvalidFlag {
+                    flag: "-X max.poll.interval.ms".to_owned(),
+                    reason: format!("{text:?} is not a number of milliseconds: {error}"),
+                })
+        }
     }
 }
 
@@ -228,13 +277,26 @@ mod tests {
     }
 
     #[test]
+    fn the_http_batch_timeout_defaults_to_half_the_poll_interval() {
+        let config = ConsumerArgs::parse_from(["rebound-consumer"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.http_batch_timeout, Duration::from_secs(150));
+        let config = ConsumerArgs::parse_from(["rebound-consumer", "-X", "max.poll.interval.ms=10000"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.http_batch_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
     fn invalid_flags_are_named() {
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 6] = [
             (&["--sink", "null://", "--sink-journal"], "--sink-journal"),
             (&["--tier", "retry-5s"], "--tier"),
             (&["--sink", "mysql://x"], "--sink"),
             (&["--source-topic", "dlq"], "would loop"),
             (&["--batch-linger", "soon"], "--batch-linger"),
+            (&["--http-batch-timeout", "5m"], "below max.poll.interval.ms"),
         ];
         for (flags, expected) in cases {
             let mut argv = vec!["rebound-consumer"];

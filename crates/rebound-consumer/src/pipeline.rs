@@ -50,8 +50,16 @@ const MAX_PRODUCE_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs the consumer until `shutdown` triggers, then finishes the batch in hand, commits and
 /// returns. Returns an error only for problems that stop the service (bad topics, no client).
 pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), ConsumerError> {
-    check_topics_exist(&config).await?;
-    let mut sink = Sink::open(&config.sink, config.http_timeout)?;
+    // SIGTERM while the brokers are still being asked about the topics stops the service at
+    // once, rather than after the check's own timeout.
+    tokio::select! {
+        () = shutdown.wait() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+        checked = check_topics_exist(&config) => checked?,
+    }
+    let mut sink = Sink::open(&config.sink, config.http_timeout, config.http_batch_timeout)?;
     if config.sink_journal
         && let Sink::Sqlite(sqlite) = &mut sink
     {

@@ -2,12 +2,25 @@
 //! header, so the receiver can drop the duplicates that at-least-once delivery implies.
 //!
 //! Classification: 2xx and 409 (already applied) are done; 408, 425, 429, 5xx, timeouts and
-//! connection errors are transient; every other status is permanent.
+//! connection errors are transient; every other status is permanent, redirects included.
+//!
+//! Redirects: a client that follows 301, 302 or 303 turns the POST into a GET without a body,
+//! and the page it lands on answering 200 would count a note the receiver never saw as
+//! applied. So only 307 and 308 are followed, which keep the method and the body, and only to
+//! the same origin (a note is not sent to a host the operator did not name). Any other 3xx is a
+//! permanent failure naming the status and the `Location`.
+//!
+//! Order: the versions of one note id in a batch are posted one after the other, in version
+//! order, never two at once; different notes stay concurrent. A batch as a whole is bounded in
+//! time (`batch_deadline`), so a receiver that accepts connections and never answers cannot hold
+//! the consumer past its poll interval: what has not answered by then is a transient failure.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, LOCATION};
 
 use super::{ApplyItem, SinkFailure};
 use crate::ConsumerError;
@@ -15,11 +28,15 @@ use crate::ConsumerError;
 /// How many POSTs of one batch run at once.
 const CONCURRENT_REQUESTS: usize = 16;
 
+/// Most same-origin 307/308 redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
+
 /// The HTTP sink.
 #[derive(Clone)]
 pub struct HttpSink {
     url: String,
     client: reqwest::Client,
+    batch_deadline: Duration,
 }
 
 /// The URL may carry credentials or a token: show it redacted.
@@ -33,11 +50,15 @@ impl std::fmt::Debug for HttpSink {
 }
 
 impl HttpSink {
-    /// A sink posting to `url`, each request bounded by `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, ConsumerError> {
+    /// A sink posting to `url`, each request bounded by `timeout` and a whole batch by
+    /// `batch_deadline`.
+    pub fn new(url: &str, timeout: Duration, batch_deadline: Duration) -> Result<Self, ConsumerError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::custom(
+                follow_only_method_keeping_same_origin,
+            ))
             .build()
             .map_err(|error| ConsumerError::OpenSink {
                 sink: rebound_service::redact::redact_url(url),
@@ -46,18 +67,54 @@ impl HttpSink {
         Ok(Self {
             url: url.to_owned(),
             client,
+            batch_deadline,
         })
     }
 
-    /// POSTs every note, a bounded number at a time; one result per item, in order.
+    /// POSTs every note, a bounded number of notes at a time and the versions of one note one
+    /// after the other; one result per item, in order. Items with no answer when the batch
+    /// deadline passes are transient failures.
     pub async fn apply_batch(&self, items: &[ApplyItem]) -> Vec<Result<(), SinkFailure>> {
+        let mut results: Vec<Option<Result<(), SinkFailure>>> = vec![None; items.len()];
         // Collecting the futures first keeps the returned future `Send` (a lazily mapped
         // iterator of borrowing closures trips the compiler's higher-ranked lifetime check).
-        let posts: Vec<_> = items.iter().map(|item| self.post(item)).collect();
-        futures::stream::iter(posts)
-            .buffered(CONCURRENT_REQUESTS)
+        let chains: Vec<_> = versions_in_order_per_note(items)
+            .into_iter()
+            .map(|indexes| self.post_in_order(items, indexes))
+            .collect();
+        let mut finished = futures::stream::iter(chains).buffer_unordered(CONCURRENT_REQUESTS);
+        let deadline = tokio::time::sleep(self.batch_deadline);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                chain = finished.next() => match chain {
+                    Some(chain) => {
+                        for (index, result) in chain {
+                            results[index] = Some(result);
+                        }
+                    }
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        let unanswered = format!(
+            "http sink did not answer within the batch deadline of {}",
+            humantime::format_duration(self.batch_deadline)
+        );
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(SinkFailure::transient(unanswered.clone()))))
             .collect()
-            .await
+    }
+
+    /// Posts the items at `indexes` (versions of one note, in order) one after the other.
+    async fn post_in_order(&self, items: &[ApplyItem], indexes: Vec<usize>) -> Vec<(usize, Result<(), SinkFailure>)> {
+        let mut results = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            results.push((index, self.post(&items[index]).await));
+        }
+        results
     }
 
     async fn post(&self, item: &ApplyItem) -> Result<(), SinkFailure> {
@@ -70,8 +127,61 @@ impl HttpSink {
             .send()
             .await
             .map_err(|error| SinkFailure::transient(format!("http request failed: {}", describe(&error))))?;
-        classify_status(response.status())
+        classify_response(response.status(), response.headers())
     }
+}
+
+/// The items' indexes grouped by note id, each group in version order (then batch order).
+fn versions_in_order_per_note(items: &[ApplyItem]) -> Vec<Vec<usize>> {
+    let mut by_note: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        by_note.entry(item.note.note_id.as_str()).or_default().push(index);
+    }
+    let mut groups: Vec<Vec<usize>> = by_note
+        .into_values()
+        .map(|mut indexes| {
+            indexes.sort_by_key(|index| (items[*index].note.version, *index));
+            indexes
+        })
+        .collect();
+    // Notes start in the order the batch first names them.
+    groups.sort_by_key(|indexes| indexes.iter().min().copied());
+    groups
+}
+
+/// The redirect rule: follow 307 and 308 (method and body kept) within the first URL's origin;
+/// stop at anything else, so the 3xx itself is classified.
+fn follow_only_method_keeping_same_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let keeps_method = matches!(
+        attempt.status(),
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    );
+    let same_origin = attempt
+        .previous()
+        .first()
+        .is_some_and(|first| first.origin() == attempt.url().origin());
+    if keeps_method && same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+        attempt.follow()
+    } else {
+        attempt.stop()
+    }
+}
+
+/// The classification rule for a response: its status, and for a redirect not followed, where
+/// it pointed.
+pub(crate) fn classify_response(status: StatusCode, headers: &HeaderMap) -> Result<(), SinkFailure> {
+    if status.is_redirection() {
+        let location = headers
+            .get(LOCATION)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .unwrap_or_else(|| "(none)".to_owned());
+        let location = rebound_service::redact::redact_url(&location);
+        return Err(SinkFailure::permanent(format!(
+            "http sink answered {status} with Location {location}; only same-origin 307 and 308 \
+             redirects are followed, since others would turn the POST into a GET without the note"
+        )));
+    }
+    classify_status(status)
 }
 
 /// The classification rule for a response status.

@@ -122,11 +122,12 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Opens the sink a spec names.
-    pub fn open(spec: &SinkSpec, http_timeout: Duration) -> Result<Self, ConsumerError> {
+    /// Opens the sink a spec names; an HTTP sink bounds each request by `http_timeout` and each
+    /// batch by `http_batch_timeout`.
+    pub fn open(spec: &SinkSpec, http_timeout: Duration, http_batch_timeout: Duration) -> Result<Self, ConsumerError> {
         Ok(match spec {
             SinkSpec::Sqlite(path) => Sink::Sqlite(SqliteSink::open(path)?),
-            SinkSpec::Http(url) => Sink::Http(HttpSink::new(url, http_timeout)?),
+            SinkSpec::Http(url) => Sink::Http(HttpSink::new(url, http_timeout, http_batch_timeout)?),
             SinkSpec::Null => Sink::Null,
         })
     }
