@@ -107,6 +107,8 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         config.source_topics.clone(),
         shutdown.clone(),
     ));
+    // The pipeline stops on shutdown, or on its own when the producer fails for good.
+    let stop = Shutdown::new();
     let pipeline = Pipeline {
         config: &config,
         codec: NoteCodec::embedded(),
@@ -114,10 +116,16 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         producer,
         consumer,
         readiness,
+        stop: stop.clone(),
+        producer_fatal: std::sync::Mutex::new(None),
     };
+    let stop = stop.triggered_by({
+        let shutdown = shutdown.clone();
+        async move { shutdown.wait().await }
+    });
     let (applied_sender, applied_receiver) = tokio::sync::mpsc::channel(APPLIED_BATCHES_QUEUED);
     let intake = {
-        let (pipeline, shutdown) = (&pipeline, &shutdown);
+        let (pipeline, shutdown) = (&pipeline, &stop);
         async move {
             while let Some(batch) = pipeline.next_batch(shutdown).await {
                 let applied = pipeline.apply_batch(batch).await;
@@ -128,16 +136,29 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
             // Dropping the sender here tells the delivery stage that no batch follows.
         }
     };
-    tokio::join!(intake, pipeline.deliver_in_order(applied_receiver, &shutdown));
+    tokio::join!(intake, pipeline.deliver_in_order(applied_receiver, &stop));
     tracing::info!("consumer stopping: committing stored offsets");
-    let Pipeline { producer, consumer, .. } = pipeline;
-    consumer
+    let Pipeline {
+        producer,
+        consumer,
+        producer_fatal,
+        ..
+    } = pipeline;
+    // Only offsets of safe records were stored: a copy the failed producer never delivered
+    // blocked its partition, so it is read again by the next owner.
+    let committed = consumer
         .flush_commit_and_close(&producer, config.shutdown_timeout)
-        .await
-        .map_err(|source| ConsumerError::Kafka {
-            operation: "commit offsets at shutdown",
+        .await;
+    if let Some(source) = producer_fatal.into_inner().ok().flatten() {
+        return Err(ConsumerError::Kafka {
+            operation: "produce copies (the producer failed for good; restart the service)",
             source,
-        })?;
+        });
+    }
+    committed.map_err(|source| ConsumerError::Kafka {
+        operation: "commit offsets at shutdown",
+        source,
+    })?;
     tracing::info!("consumer stopped");
     Ok(())
 }
@@ -186,6 +207,10 @@ struct Pipeline<'config> {
     producer: RecordProducer,
     consumer: RecordConsumer,
     readiness: Arc<Readiness>,
+    /// Triggered by shutdown, or by the pipeline itself when the producer failed for good.
+    stop: Shutdown,
+    /// The producer's fatal error, once one was seen: the service exits with it.
+    producer_fatal: std::sync::Mutex<Option<rebound_kafka::KafkaError>>,
 }
 
 /// A batch after the sink: what became of each record, and the records' spans.
@@ -488,6 +513,10 @@ impl Pipeline<'_> {
                     Err(error) if error.is_message_too_large() && !dispatch.is_stub() => {
                         too_large.push((index, dispatch))
                     }
+                    Err(error) if error.is_fatal() => {
+                        self.stop_on_fatal_producer_error(error);
+                        refused.push((index, dispatch));
+                    }
                     Err(error) => {
                         tracing::error!(%error, topic = %dispatch.topic, "copy of failed record not acknowledged; retrying");
                         refused.push((index, dispatch));
@@ -514,6 +543,24 @@ impl Pipeline<'_> {
             backoff = (backoff * 2).min(MAX_PRODUCE_BACKOFF);
         }
         safe
+    }
+
+    /// A producer that failed for good refuses every later copy: retrying would keep the
+    /// service alive and ready while it moves nothing. Say so, report not ready, and stop, so the
+    /// service exits non-zero and its orchestrator restarts it with a new producer. Records
+    /// whose copies were not acknowledged stay unsafe, so no offset past them is committed.
+    fn stop_on_fatal_producer_error(&self, error: rebound_kafka::KafkaError) {
+        let mut fatal = self
+            .producer_fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fatal.is_none() {
+            events::producer_failed_for_good("consumer", &error);
+            self.readiness
+                .set("kafka", false, format!("the producer failed for good: {error}"));
+            *fatal = Some(error);
+        }
+        self.stop.trigger();
     }
 
     /// Sends a copy refused as too large once more, alone, because Kafka refuses a whole batch

@@ -49,6 +49,23 @@ impl KafkaError {
 }
 
 impl KafkaError {
+    /// True when the producer failed for good: an idempotent producer that hit a fatal error
+    /// (its sequence numbers no longer line up with the broker's, say) refuses every later send,
+    /// so retrying cannot help. The service must stop and be restarted with a new producer.
+    pub fn is_fatal(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode;
+        match self {
+            KafkaError::ProducerFatal { .. } | KafkaError::TransactionFatal { .. } => true,
+            KafkaError::Produce { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl KafkaError {
     /// True when the record was refused as too large, by this client's `message.max.bytes` or by
     /// the target topic's `max.message.bytes`: retrying the same produce cannot succeed.
     pub fn is_message_too_large(&self) -> bool {
@@ -175,6 +192,15 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The idempotent producer failed for good: librdkafka raised a fatal error, after which
+    /// every send fails. Only a new producer (a restart of the service) can send again.
+    #[error("failed for good: the kafka producer raised a fatal error ({code:?}): {reason}")]
+    ProducerFatal {
+        /// librdkafka's error code of the underlying failure.
+        code: rdkafka::types::RDKafkaErrorCode,
+        /// librdkafka's explanation.
+        reason: String,
+    },
     /// The transactional producer failed for good (it was fenced by a newer instance with the
     /// same transactional id, or the broker refused it): nothing more can be sent with it.
     #[error("failed the kafka transaction for good ({code:?}): {reason}")]
@@ -184,4 +210,42 @@ pub enum KafkaError {
         /// librdkafka's explanation.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod error_classification_tests {
+    use rdkafka::error::KafkaError as RdKafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::KafkaError;
+
+    fn produce_error(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::Produce {
+            topic: "notes".to_owned(),
+            source: RdKafkaError::MessageProduction(code),
+        }
+    }
+
+    #[test]
+    fn a_fatal_producer_error_is_fatal_and_a_passing_one_is_not() {
+        assert!(
+            KafkaError::ProducerFatal {
+                code: RDKafkaErrorCode::OutOfOrderSequenceNumber,
+                reason: "sequence desynchronised".to_owned(),
+            }
+            .is_fatal()
+        );
+        assert!(produce_error(RDKafkaErrorCode::Fatal).is_fatal());
+        assert!(produce_error(RDKafkaErrorCode::ProducerFenced).is_fatal());
+        for passing in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(!produce_error(passing).is_fatal(), "{passing:?} is not fatal");
+        }
+    }
 }

@@ -136,11 +136,20 @@ impl RecordProducer {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Err((source, _)) => Err(KafkaError::Produce {
+            Err((source, _)) => Err(self.fatal_error().unwrap_or_else(|| KafkaError::Produce {
                 topic: record.topic.clone(),
                 source,
-            }),
+            })),
         }
+    }
+
+    /// The fatal error librdkafka raised on this producer, if any. After one, every send
+    /// fails; a service that kept retrying would look alive and move nothing.
+    pub fn fatal_error(&self) -> Option<KafkaError> {
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| KafkaError::ProducerFatal { code, reason })
     }
 
     /// Waits until every queued record is acknowledged or `timeout` passes. Blocking: runs on a

@@ -171,6 +171,16 @@ pub fn producer_broker_reachable(reachable: bool) {
     metrics::gauge!(PRODUCER_BROKER_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
 }
 
+/// Counter of services that stopped because their Kafka producer failed for good.
+pub const PRODUCER_FAILED_FOR_GOOD_TOTAL: &str = "rebound_producer_failed_for_good_total";
+
+/// A service's Kafka producer raised a fatal error: every later send would fail, so the service
+/// stops and exits non-zero for its orchestrator to restart it.
+pub fn producer_failed_for_good(service: &'static str, error: &dyn std::error::Error) {
+    tracing::error!(service, %error, "kafka producer failed for good; stopping so the service is restarted");
+    metrics::counter!(PRODUCER_FAILED_FOR_GOOD_TOTAL, "service" => service).increment(1);
+}
+
 /// Consumer histogram of sink batch latency.
 pub const CONSUMER_SINK_DURATION_SECONDS: &str = "rebound_consumer_sink_duration_seconds";
 /// Consumer gauge of records taken from Kafka and not yet safe.
