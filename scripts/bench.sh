@@ -25,7 +25,10 @@
 #   BENCH_FAILURE_COUNT      notes per failure-path run (default 100000)
 #   BENCH_SCHEDULER_RATES    tier records per second, comma-separated (default 1000,10000,50000)
 #   BENCH_SCHEDULER_SECONDS  seconds of tier records written at each rate (default 4)
-#   BENCH_PHASES             subset of producer,consumer,failure,scheduler (default all)
+#   BENCH_PHASES             subset of producer,consumer,failure,scheduler,retry (default all);
+#                            retry: notes failing once at a webhook, re-applied after a 1 s tier
+#                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
+#                            at the webhook
 #   BENCH_SKIP_BUILD         1: use the binaries in target/release as they are
 #   REBOUND_KAFKA_PORT and the other REBOUND_KAFKA_* variables are passed to kafka-local.sh.
 set -euo pipefail
@@ -114,7 +117,7 @@ python3 "$SCRIPT_DIR/bench/harness.py" \
   --failure-count "${BENCH_FAILURE_COUNT:-100000}" \
   --scheduler-rates "${BENCH_SCHEDULER_RATES:-1000,10000,50000}" \
   --scheduler-seconds "${BENCH_SCHEDULER_SECONDS:-4}" \
-  --phases "${BENCH_PHASES:-producer,consumer,failure,scheduler}" \
+  --phases "${BENCH_PHASES:-producer,consumer,failure,scheduler,retry}" \
   --command "scripts/bench.sh" &
 HARNESS_PID=$!
 rc=0

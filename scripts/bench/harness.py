@@ -151,6 +151,55 @@ class Children:
             self.stop(process, timeout=10)
 
 
+class FailOnceReceiver:
+    """A webhook on loopback that answers each note version's first POST with 503 and later ones
+    with 200, noting when it answered the first and when the second arrived (wall clock, ms)."""
+
+    def __init__(self):
+        import http.server
+
+        self.failed_at_ms = {}
+        self.reapplied_at_ms = {}
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the standard library's name)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                # One entry per note version: the dataset holds several versions of some notes.
+                note_id = self.headers.get("Idempotency-Key")
+                with owner.lock:
+                    first = note_id not in owner.failed_at_ms
+                    if not first and note_id not in owner.reapplied_at_ms:
+                        owner.reapplied_at_ms[note_id] = time.time() * 1000
+                self.send_response(503 if first else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                if first:
+                    with owner.lock:
+                        owner.failed_at_ms[note_id] = time.time() * 1000
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notes"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reapplied(self):
+        with self.lock:
+            return len(self.reapplied_at_ms)
+
+    def lateness_beyond_ms(self, delay_ms):
+        with self.lock:
+            return [self.reapplied_at_ms[key] - self.failed_at_ms[key] - delay_ms for key in self.reapplied_at_ms]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def percentile(values, fraction):
     """Nearest-rank percentile of a non-empty list."""
     ordered = sorted(values)
@@ -663,7 +712,89 @@ class Bench:
         self.write_results()
 
     # -------------------------------------------------------------------------------------------
-    # 4. Scheduler timing.
+    # 4. Retry timing as a user sees it: notes that fail once at a webhook come back after the
+    #    tier's delay; how much later than that, measured at the receiver.
+
+    def retry_timing_run(self, label, count, tier_ms, rate, rep):
+        prefix = f"{self.run_id}-{label}-{rep}."
+        self.create_topics(prefix, ["notes"], ["retry-5s", "retry-1m"])
+        receiver = FailOnceReceiver()
+        tiers = ["--tier", f"retry-5s:{tier_ms}ms", "--tier", f"retry-1m:{tier_ms}ms"]
+        scheduler_port = free_port()
+        scheduler = self.children.spawn(
+            self.next_name(f"scheduler-{label}"),
+            [os.path.join(self.bin, "rebound-scheduler"), "--brokers", self.brokers, "--topic-prefix", prefix,
+             "--group", f"{prefix}scheduler", *tiers, "--metrics-listen", f"127.0.0.1:{scheduler_port}"],
+        )
+        consumer_port = free_port()
+        consumer = self.children.spawn(
+            self.next_name(f"consumer-{label}"),
+            self.consumer_command(
+                prefix, "notes", f"{prefix}consumer", receiver.url, consumer_port, extra=tiers,
+            ),
+        )
+        try:
+            self.wait_ready(scheduler, scheduler_port)
+            self.wait_ready(consumer, consumer_port)
+            kcat = self.children.spawn(
+                self.next_name(f"load-{label}"),
+                ["kcat", "-P", "-b", self.brokers, "-t", prefix + "notes", "-K", KEY_DELIMITER, "-D",
+                 RECORD_DELIMITER, "-q", *KCAT_PRODUCER_SETTINGS],
+                stdin=subprocess.PIPE,
+            )
+            with open(self.datasets["small"]["kcat"], "rb") as source:
+                records = source.read().split(RECORD_DELIMITER)[:count]
+            for record in records:
+                kcat.stdin.write(record + RECORD_DELIMITER)
+                kcat.stdin.flush()
+                if rate:
+                    time.sleep(1.0 / rate)
+            kcat.stdin.close()
+            self.children.reap(kcat)
+            deadline = time.monotonic() + 120
+            while receiver.reapplied() < count:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{label}: {receiver.reapplied()} of {count} notes re-applied after 120 s")
+                time.sleep(0.05)
+        finally:
+            self.children.stop(consumer)
+            self.children.stop(scheduler)
+            receiver.close()
+        beyond = receiver.lateness_beyond_ms(tier_ms)
+        return {
+            "count": count, "tier_ms": tier_ms, "rate": rate,
+            "beyond_ms_p50": percentile(beyond, 0.50),
+            "beyond_ms_p99": percentile(beyond, 0.99),
+            "beyond_ms_max": max(beyond),
+            "beyond_ms_min": min(beyond),
+        }
+
+    def bench_retry_timing(self):
+        shapes = {
+            # A trickle: one failing note every 200 ms on a 1 s tier.
+            "trickle": {"count": 30, "tier_ms": 1000, "rate": 5},
+            # A burst: 100 failing notes at once on a 500 ms tier.
+            "burst": {"count": 100, "tier_ms": 500, "rate": 0},
+        }
+        summary = {}
+        for shape, params in shapes.items():
+            runs = [self.retry_timing_run(shape, rep=rep, **params) for rep in range(self.args.runs)]
+            for run in runs:
+                log(f"retry timing {shape}: beyond the delay p50 {run['beyond_ms_p50']:.0f} ms, "
+                    f"p99 {run['beyond_ms_p99']:.0f} ms, min {run['beyond_ms_min']:.0f} ms")
+            self.results["runs"][f"retry_{shape}"] = runs
+            summary[shape] = {
+                **params,
+                "beyond_ms_p50": median(run["beyond_ms_p50"] for run in runs),
+                "beyond_ms_p99": median(run["beyond_ms_p99"] for run in runs),
+                "beyond_ms_max": max(run["beyond_ms_max"] for run in runs),
+                "beyond_ms_min_over_runs": min(run["beyond_ms_min"] for run in runs),
+            }
+        self.results["summary"]["retry_timing"] = summary
+        self.write_results()
+
+    # -------------------------------------------------------------------------------------------
+    # 5. Scheduler timing.
 
     def read_timestamps(self, topic):
         """{key: [(Kafka timestamp, partition)]} of a whole topic."""
@@ -867,6 +998,7 @@ class Bench:
             "consumer": self.bench_consumer,
             "failure": self.bench_failure,
             "scheduler": self.bench_scheduler,
+            "retry": self.bench_retry_timing,
         }
         for phase in phases:
             phase_started = time.monotonic()
@@ -954,6 +1086,16 @@ def render_markdown(results):
             f"max {figures['lateness_ms_max']:.0f} ms, min {figures['lateness_ms_min_over_runs']:.0f} ms | | | "
             f"{target}never early | {verdict(ok)} |"
         )
+    retry_timing = summary.get("retry_timing", {})
+    for shape, figures in retry_timing.items():
+        what = (f"a trickle of {figures['count']} at {figures['rate']}/s" if figures["rate"]
+                else f"a burst of {figures['count']}")
+        lines.append(
+            f"| retry timing: {what} failing once on a {figures['tier_ms']} ms tier, re-applied beyond the "
+            f"delay (at the webhook) | p50 {figures['beyond_ms_p50']:.0f} ms, p99 {figures['beyond_ms_p99']:.0f} ms, "
+            f"max {figures['beyond_ms_max']:.0f} ms, min {figures['beyond_ms_min_over_runs']:.0f} ms | | | "
+            f"never early; reported | {verdict(figures['beyond_ms_min_over_runs'] >= 0)} |"
+        )
     lines += ["", "Peak RSS (MiB, largest over the repetitions; target <= 64 MiB per service):", "",
               "| service and load | peak RSS | verdict |", "| --- | --- | --- |"]
     rss_rows = []
@@ -1010,7 +1152,7 @@ def main():
     parser.add_argument("--scheduler-delay-ms", type=int, default=2000)
     parser.add_argument("--consumer-extra", default="", help="extra flags of every consumer (experiments)")
     parser.add_argument("--scheduler-extra", default="", help="extra flags of the timed scheduler (experiments)")
-    parser.add_argument("--phases", default="producer,consumer,failure,scheduler")
+    parser.add_argument("--phases", default="producer,consumer,failure,scheduler,retry")
     parser.add_argument("--command", default="scripts/bench.sh")
     args = parser.parse_args()
     bench = Bench(args)
