@@ -28,6 +28,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT,
     traceparent     TEXT
 );
+-- Notes Kafka refused for what they are (too large for the topic, invalid): they can never be
+-- sent, so they leave the pending notes, which would otherwise retry them forever and hold back
+-- every later version of their note. Kept, value and all, for an operator to look at.
+CREATE TABLE IF NOT EXISTS rejected (
+    seq             INTEGER PRIMARY KEY,
+    note_id         TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    value           BLOB NOT NULL,
+    accepted_at_ms  INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    traceparent     TEXT,
+    rejected_at_ms  INTEGER NOT NULL,
+    error           TEXT NOT NULL
+);
 ";
 
 /// Most write requests folded into one transaction.
@@ -50,6 +64,25 @@ pub struct OutboxEntry {
     pub attempts: u32,
     /// W3C trace context of the acceptance, continued when the note is sent.
     pub traceparent: Option<String>,
+}
+
+/// A note Kafka refused for good, as `GET /v1/outbox` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedNote {
+    /// Its position in acceptance order while it was pending.
+    pub seq: i64,
+    /// Note id.
+    pub note_id: String,
+    /// Note version.
+    pub version: i64,
+    /// Size of the encoded note, in bytes.
+    pub bytes: u64,
+    /// When it was accepted, epoch milliseconds.
+    pub accepted_at_ms: i64,
+    /// When Kafka's refusal moved it here, epoch milliseconds.
+    pub rejected_at_ms: i64,
+    /// Kafka's refusal.
+    pub error: String,
 }
 
 /// A note to append: id, version, encoded value.
@@ -79,6 +112,12 @@ enum WriteRequest {
         seqs: Vec<i64>,
         error: String,
         reply: oneshot::Sender<Result<(), ProducerError>>,
+    },
+    Reject {
+        seq: i64,
+        error: String,
+        rejected_at_ms: i64,
+        reply: oneshot::Sender<Result<bool, ProducerError>>,
     },
 }
 
@@ -242,6 +281,76 @@ impl Outbox {
         answer.await.map_err(|_| writer_gone())?
     }
 
+    /// Moves a note Kafka refused for good from the pending notes to the rejected table, in
+    /// one transaction. False when it was no longer pending.
+    pub async fn reject(&self, seq: i64, error: String, rejected_at_ms: i64) -> Result<bool, ProducerError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::Reject {
+                seq,
+                error,
+                rejected_at_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// How many notes were rejected, and the newest `limit` of them.
+    pub async fn rejected_notes(&self, limit: usize) -> Result<(u64, Vec<RejectedNote>), ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            let count: i64 = connection
+                .query_row("SELECT COUNT(*) FROM rejected", [], |row| row.get(0))
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, rejected_at_ms, error \
+                     FROM rejected ORDER BY rejected_at_ms DESC, seq DESC LIMIT ?1",
+                )
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let rows = statement
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                    Ok(RejectedNote {
+                        seq: row.get(0)?,
+                        note_id: row.get(1)?,
+                        version: row.get(2)?,
+                        bytes: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                        accepted_at_ms: row.get(4)?,
+                        rejected_at_ms: row.get(5)?,
+                        error: row.get(6)?,
+                    })
+                })
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let listed = rows
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| read_failed(&error.to_string()))?;
+            Ok((u64::try_from(count).unwrap_or(0), listed))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// Notes rejected at or after `since_ms` (epoch milliseconds).
+    pub async fn rejected_since(&self, since_ms: i64) -> Result<u64, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            connection
+                .query_row(
+                    "SELECT COUNT(*) FROM rejected WHERE rejected_at_ms >= ?1",
+                    [since_ms],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|count| u64::try_from(count).unwrap_or(0))
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
     /// The oldest `limit` pending notes, in acceptance order.
     pub async fn oldest_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, ProducerError> {
         let reader = Arc::clone(&self.reader);
@@ -400,15 +509,22 @@ fn run_writer(
                     }));
                 }
                 WriteRequest::Remove { reply, .. } | WriteRequest::MarkFailed { reply, .. } => {
-                    let _ = reply.send(result.map(|_| ()).map_err(|outcome| ProducerError::WriteOutbox {
-                        reason: match outcome {
-                            WriteRefusal::Failed(reason) => reason,
-                            WriteRefusal::Full { .. } => "outbox full".to_owned(),
-                        },
-                    }));
+                    let _ = reply.send(result.map(|_| ()).map_err(refusal_to_error));
+                }
+                WriteRequest::Reject { reply, .. } => {
+                    let _ = reply.send(result.map(|moved| !moved.is_empty()).map_err(refusal_to_error));
                 }
             }
         }
+    }
+}
+
+fn refusal_to_error(outcome: WriteRefusal) -> ProducerError {
+    ProducerError::WriteOutbox {
+        reason: match outcome {
+            WriteRefusal::Failed(reason) => reason,
+            WriteRefusal::Full { .. } => "outbox full".to_owned(),
+        },
     }
 }
 
@@ -439,6 +555,11 @@ fn write_batch(
         let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING LENGTH(value)")?;
         let mut fail =
             transaction.prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1")?;
+        let mut copy_to_rejected = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO rejected \
+             (seq, note_id, version, value, accepted_at_ms, attempts, traceparent, rejected_at_ms, error) \
+             SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent, ?2, ?3 FROM outbox WHERE seq = ?1",
+        )?;
         for request in batch {
             match request {
                 WriteRequest::Append {
@@ -485,6 +606,24 @@ fn write_batch(
                         fail.execute(params![seq, error])?;
                     }
                     results.push(Ok(Vec::new()));
+                }
+                WriteRequest::Reject {
+                    seq,
+                    error,
+                    rejected_at_ms,
+                    ..
+                } => {
+                    // Copy and delete in the same transaction: the note is in exactly one table.
+                    copy_to_rejected.execute(params![seq, rejected_at_ms, error])?;
+                    let size: Option<i64> = delete.query_row([seq], |row| row.get(0)).optional()?;
+                    if let Some(size) = size {
+                        removed_notes += 1;
+                        removed_bytes += u64::try_from(size).unwrap_or(0);
+                        projected_bytes = projected_bytes.saturating_sub(u64::try_from(size).unwrap_or(0));
+                        results.push(Ok(vec![*seq]));
+                    } else {
+                        results.push(Ok(Vec::new()));
+                    }
                 }
             }
         }
@@ -538,6 +677,60 @@ mod tests {
         assert_eq!(pending[0].attempts, 1);
         assert_eq!(reopened.pending_notes(), 2);
         assert_eq!(reopened.oldest_accepted_at_ms().await.expect("reads"), Some(5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejected_note_moves_to_the_rejected_table_of_an_outbox_written_before_it_existed() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        // An outbox file as older versions wrote it: no rejected table, no traceparent column.
+        {
+            let connection = Connection::open(directory.path().join("outbox.db")).expect("creates");
+            connection
+                .execute_batch(
+                    "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, note_id TEXT NOT NULL, \
+                     version INTEGER NOT NULL, value BLOB NOT NULL, accepted_at_ms INTEGER NOT NULL, \
+                     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT); \
+                     INSERT INTO outbox (note_id, version, value, accepted_at_ms) VALUES ('a', 1, x'0102', 5);",
+                )
+                .expect("old schema");
+        }
+        let outbox = Outbox::open(directory.path(), 1 << 20).expect("opens an old outbox");
+        assert_eq!(outbox.rejected_notes(10).await.expect("lists"), (0, Vec::new()));
+        outbox.append(vec![entry("a", 2, 10)], 6).await.expect("appends");
+        let pending = outbox.oldest_pending(10).await.expect("reads");
+        assert!(
+            outbox
+                .reject(pending[0].seq, "too large".to_owned(), 99)
+                .await
+                .expect("rejects")
+        );
+        assert!(
+            !outbox
+                .reject(pending[0].seq, "too large".to_owned(), 100)
+                .await
+                .expect("no-op"),
+            "a note no longer pending is not rejected twice"
+        );
+        assert_eq!(outbox.pending_notes(), 1);
+        assert_eq!(outbox.pending_bytes(), 10);
+        let remaining = outbox.oldest_pending(10).await.expect("reads");
+        assert_eq!((remaining[0].note_id.as_str(), remaining[0].version), ("a", 2));
+        let (count, listed) = outbox.rejected_notes(10).await.expect("lists");
+        assert_eq!(count, 1);
+        assert_eq!(
+            listed,
+            vec![RejectedNote {
+                seq: pending[0].seq,
+                note_id: "a".to_owned(),
+                version: 1,
+                bytes: 2,
+                accepted_at_ms: 5,
+                rejected_at_ms: 99,
+                error: "too large".to_owned(),
+            }]
+        );
+        assert_eq!(outbox.rejected_since(99).await.expect("counts"), 1);
+        assert_eq!(outbox.rejected_since(100).await.expect("counts"), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

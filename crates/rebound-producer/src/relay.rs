@@ -5,6 +5,10 @@
 //! Per-key order: a window never holds two versions of one note id, and a version is not sent
 //! while an earlier version of the same note is still pending. A failure can therefore never let
 //! version 2 overtake version 1 of a note, whatever the broker does.
+//!
+//! A note Kafka refuses for what it is (too large for the topic, invalid) could never be sent
+//! and would hold back its later versions forever: once refused alone too, it is moved to the
+//! outbox's rejected table, which lets those versions go.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -160,10 +164,22 @@ impl Relay {
             }
             // Shutdown does not wait out a window stuck on an unreachable broker: its notes are
             // still in the outbox and go out on the next start.
-            let (acknowledged, failed, last_error) = tokio::select! {
+            let mut outcome = tokio::select! {
                 outcome = self.send_window(&window) => outcome,
                 () = shutdown.wait() => break,
             };
+            if !outcome.refused.is_empty() {
+                tokio::select! {
+                    () = self.settle_refused_notes(&window, &mut outcome) => {}
+                    () = shutdown.wait() => break,
+                }
+            }
+            let WindowOutcome {
+                acknowledged,
+                failed,
+                last_error,
+                ..
+            } = outcome;
             events::producer_notes_acknowledged(acknowledged.len());
             if let Err(error) = self.outbox.remove(acknowledged.clone()).await {
                 tracing::error!(%error, "cannot remove acknowledged notes; they will be sent again");
@@ -192,43 +208,95 @@ impl Relay {
         }
     }
 
+    /// Sends one note and resolves once Kafka acknowledged or refused it.
+    async fn send_note(&self, entry: &OutboxEntry) -> Result<rebound_kafka::AckedRecord, rebound_kafka::KafkaError> {
+        // The send continues the trace begun when the note was accepted, and the record
+        // carries it on to the consumer.
+        let span = tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version);
+        continue_trace(&span, &headers_with_traceparent(entry.traceparent.as_deref()));
+        let mut headers = RecordHeaders::new();
+        inject_trace(&span, &mut headers);
+        let record = OutgoingRecord {
+            topic: self.topic.clone(),
+            partition: None,
+            key: Some(entry.note_id.clone().into_bytes()),
+            value: Some(entry.value.clone()),
+            headers,
+        };
+        self.producer.send(&record).instrument(span).await
+    }
+
     /// Sends every note of the window, all in flight together.
-    async fn send_window(&self, window: &[&OutboxEntry]) -> (Vec<i64>, Vec<i64>, String) {
+    async fn send_window(&self, window: &[&OutboxEntry]) -> WindowOutcome {
         let sends: Vec<_> = window
             .iter()
-            .map(|entry| {
-                // The send continues the trace begun when the note was accepted, and the
-                // record carries it on to the consumer.
-                let span = tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version);
-                continue_trace(&span, &headers_with_traceparent(entry.traceparent.as_deref()));
-                let mut headers = RecordHeaders::new();
-                inject_trace(&span, &mut headers);
-                let record = OutgoingRecord {
-                    topic: self.topic.clone(),
-                    partition: None,
-                    key: Some(entry.note_id.clone().into_bytes()),
-                    value: Some(entry.value.clone()),
-                    headers,
-                };
-                let producer = &self.producer;
-                let seq = entry.seq;
-                async move { (seq, producer.send(&record).instrument(span).await) }
-            })
+            .map(|entry| async move { (entry.seq, self.send_note(entry).await) })
             .collect();
-        let mut acknowledged = Vec::new();
-        let mut failed = Vec::new();
-        let mut last_error = String::new();
+        let mut outcome = WindowOutcome::default();
         for (seq, result) in futures::future::join_all(sends).await {
             match result {
-                Ok(_) => acknowledged.push(seq),
+                Ok(_) => outcome.acknowledged.push(seq),
+                Err(error) if error.is_refusal_of_the_record() => outcome.refused.push((seq, error.to_string())),
                 Err(error) => {
-                    last_error = error.to_string();
-                    failed.push(seq);
+                    outcome.last_error = error.to_string();
+                    outcome.failed.push(seq);
                 }
             }
         }
-        (acknowledged, failed, last_error)
+        outcome
     }
+
+    /// Decides the fate of notes Kafka refused for what they are. Kafka refuses a whole batch
+    /// for one such record, so a note refused in company is sent once more alone; refused alone,
+    /// it can never be sent and moves to the rejected table, which lets its later versions go.
+    async fn settle_refused_notes(&self, window: &[&OutboxEntry], outcome: &mut WindowOutcome) {
+        for (seq, error) in std::mem::take(&mut outcome.refused) {
+            let Some(entry) = window.iter().find(|entry| entry.seq == seq) else {
+                continue;
+            };
+            let refusal = if window.len() == 1 {
+                error
+            } else {
+                match self.send_note(entry).await {
+                    Ok(_) => {
+                        outcome.acknowledged.push(seq);
+                        continue;
+                    }
+                    Err(error) if error.is_refusal_of_the_record() => error.to_string(),
+                    Err(error) => {
+                        outcome.last_error = error.to_string();
+                        outcome.failed.push(seq);
+                        continue;
+                    }
+                }
+            };
+            match self
+                .outbox
+                .reject(seq, refusal.clone(), rebound_service::now_epoch_ms())
+                .await
+            {
+                Ok(true) => events::producer_note_rejected(&entry.note_id, entry.version, &refusal),
+                Ok(false) => {}
+                // Still pending: it is refused again next round and moved then.
+                Err(error) => {
+                    tracing::error!(%error, note_id = %entry.note_id, "cannot move a refused note to the rejected table")
+                }
+            }
+        }
+    }
+}
+
+/// What became of a window's notes.
+#[derive(Debug, Default)]
+struct WindowOutcome {
+    /// Acknowledged by Kafka.
+    acknowledged: Vec<i64>,
+    /// Not acknowledged, for a reason that may pass (broker away, timeout): resent later.
+    failed: Vec<i64>,
+    /// The last of those failures.
+    last_error: String,
+    /// Refused for what they are, with Kafka's refusal: never resent as they are.
+    refused: Vec<(i64, String)>,
 }
 
 /// Age of the oldest pending note in seconds (0 when empty).

@@ -78,3 +78,35 @@ fn a_bad_line_is_refused_whole_with_its_line_number_and_exit_code_2() {
         "nothing was accepted, not even an empty outbox"
     );
 }
+
+#[test]
+fn a_note_too_large_for_kafka_is_refused_whole_naming_its_line_and_the_limit() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("notes.ndjson");
+    let mut text = ndjson(2);
+    text.push_str(&format!(
+        "{{\"note_id\":\"big\",\"user_id\":\"u\",\"device_id\":\"d\",\"version\":1,\"updated_at\":1,\"body\":\"{}\"}}\n",
+        "x".repeat(30_000)
+    ));
+    std::fs::write(&input, text).expect("written");
+    let outbox = work.path().join("outbox");
+    let output = Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
+        .args(["--brokers", "127.0.0.1:1", "-X", "message.max.bytes=20000", "send"])
+        .arg(&input)
+        .arg("--outbox-dir")
+        .arg(&outbox)
+        .args(["--timeout", "2s", "--send-timeout", "1s"])
+        .output()
+        .expect("producer runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 3") && stderr.contains("big"), "{stderr}");
+    assert!(
+        stderr.contains("message.max.bytes") && stderr.contains("20000"),
+        "{stderr}"
+    );
+    assert!(
+        !outbox.join("outbox.db").exists(),
+        "nothing was accepted, not even an empty outbox"
+    );
+}
