@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT,
     traceparent     TEXT
 );
+-- The relay's choice of sendable notes asks, per note, whether an earlier version is pending.
+CREATE INDEX IF NOT EXISTS outbox_by_note_id ON outbox (note_id, seq);
 -- Notes Kafka refused for what they are (too large for the topic, invalid): they can never be
 -- sent, so they leave the pending notes, which would otherwise retry them forever and hold back
 -- every later version of their note. Kept, value and all, for an operator to look at.
@@ -42,6 +44,24 @@ CREATE TABLE IF NOT EXISTS rejected (
     rejected_at_ms  INTEGER NOT NULL,
     error           TEXT NOT NULL
 );
+";
+
+/// Sendable notes when resends are allowed: the oldest pending version of each note (`?1`: the
+/// most rows, `?2`: the lowest seq, here any).
+const SENDABLE_SQL_WITH_RESENDS: &str = "
+SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent FROM outbox AS pending
+WHERE seq >= ?2
+  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
+ORDER BY seq LIMIT ?1
+";
+
+/// Sendable notes when resends are held back: as above, but only notes accepted by this process
+/// (`seq >= ?2`) that never failed.
+const SENDABLE_SQL_FRESH_ONLY: &str = "
+SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent FROM outbox AS pending
+WHERE seq >= ?2 AND attempts = 0
+  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
+ORDER BY seq LIMIT ?1
 ";
 
 /// Most write requests folded into one transaction.
@@ -345,6 +365,51 @@ impl Outbox {
                     |row| row.get::<_, i64>(0),
                 )
                 .map(|count| u64::try_from(count).unwrap_or(0))
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// The notes the relay may send now, oldest first, at most `limit`: of each note id only its
+    /// oldest pending version (so one version per note, and none while an earlier one is
+    /// pending), and unless `resends_allowed` only notes this process accepted (`seq` at or
+    /// after `first_fresh_seq`) that never failed. A held-back resend therefore also holds back
+    /// the later versions of its note. Chosen in SQL, so that held-back notes, however many,
+    /// never hide a sendable one behind them.
+    pub async fn sendable(
+        &self,
+        first_fresh_seq: i64,
+        resends_allowed: bool,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            // Two statements rather than one with an OR on a parameter: each lets SQLite walk
+            // the primary key from where sendable notes can start.
+            let (sql, from_seq) = if resends_allowed {
+                (SENDABLE_SQL_WITH_RESENDS, i64::MIN)
+            } else {
+                (SENDABLE_SQL_FRESH_ONLY, first_fresh_seq)
+            };
+            let mut statement = connection
+                .prepare_cached(sql)
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let rows = statement
+                .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX), from_seq], |row| {
+                    Ok(OutboxEntry {
+                        seq: row.get(0)?,
+                        note_id: row.get(1)?,
+                        version: row.get(2)?,
+                        value: row.get(3)?,
+                        accepted_at_ms: row.get(4)?,
+                        attempts: row.get(5)?,
+                        traceparent: row.get(6)?,
+                    })
+                })
+                .map_err(|error| read_failed(&error.to_string()))?;
+            rows.collect::<Result<Vec<_>, _>>()
                 .map_err(|error| read_failed(&error.to_string()))
         })
         .await
@@ -731,6 +796,76 @@ mod tests {
         );
         assert_eq!(outbox.rejected_since(99).await.expect("counts"), 1);
         assert_eq!(outbox.rejected_since(100).await.expect("counts"), 0);
+    }
+
+    /// An outbox holding `(note_id, failed attempts)` in this order; returns it and the seqs.
+    async fn outbox_of(notes: &[(&str, u32)]) -> (tempfile::TempDir, Outbox, Vec<i64>) {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 1 << 30).expect("opens");
+        let entries = notes
+            .iter()
+            .enumerate()
+            .map(|(version, (note_id, _))| entry(note_id, version as i64, 10))
+            .collect();
+        let seqs = outbox.append(entries, 1).await.expect("appends");
+        for (seq, (_, attempts)) in seqs.iter().zip(notes) {
+            for _ in 0..*attempts {
+                outbox.mark_failed(vec![*seq], "down".to_owned()).await.expect("marks");
+            }
+        }
+        (directory, outbox, seqs)
+    }
+
+    async fn sendable_seqs(outbox: &Outbox, first_fresh_seq: i64, resends_allowed: bool, limit: usize) -> Vec<i64> {
+        outbox
+            .sendable(first_fresh_seq, resends_allowed, limit)
+            .await
+            .expect("reads")
+            .iter()
+            .map(|entry| entry.seq)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_version_per_note_is_sendable_in_acceptance_order() {
+        let (_directory, outbox, seqs) = outbox_of(&[("a", 0), ("b", 0), ("a", 0), ("c", 0)]).await;
+        assert_eq!(
+            sendable_seqs(&outbox, 0, true, 10).await,
+            vec![seqs[0], seqs[1], seqs[3]]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_back_resend_also_holds_back_later_versions_of_its_note() {
+        // Note a's first version failed before; with resends off, its later version must wait
+        // too, or it would reach Kafka before the first.
+        let (_directory, outbox, seqs) = outbox_of(&[("a", 1), ("b", 0), ("a", 0)]).await;
+        assert_eq!(sendable_seqs(&outbox, 0, false, 10).await, vec![seqs[1]]);
+        assert_eq!(sendable_seqs(&outbox, 0, true, 10).await, vec![seqs[0], seqs[1]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notes_pending_from_an_earlier_run_count_as_resends() {
+        let (_directory, outbox, seqs) = outbox_of(&[("a", 0), ("b", 0), ("c", 0)]).await;
+        assert_eq!(sendable_seqs(&outbox, seqs[2], false, 10).await, vec![seqs[2]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_notes_behind_any_number_of_held_back_resends_are_sendable() {
+        let held: Vec<(String, u32)> = (0..3000).map(|index| (format!("held-{index}"), 0)).collect();
+        let mut notes: Vec<(&str, u32)> = held.iter().map(|(id, attempts)| (id.as_str(), *attempts)).collect();
+        notes.push(("fresh", 0));
+        let (_directory, outbox, seqs) = outbox_of(&notes).await;
+        let fresh = seqs[3000];
+        assert_eq!(sendable_seqs(&outbox, fresh, false, 10).await, vec![fresh]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sendable_notes_are_bounded_by_count() {
+        let ids: Vec<String> = (0..100).map(|index| format!("n{index}")).collect();
+        let notes: Vec<(&str, u32)> = ids.iter().map(|id| (id.as_str(), 0)).collect();
+        let (_directory, outbox, _) = outbox_of(&notes).await;
+        assert_eq!(sendable_seqs(&outbox, 0, true, 7).await.len(), 7);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@
 //! and would hold back its later versions forever: once refused alone too, it is moved to the
 //! outbox's rejected table, which lets those versions go.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,8 +26,6 @@ use tracing::Instrument as _;
 use crate::flags::ResendFlags;
 use crate::outbox::{Outbox, OutboxEntry};
 
-/// Oldest pending notes looked at per round.
-const SCAN_LIMIT: usize = 5000;
 /// Most notes in flight per round.
 const MAX_WINDOW: usize = 2000;
 /// First pause after a failed round; doubles up to the flags' resend interval.
@@ -66,31 +63,9 @@ impl RelayStatus {
     }
 }
 
-/// Chooses the notes to send this round, in acceptance order: at most one per note id, none
-/// behind a pending earlier version of its note, and no resend unless `resend_allowed`. A note
-/// is a resend when it failed before or was already pending when this process started.
-pub fn select_window(
-    entries: &[OutboxEntry],
-    first_fresh_seq: i64,
-    resend_allowed: bool,
-    max: usize,
-) -> Vec<&OutboxEntry> {
-    let mut blocked_note_ids: HashSet<&str> = HashSet::new();
-    let mut window = Vec::new();
-    for entry in entries {
-        if !blocked_note_ids.insert(entry.note_id.as_str()) {
-            continue;
-        }
-        let is_resend = entry.seq < first_fresh_seq || entry.attempts > 0;
-        if is_resend && !resend_allowed {
-            continue;
-        }
-        window.push(entry);
-        if window.len() == max {
-            break;
-        }
-    }
-    window
+/// A note is a resend when it failed before or was already pending when this process started.
+fn is_resend(entry: &OutboxEntry, first_fresh_seq: i64) -> bool {
+    entry.seq < first_fresh_seq || entry.attempts > 0
 }
 
 /// The relay's moving parts.
@@ -124,18 +99,21 @@ impl Relay {
             );
         }
         while !shutdown.is_triggered() {
-            let entries = match self.outbox.oldest_pending(SCAN_LIMIT).await {
-                Ok(entries) => entries,
+            let resend_allowed = flags.retry_pending_notes && Instant::now() >= resend_not_before;
+            let window = match self
+                .outbox
+                .sendable(self.first_fresh_seq, resend_allowed, MAX_WINDOW)
+                .await
+            {
+                Ok(window) => window,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the outbox");
                     wait_or_shutdown(&shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            let resend_allowed = flags.retry_pending_notes && Instant::now() >= resend_not_before;
-            let window = select_window(&entries, self.first_fresh_seq, resend_allowed, MAX_WINDOW);
             if window.is_empty() {
-                let resend_waiting = flags.retry_pending_notes && !entries.is_empty();
+                let resend_waiting = flags.retry_pending_notes && self.outbox.pending_notes() > 0;
                 tokio::select! {
                     () = shutdown.wait() => break,
                     () = self.outbox.appended() => {}
@@ -157,7 +135,7 @@ impl Relay {
             }
             let resends = window
                 .iter()
-                .filter(|entry| entry.seq < self.first_fresh_seq || entry.attempts > 0)
+                .filter(|entry| is_resend(entry, self.first_fresh_seq))
                 .count();
             if resends > 0 {
                 events::producer_resend_attempted(resends);
@@ -227,7 +205,7 @@ impl Relay {
     }
 
     /// Sends every note of the window, all in flight together.
-    async fn send_window(&self, window: &[&OutboxEntry]) -> WindowOutcome {
+    async fn send_window(&self, window: &[OutboxEntry]) -> WindowOutcome {
         let sends: Vec<_> = window
             .iter()
             .map(|entry| async move { (entry.seq, self.send_note(entry).await) })
@@ -249,7 +227,7 @@ impl Relay {
     /// Decides the fate of notes Kafka refused for what they are. Kafka refuses a whole batch
     /// for one such record, so a note refused in company is sent once more alone; refused alone,
     /// it can never be sent and moves to the rejected table, which lets its later versions go.
-    async fn settle_refused_notes(&self, window: &[&OutboxEntry], outcome: &mut WindowOutcome) {
+    async fn settle_refused_notes(&self, window: &[OutboxEntry], outcome: &mut WindowOutcome) {
         for (seq, error) in std::mem::take(&mut outcome.refused) {
             let Some(entry) = window.iter().find(|entry| entry.seq == seq) else {
                 continue;
@@ -325,47 +303,20 @@ async fn wait_or_shutdown(shutdown: &Shutdown, pause: Duration) {
 mod tests {
     use super::*;
 
-    fn entry(seq: i64, note_id: &str, attempts: u32) -> OutboxEntry {
-        OutboxEntry {
+    #[test]
+    fn failed_notes_and_notes_of_an_earlier_run_are_resends() {
+        let entry = |seq, attempts| OutboxEntry {
             seq,
-            note_id: note_id.to_owned(),
-            version: seq,
+            note_id: "a".to_owned(),
+            version: 1,
             value: Vec::new(),
             accepted_at_ms: 0,
             attempts,
             traceparent: None,
-        }
-    }
-
-    fn seqs(window: &[&OutboxEntry]) -> Vec<i64> {
-        window.iter().map(|entry| entry.seq).collect()
-    }
-
-    #[test]
-    fn one_version_per_note_per_window_in_acceptance_order() {
-        let entries = vec![entry(1, "a", 0), entry(2, "b", 0), entry(3, "a", 0), entry(4, "c", 0)];
-        assert_eq!(seqs(&select_window(&entries, 0, true, 10)), vec![1, 2, 4]);
-    }
-
-    #[test]
-    fn a_held_back_resend_also_holds_back_later_versions_of_its_note() {
-        // Note a's version at seq 1 failed before; with resends off, its later version at seq 3
-        // must wait too, or version 3 would reach Kafka before version 1.
-        let entries = vec![entry(1, "a", 1), entry(2, "b", 0), entry(3, "a", 0)];
-        assert_eq!(seqs(&select_window(&entries, 0, false, 10)), vec![2]);
-        assert_eq!(seqs(&select_window(&entries, 0, true, 10)), vec![1, 2]);
-    }
-
-    #[test]
-    fn notes_pending_from_an_earlier_run_count_as_resends() {
-        let entries = vec![entry(1, "a", 0), entry(2, "b", 0), entry(10, "c", 0)];
-        assert_eq!(seqs(&select_window(&entries, 10, false, 10)), vec![10]);
-    }
-
-    #[test]
-    fn the_window_is_bounded() {
-        let entries: Vec<OutboxEntry> = (0..100).map(|seq| entry(seq, &format!("n{seq}"), 0)).collect();
-        assert_eq!(select_window(&entries, 0, true, 7).len(), 7);
+        };
+        assert!(is_resend(&entry(5, 0), 10));
+        assert!(is_resend(&entry(10, 1), 10));
+        assert!(!is_resend(&entry(10, 0), 10));
     }
 
     #[test]
