@@ -219,6 +219,16 @@ pub struct OutboxArgs {
     /// How long Kafka gets to acknowledge one note before the send counts as failed.
     #[arg(long, env = "REBOUND_SEND_TIMEOUT", default_value = "30s")]
     pub send_timeout: String,
+
+    /// Most bytes of notes the relay reads from the outbox and keeps in flight per round (a
+    /// single larger note still goes, alone). Bounds the relay's memory whatever the notes' size.
+    #[arg(
+        long,
+        env = "REBOUND_RELAY_WINDOW_BYTES",
+        default_value_t = 16 << 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub relay_window_bytes: u64,
 }
 
 /// Flags of `rebound-producer serve`.
@@ -374,6 +384,7 @@ async fn start_outbox(
         flags,
         status: Arc::clone(&status),
         first_fresh_seq,
+        window_bytes: args.relay_window_bytes,
     };
     Ok((outbox, relay, status))
 }

@@ -47,9 +47,10 @@ CREATE TABLE IF NOT EXISTS rejected (
 ";
 
 /// Sendable notes when resends are allowed: the oldest pending version of each note (`?1`: the
-/// most rows, `?2`: the lowest seq, here any).
+/// most rows, `?2`: the lowest seq, here any). The value's length, not the value: the window is
+/// cut by bytes before any value is read.
 const SENDABLE_SQL_WITH_RESENDS: &str = "
-SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent FROM outbox AS pending
+SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent FROM outbox AS pending
 WHERE seq >= ?2
   AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
 ORDER BY seq LIMIT ?1
@@ -58,7 +59,7 @@ ORDER BY seq LIMIT ?1
 /// Sendable notes when resends are held back: as above, but only notes accepted by this process
 /// (`seq >= ?2`) that never failed.
 const SENDABLE_SQL_FRESH_ONLY: &str = "
-SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent FROM outbox AS pending
+SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent FROM outbox AS pending
 WHERE seq >= ?2 AND attempts = 0
   AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
 ORDER BY seq LIMIT ?1
@@ -371,7 +372,8 @@ impl Outbox {
         .map_err(|error| read_failed(&error.to_string()))?
     }
 
-    /// The notes the relay may send now, oldest first, at most `limit`: of each note id only its
+    /// The notes the relay may send now, oldest first, at most `limit` and at most `max_bytes` of
+    /// values (but always the first, however large, so that no note is too large to go): of each note id only its
     /// oldest pending version (so one version per note, and none while an earlier one is
     /// pending), and unless `resends_allowed` only notes this process accepted (`seq` at or
     /// after `first_fresh_seq`) that never failed. A held-back resend therefore also holds back
@@ -382,6 +384,7 @@ impl Outbox {
         first_fresh_seq: i64,
         resends_allowed: bool,
         limit: usize,
+        max_bytes: u64,
     ) -> Result<Vec<OutboxEntry>, ProducerError> {
         let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
@@ -398,18 +401,67 @@ impl Outbox {
                 .map_err(|error| read_failed(&error.to_string()))?;
             let rows = statement
                 .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX), from_seq], |row| {
-                    Ok(OutboxEntry {
+                    let value_bytes = u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0);
+                    let entry = OutboxEntry {
                         seq: row.get(0)?,
                         note_id: row.get(1)?,
                         version: row.get(2)?,
-                        value: row.get(3)?,
+                        value: Vec::new(),
                         accepted_at_ms: row.get(4)?,
                         attempts: row.get(5)?,
                         traceparent: row.get(6)?,
-                    })
+                    };
+                    Ok((entry, value_bytes))
                 })
                 .map_err(|error| read_failed(&error.to_string()))?;
-            rows.collect::<Result<Vec<_>, _>>()
+            let candidates = rows
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let taken = notes_within_bytes(candidates.iter().map(|(_, value_bytes)| *value_bytes), max_bytes);
+            let mut load_value = connection
+                .prepare_cached("SELECT value FROM outbox WHERE seq = ?1")
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let mut window = Vec::with_capacity(taken);
+            for (mut entry, _) in candidates.into_iter().take(taken) {
+                // Only the relay removes notes, and it is the one asking: the row is there.
+                let value: Option<Vec<u8>> = load_value
+                    .query_row([entry.seq], |row| row.get(0))
+                    .optional()
+                    .map_err(|error| read_failed(&error.to_string()))?;
+                if let Some(value) = value {
+                    entry.value = value;
+                    window.push(entry);
+                }
+            }
+            Ok(window)
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// One pending note, if it is still pending.
+    pub async fn pending_entry(&self, seq: i64) -> Result<Option<OutboxEntry>, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            connection
+                .query_row(
+                    "SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent \
+                     FROM outbox WHERE seq = ?1",
+                    [seq],
+                    |row| {
+                        Ok(OutboxEntry {
+                            seq: row.get(0)?,
+                            note_id: row.get(1)?,
+                            version: row.get(2)?,
+                            value: row.get(3)?,
+                            accepted_at_ms: row.get(4)?,
+                            attempts: row.get(5)?,
+                            traceparent: row.get(6)?,
+                        })
+                    },
+                )
+                .optional()
                 .map_err(|error| read_failed(&error.to_string()))
         })
         .await
@@ -504,6 +556,21 @@ impl Outbox {
     pub async fn appended(&self) {
         self.appended.notified().await;
     }
+}
+
+/// How many of the leading notes, of these value sizes, fit in `max_bytes` together; at least
+/// one when there is any, so that a note larger than the bound still goes, alone.
+pub fn notes_within_bytes(value_sizes: impl IntoIterator<Item = u64>, max_bytes: u64) -> usize {
+    let mut total = 0_u64;
+    let mut taken = 0;
+    for size in value_sizes {
+        total = total.saturating_add(size);
+        if taken > 0 && total > max_bytes {
+            break;
+        }
+        taken += 1;
+    }
+    taken
 }
 
 fn writer_gone() -> ProducerError {
@@ -818,7 +885,7 @@ mod tests {
 
     async fn sendable_seqs(outbox: &Outbox, first_fresh_seq: i64, resends_allowed: bool, limit: usize) -> Vec<i64> {
         outbox
-            .sendable(first_fresh_seq, resends_allowed, limit)
+            .sendable(first_fresh_seq, resends_allowed, limit, u64::MAX)
             .await
             .expect("reads")
             .iter()
@@ -866,6 +933,52 @@ mod tests {
         let notes: Vec<(&str, u32)> = ids.iter().map(|id| (id.as_str(), 0)).collect();
         let (_directory, outbox, _) = outbox_of(&notes).await;
         assert_eq!(sendable_seqs(&outbox, 0, true, 7).await.len(), 7);
+    }
+
+    #[test]
+    fn the_window_is_cut_by_bytes_but_a_note_larger_than_the_bound_still_goes_alone() {
+        assert_eq!(notes_within_bytes([4, 4, 4, 4], 10), 2);
+        assert_eq!(notes_within_bytes([4, 4, 2, 4], 10), 3);
+        assert_eq!(notes_within_bytes([50, 1, 1], 10), 1);
+        assert_eq!(notes_within_bytes([1, 50, 1], 10), 1);
+        assert_eq!(notes_within_bytes([], 10), 0);
+        assert_eq!(notes_within_bytes([3, 3], u64::MAX), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sendable_notes_are_bounded_by_bytes_and_carry_their_values() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 1 << 30).expect("opens");
+        let seqs = outbox
+            .append(
+                vec![
+                    entry("a", 1, 600),
+                    entry("b", 1, 300),
+                    entry("c", 1, 300),
+                    entry("d", 1, 10),
+                ],
+                1,
+            )
+            .await
+            .expect("appends");
+        let window = outbox.sendable(0, true, 10, 1000).await.expect("reads");
+        assert_eq!(
+            window.iter().map(|entry| entry.seq).collect::<Vec<_>>(),
+            seqs[..2].to_vec()
+        );
+        assert_eq!(window[0].value, vec![7; 600]);
+        let alone = outbox.sendable(0, true, 10, 100).await.expect("reads");
+        assert_eq!(alone.len(), 1, "larger than the bound, the first note goes alone");
+        assert_eq!(
+            outbox
+                .pending_entry(seqs[3])
+                .await
+                .expect("reads")
+                .map(|entry| entry.value),
+            Some(vec![7; 10])
+        );
+        outbox.remove(vec![seqs[3]]).await.expect("removes");
+        assert_eq!(outbox.pending_entry(seqs[3]).await.expect("reads"), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,7 @@ use tracing::Instrument as _;
 use crate::flags::ResendFlags;
 use crate::outbox::{Outbox, OutboxEntry};
 
-/// Most notes in flight per round.
+/// Most notes in flight per round; `Relay::window_bytes` bounds their bytes as well.
 const MAX_WINDOW: usize = 2000;
 /// First pause after a failed round; doubles up to the flags' resend interval.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -83,6 +83,9 @@ pub struct Relay {
     pub status: Arc<RelayStatus>,
     /// Lowest outbox sequence accepted by this process; anything before it is a resend.
     pub first_fresh_seq: i64,
+    /// Most bytes of note values loaded and in flight per round (a larger note still goes,
+    /// alone): what bounds the relay's memory, whatever the size of the notes.
+    pub window_bytes: u64,
 }
 
 impl Relay {
@@ -102,7 +105,7 @@ impl Relay {
             let resend_allowed = flags.retry_pending_notes && Instant::now() >= resend_not_before;
             let window = match self
                 .outbox
-                .sendable(self.first_fresh_seq, resend_allowed, MAX_WINDOW)
+                .sendable(self.first_fresh_seq, resend_allowed, MAX_WINDOW, self.window_bytes)
                 .await
             {
                 Ok(window) => window,
@@ -140,15 +143,16 @@ impl Relay {
             if resends > 0 {
                 events::producer_resend_attempted(resends);
             }
+            let window_len = window.len();
             // Shutdown does not wait out a window stuck on an unreachable broker: its notes are
             // still in the outbox and go out on the next start.
             let mut outcome = tokio::select! {
-                outcome = self.send_window(&window) => outcome,
+                outcome = self.send_window(window) => outcome,
                 () = shutdown.wait() => break,
             };
             if !outcome.refused.is_empty() {
                 tokio::select! {
-                    () = self.settle_refused_notes(&window, &mut outcome) => {}
+                    () = self.settle_refused_notes(window_len, &mut outcome) => {}
                     () = shutdown.wait() => break,
                 }
             }
@@ -186,8 +190,10 @@ impl Relay {
         }
     }
 
-    /// Sends one note and resolves once Kafka acknowledged or refused it.
-    async fn send_note(&self, entry: &OutboxEntry) -> Result<rebound_kafka::AckedRecord, rebound_kafka::KafkaError> {
+    /// Sends one note and resolves once Kafka acknowledged or refused it. The note's value moves
+    /// into the record rather than being copied: the window is held once here (and once in
+    /// librdkafka), not twice.
+    async fn send_note(&self, entry: OutboxEntry) -> Result<rebound_kafka::AckedRecord, rebound_kafka::KafkaError> {
         // The send continues the trace begun when the note was accepted, and the record
         // carries it on to the consumer.
         let span = tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version);
@@ -197,17 +203,17 @@ impl Relay {
         let record = OutgoingRecord {
             topic: self.topic.clone(),
             partition: None,
-            key: Some(entry.note_id.clone().into_bytes()),
-            value: Some(entry.value.clone()),
+            key: Some(entry.note_id.into_bytes()),
+            value: Some(entry.value),
             headers,
         };
         self.producer.send(&record).instrument(span).await
     }
 
     /// Sends every note of the window, all in flight together.
-    async fn send_window(&self, window: &[OutboxEntry]) -> WindowOutcome {
+    async fn send_window(&self, window: Vec<OutboxEntry>) -> WindowOutcome {
         let sends: Vec<_> = window
-            .iter()
+            .into_iter()
             .map(|entry| async move { (entry.seq, self.send_note(entry).await) })
             .collect();
         let mut outcome = WindowOutcome::default();
@@ -227,12 +233,21 @@ impl Relay {
     /// Decides the fate of notes Kafka refused for what they are. Kafka refuses a whole batch
     /// for one such record, so a note refused in company is sent once more alone; refused alone,
     /// it can never be sent and moves to the rejected table, which lets its later versions go.
-    async fn settle_refused_notes(&self, window: &[OutboxEntry], outcome: &mut WindowOutcome) {
+    async fn settle_refused_notes(&self, window_len: usize, outcome: &mut WindowOutcome) {
         for (seq, error) in std::mem::take(&mut outcome.refused) {
-            let Some(entry) = window.iter().find(|entry| entry.seq == seq) else {
-                continue;
+            // Read again rather than kept: the window's values went into its records.
+            let entry = match self.outbox.pending_entry(seq).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(%error, seq, "cannot read a refused note; it is sent again next round");
+                    outcome.last_error = error.to_string();
+                    outcome.failed.push(seq);
+                    continue;
+                }
             };
-            let refusal = if window.len() == 1 {
+            let (note_id, version) = (entry.note_id.clone(), entry.version);
+            let refusal = if window_len == 1 {
                 error
             } else {
                 match self.send_note(entry).await {
@@ -253,11 +268,11 @@ impl Relay {
                 .reject(seq, refusal.clone(), rebound_service::now_epoch_ms())
                 .await
             {
-                Ok(true) => events::producer_note_rejected(&entry.note_id, entry.version, &refusal),
+                Ok(true) => events::producer_note_rejected(&note_id, version, &refusal),
                 Ok(false) => {}
                 // Still pending: it is refused again next round and moved then.
                 Err(error) => {
-                    tracing::error!(%error, note_id = %entry.note_id, "cannot move a refused note to the rejected table")
+                    tracing::error!(%error, note_id = %note_id, "cannot move a refused note to the rejected table")
                 }
             }
         }
