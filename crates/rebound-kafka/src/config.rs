@@ -117,6 +117,12 @@ impl ResolvedKafkaConfig {
     pub fn brokers(&self) -> &str {
         self.properties.get("bootstrap.servers").map_or("", String::as_str)
     }
+
+    /// The value a property was given (by the config file or `-X`), if any; librdkafka's
+    /// default applies otherwise.
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(String::as_str)
+    }
 }
 
 impl fmt::Debug for ResolvedKafkaConfig {

@@ -82,6 +82,28 @@ impl KafkaError {
     }
 }
 
+impl KafkaError {
+    /// True when Kafka refused the record for what it is (too large for this client's
+    /// `message.max.bytes` or the topic's `max.message.bytes`, or invalid for the topic): sending
+    /// the same bytes again cannot succeed. Refusals that depend on the client or the cluster
+    /// (authorization, unknown topic, timeouts) are not among them. Kafka refuses a whole batch
+    /// for one such record, so a caller should send a record alone before giving it up.
+    pub fn is_refusal_of_the_record(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode;
+        matches!(
+            self,
+            KafkaError::Produce {
+                source: rdkafka::error::KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::MessageBatchTooLarge
+                        | RDKafkaErrorCode::InvalidRecord
+                ),
+                ..
+            }
+        )
+    }
+}
+
 /// Everything that can go wrong while talking to Kafka.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {

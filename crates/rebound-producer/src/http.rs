@@ -19,6 +19,7 @@ use crate::ProducerError;
 use crate::flags::ResendFlags;
 use crate::note_json::{NoteRejection, parse_notes_body};
 use crate::outbox::{NewEntry, Outbox};
+use crate::record_limit::RecordSizeLimit;
 use crate::relay::{RelayStatus, oldest_age_seconds};
 
 /// What the handlers share.
@@ -32,7 +33,12 @@ pub struct ApiState {
     pub status: Arc<RelayStatus>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest note Kafka will take from this producer.
+    pub record_limit: RecordSizeLimit,
 }
+
+/// Rejected notes listed by `GET /v1/outbox`, newest first.
+const REJECTED_NOTES_LISTED: usize = 100;
 
 /// The API's routes.
 pub fn router(state: ApiState) -> axum::Router {
@@ -86,20 +92,40 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
     // A client that traces its requests sends `traceparent`; each note's trace continues it.
     let request_trace = headers_with_traceparent(headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()));
     let mut entries = Vec::with_capacity(notes.len());
-    for note in &notes {
+    // A note Kafka can never take is refused here: acknowledged, it would wait in the outbox
+    // forever and hold back every later version of its note.
+    let mut too_large = Vec::new();
+    for (index, note) in notes.iter().enumerate() {
         let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
         continue_trace(&span, &request_trace);
         match NoteCodec::embedded().encode(note) {
-            Ok(value) => entries.push(NewEntry {
-                note_id: note.note_id.clone(),
-                version: note.version,
-                value,
-                traceparent: traceparent_of(&span),
-            }),
+            Ok(value) => {
+                if let Err(refusal) = state.record_limit.check(&note.note_id, value.len()) {
+                    too_large.push(json!({
+                        "index": index,
+                        "message": format!("note {:?} version {} is too large for Kafka: {refusal}", note.note_id, note.version),
+                    }));
+                    continue;
+                }
+                entries.push(NewEntry {
+                    note_id: note.note_id.clone(),
+                    version: note.version,
+                    value,
+                    traceparent: traceparent_of(&span),
+                });
+            }
             Err(error) => {
                 return error_response(StatusCode::UNPROCESSABLE_ENTITY, &error.to_string(), json!([]));
             }
         }
+    }
+    if let Some(first) = too_large.first() {
+        let summary = format!(
+            "note {}: {}; nothing was accepted",
+            first["index"],
+            first["message"].as_str().unwrap_or_default()
+        );
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, &summary, json!(too_large));
     }
     match state.outbox.append(entries, now_epoch_ms()).await {
         Ok(_) => {
@@ -147,12 +173,21 @@ fn body_too_large(limit: usize) -> Response {
 
 async fn get_outbox(State(state): State<ApiState>) -> Response {
     let flags = *state.flags.borrow();
+    let (rejected_count, rejected) = match state.outbox.rejected_notes(REJECTED_NOTES_LISTED).await {
+        Ok(listing) => listing,
+        Err(error) => {
+            tracing::error!(%error, "cannot list rejected notes");
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string(), json!([]));
+        }
+    };
     Json(json!({
         "pending": state.outbox.pending_notes(),
         "pending_bytes": state.outbox.pending_bytes(),
         "oldest_age_seconds": oldest_age_seconds(&state.outbox).await,
         "broker_reachable": state.status.broker_reachable(),
         "flags": flags,
+        "rejected_count": rejected_count,
+        "rejected": rejected,
     }))
     .into_response()
 }

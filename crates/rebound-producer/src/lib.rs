@@ -11,6 +11,7 @@ mod generator;
 mod http;
 pub mod note_json;
 pub mod outbox;
+pub mod record_limit;
 pub mod relay;
 
 use std::io::{BufRead as _, Write as _};
@@ -30,6 +31,7 @@ use rebound_service::{
 
 use crate::flags::{FlagsSource, watch_flags};
 use crate::outbox::{NewEntry, Outbox};
+use crate::record_limit::RecordSizeLimit;
 use crate::relay::{Relay, RelayStatus};
 
 /// Everything that can stop the producer.
@@ -97,6 +99,30 @@ pub enum ProducerError {
         line: usize,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A note of the `send` input is valid but can never be sent (too large for Kafka);
+    /// nothing was accepted.
+    #[error("failed to accept input line {line} (note {note_id:?} version {version}): {reason}; nothing was accepted")]
+    AcceptInput {
+        /// 1-based line number.
+        line: usize,
+        /// The note's id.
+        note_id: String,
+        /// The note's version.
+        version: i64,
+        /// Why it cannot be sent.
+        reason: String,
+    },
+    /// Kafka refused notes of a `send` run for what they are; they left the pending notes for
+    /// the outbox's rejected table.
+    #[error(
+        "failed to deliver {rejected} notes: Kafka refused them for good; they are kept in the rejected table of the outbox {outbox}"
+    )]
+    DeliverNotes {
+        /// Notes rejected during the run.
+        rejected: u64,
+        /// The outbox directory.
+        outbox: String,
     },
     /// `send` gave up waiting for Kafka; the unsent notes stay in the outbox.
     #[error(
@@ -193,6 +219,16 @@ pub struct OutboxArgs {
     /// How long Kafka gets to acknowledge one note before the send counts as failed.
     #[arg(long, env = "REBOUND_SEND_TIMEOUT", default_value = "30s")]
     pub send_timeout: String,
+
+    /// Most bytes of notes the relay reads from the outbox and keeps in flight per round (a
+    /// single larger note still goes, alone). Bounds the relay's memory whatever the notes' size.
+    #[arg(
+        long,
+        env = "REBOUND_RELAY_WINDOW_BYTES",
+        default_value_t = 16 << 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub relay_window_bytes: u64,
 }
 
 /// Flags of `rebound-producer serve`.
@@ -282,6 +318,18 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<u64, Producer
         ProducerMode::Send(send) => parse_flag_duration("--send-timeout", &send.outbox.send_timeout)?,
         ProducerMode::Generate(_) => ProducerSettings::default().message_timeout,
     };
+    // What Kafka will take from this producer decides what intake may accept.
+    let kafka_config = args.common.kafka.resolve().map_err(|source| ProducerError::Kafka {
+        operation: "read the kafka configuration",
+        source,
+    })?;
+    let record_limit =
+        RecordSizeLimit::from_message_max_bytes(kafka_config.property("message.max.bytes")).map_err(|reason| {
+            ProducerError::InvalidFlag {
+                flag: "message.max.bytes (-X or --kafka-config-file)".to_owned(),
+                reason,
+            }
+        })?;
     let settings = ProducerSettings {
         message_timeout: send_timeout,
         ..ProducerSettings::default()
@@ -291,8 +339,8 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<u64, Producer
         source,
     })?;
     match args.mode {
-        ProducerMode::Serve(serve) => run_serve(producer, topic, serve, shutdown).await,
-        ProducerMode::Send(send) => run_send(producer, topic, send, shutdown).await,
+        ProducerMode::Serve(serve) => run_serve(producer, topic, serve, record_limit, shutdown).await,
+        ProducerMode::Send(send) => run_send(producer, topic, send, record_limit, shutdown).await,
         ProducerMode::Generate(generate) => run_generate(&producer, &topic, &generate, &shutdown).await,
     }
 }
@@ -336,6 +384,7 @@ async fn start_outbox(
         flags,
         status: Arc::clone(&status),
         first_fresh_seq,
+        window_bytes: args.relay_window_bytes,
     };
     Ok((outbox, relay, status))
 }
@@ -344,6 +393,7 @@ async fn run_serve(
     producer: RecordProducer,
     topic: String,
     args: ServeArgs,
+    record_limit: RecordSizeLimit,
     shutdown: Shutdown,
 ) -> Result<u64, ProducerError> {
     let flush_producer = producer.clone();
@@ -378,6 +428,7 @@ async fn run_serve(
         flags,
         status,
         max_body_bytes: args.max_body_bytes,
+        record_limit,
     });
     let graceful = shutdown.clone();
     axum::serve(listener, app)
@@ -419,8 +470,9 @@ async fn publish_outbox_state(outbox: Outbox, status: Arc<RelayStatus>, readines
     }
 }
 
-/// Reads NDJSON notes; all or nothing, with the line number of the first bad line.
-fn read_ndjson_notes(input: &str) -> Result<Vec<rebound_schema::Note>, ProducerError> {
+/// Reads NDJSON notes and encodes each once; all or nothing, with the line number of the first
+/// bad line or of the first note too large for Kafka.
+fn read_ndjson_notes(input: &str, record_limit: RecordSizeLimit) -> Result<Vec<DirectRecord>, ProducerError> {
     let read_failed = |error: std::io::Error| ProducerError::ReadInput {
         input: input.to_owned(),
         reason: error.to_string(),
@@ -432,6 +484,7 @@ fn read_ndjson_notes(input: &str) -> Result<Vec<rebound_schema::Note>, ProducerE
             std::fs::File::open(input).map_err(read_failed)?,
         ))
     };
+    let codec = NoteCodec::embedded();
     let mut notes = Vec::new();
     for (index, line) in reader.lines().enumerate() {
         let line = line.map_err(read_failed)?;
@@ -441,15 +494,24 @@ fn read_ndjson_notes(input: &str) -> Result<Vec<rebound_schema::Note>, ProducerE
         let parsed = serde_json::from_str::<serde_json::Value>(&line)
             .map_err(|error| format!("not valid JSON: {error}"))
             .and_then(|value| note_json::note_from_json(&value).map_err(|problem| problem.message().to_owned()));
-        match parsed {
-            Ok(note) => notes.push(note),
-            Err(reason) => {
-                return Err(ProducerError::ParseInput {
-                    line: index + 1,
-                    reason,
-                });
-            }
+        let note = parsed.map_err(|reason| ProducerError::ParseInput {
+            line: index + 1,
+            reason,
+        })?;
+        let value = codec.encode(&note)?;
+        if let Err(too_large) = record_limit.check(&note.note_id, value.len()) {
+            return Err(ProducerError::AcceptInput {
+                line: index + 1,
+                note_id: note.note_id,
+                version: note.version,
+                reason: format!("too large for Kafka: {too_large}"),
+            });
         }
+        notes.push(DirectRecord {
+            note_id: note.note_id,
+            version: note.version,
+            value,
+        });
     }
     Ok(notes)
 }
@@ -458,40 +520,46 @@ async fn run_send(
     producer: RecordProducer,
     topic: String,
     args: SendArgs,
+    record_limit: RecordSizeLimit,
     shutdown: Shutdown,
 ) -> Result<u64, ProducerError> {
     let timeout = parse_flag_duration("--timeout", &args.timeout)?;
     let input = args.input.clone();
-    let notes = tokio::task::spawn_blocking(move || read_ndjson_notes(&input))
+    let notes = tokio::task::spawn_blocking(move || read_ndjson_notes(&input, record_limit))
         .await
         .map_err(|error| ProducerError::ReadInput {
             input: args.input.clone(),
             reason: error.to_string(),
         })??;
     if args.no_outbox {
-        return send_without_outbox(&producer, &topic, &notes, timeout, &shutdown).await;
+        return send_without_outbox(&producer, &topic, notes, timeout, &shutdown).await;
     }
     let flush_producer = producer.clone();
     let (outbox, relay, _status) = start_outbox(producer, topic, &args.outbox).await?;
     // Notes left pending by an earlier run are part of what this run delivers, so that
     // `send` of an empty input is the way to flush a leftover outbox.
     let mut last_seq = relay.first_fresh_seq - 1;
-    for chunk in notes.chunks(1000) {
+    let run_started_at_ms = now_epoch_ms();
+    let note_count = notes.len();
+    let mut notes = notes.into_iter().peekable();
+    while notes.peek().is_some() {
+        let chunk: Vec<DirectRecord> = notes.by_ref().take(1000).collect();
         let mut entries = Vec::with_capacity(chunk.len());
         for note in chunk {
             let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
             entries.push(NewEntry {
-                note_id: note.note_id.clone(),
+                note_id: note.note_id,
                 version: note.version,
-                value: NoteCodec::embedded().encode(note)?,
+                value: note.value,
                 traceparent: rebound_service::trace_context::traceparent_of(&span),
             });
         }
+        let accepted = entries.len();
         let seqs = outbox.append(entries, now_epoch_ms()).await?;
         last_seq = seqs.last().copied().unwrap_or(last_seq);
-        events::producer_notes_accepted(chunk.len());
+        events::producer_notes_accepted(accepted);
     }
-    tracing::info!(notes = notes.len(), "notes accepted into the outbox; sending");
+    tracing::info!(notes = note_count, "notes accepted into the outbox; sending");
     let relay_shutdown = Shutdown::new();
     let relay_task = tokio::spawn(relay.run(relay_shutdown.clone()));
     let deadline = tokio::time::Instant::now() + timeout;
@@ -514,8 +582,16 @@ async fn run_send(
             outbox: args.outbox.outbox_dir.display().to_string(),
         });
     }
-    tracing::info!(notes = notes.len(), "every note acknowledged by kafka");
-    Ok(notes.len() as u64)
+    // A note Kafka refused for good left the pending notes without being delivered.
+    let rejected = outbox.rejected_since(run_started_at_ms).await?;
+    if rejected > 0 {
+        return Err(ProducerError::DeliverNotes {
+            rejected,
+            outbox: args.outbox.outbox_dir.display().to_string(),
+        });
+    }
+    tracing::info!(notes = note_count, "every note acknowledged by kafka");
+    Ok(note_count as u64)
 }
 
 /// `send --no-outbox`: encodes and publishes the notes directly, as `generate` does, so the
@@ -523,21 +599,12 @@ async fn run_send(
 async fn send_without_outbox(
     producer: &RecordProducer,
     topic: &str,
-    notes: &[rebound_schema::Note],
+    notes: Vec<DirectRecord>,
     timeout: Duration,
     shutdown: &Shutdown,
 ) -> Result<u64, ProducerError> {
-    let codec = NoteCodec::embedded();
-    // Encoded as they are sent, so memory holds the input and the window in flight, not a
-    // second, encoded copy of the whole input.
-    let records = notes.iter().map(|note| {
-        Ok(DirectRecord {
-            note_id: note.note_id.clone(),
-            version: note.version,
-            value: codec.encode(note)?,
-        })
-    });
     let total = notes.len() as u64;
+    let records = notes.into_iter().map(Ok);
     let mut acknowledged = 0_u64;
     let sent = tokio::time::timeout(
         timeout,

@@ -23,7 +23,11 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(error @ (ProducerError::InvalidFlag { .. } | ProducerError::ParseInput { .. })) => {
+        Err(
+            error @ (ProducerError::InvalidFlag { .. }
+            | ProducerError::ParseInput { .. }
+            | ProducerError::AcceptInput { .. }),
+        ) => {
             tracing::error!("{error}");
             ExitCode::from(2)
         }

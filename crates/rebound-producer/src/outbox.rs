@@ -28,6 +28,41 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT,
     traceparent     TEXT
 );
+-- The relay's choice of sendable notes asks, per note, whether an earlier version is pending.
+CREATE INDEX IF NOT EXISTS outbox_by_note_id ON outbox (note_id, seq);
+-- Notes Kafka refused for what they are (too large for the topic, invalid): they can never be
+-- sent, so they leave the pending notes, which would otherwise retry them forever and hold back
+-- every later version of their note. Kept, value and all, for an operator to look at.
+CREATE TABLE IF NOT EXISTS rejected (
+    seq             INTEGER PRIMARY KEY,
+    note_id         TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    value           BLOB NOT NULL,
+    accepted_at_ms  INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    traceparent     TEXT,
+    rejected_at_ms  INTEGER NOT NULL,
+    error           TEXT NOT NULL
+);
+";
+
+/// Sendable notes when resends are allowed: the oldest pending version of each note (`?1`: the
+/// most rows, `?2`: the lowest seq, here any). The value's length, not the value: the window is
+/// cut by bytes before any value is read.
+const SENDABLE_SQL_WITH_RESENDS: &str = "
+SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent FROM outbox AS pending
+WHERE seq >= ?2
+  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
+ORDER BY seq LIMIT ?1
+";
+
+/// Sendable notes when resends are held back: as above, but only notes accepted by this process
+/// (`seq >= ?2`) that never failed.
+const SENDABLE_SQL_FRESH_ONLY: &str = "
+SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent FROM outbox AS pending
+WHERE seq >= ?2 AND attempts = 0
+  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
+ORDER BY seq LIMIT ?1
 ";
 
 /// Most write requests folded into one transaction.
@@ -50,6 +85,25 @@ pub struct OutboxEntry {
     pub attempts: u32,
     /// W3C trace context of the acceptance, continued when the note is sent.
     pub traceparent: Option<String>,
+}
+
+/// A note Kafka refused for good, as `GET /v1/outbox` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedNote {
+    /// Its position in acceptance order while it was pending.
+    pub seq: i64,
+    /// Note id.
+    pub note_id: String,
+    /// Note version.
+    pub version: i64,
+    /// Size of the encoded note, in bytes.
+    pub bytes: u64,
+    /// When it was accepted, epoch milliseconds.
+    pub accepted_at_ms: i64,
+    /// When Kafka's refusal moved it here, epoch milliseconds.
+    pub rejected_at_ms: i64,
+    /// Kafka's refusal.
+    pub error: String,
 }
 
 /// A note to append: id, version, encoded value.
@@ -79,6 +133,12 @@ enum WriteRequest {
         seqs: Vec<i64>,
         error: String,
         reply: oneshot::Sender<Result<(), ProducerError>>,
+    },
+    Reject {
+        seq: i64,
+        error: String,
+        rejected_at_ms: i64,
+        reply: oneshot::Sender<Result<bool, ProducerError>>,
     },
 }
 
@@ -242,6 +302,172 @@ impl Outbox {
         answer.await.map_err(|_| writer_gone())?
     }
 
+    /// Moves a note Kafka refused for good from the pending notes to the rejected table, in
+    /// one transaction. False when it was no longer pending.
+    pub async fn reject(&self, seq: i64, error: String, rejected_at_ms: i64) -> Result<bool, ProducerError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::Reject {
+                seq,
+                error,
+                rejected_at_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// How many notes were rejected, and the newest `limit` of them.
+    pub async fn rejected_notes(&self, limit: usize) -> Result<(u64, Vec<RejectedNote>), ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            let count: i64 = connection
+                .query_row("SELECT COUNT(*) FROM rejected", [], |row| row.get(0))
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, rejected_at_ms, error \
+                     FROM rejected ORDER BY rejected_at_ms DESC, seq DESC LIMIT ?1",
+                )
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let rows = statement
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                    Ok(RejectedNote {
+                        seq: row.get(0)?,
+                        note_id: row.get(1)?,
+                        version: row.get(2)?,
+                        bytes: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                        accepted_at_ms: row.get(4)?,
+                        rejected_at_ms: row.get(5)?,
+                        error: row.get(6)?,
+                    })
+                })
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let listed = rows
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| read_failed(&error.to_string()))?;
+            Ok((u64::try_from(count).unwrap_or(0), listed))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// Notes rejected at or after `since_ms` (epoch milliseconds).
+    pub async fn rejected_since(&self, since_ms: i64) -> Result<u64, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            connection
+                .query_row(
+                    "SELECT COUNT(*) FROM rejected WHERE rejected_at_ms >= ?1",
+                    [since_ms],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|count| u64::try_from(count).unwrap_or(0))
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// The notes the relay may send now, oldest first, at most `limit` and at most `max_bytes` of
+    /// values (but always the first, however large, so that no note is too large to go): of each note id only its
+    /// oldest pending version (so one version per note, and none while an earlier one is
+    /// pending), and unless `resends_allowed` only notes this process accepted (`seq` at or
+    /// after `first_fresh_seq`) that never failed. A held-back resend therefore also holds back
+    /// the later versions of its note. Chosen in SQL, so that held-back notes, however many,
+    /// never hide a sendable one behind them.
+    pub async fn sendable(
+        &self,
+        first_fresh_seq: i64,
+        resends_allowed: bool,
+        limit: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<OutboxEntry>, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            // Two statements rather than one with an OR on a parameter: each lets SQLite walk
+            // the primary key from where sendable notes can start.
+            let (sql, from_seq) = if resends_allowed {
+                (SENDABLE_SQL_WITH_RESENDS, i64::MIN)
+            } else {
+                (SENDABLE_SQL_FRESH_ONLY, first_fresh_seq)
+            };
+            let mut statement = connection
+                .prepare_cached(sql)
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let rows = statement
+                .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX), from_seq], |row| {
+                    let value_bytes = u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0);
+                    let entry = OutboxEntry {
+                        seq: row.get(0)?,
+                        note_id: row.get(1)?,
+                        version: row.get(2)?,
+                        value: Vec::new(),
+                        accepted_at_ms: row.get(4)?,
+                        attempts: row.get(5)?,
+                        traceparent: row.get(6)?,
+                    };
+                    Ok((entry, value_bytes))
+                })
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let candidates = rows
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let taken = notes_within_bytes(candidates.iter().map(|(_, value_bytes)| *value_bytes), max_bytes);
+            let mut load_value = connection
+                .prepare_cached("SELECT value FROM outbox WHERE seq = ?1")
+                .map_err(|error| read_failed(&error.to_string()))?;
+            let mut window = Vec::with_capacity(taken);
+            for (mut entry, _) in candidates.into_iter().take(taken) {
+                // Only the relay removes notes, and it is the one asking: the row is there.
+                let value: Option<Vec<u8>> = load_value
+                    .query_row([entry.seq], |row| row.get(0))
+                    .optional()
+                    .map_err(|error| read_failed(&error.to_string()))?;
+                if let Some(value) = value {
+                    entry.value = value;
+                    window.push(entry);
+                }
+            }
+            Ok(window)
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// One pending note, if it is still pending.
+    pub async fn pending_entry(&self, seq: i64) -> Result<Option<OutboxEntry>, ProducerError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+            connection
+                .query_row(
+                    "SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent \
+                     FROM outbox WHERE seq = ?1",
+                    [seq],
+                    |row| {
+                        Ok(OutboxEntry {
+                            seq: row.get(0)?,
+                            note_id: row.get(1)?,
+                            version: row.get(2)?,
+                            value: row.get(3)?,
+                            accepted_at_ms: row.get(4)?,
+                            attempts: row.get(5)?,
+                            traceparent: row.get(6)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(|error| read_failed(&error.to_string()))
+        })
+        .await
+        .map_err(|error| read_failed(&error.to_string()))?
+    }
+
     /// The oldest `limit` pending notes, in acceptance order.
     pub async fn oldest_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, ProducerError> {
         let reader = Arc::clone(&self.reader);
@@ -332,6 +558,21 @@ impl Outbox {
     }
 }
 
+/// How many of the leading notes, of these value sizes, fit in `max_bytes` together; at least
+/// one when there is any, so that a note larger than the bound still goes, alone.
+pub fn notes_within_bytes(value_sizes: impl IntoIterator<Item = u64>, max_bytes: u64) -> usize {
+    let mut total = 0_u64;
+    let mut taken = 0;
+    for size in value_sizes {
+        total = total.saturating_add(size);
+        if taken > 0 && total > max_bytes {
+            break;
+        }
+        taken += 1;
+    }
+    taken
+}
+
 fn writer_gone() -> ProducerError {
     ProducerError::WriteOutbox {
         reason: "the outbox writer thread stopped".to_owned(),
@@ -400,15 +641,22 @@ fn run_writer(
                     }));
                 }
                 WriteRequest::Remove { reply, .. } | WriteRequest::MarkFailed { reply, .. } => {
-                    let _ = reply.send(result.map(|_| ()).map_err(|outcome| ProducerError::WriteOutbox {
-                        reason: match outcome {
-                            WriteRefusal::Failed(reason) => reason,
-                            WriteRefusal::Full { .. } => "outbox full".to_owned(),
-                        },
-                    }));
+                    let _ = reply.send(result.map(|_| ()).map_err(refusal_to_error));
+                }
+                WriteRequest::Reject { reply, .. } => {
+                    let _ = reply.send(result.map(|moved| !moved.is_empty()).map_err(refusal_to_error));
                 }
             }
         }
+    }
+}
+
+fn refusal_to_error(outcome: WriteRefusal) -> ProducerError {
+    ProducerError::WriteOutbox {
+        reason: match outcome {
+            WriteRefusal::Failed(reason) => reason,
+            WriteRefusal::Full { .. } => "outbox full".to_owned(),
+        },
     }
 }
 
@@ -439,6 +687,11 @@ fn write_batch(
         let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING LENGTH(value)")?;
         let mut fail =
             transaction.prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1")?;
+        let mut copy_to_rejected = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO rejected \
+             (seq, note_id, version, value, accepted_at_ms, attempts, traceparent, rejected_at_ms, error) \
+             SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent, ?2, ?3 FROM outbox WHERE seq = ?1",
+        )?;
         for request in batch {
             match request {
                 WriteRequest::Append {
@@ -485,6 +738,24 @@ fn write_batch(
                         fail.execute(params![seq, error])?;
                     }
                     results.push(Ok(Vec::new()));
+                }
+                WriteRequest::Reject {
+                    seq,
+                    error,
+                    rejected_at_ms,
+                    ..
+                } => {
+                    // Copy and delete in the same transaction: the note is in exactly one table.
+                    copy_to_rejected.execute(params![seq, rejected_at_ms, error])?;
+                    let size: Option<i64> = delete.query_row([seq], |row| row.get(0)).optional()?;
+                    if let Some(size) = size {
+                        removed_notes += 1;
+                        removed_bytes += u64::try_from(size).unwrap_or(0);
+                        projected_bytes = projected_bytes.saturating_sub(u64::try_from(size).unwrap_or(0));
+                        results.push(Ok(vec![*seq]));
+                    } else {
+                        results.push(Ok(Vec::new()));
+                    }
                 }
             }
         }
@@ -538,6 +809,176 @@ mod tests {
         assert_eq!(pending[0].attempts, 1);
         assert_eq!(reopened.pending_notes(), 2);
         assert_eq!(reopened.oldest_accepted_at_ms().await.expect("reads"), Some(5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejected_note_moves_to_the_rejected_table_of_an_outbox_written_before_it_existed() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        // An outbox file as older versions wrote it: no rejected table, no traceparent column.
+        {
+            let connection = Connection::open(directory.path().join("outbox.db")).expect("creates");
+            connection
+                .execute_batch(
+                    "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, note_id TEXT NOT NULL, \
+                     version INTEGER NOT NULL, value BLOB NOT NULL, accepted_at_ms INTEGER NOT NULL, \
+                     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT); \
+                     INSERT INTO outbox (note_id, version, value, accepted_at_ms) VALUES ('a', 1, x'0102', 5);",
+                )
+                .expect("old schema");
+        }
+        let outbox = Outbox::open(directory.path(), 1 << 20).expect("opens an old outbox");
+        assert_eq!(outbox.rejected_notes(10).await.expect("lists"), (0, Vec::new()));
+        outbox.append(vec![entry("a", 2, 10)], 6).await.expect("appends");
+        let pending = outbox.oldest_pending(10).await.expect("reads");
+        assert!(
+            outbox
+                .reject(pending[0].seq, "too large".to_owned(), 99)
+                .await
+                .expect("rejects")
+        );
+        assert!(
+            !outbox
+                .reject(pending[0].seq, "too large".to_owned(), 100)
+                .await
+                .expect("no-op"),
+            "a note no longer pending is not rejected twice"
+        );
+        assert_eq!(outbox.pending_notes(), 1);
+        assert_eq!(outbox.pending_bytes(), 10);
+        let remaining = outbox.oldest_pending(10).await.expect("reads");
+        assert_eq!((remaining[0].note_id.as_str(), remaining[0].version), ("a", 2));
+        let (count, listed) = outbox.rejected_notes(10).await.expect("lists");
+        assert_eq!(count, 1);
+        assert_eq!(
+            listed,
+            vec![RejectedNote {
+                seq: pending[0].seq,
+                note_id: "a".to_owned(),
+                version: 1,
+                bytes: 2,
+                accepted_at_ms: 5,
+                rejected_at_ms: 99,
+                error: "too large".to_owned(),
+            }]
+        );
+        assert_eq!(outbox.rejected_since(99).await.expect("counts"), 1);
+        assert_eq!(outbox.rejected_since(100).await.expect("counts"), 0);
+    }
+
+    /// An outbox holding `(note_id, failed attempts)` in this order; returns it and the seqs.
+    async fn outbox_of(notes: &[(&str, u32)]) -> (tempfile::TempDir, Outbox, Vec<i64>) {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 1 << 30).expect("opens");
+        let entries = notes
+            .iter()
+            .enumerate()
+            .map(|(version, (note_id, _))| entry(note_id, version as i64, 10))
+            .collect();
+        let seqs = outbox.append(entries, 1).await.expect("appends");
+        for (seq, (_, attempts)) in seqs.iter().zip(notes) {
+            for _ in 0..*attempts {
+                outbox.mark_failed(vec![*seq], "down".to_owned()).await.expect("marks");
+            }
+        }
+        (directory, outbox, seqs)
+    }
+
+    async fn sendable_seqs(outbox: &Outbox, first_fresh_seq: i64, resends_allowed: bool, limit: usize) -> Vec<i64> {
+        outbox
+            .sendable(first_fresh_seq, resends_allowed, limit, u64::MAX)
+            .await
+            .expect("reads")
+            .iter()
+            .map(|entry| entry.seq)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_version_per_note_is_sendable_in_acceptance_order() {
+        let (_directory, outbox, seqs) = outbox_of(&[("a", 0), ("b", 0), ("a", 0), ("c", 0)]).await;
+        assert_eq!(
+            sendable_seqs(&outbox, 0, true, 10).await,
+            vec![seqs[0], seqs[1], seqs[3]]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_back_resend_also_holds_back_later_versions_of_its_note() {
+        // Note a's first version failed before; with resends off, its later version must wait
+        // too, or it would reach Kafka before the first.
+        let (_directory, outbox, seqs) = outbox_of(&[("a", 1), ("b", 0), ("a", 0)]).await;
+        assert_eq!(sendable_seqs(&outbox, 0, false, 10).await, vec![seqs[1]]);
+        assert_eq!(sendable_seqs(&outbox, 0, true, 10).await, vec![seqs[0], seqs[1]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notes_pending_from_an_earlier_run_count_as_resends() {
+        let (_directory, outbox, seqs) = outbox_of(&[("a", 0), ("b", 0), ("c", 0)]).await;
+        assert_eq!(sendable_seqs(&outbox, seqs[2], false, 10).await, vec![seqs[2]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_notes_behind_any_number_of_held_back_resends_are_sendable() {
+        let held: Vec<(String, u32)> = (0..3000).map(|index| (format!("held-{index}"), 0)).collect();
+        let mut notes: Vec<(&str, u32)> = held.iter().map(|(id, attempts)| (id.as_str(), *attempts)).collect();
+        notes.push(("fresh", 0));
+        let (_directory, outbox, seqs) = outbox_of(&notes).await;
+        let fresh = seqs[3000];
+        assert_eq!(sendable_seqs(&outbox, fresh, false, 10).await, vec![fresh]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sendable_notes_are_bounded_by_count() {
+        let ids: Vec<String> = (0..100).map(|index| format!("n{index}")).collect();
+        let notes: Vec<(&str, u32)> = ids.iter().map(|id| (id.as_str(), 0)).collect();
+        let (_directory, outbox, _) = outbox_of(&notes).await;
+        assert_eq!(sendable_seqs(&outbox, 0, true, 7).await.len(), 7);
+    }
+
+    #[test]
+    fn the_window_is_cut_by_bytes_but_a_note_larger_than_the_bound_still_goes_alone() {
+        assert_eq!(notes_within_bytes([4, 4, 4, 4], 10), 2);
+        assert_eq!(notes_within_bytes([4, 4, 2, 4], 10), 3);
+        assert_eq!(notes_within_bytes([50, 1, 1], 10), 1);
+        assert_eq!(notes_within_bytes([1, 50, 1], 10), 1);
+        assert_eq!(notes_within_bytes([], 10), 0);
+        assert_eq!(notes_within_bytes([3, 3], u64::MAX), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sendable_notes_are_bounded_by_bytes_and_carry_their_values() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 1 << 30).expect("opens");
+        let seqs = outbox
+            .append(
+                vec![
+                    entry("a", 1, 600),
+                    entry("b", 1, 300),
+                    entry("c", 1, 300),
+                    entry("d", 1, 10),
+                ],
+                1,
+            )
+            .await
+            .expect("appends");
+        let window = outbox.sendable(0, true, 10, 1000).await.expect("reads");
+        assert_eq!(
+            window.iter().map(|entry| entry.seq).collect::<Vec<_>>(),
+            seqs[..2].to_vec()
+        );
+        assert_eq!(window[0].value, vec![7; 600]);
+        let alone = outbox.sendable(0, true, 10, 100).await.expect("reads");
+        assert_eq!(alone.len(), 1, "larger than the bound, the first note goes alone");
+        assert_eq!(
+            outbox
+                .pending_entry(seqs[3])
+                .await
+                .expect("reads")
+                .map(|entry| entry.value),
+            Some(vec![7; 10])
+        );
+        outbox.remove(vec![seqs[3]]).await.expect("removes");
+        assert_eq!(outbox.pending_entry(seqs[3]).await.expect("reads"), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,11 @@
 //! Per-key order: a window never holds two versions of one note id, and a version is not sent
 //! while an earlier version of the same note is still pending. A failure can therefore never let
 //! version 2 overtake version 1 of a note, whatever the broker does.
+//!
+//! A note Kafka refuses for what it is (too large for the topic, invalid) could never be sent
+//! and would hold back its later versions forever: once refused alone too, it is moved to the
+//! outbox's rejected table, which lets those versions go.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,9 +26,7 @@ use tracing::Instrument as _;
 use crate::flags::ResendFlags;
 use crate::outbox::{Outbox, OutboxEntry};
 
-/// Oldest pending notes looked at per round.
-const SCAN_LIMIT: usize = 5000;
-/// Most notes in flight per round.
+/// Most notes in flight per round; `Relay::window_bytes` bounds their bytes as well.
 const MAX_WINDOW: usize = 2000;
 /// First pause after a failed round; doubles up to the flags' resend interval.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -62,31 +63,9 @@ impl RelayStatus {
     }
 }
 
-/// Chooses the notes to send this round, in acceptance order: at most one per note id, none
-/// behind a pending earlier version of its note, and no resend unless `resend_allowed`. A note
-/// is a resend when it failed before or was already pending when this process started.
-pub fn select_window(
-    entries: &[OutboxEntry],
-    first_fresh_seq: i64,
-    resend_allowed: bool,
-    max: usize,
-) -> Vec<&OutboxEntry> {
-    let mut blocked_note_ids: HashSet<&str> = HashSet::new();
-    let mut window = Vec::new();
-    for entry in entries {
-        if !blocked_note_ids.insert(entry.note_id.as_str()) {
-            continue;
-        }
-        let is_resend = entry.seq < first_fresh_seq || entry.attempts > 0;
-        if is_resend && !resend_allowed {
-            continue;
-        }
-        window.push(entry);
-        if window.len() == max {
-            break;
-        }
-    }
-    window
+/// A note is a resend when it failed before or was already pending when this process started.
+fn is_resend(entry: &OutboxEntry, first_fresh_seq: i64) -> bool {
+    entry.seq < first_fresh_seq || entry.attempts > 0
 }
 
 /// The relay's moving parts.
@@ -104,6 +83,9 @@ pub struct Relay {
     pub status: Arc<RelayStatus>,
     /// Lowest outbox sequence accepted by this process; anything before it is a resend.
     pub first_fresh_seq: i64,
+    /// Most bytes of note values loaded and in flight per round (a larger note still goes,
+    /// alone): what bounds the relay's memory, whatever the size of the notes.
+    pub window_bytes: u64,
 }
 
 impl Relay {
@@ -120,18 +102,21 @@ impl Relay {
             );
         }
         while !shutdown.is_triggered() {
-            let entries = match self.outbox.oldest_pending(SCAN_LIMIT).await {
-                Ok(entries) => entries,
+            let resend_allowed = flags.retry_pending_notes && Instant::now() >= resend_not_before;
+            let window = match self
+                .outbox
+                .sendable(self.first_fresh_seq, resend_allowed, MAX_WINDOW, self.window_bytes)
+                .await
+            {
+                Ok(window) => window,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the outbox");
                     wait_or_shutdown(&shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            let resend_allowed = flags.retry_pending_notes && Instant::now() >= resend_not_before;
-            let window = select_window(&entries, self.first_fresh_seq, resend_allowed, MAX_WINDOW);
             if window.is_empty() {
-                let resend_waiting = flags.retry_pending_notes && !entries.is_empty();
+                let resend_waiting = flags.retry_pending_notes && self.outbox.pending_notes() > 0;
                 tokio::select! {
                     () = shutdown.wait() => break,
                     () = self.outbox.appended() => {}
@@ -153,17 +138,30 @@ impl Relay {
             }
             let resends = window
                 .iter()
-                .filter(|entry| entry.seq < self.first_fresh_seq || entry.attempts > 0)
+                .filter(|entry| is_resend(entry, self.first_fresh_seq))
                 .count();
             if resends > 0 {
                 events::producer_resend_attempted(resends);
             }
+            let window_len = window.len();
             // Shutdown does not wait out a window stuck on an unreachable broker: its notes are
             // still in the outbox and go out on the next start.
-            let (acknowledged, failed, last_error) = tokio::select! {
-                outcome = self.send_window(&window) => outcome,
+            let mut outcome = tokio::select! {
+                outcome = self.send_window(window) => outcome,
                 () = shutdown.wait() => break,
             };
+            if !outcome.refused.is_empty() {
+                tokio::select! {
+                    () = self.settle_refused_notes(window_len, &mut outcome) => {}
+                    () = shutdown.wait() => break,
+                }
+            }
+            let WindowOutcome {
+                acknowledged,
+                failed,
+                last_error,
+                ..
+            } = outcome;
             events::producer_notes_acknowledged(acknowledged.len());
             if let Err(error) = self.outbox.remove(acknowledged.clone()).await {
                 tracing::error!(%error, "cannot remove acknowledged notes; they will be sent again");
@@ -192,43 +190,106 @@ impl Relay {
         }
     }
 
+    /// Sends one note and resolves once Kafka acknowledged or refused it. The note's value moves
+    /// into the record rather than being copied: the window is held once here (and once in
+    /// librdkafka), not twice.
+    async fn send_note(&self, entry: OutboxEntry) -> Result<rebound_kafka::AckedRecord, rebound_kafka::KafkaError> {
+        // The send continues the trace begun when the note was accepted, and the record
+        // carries it on to the consumer.
+        let span = tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version);
+        continue_trace(&span, &headers_with_traceparent(entry.traceparent.as_deref()));
+        let mut headers = RecordHeaders::new();
+        inject_trace(&span, &mut headers);
+        let record = OutgoingRecord {
+            topic: self.topic.clone(),
+            partition: None,
+            key: Some(entry.note_id.into_bytes()),
+            value: Some(entry.value),
+            headers,
+        };
+        self.producer.send(&record).instrument(span).await
+    }
+
     /// Sends every note of the window, all in flight together.
-    async fn send_window(&self, window: &[&OutboxEntry]) -> (Vec<i64>, Vec<i64>, String) {
+    async fn send_window(&self, window: Vec<OutboxEntry>) -> WindowOutcome {
         let sends: Vec<_> = window
-            .iter()
-            .map(|entry| {
-                // The send continues the trace begun when the note was accepted, and the
-                // record carries it on to the consumer.
-                let span = tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version);
-                continue_trace(&span, &headers_with_traceparent(entry.traceparent.as_deref()));
-                let mut headers = RecordHeaders::new();
-                inject_trace(&span, &mut headers);
-                let record = OutgoingRecord {
-                    topic: self.topic.clone(),
-                    partition: None,
-                    key: Some(entry.note_id.clone().into_bytes()),
-                    value: Some(entry.value.clone()),
-                    headers,
-                };
-                let producer = &self.producer;
-                let seq = entry.seq;
-                async move { (seq, producer.send(&record).instrument(span).await) }
-            })
+            .into_iter()
+            .map(|entry| async move { (entry.seq, self.send_note(entry).await) })
             .collect();
-        let mut acknowledged = Vec::new();
-        let mut failed = Vec::new();
-        let mut last_error = String::new();
+        let mut outcome = WindowOutcome::default();
         for (seq, result) in futures::future::join_all(sends).await {
             match result {
-                Ok(_) => acknowledged.push(seq),
+                Ok(_) => outcome.acknowledged.push(seq),
+                Err(error) if error.is_refusal_of_the_record() => outcome.refused.push((seq, error.to_string())),
                 Err(error) => {
-                    last_error = error.to_string();
-                    failed.push(seq);
+                    outcome.last_error = error.to_string();
+                    outcome.failed.push(seq);
                 }
             }
         }
-        (acknowledged, failed, last_error)
+        outcome
     }
+
+    /// Decides the fate of notes Kafka refused for what they are. Kafka refuses a whole batch
+    /// for one such record, so a note refused in company is sent once more alone; refused alone,
+    /// it can never be sent and moves to the rejected table, which lets its later versions go.
+    async fn settle_refused_notes(&self, window_len: usize, outcome: &mut WindowOutcome) {
+        for (seq, error) in std::mem::take(&mut outcome.refused) {
+            // Read again rather than kept: the window's values went into its records.
+            let entry = match self.outbox.pending_entry(seq).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(%error, seq, "cannot read a refused note; it is sent again next round");
+                    outcome.last_error = error.to_string();
+                    outcome.failed.push(seq);
+                    continue;
+                }
+            };
+            let (note_id, version) = (entry.note_id.clone(), entry.version);
+            let refusal = if window_len == 1 {
+                error
+            } else {
+                match self.send_note(entry).await {
+                    Ok(_) => {
+                        outcome.acknowledged.push(seq);
+                        continue;
+                    }
+                    Err(error) if error.is_refusal_of_the_record() => error.to_string(),
+                    Err(error) => {
+                        outcome.last_error = error.to_string();
+                        outcome.failed.push(seq);
+                        continue;
+                    }
+                }
+            };
+            match self
+                .outbox
+                .reject(seq, refusal.clone(), rebound_service::now_epoch_ms())
+                .await
+            {
+                Ok(true) => events::producer_note_rejected(&note_id, version, &refusal),
+                Ok(false) => {}
+                // Still pending: it is refused again next round and moved then.
+                Err(error) => {
+                    tracing::error!(%error, note_id = %note_id, "cannot move a refused note to the rejected table")
+                }
+            }
+        }
+    }
+}
+
+/// What became of a window's notes.
+#[derive(Debug, Default)]
+struct WindowOutcome {
+    /// Acknowledged by Kafka.
+    acknowledged: Vec<i64>,
+    /// Not acknowledged, for a reason that may pass (broker away, timeout): resent later.
+    failed: Vec<i64>,
+    /// The last of those failures.
+    last_error: String,
+    /// Refused for what they are, with Kafka's refusal: never resent as they are.
+    refused: Vec<(i64, String)>,
 }
 
 /// Age of the oldest pending note in seconds (0 when empty).
@@ -257,47 +318,20 @@ async fn wait_or_shutdown(shutdown: &Shutdown, pause: Duration) {
 mod tests {
     use super::*;
 
-    fn entry(seq: i64, note_id: &str, attempts: u32) -> OutboxEntry {
-        OutboxEntry {
+    #[test]
+    fn failed_notes_and_notes_of_an_earlier_run_are_resends() {
+        let entry = |seq, attempts| OutboxEntry {
             seq,
-            note_id: note_id.to_owned(),
-            version: seq,
+            note_id: "a".to_owned(),
+            version: 1,
             value: Vec::new(),
             accepted_at_ms: 0,
             attempts,
             traceparent: None,
-        }
-    }
-
-    fn seqs(window: &[&OutboxEntry]) -> Vec<i64> {
-        window.iter().map(|entry| entry.seq).collect()
-    }
-
-    #[test]
-    fn one_version_per_note_per_window_in_acceptance_order() {
-        let entries = vec![entry(1, "a", 0), entry(2, "b", 0), entry(3, "a", 0), entry(4, "c", 0)];
-        assert_eq!(seqs(&select_window(&entries, 0, true, 10)), vec![1, 2, 4]);
-    }
-
-    #[test]
-    fn a_held_back_resend_also_holds_back_later_versions_of_its_note() {
-        // Note a's version at seq 1 failed before; with resends off, its later version at seq 3
-        // must wait too, or version 3 would reach Kafka before version 1.
-        let entries = vec![entry(1, "a", 1), entry(2, "b", 0), entry(3, "a", 0)];
-        assert_eq!(seqs(&select_window(&entries, 0, false, 10)), vec![2]);
-        assert_eq!(seqs(&select_window(&entries, 0, true, 10)), vec![1, 2]);
-    }
-
-    #[test]
-    fn notes_pending_from_an_earlier_run_count_as_resends() {
-        let entries = vec![entry(1, "a", 0), entry(2, "b", 0), entry(10, "c", 0)];
-        assert_eq!(seqs(&select_window(&entries, 10, false, 10)), vec![10]);
-    }
-
-    #[test]
-    fn the_window_is_bounded() {
-        let entries: Vec<OutboxEntry> = (0..100).map(|seq| entry(seq, &format!("n{seq}"), 0)).collect();
-        assert_eq!(select_window(&entries, 0, true, 7).len(), 7);
+        };
+        assert!(is_resend(&entry(5, 0), 10));
+        assert!(is_resend(&entry(10, 1), 10));
+        assert!(!is_resend(&entry(10, 0), 10));
     }
 
     #[test]

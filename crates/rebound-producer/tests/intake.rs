@@ -113,3 +113,31 @@ async fn a_full_outbox_answers_503_with_retry_after_and_accepts_nothing() {
     assert_eq!(producer.get_json("/v1/outbox").await["pending"], 1);
     producer.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_too_large_for_kafka_is_refused_with_413_naming_the_limit_and_nothing_is_accepted() {
+    let outbox = tempfile::tempdir().expect("tempdir");
+    // The body limit (1 MiB by default) lets the note through; the record limit must not.
+    let producer = ProducerProcess::serve(NO_BROKER, outbox.path(), None, &["-X", "message.max.bytes=20000"]).await;
+    let mut oversized = note_json("big", 1);
+    oversized["body"] = json!("x".repeat(30_000));
+    let (status, body) = producer.post_notes(&json!([note_json("small", 1), oversized])).await;
+    assert_eq!(status, 413, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("message.max.bytes"), "{body}");
+    assert!(message.contains("20000"), "names the limit: {body}");
+    assert!(message.contains("nothing was accepted"), "{body}");
+    assert_eq!(body["problems"][0]["index"], 1, "{body}");
+    assert_eq!(
+        producer.get_json("/v1/outbox").await["pending"],
+        0,
+        "the small note of the refused request was not accepted either"
+    );
+
+    // A note just under the limit is still accepted.
+    let mut fits = note_json("fits", 1);
+    fits["body"] = json!("x".repeat(15_000));
+    let (status, body) = producer.post_notes(&fits).await;
+    assert_eq!(status, 202, "{body}");
+    producer.terminate().await;
+}

@@ -6,8 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{ProducerProcess, note_json, write_flags};
+use rebound_producer::outbox::{NewEntry, Outbox};
 use rebound_schema::NoteCodec;
-use rebound_testkit::{broker, create_test_topics, read_all, unique_prefix, wait_for};
+use rebound_testkit::{broker, create_test_topics, note, read_all, unique_prefix, wait_for};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,5 +76,53 @@ async fn pending_notes_wait_while_the_flag_is_off_and_go_out_when_it_is_switched
         (producer.get_json("/v1/outbox").await["pending"] == 0).then_some(())
     })
     .await;
+    producer.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_note_is_sent_while_thousands_of_resends_are_held_back() {
+    let prefix = unique_prefix("held-resends");
+    create_test_topics(&prefix, &["notes"], 2).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let outbox_dir = work.path().join("outbox");
+    // More notes left pending by an earlier run than the relay ever looked at in one round.
+    {
+        let outbox = Outbox::open(&outbox_dir, 1 << 30).expect("outbox opens");
+        let entries: Vec<NewEntry> = (0..6000)
+            .map(|index| {
+                let pending = note(&format!("held-{index}"), 1);
+                NewEntry {
+                    note_id: pending.note_id.clone(),
+                    version: pending.version,
+                    value: NoteCodec::embedded().encode(&pending).expect("encodes"),
+                    traceparent: None,
+                }
+            })
+            .collect();
+        outbox.append(entries, 1).await.expect("appended");
+    }
+    let flags = work.path().join("flags.json");
+    write_flags(&flags, false, 1);
+    let flags_arg = flags.to_string_lossy().into_owned();
+    let producer = ProducerProcess::serve(
+        &broker(),
+        &outbox_dir,
+        None,
+        &["--topic-prefix", prefix.as_str(), "--flags", flags_arg.as_str()],
+    )
+    .await;
+    assert_eq!(producer.get_json("/v1/outbox").await["pending"], 6000);
+
+    let (status, _) = producer.post_notes(&note_json("fresh", 1)).await;
+    assert_eq!(status, 202);
+    let topic = format!("{prefix}notes");
+    let records = wait_for("the fresh note in kafka", Duration::from_secs(30), || async {
+        let records = read_all(&topic).await;
+        (!records.is_empty()).then_some(records)
+    })
+    .await;
+    assert_eq!(records.len(), 1, "only the fresh note was sent");
+    assert_eq!(records[0].key.as_deref(), Some(&b"fresh"[..]));
+    assert_eq!(producer.get_json("/v1/outbox").await["pending"], 6000);
     producer.terminate().await;
 }

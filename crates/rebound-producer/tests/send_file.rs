@@ -1,6 +1,7 @@
 //! `rebound-producer send`: exits 0 once Kafka acknowledged every note of the file; on timeout
-//! exits non-zero with a count and keeps the notes for the next run; a bad line is refused
-//! whole with its line number.
+//! exits non-zero with a count and keeps the notes for the next run; a bad line, or a note too
+//! large for the producer's `message.max.bytes`, is refused whole with its line number; a note
+//! the topic refuses fails the run while the others are delivered.
 
 use std::process::Command;
 
@@ -77,4 +78,69 @@ fn a_bad_line_is_refused_whole_with_its_line_number_and_exit_code_2() {
         !outbox.join("outbox.db").exists(),
         "nothing was accepted, not even an empty outbox"
     );
+}
+
+#[test]
+fn a_note_too_large_for_kafka_is_refused_whole_naming_its_line_and_the_limit() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("notes.ndjson");
+    let mut text = ndjson(2);
+    text.push_str(&format!(
+        "{{\"note_id\":\"big\",\"user_id\":\"u\",\"device_id\":\"d\",\"version\":1,\"updated_at\":1,\"body\":\"{}\"}}\n",
+        "x".repeat(30_000)
+    ));
+    std::fs::write(&input, text).expect("written");
+    let outbox = work.path().join("outbox");
+    let output = Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
+        .args(["--brokers", "127.0.0.1:1", "-X", "message.max.bytes=20000", "send"])
+        .arg(&input)
+        .arg("--outbox-dir")
+        .arg(&outbox)
+        .args(["--timeout", "2s", "--send-timeout", "1s"])
+        .output()
+        .expect("producer runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 3") && stderr.contains("big"), "{stderr}");
+    assert!(
+        stderr.contains("message.max.bytes") && stderr.contains("20000"),
+        "{stderr}"
+    );
+    assert!(
+        !outbox.join("outbox.db").exists(),
+        "nothing was accepted, not even an empty outbox"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_the_topic_refuses_fails_send_and_the_others_are_delivered() {
+    let prefix = unique_prefix("send-rejected");
+    rebound_testkit::create_test_topics_with_config(&prefix, &["notes"], 1, &[("max.message.bytes", "8192")]).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("notes.ndjson");
+    let mut text = ndjson(2);
+    // Under the producer's limit, over the topic's; hex of pseudo-random bytes defeats lz4.
+    let body: String = rebound_testkit::incompressible_bytes(20_000, 3)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    text.push_str(&format!(
+        "{{\"note_id\":\"big\",\"user_id\":\"u\",\"device_id\":\"d\",\"version\":1,\"updated_at\":1,\"body\":\"{body}\"}}\n"
+    ));
+    std::fs::write(&input, text).expect("written");
+    let outbox = work.path().join("outbox");
+    let output = send(&broker(), &prefix, &input, &outbox, "60s");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed to deliver 1 notes") && stderr.contains("rejected table"),
+        "{stderr}"
+    );
+    let mut keys: Vec<Vec<u8>> = read_all(&format!("{prefix}notes"))
+        .await
+        .into_iter()
+        .filter_map(|record| record.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec![b"file-0".to_vec(), b"file-1".to_vec()]);
 }

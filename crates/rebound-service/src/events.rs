@@ -250,3 +250,19 @@ pub fn dlq_notified(topic: &str, crossed: bool, not_redriven: i64, threshold: i6
     }
     metrics::counter!(DLQ_NOTIFICATIONS_TOTAL, "topic" => topic.to_owned(), "state" => state).increment(1);
 }
+
+/// Producer counter of notes Kafka refused for good (too large for the topic, invalid), moved
+/// from the outbox's pending notes to its rejected table.
+pub const PRODUCER_NOTES_REJECTED_TOTAL: &str = "rebound_producer_notes_rejected_total";
+
+/// Kafka refused a note for what it is, even sent alone: it can never be delivered, so it left
+/// the pending notes for the outbox's rejected table and no longer holds back its later versions.
+pub fn producer_note_rejected(note_id: &str, version: i64, error: &str) {
+    tracing::error!(
+        note_id,
+        version,
+        error,
+        "note refused by kafka for good; moved to the outbox's rejected table"
+    );
+    metrics::counter!(PRODUCER_NOTES_REJECTED_TOTAL).increment(1);
+}
