@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use rebound_consumer::ConsumerArgs;
+use rebound_scheduler::SchedulerArgs;
 use rebound_service::Shutdown;
 
 /// A loopback address where nothing listens, so the topic check waits for its timeout (15 s).
@@ -21,6 +22,25 @@ async fn sigterm_during_the_start_up_topic_check_stops_the_consumer_at_once() {
     let shutdown = Shutdown::new();
     let service = tokio::spawn(rebound_consumer::run(config, shutdown.clone()));
     // Asked to stop as soon as it runs: it is then in the topic check, or about to be.
+    tokio::task::yield_now().await;
+    let asked_at = Instant::now();
+    shutdown.trigger();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), service)
+        .await
+        .expect("stops within 30 s")
+        .expect("does not panic");
+    let took = asked_at.elapsed();
+    assert!(outcome.is_ok(), "a stop during start-up is a clean stop: {outcome:?}");
+    assert!(took < PROMPT_STOP, "stopped {took:?} after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_start_up_topic_check_stops_the_scheduler_at_once() {
+    let config = SchedulerArgs::parse_from(["rebound-scheduler", "--brokers", NO_BROKER])
+        .into_config()
+        .expect("valid flags");
+    let shutdown = Shutdown::new();
+    let service = tokio::spawn(rebound_scheduler::run(config, shutdown.clone()));
     tokio::task::yield_now().await;
     let asked_at = Instant::now();
     shutdown.trigger();

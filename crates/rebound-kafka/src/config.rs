@@ -108,7 +108,8 @@ impl ResolvedKafkaConfig {
         config
     }
 
-    /// A property's value as the user set it (flags, file or `-X`), if set.
+    /// A property's value as the user set it (flags, file or `-X`), if set; librdkafka's
+    /// default applies otherwise.
     pub fn property(&self, key: &str) -> Option<&str> {
         self.properties.get(key).map(String::as_str)
     }
@@ -116,12 +117,6 @@ impl ResolvedKafkaConfig {
     /// The bootstrap servers.
     pub fn brokers(&self) -> &str {
         self.properties.get("bootstrap.servers").map_or("", String::as_str)
-    }
-
-    /// The value a property was given (by the config file or `-X`), if any; librdkafka's
-    /// default applies otherwise.
-    pub fn property(&self, key: &str) -> Option<&str> {
-        self.properties.get(key).map(String::as_str)
     }
 }
 
