@@ -415,7 +415,17 @@ async fn run_serve(
         readiness,
         shutdown.clone(),
     ));
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    // A relay whose producer failed for good stops the whole service, so it is restarted.
+    let relay_task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let outcome = relay.run(shutdown.clone()).await;
+            if outcome.is_err() {
+                shutdown.trigger();
+            }
+            outcome
+        }
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| ProducerError::ServeHttp {
@@ -439,12 +449,26 @@ async fn run_serve(
             reason: error.to_string(),
         })?;
     shutdown.trigger();
-    let _ = relay_task.await;
+    relay_failed_for_good(relay_task.await)?;
     if let Err(error) = flush_producer.flush(Duration::from_secs(5)).await {
         tracing::warn!(%error, "producer flush at shutdown failed; unacknowledged notes stay in the outbox");
     }
     tracing::info!("producer stopped");
     Ok(0)
+}
+
+/// The relay's outcome as the service's: a producer that failed for good ends the service
+/// with an error (the notes stay in the outbox for the next start).
+fn relay_failed_for_good(
+    joined: Result<Result<(), rebound_kafka::KafkaError>, tokio::task::JoinError>,
+) -> Result<(), ProducerError> {
+    match joined {
+        Ok(Err(source)) => Err(ProducerError::Kafka {
+            operation: "relay notes (the producer failed for good; restart the service)",
+            source,
+        }),
+        Ok(Ok(())) | Err(_) => Ok(()),
+    }
 }
 
 /// Keeps the outbox gauges and the readiness of the broker check current, also while idle.
@@ -573,7 +597,7 @@ async fn run_send(
         unsent = outbox.pending_up_to(last_seq).await?;
     }
     relay_shutdown.trigger();
-    let _ = relay_task.await;
+    relay_failed_for_good(relay_task.await)?;
     let _ = flush_producer.flush(Duration::from_secs(5)).await;
     if unsent > 0 {
         return Err(ProducerError::SendTimedOut {

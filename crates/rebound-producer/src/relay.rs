@@ -90,8 +90,10 @@ pub struct Relay {
 
 impl Relay {
     /// Runs until `shutdown`. Each round sends a window, waits for every acknowledgement or
-    /// failure, then removes what was acknowledged.
-    pub async fn run(mut self, shutdown: Shutdown) {
+    /// failure, then removes what was acknowledged. Returns an error only when the producer
+    /// failed for good: every later send would fail too, so the service must stop and be
+    /// restarted with a new producer (the notes stay in the outbox).
+    pub async fn run(mut self, shutdown: Shutdown) -> Result<(), rebound_kafka::KafkaError> {
         let mut backoff = INITIAL_BACKOFF;
         let mut resend_not_before = Instant::now();
         let mut flags = *self.flags.borrow();
@@ -177,6 +179,11 @@ impl Relay {
                 if let Err(error) = self.outbox.mark_failed(failed, last_error.clone()).await {
                     tracing::error!(%error, "cannot record failed sends");
                 }
+                if let Some(fatal) = self.producer.fatal_error() {
+                    events::producer_failed_for_good("producer", &fatal);
+                    self.status.set_broker_reachable(false);
+                    return Err(fatal);
+                }
                 let pause = with_jitter(backoff);
                 tracing::warn!(failed = failed_count, error = %last_error, retry_in_ms = pause.as_millis(), "notes not acknowledged; they stay in the outbox");
                 resend_not_before = Instant::now() + pause;
@@ -188,6 +195,7 @@ impl Relay {
                 flags = *self.flags.borrow_and_update();
             }
         }
+        Ok(())
     }
 
     /// Sends one note and resolves once Kafka acknowledged or refused it. The note's value moves
