@@ -409,6 +409,7 @@ async fn run_serve(
                 reason: error.to_string(),
             })?;
     }
+    events::producer_rejection_counter_starts_at_zero();
     tokio::spawn(publish_outbox_state(
         outbox.clone(),
         Arc::clone(&status),

@@ -255,6 +255,12 @@ pub fn dlq_notified(topic: &str, crossed: bool, not_redriven: i64, threshold: i6
 /// from the outbox's pending notes to its rejected table.
 pub const PRODUCER_NOTES_REJECTED_TOTAL: &str = "rebound_producer_notes_rejected_total";
 
+/// Shows the producer's rejection counter at 0 from the start: a counter that first appears at 1
+/// has no increase for `increase()` to see, so an alert on it would miss the first rejection.
+pub fn producer_rejection_counter_starts_at_zero() {
+    metrics::counter!(PRODUCER_NOTES_REJECTED_TOTAL).increment(0);
+}
+
 /// Kafka refused a note for what it is, even sent alone: it can never be delivered, so it left
 /// the pending notes for the outbox's rejected table and no longer holds back its later versions.
 pub fn producer_note_rejected(note_id: &str, version: i64, error: &str) {
