@@ -17,16 +17,14 @@ use rebound_service::trace_context::{continue_trace, inject_trace};
 use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
 use tokio::time::Instant;
 
-use crate::holdings::{FetchDecision, HeldRecord, Holdings, ReleaseAction, bounded_due_ms};
+use crate::holdings::{DueDecision, FetchDecision, HeldRecord, Holdings, ReleaseAction, due_decision, release_at};
+use crate::refusal::{Refusal, RefusalAction, TopicPresence, refusal_action};
 use crate::{SchedulerConfig, SchedulerError};
 
 /// Most records taken from the consumer in one go before due records are released.
 const MAX_RECORDS_PER_INTAKE: usize = 1000;
 /// Wait before a refused republish is tried again.
 const REPUBLISH_BACKOFF: Duration = Duration::from_secs(1);
-/// A due time further ahead than the tier's delay plus this is treated as absurd (clock skew,
-/// a corrupted header) and pulled in, so a record can never be parked forever.
-const DUE_TIME_SLACK_MS: i64 = 60 * 60 * 1000;
 
 /// Runs the scheduler until `shutdown` triggers, then commits and returns. Held records are
 /// not republished at shutdown: their offsets were not stored, so they are read again.
@@ -76,6 +74,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         producer,
         consumer,
         holdings: Holdings::default(),
+        assigned: BTreeSet::new(),
         paused: BTreeSet::new(),
         readiness,
     };
@@ -132,6 +131,15 @@ fn outgoing_of(held: &HeldRecord) -> OutgoingRecord {
     }
 }
 
+/// The refusal as [`refusal_action`] sees it.
+fn refusal_of(error: &rebound_kafka::KafkaError) -> Refusal {
+    if error.is_unknown_topic() {
+        Refusal::UnknownTopicOrPartition
+    } else {
+        Refusal::Other
+    }
+}
+
 async fn sleep_until_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -144,6 +152,8 @@ struct Scheduler<'config> {
     producer: RecordProducer,
     consumer: RecordConsumer,
     holdings: Holdings,
+    /// Partitions assigned to this member, as of the last assignment events applied.
+    assigned: BTreeSet<TopicPartition>,
     /// Partitions this scheduler paused; reconciled with the holdings after every step.
     paused: BTreeSet<TopicPartition>,
     /// What `/readyz` reports.
@@ -186,11 +196,13 @@ impl Scheduler<'_> {
             match event {
                 PartitionAssignmentEvent::Assigned(partitions) => {
                     tracing::info!(partitions = ?partitions, "partitions assigned");
+                    self.assigned.extend(partitions);
                 }
                 PartitionAssignmentEvent::Revoked(partitions) => {
                     let dropped = self.holdings.forget(&partitions);
                     for partition in &partitions {
                         self.paused.remove(partition);
+                        self.assigned.remove(partition);
                     }
                     tracing::info!(partitions = ?partitions, dropped_held_records = dropped, "partitions revoked");
                 }
@@ -209,41 +221,59 @@ impl Scheduler<'_> {
             .map_or(0, |tier| i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX));
         let (action, attempt, due_ms) = match self.route_back(&record) {
             Ok((context, target_topic)) => {
-                let requested_due_ms = context
-                    .due_timestamp_ms
-                    .unwrap_or_else(|| record.timestamp_ms.unwrap_or(now_ms).saturating_add(fallback_delay_ms));
-                let ceiling_ms = now_ms
-                    .saturating_add(fallback_delay_ms)
-                    .saturating_add(DUE_TIME_SLACK_MS);
-                if requested_due_ms > ceiling_ms {
-                    tracing::warn!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        requested_due_ms, ceiling_ms, "due time absurdly far ahead; pulled in"
-                    );
-                } else if requested_due_ms < 0 {
-                    tracing::warn!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        requested_due_ms, "due time before the epoch; due now"
-                    );
+                match due_decision(
+                    context.due_timestamp_ms,
+                    record.timestamp_ms,
+                    now_ms,
+                    fallback_delay_ms,
+                    self.config.max_due_ahead,
+                ) {
+                    DueDecision::HoldUntil { due_ms } => {
+                        if context.due_timestamp_ms.is_some_and(|requested| requested < 0) {
+                            tracing::warn!(
+                                topic = %record.topic, partition = record.partition, offset = record.offset,
+                                requested_due_ms = context.due_timestamp_ms, "due time before the epoch; due now"
+                            );
+                        }
+                        (ReleaseAction::Republish { target_topic }, context.attempt, due_ms)
+                    }
+                    DueDecision::TooFarAhead {
+                        due_ms,
+                        latest_accepted_ms,
+                    } => {
+                        let key = record.key_for_display();
+                        events::scheduler_due_too_far_ahead(
+                            RecordRef {
+                                topic: &record.topic,
+                                partition: record.partition,
+                                offset: record.offset,
+                                key: &key,
+                            },
+                            due_ms,
+                            latest_accepted_ms,
+                        );
+                        let message = format!(
+                            "retry.due.timestamp {due_ms} is further ahead than --max-due-ahead {} allows \
+                             (latest accepted {latest_accepted_ms}); refusing to hold it",
+                            humantime::format_duration(self.config.max_due_ahead)
+                        );
+                        let dispatch = self.poison_dispatch(&record, Some(&context), message, now_ms);
+                        (ReleaseAction::DeadLetter(Box::new(dispatch)), 0, now_ms)
+                    }
                 }
-                (
-                    ReleaseAction::Republish { target_topic },
-                    context.attempt,
-                    bounded_due_ms(requested_due_ms, ceiling_ms),
-                )
             }
             Err((previous, message)) => {
                 let dispatch = self.poison_dispatch(&record, previous.as_ref(), message, now_ms);
                 (ReleaseAction::DeadLetter(Box::new(dispatch)), 0, now_ms)
             }
         };
-        let wait_ms = u64::try_from(due_ms.saturating_sub(now_ms)).unwrap_or(0);
         self.holdings.hold(HeldRecord {
             record,
             action,
             attempt,
             due_ms,
-            release_at: now + Duration::from_millis(wait_ms),
+            release_at: release_at(now, now_ms, due_ms),
+            sent: false,
         });
     }
 
@@ -272,7 +302,10 @@ impl Scheduler<'_> {
     async fn release_due(&mut self) {
         let now = Instant::now();
         let now_ms = now_epoch_ms();
-        let mut due = self.holdings.take_due(now);
+        let assigned = &self.assigned;
+        let mut due = self
+            .holdings
+            .take_due_assigned(now, |partition| assigned.contains(partition));
         if due.is_empty() {
             return;
         }
@@ -352,7 +385,10 @@ impl Scheduler<'_> {
                         }
                     }
                 }
-                Err(error) if error.is_unknown_topic() && matches!(held.action, ReleaseAction::Republish { .. }) => {
+                Err(error)
+                    if matches!(held.action, ReleaseAction::Republish { .. })
+                        && refusal_action(refusal_of(&error), TopicPresence::Unknown) == RefusalAction::DeadLetter =>
+                {
                     let mut poison = held;
                     let message = format!("republish refused: {error}");
                     tracing::warn!(topic = %poison.record.topic, offset = poison.record.offset, %message, "dead-lettering tier record");
@@ -490,6 +526,7 @@ impl Scheduler<'_> {
     fn reconcile_pauses(&mut self) {
         let now = Instant::now();
         let limits = self.config.read_ahead;
+        let held_bytes = self.holdings.bytes();
         let horizons: BTreeMap<TopicPartition, (usize, Instant)> = self
             .holdings
             .partition_horizons()
@@ -497,7 +534,7 @@ impl Scheduler<'_> {
             .collect();
         for (partition, (count, horizon)) in &horizons {
             if !self.paused.contains(partition)
-                && limits.decide(*count, Some(*horizon), now, false) == FetchDecision::Pause
+                && limits.decide(*count, Some(*horizon), held_bytes, now, false) == FetchDecision::Pause
             {
                 match self.consumer.pause(&partition.topic, partition.partition) {
                     Ok(()) => {
@@ -511,7 +548,7 @@ impl Scheduler<'_> {
             let (count, horizon) = horizons
                 .get(&partition)
                 .map_or((0, None), |(count, horizon)| (*count, Some(*horizon)));
-            if limits.decide(count, horizon, now, true) == FetchDecision::Resume {
+            if limits.decide(count, horizon, held_bytes, now, true) == FetchDecision::Resume {
                 match self.consumer.resume(&partition.topic, partition.partition) {
                     Ok(()) => {
                         self.paused.remove(&partition);
