@@ -31,10 +31,6 @@ impl ReleaseAction {
     }
 }
 
-/// A due time further ahead than the tier's delay plus this is treated as absurd (clock skew,
-/// a corrupted header) and pulled in, so a record can never be parked forever.
-const DUE_TIME_SLACK_MS: i64 = 60 * 60 * 1000;
-
 /// What to do with a routable tier record, decided from its due time alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DueDecision {
@@ -53,24 +49,32 @@ pub enum DueDecision {
 }
 
 /// The due time a record is held until: its `retry.due.timestamp`, or without one its Kafka
-/// timestamp (else now) plus the tier's fallback delay; pulled in to the fallback delay plus an
-/// hour when absurdly far ahead, and up to the epoch when before it. Any due time in the past
-/// means "due now"; bounding it below keeps the lateness (`now - due`) from overflowing for a
+/// timestamp (else now) plus the tier's fallback delay. It is never pulled in: a record released
+/// before its due time breaks the promise the consumer made when it chose the tier. A due time
+/// more than `max_ahead` out is bad input (a corrupted header, a clock far off) and is refused,
+/// so no record parks its partition for longer. Any due time in the past means "due now";
+/// bounding it below at the epoch keeps the lateness (`now - due`) from overflowing for a
 /// garbled `retry.due.timestamp` such as `i64::MIN`.
 pub fn due_decision(
     header_due_ms: Option<i64>,
     record_timestamp_ms: Option<i64>,
     now_ms: i64,
     fallback_delay_ms: i64,
-    _max_ahead: std::time::Duration,
+    max_ahead: std::time::Duration,
 ) -> DueDecision {
     let requested_due_ms =
         header_due_ms.unwrap_or_else(|| record_timestamp_ms.unwrap_or(now_ms).saturating_add(fallback_delay_ms));
-    let ceiling_ms = now_ms
-        .saturating_add(fallback_delay_ms)
-        .saturating_add(DUE_TIME_SLACK_MS);
-    DueDecision::HoldUntil {
-        due_ms: requested_due_ms.min(ceiling_ms).max(0),
+    let max_ahead_ms = i64::try_from(max_ahead.as_millis()).unwrap_or(i64::MAX);
+    let latest_accepted_ms = now_ms.saturating_add(max_ahead_ms);
+    if requested_due_ms > latest_accepted_ms {
+        DueDecision::TooFarAhead {
+            due_ms: requested_due_ms,
+            latest_accepted_ms,
+        }
+    } else {
+        DueDecision::HoldUntil {
+            due_ms: requested_due_ms.max(0),
+        }
     }
 }
 
