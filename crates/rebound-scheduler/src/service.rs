@@ -328,9 +328,14 @@ impl Scheduler<'_> {
         }
 
         // A span per released record continues the record's trace; its copy carries this hop.
-        let spans: Vec<tracing::Span> = due
+        // A record whose copy was acknowledged in an earlier round (`sent`) gets no copy: it
+        // waits only for the records before it, so that offsets are stored in order.
+        let outgoings: Vec<Option<OutgoingRecord>> = due
             .iter()
             .map(|held| {
+                if held.sent {
+                    return None;
+                }
                 let span = match &held.action {
                     ReleaseAction::Republish { target_topic } => tracing::info_span!(
                         "scheduler.republish",
@@ -345,65 +350,45 @@ impl Scheduler<'_> {
                     ),
                 };
                 continue_trace(&span, &held.record.headers);
-                span
-            })
-            .collect();
-        let outgoings: Vec<OutgoingRecord> = due
-            .iter()
-            .zip(&spans)
-            .map(|(held, span)| {
                 let mut outgoing = outgoing_of(held);
-                inject_trace(span, &mut outgoing.headers);
-                outgoing
+                inject_trace(&span, &mut outgoing.headers);
+                Some(outgoing)
             })
             .collect();
-        let results = futures::future::join_all(outgoings.iter().map(|outgoing| self.producer.send(outgoing))).await;
-
-        let mut refused: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
-        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for ((held, outgoing), result) in due.into_iter().zip(&outgoings).zip(results) {
-            let key = (held.record.topic.clone(), held.record.partition);
-            if let Some(blocked) = refused.get_mut(&key) {
-                // Something earlier in this partition was refused: keep order, send again later.
-                blocked.push(held);
-                continue;
+        let producer = &self.producer;
+        let results = futures::future::join_all(outgoings.iter().map(|outgoing| async move {
+            match outgoing {
+                Some(outgoing) => Some(producer.send(outgoing).await),
+                None => None,
             }
-            match result {
-                Ok(_) => {
-                    self.emit_released(&held, now_ms);
-                    next_offsets.insert(key, held.record.offset + 1);
+        }))
+        .await;
+
+        // Per partition: once one record is not safe, every later one goes back too, but a later
+        // one whose copy was acknowledged goes back marked sent, never to be sent again. Only
+        // the offset store waits for the record that was refused.
+        let mut waiting: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
+        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for ((mut held, outgoing), result) in due.into_iter().zip(&outgoings).zip(results) {
+            let key = (held.record.topic.clone(), held.record.partition);
+            let safe = match (outgoing, result) {
+                (Some(outgoing), Some(result)) => {
+                    let (outcome, back) = self.settle(held, outgoing, result, now, now_ms).await;
+                    held = back;
+                    outcome
                 }
-                Err(error) if error.is_message_too_large() && !held.action.is_stub() => {
-                    match self.resend_alone_or_stub(held, outgoing, now_ms).await {
-                        Ok(held) => {
-                            self.emit_released(&held, now_ms);
-                            next_offsets.insert(key, held.record.offset + 1);
-                        }
-                        Err(mut held) => {
-                            held.release_at = now + REPUBLISH_BACKOFF;
-                            refused.entry(key).or_default().push(held);
-                        }
-                    }
+                // Acknowledged in an earlier round.
+                _ => true,
+            };
+            if let Some(blocked) = waiting.get_mut(&key) {
+                if safe && !held.sent {
+                    held.mark_sent();
                 }
-                Err(error)
-                    if matches!(held.action, ReleaseAction::Republish { .. })
-                        && refusal_action(refusal_of(&error), TopicPresence::Unknown) == RefusalAction::DeadLetter =>
-                {
-                    let mut poison = held;
-                    let message = format!("republish refused: {error}");
-                    tracing::warn!(topic = %poison.record.topic, offset = poison.record.offset, %message, "dead-lettering tier record");
-                    let previous = parse_retry_context(&poison.record.headers).ok().flatten();
-                    let dispatch = self.poison_dispatch(&poison.record, previous.as_ref(), message, now_ms);
-                    poison.action = ReleaseAction::DeadLetter(Box::new(dispatch));
-                    poison.release_at = now;
-                    refused.entry(key).or_default().push(poison);
-                }
-                Err(error) => {
-                    tracing::error!(%error, topic = %held.record.topic, offset = held.record.offset, "republish not acknowledged; will retry");
-                    let mut retry = held;
-                    retry.release_at = now + REPUBLISH_BACKOFF;
-                    refused.entry(key).or_default().push(retry);
-                }
+                blocked.push(held);
+            } else if safe {
+                next_offsets.insert(key, held.record.offset + 1);
+            } else {
+                waiting.entry(key).or_default().push(held);
             }
         }
         for ((topic, partition), next_offset) in next_offsets {
@@ -413,8 +398,69 @@ impl Scheduler<'_> {
                 Err(error) => tracing::error!(%error, %topic, partition, "failed to store offset"),
             }
         }
-        for (_, records) in refused {
+        for (_, records) in waiting {
             self.holdings.hold_again_at_front(records, now);
+        }
+    }
+
+    /// What became of one copy sent by [`Scheduler::release_due`]: `true` when the record is
+    /// safe (its copy, or in the end its dead-letter stub, was acknowledged), `false` when it must
+    /// be released again, with the record as it is to be held from now on.
+    async fn settle(
+        &self,
+        held: HeldRecord,
+        outgoing: &OutgoingRecord,
+        result: Result<rebound_kafka::AckedRecord, rebound_kafka::KafkaError>,
+        now: Instant,
+        now_ms: i64,
+    ) -> (bool, HeldRecord) {
+        match result {
+            Ok(_) => {
+                self.emit_released(&held, now_ms);
+                (true, held)
+            }
+            Err(error) if error.is_message_too_large() && !held.action.is_stub() => {
+                match self.resend_alone_or_stub(held, outgoing, now_ms).await {
+                    Ok(held) => {
+                        self.emit_released(&held, now_ms);
+                        (true, held)
+                    }
+                    Err(mut held) => {
+                        held.release_at = now + REPUBLISH_BACKOFF;
+                        (false, held)
+                    }
+                }
+            }
+            Err(error)
+                if matches!(held.action, ReleaseAction::Republish { .. })
+                    && refusal_action(refusal_of(&error), TopicPresence::Unknown) == RefusalAction::DeadLetter =>
+            {
+                let mut poison = held;
+                let message = format!("republish refused: {error}");
+                tracing::warn!(topic = %poison.record.topic, offset = poison.record.offset, %message, "dead-lettering tier record");
+                let previous = parse_retry_context(&poison.record.headers).ok().flatten();
+                let dispatch = self.poison_dispatch(&poison.record, previous.as_ref(), message, now_ms);
+                poison.action = ReleaseAction::DeadLetter(Box::new(dispatch));
+                poison.release_at = now;
+                (false, poison)
+            }
+            Err(error) => {
+                let key = held.record.key_for_display();
+                events::scheduler_copy_refused(
+                    RecordRef {
+                        topic: &held.record.topic,
+                        partition: held.record.partition,
+                        offset: held.record.offset,
+                        key: &key,
+                    },
+                    &outgoing.topic,
+                    "other",
+                    &error.to_string(),
+                );
+                let mut retry = held;
+                retry.release_at = now + REPUBLISH_BACKOFF;
+                (false, retry)
+            }
         }
     }
 
