@@ -37,10 +37,10 @@ pub enum RefusalAction {
 /// Decides. Only a refusal for a missing topic that the metadata confirms is missing makes a
 /// record poison; a record dead-lettered is out of the retry flow for good, so any doubt means
 /// retry.
-pub fn refusal_action(refusal: Refusal, _presence: TopicPresence) -> RefusalAction {
-    match refusal {
-        Refusal::UnknownTopicOrPartition => RefusalAction::DeadLetter,
-        Refusal::Other => RefusalAction::Retry,
+pub fn refusal_action(refusal: Refusal, presence: TopicPresence) -> RefusalAction {
+    match (refusal, presence) {
+        (Refusal::UnknownTopicOrPartition, TopicPresence::Missing) => RefusalAction::DeadLetter,
+        _ => RefusalAction::Retry,
     }
 }
 

@@ -23,6 +23,8 @@ use crate::{SchedulerConfig, SchedulerError};
 
 /// Most records taken from the consumer in one go before due records are released.
 const MAX_RECORDS_PER_INTAKE: usize = 1000;
+/// Bound on the metadata fetch that decides whether a refused copy's topic really is missing.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait before a refused republish is tried again.
 const REPUBLISH_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -431,20 +433,32 @@ impl Scheduler<'_> {
                     }
                 }
             }
-            Err(error)
-                if matches!(held.action, ReleaseAction::Republish { .. })
-                    && refusal_action(refusal_of(&error), TopicPresence::Unknown) == RefusalAction::DeadLetter =>
-            {
-                let mut poison = held;
-                let message = format!("republish refused: {error}");
-                tracing::warn!(topic = %poison.record.topic, offset = poison.record.offset, %message, "dead-lettering tier record");
-                let previous = parse_retry_context(&poison.record.headers).ok().flatten();
-                let dispatch = self.poison_dispatch(&poison.record, previous.as_ref(), message, now_ms);
-                poison.action = ReleaseAction::DeadLetter(Box::new(dispatch));
-                poison.release_at = now;
-                (false, poison)
-            }
             Err(error) => {
+                // Brokers answer "unknown topic or partition" for topics that exist too, while a
+                // partition moves or metadata is refreshed: only the topic's metadata may say it
+                // is really missing, and only then can the record never be delivered.
+                let refusal = refusal_of(&error);
+                let presence = match (&held.action, refusal) {
+                    (ReleaseAction::Republish { target_topic }, Refusal::UnknownTopicOrPartition) => {
+                        self.topic_presence(target_topic).await
+                    }
+                    _ => TopicPresence::Unknown,
+                };
+                if matches!(held.action, ReleaseAction::Republish { .. })
+                    && refusal_action(refusal, presence) == RefusalAction::DeadLetter
+                {
+                    let mut poison = held;
+                    let message = format!("republish refused and the topic does not exist: {error}");
+                    let previous = parse_retry_context(&poison.record.headers).ok().flatten();
+                    let dispatch = self.poison_dispatch(&poison.record, previous.as_ref(), message, now_ms);
+                    poison.action = ReleaseAction::DeadLetter(Box::new(dispatch));
+                    poison.release_at = now;
+                    return (false, poison);
+                }
+                let cause = match refusal {
+                    Refusal::UnknownTopicOrPartition => "unknown_topic_unconfirmed",
+                    Refusal::Other => "other",
+                };
                 let key = held.record.key_for_display();
                 events::scheduler_copy_refused(
                     RecordRef {
@@ -454,12 +468,24 @@ impl Scheduler<'_> {
                         key: &key,
                     },
                     &outgoing.topic,
-                    "other",
+                    cause,
                     &error.to_string(),
                 );
                 let mut retry = held;
                 retry.release_at = now + REPUBLISH_BACKOFF;
                 (false, retry)
+            }
+        }
+    }
+
+    /// Whether `topic` exists, as the cluster's metadata says now.
+    async fn topic_presence(&self, topic: &str) -> TopicPresence {
+        match rebound_kafka::topic_exists(&self.config.kafka, topic, METADATA_TIMEOUT).await {
+            Ok(true) => TopicPresence::Exists,
+            Ok(false) => TopicPresence::Missing,
+            Err(error) => {
+                tracing::warn!(%error, topic, "could not fetch topic metadata; treating the refusal as transient");
+                TopicPresence::Unknown
             }
         }
     }
