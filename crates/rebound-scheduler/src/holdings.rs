@@ -219,6 +219,7 @@ impl Holdings {
     /// Takes, from every partition, the run of records at its head whose release time has come,
     /// in offset order. A record behind one that is not due stays, even if it is due itself:
     /// offsets are committed in order, so releasing it would not let the partition move on.
+    #[cfg(test)]
     pub fn take_due(&mut self, now: Instant) -> Vec<HeldRecord> {
         let mut due = Vec::new();
         for queue in self.partitions.values_mut() {
@@ -233,13 +234,31 @@ impl Holdings {
         due
     }
 
-    /// [`Holdings::take_due`], but only from partitions `is_assigned` says this member owns.
+    /// Takes, from every partition `is_assigned` says this member owns, the run of records at
+    /// its head whose release time has come, in offset order (as `take_due` does for all).
+    /// Records of any other partition stay where they are, due or not: a copy sent from here
+    /// would be a second one next to the new owner's, and dropping them while the partition is
+    /// in fact still owned would let later offsets be stored past them. The revocation that took
+    /// the partition away drops them ([`Holdings::forget`]).
     pub fn take_due_assigned(
         &mut self,
         now: Instant,
-        _is_assigned: impl Fn(&TopicPartition) -> bool,
+        is_assigned: impl Fn(&TopicPartition) -> bool,
     ) -> Vec<HeldRecord> {
-        self.take_due(now)
+        let mut due = Vec::new();
+        for (partition, queue) in &mut self.partitions {
+            if !is_assigned(partition) {
+                continue;
+            }
+            while queue.front().is_some_and(|held| held.release_at <= now) {
+                if let Some(held) = queue.pop_front() {
+                    self.bytes = self.bytes.saturating_sub(held.size_bytes());
+                    due.push(held);
+                }
+            }
+        }
+        self.partitions.retain(|_, queue| !queue.is_empty());
+        due
     }
 
     /// Bytes held across all partitions.

@@ -304,6 +304,9 @@ impl Scheduler<'_> {
     async fn release_due(&mut self) {
         let now = Instant::now();
         let now_ms = now_epoch_ms();
+        // A revocation served while the consumer was last polled may still be queued: apply it
+        // first, so nothing is released for a partition another member now owns.
+        self.apply_assignment_events();
         let assigned = &self.assigned;
         let mut due = self
             .holdings
