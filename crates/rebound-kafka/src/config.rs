@@ -91,6 +91,11 @@ impl ResolvedKafkaConfig {
         config
     }
 
+    /// The value given for a librdkafka property (by the config file or `-X`), if any.
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(String::as_str)
+    }
+
     /// The bootstrap servers.
     pub fn brokers(&self) -> &str {
         self.properties.get("bootstrap.servers").map_or("", String::as_str)

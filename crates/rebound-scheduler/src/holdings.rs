@@ -151,23 +151,29 @@ pub enum FetchDecision {
 
 impl ReadAhead {
     /// Decides for one partition. A partition pauses when it holds `max_records`, or records
-    /// reaching `max_time` ahead; it resumes only when both have fallen to half. The gap between
-    /// the two thresholds keeps it from flapping, and resuming while half the time is still held
-    /// gives the fetch that long to bring the next records before they are due.
+    /// reaching `max_time` ahead, or when all partitions together hold `max_bytes`; it resumes
+    /// only when all three have fallen to half. The gap between the thresholds keeps it from
+    /// flapping, and resuming while half the time is still held gives the fetch that long to
+    /// bring the next records before they are due. The byte rule applies to every partition,
+    /// those holding nothing included, because it bounds what the next fetch of any of them adds.
     pub fn decide(
         &self,
         held: usize,
         horizon: Option<Instant>,
-        _total_bytes: usize,
+        total_bytes: usize,
         now: Instant,
         paused: bool,
     ) -> FetchDecision {
         let ahead = horizon.map_or(std::time::Duration::ZERO, |horizon| {
             horizon.saturating_duration_since(now)
         });
-        if !paused && (held >= self.max_records || ahead >= self.max_time) {
+        if !paused && (held >= self.max_records || ahead >= self.max_time || total_bytes >= self.max_bytes) {
             FetchDecision::Pause
-        } else if paused && held <= self.max_records / 2 && ahead <= self.max_time / 2 {
+        } else if paused
+            && held <= self.max_records / 2
+            && ahead <= self.max_time / 2
+            && total_bytes <= self.max_bytes / 2
+        {
             FetchDecision::Resume
         } else {
             FetchDecision::Keep

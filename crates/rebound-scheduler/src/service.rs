@@ -64,7 +64,11 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     }
     let consumer = RecordConsumer::subscribe(
         &config.kafka,
-        &ConsumerSettings::new(config.group.clone(), topics.clone()),
+        &prefetch_bounded(
+            ConsumerSettings::new(config.group.clone(), topics.clone()),
+            config.read_ahead.max_bytes,
+            message_max_bytes(&config.kafka),
+        ),
     )
     .map_err(|source| SchedulerError::Kafka {
         operation: "subscribe",
@@ -112,6 +116,38 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     Ok(())
 }
 
+/// Bounds what librdkafka fetches ahead of the scheduler to an eighth of `--read-ahead-bytes`
+/// (between 1 and 8 MiB), so the process's memory is the held bytes plus a small, fixed
+/// prefetch: librdkafka's own defaults let one fetch response reach 50 MiB and its queue
+/// 64 MiB whatever the scheduler holds. A fetch may not be smaller than the largest message
+/// the client accepts (`message.max.bytes`, librdkafka refuses the configuration otherwise).
+/// `-X` overrides each of these.
+fn prefetch_bounded(settings: ConsumerSettings, read_ahead_bytes: usize, message_max_bytes: usize) -> ConsumerSettings {
+    let prefetch_bytes = (read_ahead_bytes / 8).clamp(1 << 20, 8 << 20);
+    settings
+        .with_client_default("queued.max.messages.kbytes", (prefetch_bytes / 1024).to_string())
+        .with_client_default("fetch.max.bytes", prefetch_bytes.max(message_max_bytes).to_string())
+        .with_client_default(
+            "max.partition.fetch.bytes",
+            (1usize << 20).min(prefetch_bytes).to_string(),
+        )
+}
+
+/// The client's `message.max.bytes`: as given with `-X` or the config file, else librdkafka's
+/// default. A value that does not parse is left for librdkafka to refuse by name.
+fn message_max_bytes(kafka: &rebound_kafka::KafkaArgs) -> usize {
+    const LIBRDKAFKA_DEFAULT: usize = 1_000_000;
+    kafka
+        .resolve()
+        .ok()
+        .and_then(|resolved| {
+            resolved
+                .property("message.max.bytes")
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(LIBRDKAFKA_DEFAULT)
+}
+
 /// The record a held record is released as: republished unchanged, or its dead-letter copy.
 fn outgoing_of(held: &HeldRecord) -> OutgoingRecord {
     let record = &held.record;
@@ -139,6 +175,36 @@ fn refusal_of(error: &rebound_kafka::KafkaError) -> Refusal {
         Refusal::UnknownTopicOrPartition
     } else {
         Refusal::Other
+    }
+}
+
+/// The copy to send for a held record. A republished copy takes the record's key and value
+/// instead of cloning them, so a release round does not hold every payload twice (with
+/// records of megabytes, that doubled the scheduler's peak memory); [`give_back_payload`] puts
+/// them back. Headers are cloned: the copy's get this hop's `traceparent`, the record keeps its
+/// own.
+fn take_outgoing(held: &mut HeldRecord) -> OutgoingRecord {
+    match &held.action {
+        ReleaseAction::Republish { target_topic } => OutgoingRecord {
+            topic: target_topic.clone(),
+            partition: None,
+            key: held.record.key.take(),
+            value: held.record.value.take(),
+            headers: held.record.headers.clone(),
+        },
+        ReleaseAction::DeadLetter(_) => outgoing_of(held),
+    }
+}
+
+/// Undoes [`take_outgoing`] once the copy's fate is known: the key always (log lines show it),
+/// the value only when the record must be sent again or dead-lettered.
+fn give_back_payload(held: &mut HeldRecord, outgoing: &OutgoingRecord, refused: bool) {
+    if !matches!(held.action, ReleaseAction::Republish { .. }) {
+        return;
+    }
+    held.record.key.clone_from(&outgoing.key);
+    if refused {
+        held.record.value.clone_from(&outgoing.value);
     }
 }
 
@@ -175,6 +241,11 @@ impl Scheduler<'_> {
             }
         }
         for _ in 1..MAX_RECORDS_PER_INTAKE {
+            // At the byte bound, what else is ready stays in librdkafka's (bounded) queue until
+            // the partitions are paused and what is held is released.
+            if self.holdings.bytes() >= self.config.read_ahead.max_bytes {
+                break;
+            }
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
                 Ok(Ok(record)) => {
                     self.apply_assignment_events();
@@ -336,7 +407,7 @@ impl Scheduler<'_> {
         // A record whose copy was acknowledged in an earlier round (`sent`) gets no copy: it
         // waits only for the records before it, so that offsets are stored in order.
         let outgoings: Vec<Option<OutgoingRecord>> = due
-            .iter()
+            .iter_mut()
             .map(|held| {
                 if held.sent {
                     return None;
@@ -355,7 +426,7 @@ impl Scheduler<'_> {
                     ),
                 };
                 continue_trace(&span, &held.record.headers);
-                let mut outgoing = outgoing_of(held);
+                let mut outgoing = take_outgoing(held);
                 inject_trace(&span, &mut outgoing.headers);
                 Some(outgoing)
             })
@@ -378,6 +449,7 @@ impl Scheduler<'_> {
             let key = (held.record.topic.clone(), held.record.partition);
             let safe = match (outgoing, result) {
                 (Some(outgoing), Some(result)) => {
+                    give_back_payload(&mut held, outgoing, result.is_err());
                     let (outcome, back) = self.settle(held, outgoing, result, now, now_ms).await;
                     held = back;
                     outcome
@@ -607,31 +679,37 @@ impl Scheduler<'_> {
             .partition_horizons()
             .map(|(partition, count, horizon)| (partition.clone(), (count, horizon)))
             .collect();
-        for (partition, (count, horizon)) in &horizons {
-            if !self.paused.contains(partition)
-                && limits.decide(*count, Some(*horizon), held_bytes, now, false) == FetchDecision::Pause
-            {
-                match self.consumer.pause(&partition.topic, partition.partition) {
-                    Ok(()) => {
-                        self.paused.insert(partition.clone());
-                    }
-                    Err(error) => tracing::warn!(%error, "pause failed"),
-                }
-            }
-        }
-        for partition in self.paused.clone() {
+        // Every partition that can fetch counts, not only those holding records: at the byte
+        // bound, a partition holding nothing would otherwise keep adding to what is held.
+        let partitions: BTreeSet<TopicPartition> = self
+            .assigned
+            .iter()
+            .chain(horizons.keys())
+            .chain(self.paused.iter())
+            .cloned()
+            .collect();
+        for partition in partitions {
             let (count, horizon) = horizons
                 .get(&partition)
                 .map_or((0, None), |(count, horizon)| (*count, Some(*horizon)));
-            if limits.decide(count, horizon, held_bytes, now, true) == FetchDecision::Resume {
-                match self.consumer.resume(&partition.topic, partition.partition) {
+            let paused = self.paused.contains(&partition);
+            match limits.decide(count, horizon, held_bytes, now, paused) {
+                FetchDecision::Pause => match self.consumer.pause(&partition.topic, partition.partition) {
+                    Ok(()) => {
+                        self.paused.insert(partition);
+                    }
+                    Err(error) => tracing::warn!(%error, "pause failed"),
+                },
+                FetchDecision::Resume => match self.consumer.resume(&partition.topic, partition.partition) {
                     Ok(()) => {
                         self.paused.remove(&partition);
                     }
                     Err(error) => tracing::warn!(%error, "resume failed"),
-                }
+                },
+                FetchDecision::Keep => {}
             }
         }
+        events::scheduler_held_bytes(held_bytes);
         let waiting_per_topic = self.holdings.waiting_per_topic();
         for tier in self.config.policy.tiers() {
             events::records_waiting(
@@ -639,5 +717,40 @@ impl Scheduler<'_> {
                 waiting_per_topic.get(tier.topic.as_str()).copied().unwrap_or(0),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rebound_kafka::KafkaArgs;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn prefetch_bounds_are_properties_librdkafka_accepts() {
+        // Creating the client validates its configuration without a broker.
+        for read_ahead_bytes in [1 << 20, 64 << 20, 1 << 30] {
+            let settings = prefetch_bounded(
+                ConsumerSettings::new("group", vec!["topic".to_owned()]),
+                read_ahead_bytes,
+                1_000_000,
+            );
+            let consumer = RecordConsumer::subscribe(&KafkaArgs::for_brokers("127.0.0.1:1"), &settings);
+            assert!(consumer.is_ok(), "{read_ahead_bytes}: {:?}", consumer.err());
+        }
+        let settings = prefetch_bounded(ConsumerSettings::new("group", Vec::new()), 64 << 20, 1_000_000);
+        assert!(
+            settings
+                .client_defaults
+                .contains(&("fetch.max.bytes".to_owned(), (8 << 20).to_string()))
+        );
+        // Records up to 16 MiB allowed: a fetch must be able to bring one.
+        let settings = prefetch_bounded(
+            ConsumerSettings::new("group", vec!["topic".to_owned()]),
+            8 << 20,
+            16 << 20,
+        );
+        let consumer = RecordConsumer::subscribe(&KafkaArgs::for_brokers("127.0.0.1:1"), &settings);
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
     }
 }

@@ -150,9 +150,11 @@ async fn four_mib_records_held_until_due_stay_within_read_ahead_bytes() {
         RECORDS * RECORD_BYTES / (1024 * 1024),
         RECORD_BYTES / (1024 * 1024),
     );
-    // Held records, their copies while in flight and librdkafka's bounded prefetch: a few times
-    // the bound at most, far below the 192 MiB that passed through.
-    let allowance = 3 * bound_mib * MIB;
+    // Per byte held, at most four in memory at the peak of a release round: the record held,
+    // its copy in flight, librdkafka's copy of that and its compressed batch; plus the bounded
+    // prefetch. Far below the 192 MiB that passed through (before the byte bound: 566 MiB peak
+    // here; with it, 94 to 110 MiB).
+    let allowance = 4 * bound_mib * MIB;
     assert!(
         peak <= baseline + allowance,
         "peak {} MiB above start {} MiB plus {} MiB",
