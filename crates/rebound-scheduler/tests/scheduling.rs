@@ -372,18 +372,28 @@ async fn key_counts(topic: &str) -> std::collections::BTreeMap<String, usize> {
 async fn records_acknowledged_behind_a_refused_one_are_not_sent_again() {
     let prefix = unique_prefix("refused-once");
     create_test_topics(&prefix, &["notes", "notes-a", "retry-5s", "dlq"], 2).await;
-    // notes-b refuses every record (INVALID_TIMESTAMP) while it accepts none stamped before the
-    // broker's clock: a copy is stamped when sent and reaches the broker a little later. (A
-    // topic-level `min.insync.replicas=2` does not refuse on this broker: with eligible leader
-    // replicas enabled, Kafka 4.1 ignores the topic-level setting.)
-    create_test_topics_with_config(&prefix, &["notes-b"], 1, &[("message.timestamp.before.max.ms", "0")]).await;
+    // notes-b is compacted, and a compacted topic refuses every record without a key
+    // (INVALID_RECORD) until its cleanup policy is changed back. (A topic-level
+    // `min.insync.replicas=2` does not refuse on this broker: with eligible leader replicas
+    // enabled, Kafka 4.1 ignores the topic-level setting. `message.timestamp.before.max.ms=0`
+    // refuses only copies that reach the broker a millisecond or more after they were stamped.)
+    create_test_topics_with_config(&prefix, &["notes-b"], 1, &[("cleanup.policy", "compact")]).await;
     let group = format!("{prefix}scheduler");
     // A refused copy is tried again every second or so.
     let scheduler = RunningScheduler::start(&prefix, &[]);
     let now = now_epoch_ms();
     let mut to_b = tier_headers(&prefix, now, 0);
     to_b.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes-b"));
-    produce_tier_record(&prefix, Some(0), "b-0", to_b).await;
+    producer()
+        .send(&OutgoingRecord {
+            topic: format!("{prefix}retry-5s"),
+            partition: Some(0),
+            key: None,
+            value: Some(b"value of b-0".to_vec()),
+            headers: to_b,
+        })
+        .await
+        .expect("acknowledged");
     for sequence in 1..=5 {
         let mut to_a = tier_headers(&prefix, now, sequence);
         to_a.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes-a"));
@@ -413,7 +423,7 @@ async fn records_acknowledged_behind_a_refused_one_are_not_sent_again() {
     alter_topic_config(
         &kafka_args(),
         &format!("{prefix}notes-b"),
-        &[("message.timestamp.before.max.ms", "9223372036854775807")],
+        &[("cleanup.policy", "delete")],
         Duration::from_secs(30),
     )
     .await
@@ -438,7 +448,9 @@ async fn records_acknowledged_behind_a_refused_one_are_not_sent_again() {
     .await;
     scheduler.stop().await;
 
-    assert_eq!(key_counts(&format!("{prefix}notes-b")).await.get("b-0"), Some(&1));
+    let to_b = read_all(&format!("{prefix}notes-b")).await;
+    assert_eq!(to_b.len(), 1, "the refused record arrives once");
+    assert_eq!(to_b[0].value.as_deref(), Some(b"value of b-0".as_slice()));
     assert_eq!(
         key_counts(&format!("{prefix}notes-a")).await,
         expected,
