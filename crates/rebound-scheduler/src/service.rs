@@ -444,13 +444,15 @@ impl Scheduler<'_> {
         // one whose copy was acknowledged goes back marked sent, never to be sent again. Only
         // the offset store waits for the record that was refused.
         let mut waiting: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
+        // One metadata answer per topic and round, however many of its records were refused.
+        let mut presence: BTreeMap<String, TopicPresence> = BTreeMap::new();
         let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for ((mut held, outgoing), result) in due.into_iter().zip(&outgoings).zip(results) {
             let key = (held.record.topic.clone(), held.record.partition);
             let safe = match (outgoing, result) {
                 (Some(outgoing), Some(result)) => {
                     give_back_payload(&mut held, outgoing, result.is_err());
-                    let (outcome, back) = self.settle(held, outgoing, result, now, now_ms).await;
+                    let (outcome, back) = self.settle(held, outgoing, result, &mut presence, now, now_ms).await;
                     held = back;
                     outcome
                 }
@@ -488,6 +490,7 @@ impl Scheduler<'_> {
         held: HeldRecord,
         outgoing: &OutgoingRecord,
         result: Result<rebound_kafka::AckedRecord, rebound_kafka::KafkaError>,
+        presence_by_topic: &mut BTreeMap<String, TopicPresence>,
         now: Instant,
         now_ms: i64,
     ) -> (bool, HeldRecord) {
@@ -515,7 +518,14 @@ impl Scheduler<'_> {
                 let refusal = refusal_of(&error);
                 let presence = match (&held.action, refusal) {
                     (ReleaseAction::Republish { target_topic }, Refusal::UnknownTopicOrPartition) => {
-                        self.topic_presence(target_topic).await
+                        match presence_by_topic.get(target_topic) {
+                            Some(presence) => *presence,
+                            None => {
+                                let presence = self.topic_presence(target_topic).await;
+                                presence_by_topic.insert(target_topic.clone(), presence);
+                                presence
+                            }
+                        }
                     }
                     _ => TopicPresence::Unknown,
                 };
