@@ -217,3 +217,44 @@ pub async fn fetch_partition_counts(
         timeout_ms: timeout.as_millis(),
     })?
 }
+
+/// Sets topic-level configuration (`min.insync.replicas`, `retention.ms`, ...) of an existing
+/// topic. This is Kafka's non-incremental AlterConfigs: the topic's dynamic configuration becomes
+/// exactly `config`, and any other value set on the topic before returns to the broker default.
+pub async fn alter_topic_config(
+    args: &KafkaArgs,
+    topic: &str,
+    config: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let fail = |reason: String| KafkaError::AlterTopicConfig {
+        topic: topic.to_owned(),
+        reason,
+    };
+    let admin: AdminClient<DefaultClientContext> =
+        args.resolve()?
+            .client_config(&[])
+            .create()
+            .map_err(|source| KafkaError::CreateClient {
+                client: "admin",
+                source,
+            })?;
+    let alteration = config.iter().fold(
+        AlterConfig::new(ResourceSpecifier::Topic(topic)),
+        |alteration, (key, value)| alteration.set(key, value),
+    );
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results = admin
+        .alter_configs([&alteration], &options)
+        .await
+        .map_err(|error| fail(error.to_string()))?;
+    for result in results {
+        if let Err((_, code)) = result {
+            return Err(fail(code.to_string()));
+        }
+    }
+    Ok(())
+}

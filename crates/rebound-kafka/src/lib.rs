@@ -16,7 +16,7 @@ mod replay_ledger;
 mod scan;
 mod transaction;
 
-pub use admin::{TopicCreation, TopicSpec, create_topics, fetch_partition_counts};
+pub use admin::{TopicCreation, TopicSpec, alter_topic_config, create_topics, fetch_partition_counts};
 pub use config::{KafkaArgs, KafkaConfigPair, REDACTED, is_secret_config_key, redact_config_value};
 pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
 pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
@@ -230,6 +230,14 @@ pub enum KafkaError {
         /// librdkafka's error code, `Fenced` when a newer producer took over.
         code: rdkafka::types::RDKafkaErrorCode,
         /// librdkafka's explanation.
+        reason: String,
+    },
+    /// Changing a topic's configuration failed.
+    #[error("failed to alter the configuration of topic {topic}: {reason}")]
+    AlterTopicConfig {
+        /// The topic.
+        topic: String,
+        /// What the broker said.
         reason: String,
     },
 }

@@ -53,6 +53,18 @@ pub struct SchedulerArgs {
     #[arg(long, env = "REBOUND_READ_AHEAD_TIME", default_value = "4s")]
     pub read_ahead_time: String,
 
+    /// Most bytes (keys, values, headers) held in memory across all partitions: every partition
+    /// is paused when this much is held, and fetching resumes once it is down to half. Accepts
+    /// `67108864`, `64MiB`, `512KiB`, `1GiB`.
+    #[arg(long, env = "REBOUND_READ_AHEAD_BYTES", default_value = "64MiB")]
+    pub read_ahead_bytes: String,
+
+    /// Furthest a `retry.due.timestamp` may lie ahead. A record due later is bad input (a
+    /// corrupted header, a producer's clock far off) and goes to the DLQ as poison; no record is
+    /// ever released before its due time.
+    #[arg(long, env = "REBOUND_MAX_DUE_AHEAD", default_value = "30d")]
+    pub max_due_ahead: String,
+
     /// How long shutdown may take to commit.
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: String,
@@ -69,8 +81,11 @@ pub struct SchedulerConfig {
     pub policy: TierPolicy,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// How far ahead each partition is read, in records and in time.
+    /// How far ahead each partition is read, in records and in time, and how many bytes are
+    /// held in all.
     pub read_ahead: ReadAhead,
+    /// Furthest ahead a due time is accepted; a later one is poison.
+    pub max_due_ahead: Duration,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -102,12 +117,27 @@ impl SchedulerArgs {
         if self.read_ahead == 0 {
             return Err(invalid("--read-ahead", "must be at least 1".to_owned()));
         }
+        let max_bytes = parse_byte_size(&self.read_ahead_bytes)
+            .map_err(|reason| invalid("--read-ahead-bytes", format!("{:?}: {reason}", self.read_ahead_bytes)))?;
+        if max_bytes < MIN_READ_AHEAD_BYTES {
+            return Err(invalid(
+                "--read-ahead-bytes",
+                format!("{:?} is less than 1MiB", self.read_ahead_bytes),
+            ));
+        }
+        let max_due_ahead =
+            parse_duration(&self.max_due_ahead).map_err(|error| invalid("--max-due-ahead", error.to_string()))?;
+        if max_due_ahead.is_zero() {
+            return Err(invalid("--max-due-ahead", "must be longer than 0".to_owned()));
+        }
         Ok(SchedulerConfig {
             read_ahead: ReadAhead {
                 max_records: self.read_ahead,
                 max_time: parse_duration(&self.read_ahead_time)
                     .map_err(|error| invalid("--read-ahead-time", error.to_string()))?,
+                max_bytes,
             },
+            max_due_ahead,
             metrics_listen: self.operational.metrics_listen,
             kafka: self.common.kafka,
             group: self.group,
@@ -116,6 +146,33 @@ impl SchedulerArgs {
                 .map_err(|error| invalid("--shutdown-timeout", error.to_string()))?,
         })
     }
+}
+
+/// The smallest `--read-ahead-bytes`: below it a single ordinary record could pause everything.
+const MIN_READ_AHEAD_BYTES: usize = 1024 * 1024;
+
+/// Parses a byte count: a whole number, optionally followed by `B`, `KiB`, `MiB`, `GiB` (powers
+/// of 1024) or `KB`, `MB`, `GB` (powers of 1000).
+fn parse_byte_size(input: &str) -> Result<usize, String> {
+    let input = input.trim();
+    let split = input
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(input.len());
+    let (digits, unit) = input.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| "expected a whole number of bytes, such as 64MiB".to_owned())?;
+    let multiplier: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    number.checked_mul(multiplier).ok_or_else(|| "too large".to_owned())
 }
 
 #[cfg(test)]
@@ -146,5 +203,38 @@ mod tests {
             .expect_err("invalid")
             .to_string();
         assert!(error.contains("--tier") && error.contains("retry 5s"), "{error}");
+    }
+
+    #[test]
+    fn read_ahead_bytes_and_max_due_ahead_are_parsed_and_validated() {
+        let config = SchedulerArgs::parse_from(["rebound-scheduler"])
+            .into_config()
+            .expect("defaults");
+        assert_eq!(config.read_ahead.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.max_due_ahead, Duration::from_secs(30 * 24 * 60 * 60));
+        let config = SchedulerArgs::parse_from([
+            "rebound-scheduler",
+            "--read-ahead-bytes",
+            "16MB",
+            "--max-due-ahead",
+            "7d",
+        ])
+        .into_config()
+        .expect("valid");
+        assert_eq!(config.read_ahead.max_bytes, 16_000_000);
+        assert_eq!(config.max_due_ahead, Duration::from_secs(7 * 24 * 60 * 60));
+        for (flag, value) in [
+            ("--read-ahead-bytes", "lots"),
+            ("--read-ahead-bytes", "64XB"),
+            ("--read-ahead-bytes", "1000"),
+            ("--max-due-ahead", "0s"),
+            ("--max-due-ahead", "soon"),
+        ] {
+            let error = SchedulerArgs::parse_from(["rebound-scheduler", flag, value])
+                .into_config()
+                .expect_err("invalid")
+                .to_string();
+            assert!(error.contains(flag), "{error}");
+        }
     }
 }

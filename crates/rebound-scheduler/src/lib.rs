@@ -6,6 +6,7 @@
 
 mod config;
 mod holdings;
+mod refusal;
 mod service;
 
 pub use config::{SchedulerArgs, SchedulerConfig};

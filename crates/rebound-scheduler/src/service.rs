@@ -17,16 +17,16 @@ use rebound_service::trace_context::{continue_trace, inject_trace};
 use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
 use tokio::time::Instant;
 
-use crate::holdings::{FetchDecision, HeldRecord, Holdings, ReleaseAction, bounded_due_ms};
+use crate::holdings::{DueDecision, FetchDecision, HeldRecord, Holdings, ReleaseAction, due_decision, release_at};
+use crate::refusal::{Refusal, RefusalAction, TopicPresence, refusal_action};
 use crate::{SchedulerConfig, SchedulerError};
 
 /// Most records taken from the consumer in one go before due records are released.
 const MAX_RECORDS_PER_INTAKE: usize = 1000;
+/// Bound on the metadata fetch that decides whether a refused copy's topic really is missing.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait before a refused republish is tried again.
 const REPUBLISH_BACKOFF: Duration = Duration::from_secs(1);
-/// A due time further ahead than the tier's delay plus this is treated as absurd (clock skew,
-/// a corrupted header) and pulled in, so a record can never be parked forever.
-const DUE_TIME_SLACK_MS: i64 = 60 * 60 * 1000;
 
 /// Runs the scheduler until `shutdown` triggers, then commits and returns. Held records are
 /// not republished at shutdown: their offsets were not stored, so they are read again.
@@ -64,7 +64,11 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     }
     let consumer = RecordConsumer::subscribe(
         &config.kafka,
-        &ConsumerSettings::new(config.group.clone(), topics.clone()),
+        &prefetch_bounded(
+            ConsumerSettings::new(config.group.clone(), topics.clone()),
+            config.read_ahead.max_bytes,
+            message_max_bytes(&config.kafka),
+        ),
     )
     .map_err(|source| SchedulerError::Kafka {
         operation: "subscribe",
@@ -76,6 +80,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         producer,
         consumer,
         holdings: Holdings::default(),
+        assigned: BTreeSet::new(),
         paused: BTreeSet::new(),
         readiness,
     };
@@ -111,6 +116,38 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     Ok(())
 }
 
+/// Bounds what librdkafka fetches ahead of the scheduler to an eighth of `--read-ahead-bytes`
+/// (between 1 and 8 MiB), so the process's memory is the held bytes plus a small, fixed
+/// prefetch: librdkafka's own defaults let one fetch response reach 50 MiB and its queue
+/// 64 MiB whatever the scheduler holds. A fetch may not be smaller than the largest message
+/// the client accepts (`message.max.bytes`, librdkafka refuses the configuration otherwise).
+/// `-X` overrides each of these.
+fn prefetch_bounded(settings: ConsumerSettings, read_ahead_bytes: usize, message_max_bytes: usize) -> ConsumerSettings {
+    let prefetch_bytes = (read_ahead_bytes / 8).clamp(1 << 20, 8 << 20);
+    settings
+        .with_client_default("queued.max.messages.kbytes", (prefetch_bytes / 1024).to_string())
+        .with_client_default("fetch.max.bytes", prefetch_bytes.max(message_max_bytes).to_string())
+        .with_client_default(
+            "max.partition.fetch.bytes",
+            (1usize << 20).min(prefetch_bytes).to_string(),
+        )
+}
+
+/// The client's `message.max.bytes`: as given with `-X` or the config file, else librdkafka's
+/// default. A value that does not parse is left for librdkafka to refuse by name.
+fn message_max_bytes(kafka: &rebound_kafka::KafkaArgs) -> usize {
+    const LIBRDKAFKA_DEFAULT: usize = 1_000_000;
+    kafka
+        .resolve()
+        .ok()
+        .and_then(|resolved| {
+            resolved
+                .property("message.max.bytes")
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(LIBRDKAFKA_DEFAULT)
+}
+
 /// The record a held record is released as: republished unchanged, or its dead-letter copy.
 fn outgoing_of(held: &HeldRecord) -> OutgoingRecord {
     let record = &held.record;
@@ -132,6 +169,45 @@ fn outgoing_of(held: &HeldRecord) -> OutgoingRecord {
     }
 }
 
+/// The refusal as [`refusal_action`] sees it.
+fn refusal_of(error: &rebound_kafka::KafkaError) -> Refusal {
+    if error.is_unknown_topic() {
+        Refusal::UnknownTopicOrPartition
+    } else {
+        Refusal::Other
+    }
+}
+
+/// The copy to send for a held record. A republished copy takes the record's key and value
+/// instead of cloning them, so a release round does not hold every payload twice (with
+/// records of megabytes, that doubled the scheduler's peak memory); [`give_back_payload`] puts
+/// them back. Headers are cloned: the copy's get this hop's `traceparent`, the record keeps its
+/// own.
+fn take_outgoing(held: &mut HeldRecord) -> OutgoingRecord {
+    match &held.action {
+        ReleaseAction::Republish { target_topic } => OutgoingRecord {
+            topic: target_topic.clone(),
+            partition: None,
+            key: held.record.key.take(),
+            value: held.record.value.take(),
+            headers: held.record.headers.clone(),
+        },
+        ReleaseAction::DeadLetter(_) => outgoing_of(held),
+    }
+}
+
+/// Undoes [`take_outgoing`] once the copy's fate is known: the key always (log lines show it),
+/// the value only when the record must be sent again or dead-lettered.
+fn give_back_payload(held: &mut HeldRecord, outgoing: &OutgoingRecord, refused: bool) {
+    if !matches!(held.action, ReleaseAction::Republish { .. }) {
+        return;
+    }
+    held.record.key.clone_from(&outgoing.key);
+    if refused {
+        held.record.value.clone_from(&outgoing.value);
+    }
+}
+
 async fn sleep_until_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -144,6 +220,8 @@ struct Scheduler<'config> {
     producer: RecordProducer,
     consumer: RecordConsumer,
     holdings: Holdings,
+    /// Partitions assigned to this member, as of the last assignment events applied.
+    assigned: BTreeSet<TopicPartition>,
     /// Partitions this scheduler paused; reconciled with the holdings after every step.
     paused: BTreeSet<TopicPartition>,
     /// What `/readyz` reports.
@@ -163,6 +241,11 @@ impl Scheduler<'_> {
             }
         }
         for _ in 1..MAX_RECORDS_PER_INTAKE {
+            // At the byte bound, what else is ready stays in librdkafka's (bounded) queue until
+            // the partitions are paused and what is held is released.
+            if self.holdings.bytes() >= self.config.read_ahead.max_bytes {
+                break;
+            }
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
                 Ok(Ok(record)) => {
                     self.apply_assignment_events();
@@ -186,11 +269,13 @@ impl Scheduler<'_> {
             match event {
                 PartitionAssignmentEvent::Assigned(partitions) => {
                     tracing::info!(partitions = ?partitions, "partitions assigned");
+                    self.assigned.extend(partitions);
                 }
                 PartitionAssignmentEvent::Revoked(partitions) => {
                     let dropped = self.holdings.forget(&partitions);
                     for partition in &partitions {
                         self.paused.remove(partition);
+                        self.assigned.remove(partition);
                     }
                     tracing::info!(partitions = ?partitions, dropped_held_records = dropped, "partitions revoked");
                 }
@@ -209,41 +294,59 @@ impl Scheduler<'_> {
             .map_or(0, |tier| i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX));
         let (action, attempt, due_ms) = match self.route_back(&record) {
             Ok((context, target_topic)) => {
-                let requested_due_ms = context
-                    .due_timestamp_ms
-                    .unwrap_or_else(|| record.timestamp_ms.unwrap_or(now_ms).saturating_add(fallback_delay_ms));
-                let ceiling_ms = now_ms
-                    .saturating_add(fallback_delay_ms)
-                    .saturating_add(DUE_TIME_SLACK_MS);
-                if requested_due_ms > ceiling_ms {
-                    tracing::warn!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        requested_due_ms, ceiling_ms, "due time absurdly far ahead; pulled in"
-                    );
-                } else if requested_due_ms < 0 {
-                    tracing::warn!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        requested_due_ms, "due time before the epoch; due now"
-                    );
+                match due_decision(
+                    context.due_timestamp_ms,
+                    record.timestamp_ms,
+                    now_ms,
+                    fallback_delay_ms,
+                    self.config.max_due_ahead,
+                ) {
+                    DueDecision::HoldUntil { due_ms } => {
+                        if context.due_timestamp_ms.is_some_and(|requested| requested < 0) {
+                            tracing::warn!(
+                                topic = %record.topic, partition = record.partition, offset = record.offset,
+                                requested_due_ms = context.due_timestamp_ms, "due time before the epoch; due now"
+                            );
+                        }
+                        (ReleaseAction::Republish { target_topic }, context.attempt, due_ms)
+                    }
+                    DueDecision::TooFarAhead {
+                        due_ms,
+                        latest_accepted_ms,
+                    } => {
+                        let key = record.key_for_display();
+                        events::scheduler_due_too_far_ahead(
+                            RecordRef {
+                                topic: &record.topic,
+                                partition: record.partition,
+                                offset: record.offset,
+                                key: &key,
+                            },
+                            due_ms,
+                            latest_accepted_ms,
+                        );
+                        let message = format!(
+                            "retry.due.timestamp {due_ms} is further ahead than --max-due-ahead {} allows \
+                             (latest accepted {latest_accepted_ms}); refusing to hold it",
+                            humantime::format_duration(self.config.max_due_ahead)
+                        );
+                        let dispatch = self.poison_dispatch(&record, Some(&context), message, now_ms);
+                        (ReleaseAction::DeadLetter(Box::new(dispatch)), 0, now_ms)
+                    }
                 }
-                (
-                    ReleaseAction::Republish { target_topic },
-                    context.attempt,
-                    bounded_due_ms(requested_due_ms, ceiling_ms),
-                )
             }
             Err((previous, message)) => {
                 let dispatch = self.poison_dispatch(&record, previous.as_ref(), message, now_ms);
                 (ReleaseAction::DeadLetter(Box::new(dispatch)), 0, now_ms)
             }
         };
-        let wait_ms = u64::try_from(due_ms.saturating_sub(now_ms)).unwrap_or(0);
         self.holdings.hold(HeldRecord {
             record,
             action,
             attempt,
             due_ms,
-            release_at: now + Duration::from_millis(wait_ms),
+            release_at: release_at(now, now_ms, due_ms),
+            sent: false,
         });
     }
 
@@ -272,7 +375,13 @@ impl Scheduler<'_> {
     async fn release_due(&mut self) {
         let now = Instant::now();
         let now_ms = now_epoch_ms();
-        let mut due = self.holdings.take_due(now);
+        // A revocation served while the consumer was last polled may still be queued: apply it
+        // first, so nothing is released for a partition another member now owns.
+        self.apply_assignment_events();
+        let assigned = &self.assigned;
+        let mut due = self
+            .holdings
+            .take_due_assigned(now, |partition| assigned.contains(partition));
         if due.is_empty() {
             return;
         }
@@ -295,9 +404,14 @@ impl Scheduler<'_> {
         }
 
         // A span per released record continues the record's trace; its copy carries this hop.
-        let spans: Vec<tracing::Span> = due
-            .iter()
+        // A record whose copy was acknowledged in an earlier round (`sent`) gets no copy: it
+        // waits only for the records before it, so that offsets are stored in order.
+        let outgoings: Vec<Option<OutgoingRecord>> = due
+            .iter_mut()
             .map(|held| {
+                if held.sent {
+                    return None;
+                }
                 let span = match &held.action {
                     ReleaseAction::Republish { target_topic } => tracing::info_span!(
                         "scheduler.republish",
@@ -312,62 +426,48 @@ impl Scheduler<'_> {
                     ),
                 };
                 continue_trace(&span, &held.record.headers);
-                span
+                let mut outgoing = take_outgoing(held);
+                inject_trace(&span, &mut outgoing.headers);
+                Some(outgoing)
             })
             .collect();
-        let outgoings: Vec<OutgoingRecord> = due
-            .iter()
-            .zip(&spans)
-            .map(|(held, span)| {
-                let mut outgoing = outgoing_of(held);
-                inject_trace(span, &mut outgoing.headers);
-                outgoing
-            })
-            .collect();
-        let results = futures::future::join_all(outgoings.iter().map(|outgoing| self.producer.send(outgoing))).await;
-
-        let mut refused: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
-        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for ((held, outgoing), result) in due.into_iter().zip(&outgoings).zip(results) {
-            let key = (held.record.topic.clone(), held.record.partition);
-            if let Some(blocked) = refused.get_mut(&key) {
-                // Something earlier in this partition was refused: keep order, send again later.
-                blocked.push(held);
-                continue;
+        let producer = &self.producer;
+        let results = futures::future::join_all(outgoings.iter().map(|outgoing| async move {
+            match outgoing {
+                Some(outgoing) => Some(producer.send(outgoing).await),
+                None => None,
             }
-            match result {
-                Ok(_) => {
-                    self.emit_released(&held, now_ms);
-                    next_offsets.insert(key, held.record.offset + 1);
+        }))
+        .await;
+
+        // Per partition: once one record is not safe, every later one goes back too, but a later
+        // one whose copy was acknowledged goes back marked sent, never to be sent again. Only
+        // the offset store waits for the record that was refused.
+        let mut waiting: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
+        // One metadata answer per topic and round, however many of its records were refused.
+        let mut presence: BTreeMap<String, TopicPresence> = BTreeMap::new();
+        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for ((mut held, outgoing), result) in due.into_iter().zip(&outgoings).zip(results) {
+            let key = (held.record.topic.clone(), held.record.partition);
+            let safe = match (outgoing, result) {
+                (Some(outgoing), Some(result)) => {
+                    give_back_payload(&mut held, outgoing, result.is_err());
+                    let (outcome, back) = self.settle(held, outgoing, result, &mut presence, now, now_ms).await;
+                    held = back;
+                    outcome
                 }
-                Err(error) if error.is_message_too_large() && !held.action.is_stub() => {
-                    match self.resend_alone_or_stub(held, outgoing, now_ms).await {
-                        Ok(held) => {
-                            self.emit_released(&held, now_ms);
-                            next_offsets.insert(key, held.record.offset + 1);
-                        }
-                        Err(mut held) => {
-                            held.release_at = now + REPUBLISH_BACKOFF;
-                            refused.entry(key).or_default().push(held);
-                        }
-                    }
+                // Acknowledged in an earlier round.
+                _ => true,
+            };
+            if let Some(blocked) = waiting.get_mut(&key) {
+                if safe && !held.sent {
+                    held.mark_sent();
                 }
-                Err(error) if error.is_unknown_topic() && matches!(held.action, ReleaseAction::Republish { .. }) => {
-                    let mut poison = held;
-                    let message = format!("republish refused: {error}");
-                    tracing::warn!(topic = %poison.record.topic, offset = poison.record.offset, %message, "dead-lettering tier record");
-                    let previous = parse_retry_context(&poison.record.headers).ok().flatten();
-                    let dispatch = self.poison_dispatch(&poison.record, previous.as_ref(), message, now_ms);
-                    poison.action = ReleaseAction::DeadLetter(Box::new(dispatch));
-                    poison.release_at = now;
-                    refused.entry(key).or_default().push(poison);
-                }
-                Err(error) => {
-                    tracing::error!(%error, topic = %held.record.topic, offset = held.record.offset, "republish not acknowledged; will retry");
-                    let mut retry = held;
-                    retry.release_at = now + REPUBLISH_BACKOFF;
-                    refused.entry(key).or_default().push(retry);
-                }
+                blocked.push(held);
+            } else if safe {
+                next_offsets.insert(key, held.record.offset + 1);
+            } else {
+                waiting.entry(key).or_default().push(held);
             }
         }
         for ((topic, partition), next_offset) in next_offsets {
@@ -377,8 +477,101 @@ impl Scheduler<'_> {
                 Err(error) => tracing::error!(%error, %topic, partition, "failed to store offset"),
             }
         }
-        for (_, records) in refused {
+        for (_, records) in waiting {
             self.holdings.hold_again_at_front(records, now);
+        }
+    }
+
+    /// What became of one copy sent by [`Scheduler::release_due`]: `true` when the record is
+    /// safe (its copy, or in the end its dead-letter stub, was acknowledged), `false` when it must
+    /// be released again, with the record as it is to be held from now on.
+    async fn settle(
+        &self,
+        held: HeldRecord,
+        outgoing: &OutgoingRecord,
+        result: Result<rebound_kafka::AckedRecord, rebound_kafka::KafkaError>,
+        presence_by_topic: &mut BTreeMap<String, TopicPresence>,
+        now: Instant,
+        now_ms: i64,
+    ) -> (bool, HeldRecord) {
+        match result {
+            Ok(_) => {
+                self.emit_released(&held, now_ms);
+                (true, held)
+            }
+            Err(error) if error.is_message_too_large() && !held.action.is_stub() => {
+                match self.resend_alone_or_stub(held, outgoing, now_ms).await {
+                    Ok(held) => {
+                        self.emit_released(&held, now_ms);
+                        (true, held)
+                    }
+                    Err(mut held) => {
+                        held.release_at = now + REPUBLISH_BACKOFF;
+                        (false, held)
+                    }
+                }
+            }
+            Err(error) => {
+                // Brokers answer "unknown topic or partition" for topics that exist too, while a
+                // partition moves or metadata is refreshed: only the topic's metadata may say it
+                // is really missing, and only then can the record never be delivered.
+                let refusal = refusal_of(&error);
+                let presence = match (&held.action, refusal) {
+                    (ReleaseAction::Republish { target_topic }, Refusal::UnknownTopicOrPartition) => {
+                        match presence_by_topic.get(target_topic) {
+                            Some(presence) => *presence,
+                            None => {
+                                let presence = self.topic_presence(target_topic).await;
+                                presence_by_topic.insert(target_topic.clone(), presence);
+                                presence
+                            }
+                        }
+                    }
+                    _ => TopicPresence::Unknown,
+                };
+                if matches!(held.action, ReleaseAction::Republish { .. })
+                    && refusal_action(refusal, presence) == RefusalAction::DeadLetter
+                {
+                    let mut poison = held;
+                    let message = format!("republish refused and the topic does not exist: {error}");
+                    let previous = parse_retry_context(&poison.record.headers).ok().flatten();
+                    let dispatch = self.poison_dispatch(&poison.record, previous.as_ref(), message, now_ms);
+                    poison.action = ReleaseAction::DeadLetter(Box::new(dispatch));
+                    poison.release_at = now;
+                    return (false, poison);
+                }
+                let cause = match refusal {
+                    Refusal::UnknownTopicOrPartition => "unknown_topic_unconfirmed",
+                    Refusal::Other => "other",
+                };
+                let key = held.record.key_for_display();
+                events::scheduler_copy_refused(
+                    RecordRef {
+                        topic: &held.record.topic,
+                        partition: held.record.partition,
+                        offset: held.record.offset,
+                        key: &key,
+                    },
+                    &outgoing.topic,
+                    cause,
+                    &error.to_string(),
+                );
+                let mut retry = held;
+                retry.release_at = now + REPUBLISH_BACKOFF;
+                (false, retry)
+            }
+        }
+    }
+
+    /// Whether `topic` exists, as the cluster's metadata says now.
+    async fn topic_presence(&self, topic: &str) -> TopicPresence {
+        match rebound_kafka::topic_exists(&self.config.kafka, topic, METADATA_TIMEOUT).await {
+            Ok(true) => TopicPresence::Exists,
+            Ok(false) => TopicPresence::Missing,
+            Err(error) => {
+                tracing::warn!(%error, topic, "could not fetch topic metadata; treating the refusal as transient");
+                TopicPresence::Unknown
+            }
         }
     }
 
@@ -490,36 +683,43 @@ impl Scheduler<'_> {
     fn reconcile_pauses(&mut self) {
         let now = Instant::now();
         let limits = self.config.read_ahead;
+        let held_bytes = self.holdings.bytes();
         let horizons: BTreeMap<TopicPartition, (usize, Instant)> = self
             .holdings
             .partition_horizons()
             .map(|(partition, count, horizon)| (partition.clone(), (count, horizon)))
             .collect();
-        for (partition, (count, horizon)) in &horizons {
-            if !self.paused.contains(partition)
-                && limits.decide(*count, Some(*horizon), now, false) == FetchDecision::Pause
-            {
-                match self.consumer.pause(&partition.topic, partition.partition) {
-                    Ok(()) => {
-                        self.paused.insert(partition.clone());
-                    }
-                    Err(error) => tracing::warn!(%error, "pause failed"),
-                }
-            }
-        }
-        for partition in self.paused.clone() {
+        // Every partition that can fetch counts, not only those holding records: at the byte
+        // bound, a partition holding nothing would otherwise keep adding to what is held.
+        let partitions: BTreeSet<TopicPartition> = self
+            .assigned
+            .iter()
+            .chain(horizons.keys())
+            .chain(self.paused.iter())
+            .cloned()
+            .collect();
+        for partition in partitions {
             let (count, horizon) = horizons
                 .get(&partition)
                 .map_or((0, None), |(count, horizon)| (*count, Some(*horizon)));
-            if limits.decide(count, horizon, now, true) == FetchDecision::Resume {
-                match self.consumer.resume(&partition.topic, partition.partition) {
+            let paused = self.paused.contains(&partition);
+            match limits.decide(count, horizon, held_bytes, now, paused) {
+                FetchDecision::Pause => match self.consumer.pause(&partition.topic, partition.partition) {
+                    Ok(()) => {
+                        self.paused.insert(partition);
+                    }
+                    Err(error) => tracing::warn!(%error, "pause failed"),
+                },
+                FetchDecision::Resume => match self.consumer.resume(&partition.topic, partition.partition) {
                     Ok(()) => {
                         self.paused.remove(&partition);
                     }
                     Err(error) => tracing::warn!(%error, "resume failed"),
-                }
+                },
+                FetchDecision::Keep => {}
             }
         }
+        events::scheduler_held_bytes(held_bytes);
         let waiting_per_topic = self.holdings.waiting_per_topic();
         for tier in self.config.policy.tiers() {
             events::records_waiting(
@@ -527,5 +727,40 @@ impl Scheduler<'_> {
                 waiting_per_topic.get(tier.topic.as_str()).copied().unwrap_or(0),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rebound_kafka::KafkaArgs;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn prefetch_bounds_are_properties_librdkafka_accepts() {
+        // Creating the client validates its configuration without a broker.
+        for read_ahead_bytes in [1 << 20, 64 << 20, 1 << 30] {
+            let settings = prefetch_bounded(
+                ConsumerSettings::new("group", vec!["topic".to_owned()]),
+                read_ahead_bytes,
+                1_000_000,
+            );
+            let consumer = RecordConsumer::subscribe(&KafkaArgs::for_brokers("127.0.0.1:1"), &settings);
+            assert!(consumer.is_ok(), "{read_ahead_bytes}: {:?}", consumer.err());
+        }
+        let settings = prefetch_bounded(ConsumerSettings::new("group", Vec::new()), 64 << 20, 1_000_000);
+        assert!(
+            settings
+                .client_defaults
+                .contains(&("fetch.max.bytes".to_owned(), (8 << 20).to_string()))
+        );
+        // Records up to 16 MiB allowed: a fetch must be able to bring one.
+        let settings = prefetch_bounded(
+            ConsumerSettings::new("group", vec!["topic".to_owned()]),
+            8 << 20,
+            16 << 20,
+        );
+        let consumer = RecordConsumer::subscribe(&KafkaArgs::for_brokers("127.0.0.1:1"), &settings);
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
     }
 }

@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use clap::Parser as _;
-use rebound_kafka::{ConsumedRecord, OutgoingRecord};
+use rebound_kafka::{ConsumedRecord, OutgoingRecord, alter_topic_config, fetch_committed_offsets};
 use rebound_retry::{RecordHeaders, contract};
 use rebound_scheduler::SchedulerArgs;
 use rebound_service::{Shutdown, now_epoch_ms};
-use rebound_testkit::{broker, create_test_topics, producer, read_all, unique_prefix, wait_for_records};
+use rebound_testkit::{
+    broker, create_test_topics, create_test_topics_with_config, kafka_args, producer, read_all, unique_prefix,
+    wait_for, wait_for_records,
+};
 use tokio::task::JoinHandle;
 
 struct RunningScheduler {
@@ -18,6 +21,11 @@ struct RunningScheduler {
 
 impl RunningScheduler {
     fn start(prefix: &str, extra_flags: &[&str]) -> Self {
+        Self::start_serving(prefix, "retry-5s:5s", extra_flags)
+    }
+
+    /// Starts a scheduler serving one tier given as `--tier` takes it (`NAME` or `NAME:DELAY`).
+    fn start_serving(prefix: &str, tier: &str, extra_flags: &[&str]) -> Self {
         let broker = broker();
         let group = format!("{prefix}scheduler");
         let mut argv = vec![
@@ -29,7 +37,7 @@ impl RunningScheduler {
             "--group",
             &group,
             "--tier",
-            "retry-5s:5s",
+            tier,
         ];
         argv.extend_from_slice(extra_flags);
         let config = SchedulerArgs::parse_from(argv).into_config().expect("valid flags");
@@ -253,15 +261,23 @@ async fn unroutable_tier_records_are_dead_lettered_as_poison() {
     missing_topic.set(contract::ORIGINAL_TOPIC, format!("{prefix}no-such-topic"));
     produce_tier_record(&prefix, None, "missing-topic", missing_topic).await;
     produce_tier_record(&prefix, None, "healthy", tier_headers(&prefix, now_epoch_ms(), 5)).await;
-    // Last, since it holds its partition: records behind it wait, in order.
+    // A due time centuries ahead is bad input, not a reason to hold the partition or to
+    // release the record early.
     let absurd = tier_headers(&prefix, i64::MAX - 1, 6);
     produce_tier_record(&prefix, None, "absurd-due", absurd).await;
 
-    let dead_letters = wait_for_records(&format!("{prefix}dlq"), 5, Duration::from_secs(90)).await;
+    let dead_letters = wait_for_records(&format!("{prefix}dlq"), 6, Duration::from_secs(90)).await;
     scheduler.stop().await;
 
     let keys: Vec<&[u8]> = dead_letters.iter().filter_map(|record| record.key.as_deref()).collect();
-    for expected in ["no-headers", "garbled", "no-original", "loops", "missing-topic"] {
+    for expected in [
+        "no-headers",
+        "garbled",
+        "no-original",
+        "loops",
+        "missing-topic",
+        "absurd-due",
+    ] {
         assert!(
             keys.contains(&expected.as_bytes()),
             "{expected} dead-lettered: {keys:?}"
@@ -282,7 +298,163 @@ async fn unroutable_tier_records_are_dead_lettered_as_poison() {
         source_keys.contains(&b"healthy".as_slice()),
         "healthy records behind poison still flow"
     );
-    // The absurd due time was pulled in to at most the tier delay plus an hour, not forever; it
-    // is still waiting, so it is in neither topic yet.
-    assert!(!keys.contains(&b"absurd-due".as_slice()) && !source_keys.contains(&b"absurd-due".as_slice()));
+    assert!(
+        !source_keys.contains(&b"absurd-due".as_slice()),
+        "an absurd due time is never republished"
+    );
+    let absurd_letter = dead_letters
+        .iter()
+        .find(|letter| letter.key.as_deref() == Some(b"absurd-due".as_slice()))
+        .expect("dead-lettered");
+    let message = absurd_letter
+        .headers
+        .get_str(contract::ERROR_MESSAGE)
+        .unwrap_or_default();
+    assert!(
+        message.contains(&(i64::MAX - 1).to_string()) && message.contains("30days"),
+        "the message names the due time and the bound: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_due_in_two_hours_is_held_while_other_partitions_flow() {
+    let prefix = unique_prefix("held-two-hours");
+    create_test_topics(&prefix, &["notes", "retry-5s", "dlq"], 2).await;
+    // The tier is served without a delay, as `--tier retry-6h` would be: the record's own due
+    // time must still rule.
+    let scheduler = RunningScheduler::start_serving(&prefix, "retry-5s", &[]);
+    let two_hours_ms = 2 * 60 * 60 * 1000;
+    produce_tier_record(
+        &prefix,
+        Some(0),
+        "two-hours",
+        tier_headers(&prefix, now_epoch_ms() + two_hours_ms, 0),
+    )
+    .await;
+    produce_tier_record(&prefix, Some(0), "behind", tier_headers(&prefix, now_epoch_ms(), 1)).await;
+    for sequence in 0..10 {
+        produce_tier_record(
+            &prefix,
+            Some(1),
+            &format!("flows-{sequence}"),
+            tier_headers(&prefix, now_epoch_ms(), sequence),
+        )
+        .await;
+    }
+    wait_for_records(&format!("{prefix}notes"), 10, Duration::from_secs(30)).await;
+    // Later records of the other partition flow too, while the first still waits.
+    produce_tier_record(&prefix, Some(1), "later", tier_headers(&prefix, now_epoch_ms(), 10)).await;
+    let republished = wait_for_records(&format!("{prefix}notes"), 11, Duration::from_secs(30)).await;
+    scheduler.stop().await;
+
+    let keys: Vec<&[u8]> = republished.iter().filter_map(|record| record.key.as_deref()).collect();
+    assert_eq!(republished.len(), 11, "{keys:?}");
+    assert!(keys.contains(&b"later".as_slice()));
+    assert!(!keys.contains(&b"two-hours".as_slice()), "released two hours early");
+    assert!(!keys.contains(&b"behind".as_slice()), "partition order kept");
+    assert!(
+        read_all(&format!("{prefix}dlq")).await.is_empty(),
+        "a due time two hours out is not poison"
+    );
+}
+
+/// Every key of a topic with how often it is there.
+async fn key_counts(topic: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for record in read_all(topic).await {
+        let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_acknowledged_behind_a_refused_one_are_not_sent_again() {
+    let prefix = unique_prefix("refused-once");
+    create_test_topics(&prefix, &["notes", "notes-a", "retry-5s", "dlq"], 2).await;
+    // notes-b is compacted, and a compacted topic refuses every record without a key
+    // (INVALID_RECORD) until its cleanup policy is changed back. (A topic-level
+    // `min.insync.replicas=2` does not refuse on this broker: with eligible leader replicas
+    // enabled, Kafka 4.1 ignores the topic-level setting. `message.timestamp.before.max.ms=0`
+    // refuses only copies that reach the broker a millisecond or more after they were stamped.)
+    create_test_topics_with_config(&prefix, &["notes-b"], 1, &[("cleanup.policy", "compact")]).await;
+    let group = format!("{prefix}scheduler");
+    // A refused copy is tried again every second or so.
+    let scheduler = RunningScheduler::start(&prefix, &[]);
+    let now = now_epoch_ms();
+    let mut to_b = tier_headers(&prefix, now, 0);
+    to_b.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes-b"));
+    producer()
+        .send(&OutgoingRecord {
+            topic: format!("{prefix}retry-5s"),
+            partition: Some(0),
+            key: None,
+            value: Some(b"value of b-0".to_vec()),
+            headers: to_b,
+        })
+        .await
+        .expect("acknowledged");
+    for sequence in 1..=5 {
+        let mut to_a = tier_headers(&prefix, now, sequence);
+        to_a.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes-a"));
+        produce_tier_record(&prefix, Some(0), &format!("a-{sequence}"), to_a).await;
+    }
+    // Markers on the other partition, due 4, 8 and 12 s out: once the last is back, the
+    // scheduler has been through several refusal rounds of partition 0.
+    for round in 1..=3 {
+        produce_tier_record(
+            &prefix,
+            Some(1),
+            &format!("marker-{round}"),
+            tier_headers(&prefix, now + round * 4000, 10),
+        )
+        .await;
+    }
+    wait_for_records(&format!("{prefix}notes"), 3, Duration::from_secs(60)).await;
+    let to_a = key_counts(&format!("{prefix}notes-a")).await;
+    let expected: std::collections::BTreeMap<String, usize> =
+        (1..=5).map(|sequence| (format!("a-{sequence}"), 1)).collect();
+    assert_eq!(to_a, expected, "each acknowledged record sent exactly once");
+    assert!(
+        read_all(&format!("{prefix}notes-b")).await.is_empty(),
+        "notes-b refuses"
+    );
+
+    alter_topic_config(
+        &kafka_args(),
+        &format!("{prefix}notes-b"),
+        &[("cleanup.policy", "delete")],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("notes-b writable again");
+    wait_for_records(&format!("{prefix}notes-b"), 1, Duration::from_secs(60)).await;
+    // Offsets are committed in order: partition 0 moves past b-0 and every a-*.
+    wait_for(
+        "tier partition 0 committed to its end",
+        Duration::from_secs(30),
+        || async {
+            let committed = fetch_committed_offsets(
+                &kafka_args(),
+                &group,
+                &format!("{prefix}retry-5s"),
+                Duration::from_secs(10),
+            )
+            .await
+            .ok()?;
+            (committed.get(&0) == Some(&6)).then_some(())
+        },
+    )
+    .await;
+    scheduler.stop().await;
+
+    let to_b = read_all(&format!("{prefix}notes-b")).await;
+    assert_eq!(to_b.len(), 1, "the refused record arrives once");
+    assert_eq!(to_b[0].value.as_deref(), Some(b"value of b-0".as_slice()));
+    assert_eq!(
+        key_counts(&format!("{prefix}notes-a")).await,
+        expected,
+        "still once each"
+    );
+    assert!(read_all(&format!("{prefix}dlq")).await.is_empty());
 }

@@ -272,3 +272,50 @@ pub fn producer_note_rejected(note_id: &str, version: i64, error: &str) {
     );
     metrics::counter!(PRODUCER_NOTES_REJECTED_TOTAL).increment(1);
 }
+
+/// Scheduler counter of republished or dead-lettered copies the broker refused, labelled by
+/// `cause`; each such record stays at the head of its partition and is sent again.
+pub const SCHEDULER_REPUBLISH_REFUSED_TOTAL: &str = "rebound_scheduler_republish_refused_total";
+/// Scheduler counter of tier records whose due time lies beyond `--max-due-ahead`.
+pub const SCHEDULER_DUE_TOO_FAR_AHEAD_TOTAL: &str = "rebound_scheduler_due_too_far_ahead_total";
+/// Scheduler gauge of the bytes (keys, values, headers) held in memory across partitions.
+pub const SCHEDULER_HELD_BYTES: &str = "rebound_scheduler_held_bytes";
+
+/// The broker refused a scheduler copy; it will be sent again. `cause` is a fixed label:
+/// `unknown_topic_unconfirmed` (the broker said unknown topic or partition, and metadata did not
+/// confirm the topic is missing) or `other`.
+pub fn scheduler_copy_refused(record: RecordRef<'_>, destination: &str, cause: &'static str, error: &str) {
+    tracing::warn!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        to = destination,
+        cause,
+        error,
+        "copy refused; will send again"
+    );
+    metrics::counter!(SCHEDULER_REPUBLISH_REFUSED_TOTAL, "tier" => record.topic.to_owned(), "cause" => cause)
+        .increment(1);
+}
+
+/// A tier record's due time lies further ahead than the scheduler accepts; it is dead-lettered
+/// as poison instead of being held (or released early).
+pub fn scheduler_due_too_far_ahead(record: RecordRef<'_>, due_ms: i64, latest_accepted_ms: i64) {
+    tracing::warn!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        due_ms,
+        latest_accepted_ms,
+        "due time too far ahead; dead-lettering as poison"
+    );
+    metrics::counter!(SCHEDULER_DUE_TOO_FAR_AHEAD_TOTAL, "tier" => record.topic.to_owned()).increment(1);
+}
+
+/// Bytes the scheduler holds in memory right now.
+pub fn scheduler_held_bytes(bytes: usize) {
+    #[expect(clippy::cast_precision_loss, reason = "held bytes are far below 2^52")]
+    metrics::gauge!(SCHEDULER_HELD_BYTES).set(bytes as f64);
+}
