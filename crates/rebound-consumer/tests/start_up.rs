@@ -52,3 +52,44 @@ async fn sigterm_during_the_start_up_topic_check_stops_the_scheduler_at_once() {
     assert!(outcome.is_ok(), "a stop during start-up is a clean stop: {outcome:?}");
     assert!(took < PROMPT_STOP, "stopped {took:?} after SIGTERM");
 }
+
+/// The process, not only the library: a signal during the topic check ends the binary at once,
+/// with exit code 0, without waiting for the check's thread to give up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_a_consumer_process_checking_its_topics_ends_it_at_once() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rebound-consumer"))
+        .args(["--brokers", NO_BROKER, "--sink", "null://"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // The configuration is logged right before the topic check begins.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("reads stderr") {
+            if line.contains("effective configuration") {
+                return;
+            }
+        }
+        panic!("the consumer ended before logging its configuration");
+    })
+    .await
+    .expect("logs its configuration within 30 s");
+    let pid = child.id().expect("running").to_string();
+    let asked_at = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within 30 s")
+        .expect("waits");
+    let took = asked_at.elapsed();
+    assert_eq!(status.code(), Some(0), "a stop during start-up is a clean stop");
+    assert!(took < PROMPT_STOP, "exited {took:?} after SIGTERM");
+}

@@ -180,7 +180,10 @@ pub async fn fetch_partition_counts(
 ) -> Result<BTreeMap<String, i32>, KafkaError> {
     let config = args.resolve()?.client_config(&[]);
     let topics = topics.to_vec();
-    tokio::task::spawn_blocking(move || {
+    // On a thread of its own rather than the runtime's blocking pool: a service stopped during
+    // this check (SIGTERM at start-up) drops the future and exits at once, while the runtime
+    // would wait for a pooled thread to finish its fetch, up to `timeout` per topic.
+    detached_thread(move || {
         let (consumer, auth) = watched_metadata_client(&config)?;
         let mut counts = BTreeMap::new();
         for topic in &topics {
@@ -257,4 +260,21 @@ pub async fn alter_topic_config(
         }
     }
     Ok(())
+}
+
+/// Runs blocking `work` on a thread of its own and resolves with its result. Unlike the
+/// runtime's blocking pool, nothing waits for the thread: a future dropped at shutdown leaves it
+/// to finish alone, and the process exits without it. An error means the thread could not be
+/// started or ended without an answer.
+async fn detached_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    // A failure to spawn drops the sender, which the receiver reports as an error.
+    let _ = std::thread::Builder::new()
+        .name("rebound-metadata".to_owned())
+        .spawn(move || {
+            let _ = sender.send(work());
+        });
+    receiver.await
 }

@@ -34,17 +34,22 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     let mut topics: Vec<String> = config.policy.tiers().iter().map(|tier| tier.topic.clone()).collect();
     let mut required = topics.clone();
     required.push(config.policy.dead_letter_topic().to_owned());
-    fetch_partition_counts(&config.kafka, &required, Duration::from_secs(15))
-        .await
-        .map_err(|error| match error {
-            rebound_kafka::KafkaError::FetchMetadata { what, reason } => {
-                SchedulerError::FindTopic { topic: what, reason }
-            }
-            source => SchedulerError::Kafka {
-                operation: "fetch topic metadata",
-                source,
-            },
-        })?;
+    // SIGTERM while the brokers are still being asked about the topics stops the service at
+    // once, rather than after the check's own timeout.
+    let checked = tokio::select! {
+        () = shutdown.wait() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+        checked = fetch_partition_counts(&config.kafka, &required, Duration::from_secs(15)) => checked,
+    };
+    checked.map_err(|error| match error {
+        rebound_kafka::KafkaError::FetchMetadata { what, reason } => SchedulerError::FindTopic { topic: what, reason },
+        source => SchedulerError::Kafka {
+            operation: "fetch topic metadata",
+            source,
+        },
+    })?;
     let producer = RecordProducer::new(&config.kafka, &ProducerSettings::awaited_copies()).map_err(|source| {
         SchedulerError::Kafka {
             operation: "create producer",
@@ -83,6 +88,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         assigned: BTreeSet::new(),
         paused: BTreeSet::new(),
         readiness,
+        producer_fatal: std::sync::Mutex::new(None),
     };
     let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -99,19 +105,35 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         }
         scheduler.release_due().await;
         scheduler.reconcile_pauses();
+        if scheduler.failed_for_good() {
+            break;
+        }
     }
     tracing::info!(
         held = scheduler.holdings.len(),
         "scheduler stopping: held records will be read again on restart"
     );
-    let Scheduler { producer, consumer, .. } = scheduler;
-    consumer
+    let Scheduler {
+        producer,
+        consumer,
+        producer_fatal,
+        ..
+    } = scheduler;
+    // Offsets were stored only for records whose copies were acknowledged: what the failed
+    // producer never delivered is read again by the next owner.
+    let committed = consumer
         .flush_commit_and_close(&producer, config.shutdown_timeout)
-        .await
-        .map_err(|source| SchedulerError::Kafka {
-            operation: "commit offsets at shutdown",
+        .await;
+    if let Some(source) = producer_fatal.into_inner().ok().flatten() {
+        return Err(SchedulerError::Kafka {
+            operation: "republish (the producer failed for good; restart the service)",
             source,
-        })?;
+        });
+    }
+    committed.map_err(|source| SchedulerError::Kafka {
+        operation: "commit offsets at shutdown",
+        source,
+    })?;
     tracing::info!("scheduler stopped");
     Ok(())
 }
@@ -226,6 +248,8 @@ struct Scheduler<'config> {
     paused: BTreeSet<TopicPartition>,
     /// What `/readyz` reports.
     readiness: Arc<Readiness>,
+    /// The producer's fatal error, once one was seen: the service stops and exits with it.
+    producer_fatal: std::sync::Mutex<Option<rebound_kafka::KafkaError>>,
 }
 
 impl Scheduler<'_> {
@@ -482,6 +506,30 @@ impl Scheduler<'_> {
         }
     }
 
+    /// A producer that failed for good refuses every later copy: retrying would keep the
+    /// service alive and ready while it moves nothing. Say so, report not ready, and stop, so the
+    /// service exits non-zero and its orchestrator restarts it with a new producer.
+    fn stop_on_fatal_producer_error(&self, error: rebound_kafka::KafkaError) {
+        let mut fatal = self
+            .producer_fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fatal.is_none() {
+            events::producer_failed_for_good("scheduler", &error);
+            self.readiness
+                .set("kafka", false, format!("the producer failed for good: {error}"));
+            *fatal = Some(error);
+        }
+    }
+
+    /// True once the producer failed for good.
+    fn failed_for_good(&self) -> bool {
+        self.producer_fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
     /// What became of one copy sent by [`Scheduler::release_due`]: `true` when the record is
     /// safe (its copy, or in the end its dead-letter stub, was acknowledged), `false` when it must
     /// be released again, with the record as it is to be held from now on.
@@ -510,6 +558,10 @@ impl Scheduler<'_> {
                         (false, held)
                     }
                 }
+            }
+            Err(error) if error.is_fatal() => {
+                self.stop_on_fatal_producer_error(error);
+                (false, held)
             }
             Err(error) => {
                 // Brokers answer "unknown topic or partition" for topics that exist too, while a
