@@ -32,7 +32,7 @@ use rebound_retry::{
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
+use rebound_service::{ProducerFailure, Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
 use crate::{ConsumerConfig, ConsumerError};
@@ -117,7 +117,7 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         consumer,
         readiness,
         stop: stop.clone(),
-        producer_fatal: std::sync::Mutex::new(None),
+        producer_failure: ProducerFailure::new("consumer"),
     };
     let stop = stop.triggered_by({
         let shutdown = shutdown.clone();
@@ -141,7 +141,7 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     let Pipeline {
         producer,
         consumer,
-        producer_fatal,
+        producer_failure,
         ..
     } = pipeline;
     // Only offsets of safe records were stored: a copy the failed producer never delivered
@@ -149,7 +149,7 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     let committed = consumer
         .flush_commit_and_close(&producer, config.shutdown_timeout)
         .await;
-    if let Some(source) = producer_fatal.into_inner().ok().flatten() {
+    if let Some(source) = producer_failure.into_error() {
         return Err(ConsumerError::Kafka {
             operation: "produce copies (the producer failed for good; restart the service)",
             source,
@@ -210,7 +210,7 @@ struct Pipeline<'config> {
     /// Triggered by shutdown, or by the pipeline itself when the producer failed for good.
     stop: Shutdown,
     /// The producer's fatal error, once one was seen: the service exits with it.
-    producer_fatal: std::sync::Mutex<Option<rebound_kafka::KafkaError>>,
+    producer_failure: ProducerFailure,
 }
 
 /// A batch after the sink: what became of each record, and the records' spans.
@@ -550,16 +550,7 @@ impl Pipeline<'_> {
     /// service exits non-zero and its orchestrator restarts it with a new producer. Records
     /// whose copies were not acknowledged stay unsafe, so no offset past them is committed.
     fn stop_on_fatal_producer_error(&self, error: rebound_kafka::KafkaError) {
-        let mut fatal = self
-            .producer_fatal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if fatal.is_none() {
-            events::producer_failed_for_good("consumer", &error);
-            self.readiness
-                .set("kafka", false, format!("the producer failed for good: {error}"));
-            *fatal = Some(error);
-        }
+        self.producer_failure.record(error, &self.readiness);
         self.stop.trigger();
     }
 

@@ -14,7 +14,7 @@ use rebound_retry::{
 };
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
+use rebound_service::{ProducerFailure, Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
 use tokio::time::Instant;
 
 use crate::holdings::{DueDecision, FetchDecision, HeldRecord, Holdings, ReleaseAction, due_decision, release_at};
@@ -88,7 +88,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         assigned: BTreeSet::new(),
         paused: BTreeSet::new(),
         readiness,
-        producer_fatal: std::sync::Mutex::new(None),
+        producer_failure: ProducerFailure::new("scheduler"),
     };
     let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -105,7 +105,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         }
         scheduler.release_due().await;
         scheduler.reconcile_pauses();
-        if scheduler.failed_for_good() {
+        if scheduler.producer_failure.is_recorded() {
             break;
         }
     }
@@ -116,7 +116,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     let Scheduler {
         producer,
         consumer,
-        producer_fatal,
+        producer_failure,
         ..
     } = scheduler;
     // Offsets were stored only for records whose copies were acknowledged: what the failed
@@ -124,7 +124,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
     let committed = consumer
         .flush_commit_and_close(&producer, config.shutdown_timeout)
         .await;
-    if let Some(source) = producer_fatal.into_inner().ok().flatten() {
+    if let Some(source) = producer_failure.into_error() {
         return Err(SchedulerError::Kafka {
             operation: "republish (the producer failed for good; restart the service)",
             source,
@@ -249,7 +249,7 @@ struct Scheduler<'config> {
     /// What `/readyz` reports.
     readiness: Arc<Readiness>,
     /// The producer's fatal error, once one was seen: the service stops and exits with it.
-    producer_fatal: std::sync::Mutex<Option<rebound_kafka::KafkaError>>,
+    producer_failure: ProducerFailure,
 }
 
 impl Scheduler<'_> {
@@ -506,30 +506,6 @@ impl Scheduler<'_> {
         }
     }
 
-    /// A producer that failed for good refuses every later copy: retrying would keep the
-    /// service alive and ready while it moves nothing. Say so, report not ready, and stop, so the
-    /// service exits non-zero and its orchestrator restarts it with a new producer.
-    fn stop_on_fatal_producer_error(&self, error: rebound_kafka::KafkaError) {
-        let mut fatal = self
-            .producer_fatal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if fatal.is_none() {
-            events::producer_failed_for_good("scheduler", &error);
-            self.readiness
-                .set("kafka", false, format!("the producer failed for good: {error}"));
-            *fatal = Some(error);
-        }
-    }
-
-    /// True once the producer failed for good.
-    fn failed_for_good(&self) -> bool {
-        self.producer_fatal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
-    }
-
     /// What became of one copy sent by [`Scheduler::release_due`]: `true` when the record is
     /// safe (its copy, or in the end its dead-letter stub, was acknowledged), `false` when it must
     /// be released again, with the record as it is to be held from now on.
@@ -560,7 +536,10 @@ impl Scheduler<'_> {
                 }
             }
             Err(error) if error.is_fatal() => {
-                self.stop_on_fatal_producer_error(error);
+                // A producer that failed for good refuses every later copy: retrying would keep
+                // the service alive and ready while it moves nothing. The loop stops, and the
+                // service exits non-zero for its orchestrator to restart it.
+                self.producer_failure.record(error, &self.readiness);
                 (false, held)
             }
             Err(error) => {

@@ -73,19 +73,9 @@ impl RunningScheduler {
     }
 }
 
-/// Headers of a record the consumer sent to `retry-5s`, due at `due_ms`.
+/// Headers of a record the consumer sent to `retry-5s` from offset 7, due at `due_ms`.
 fn tier_headers(prefix: &str, due_ms: i64) -> RecordHeaders {
-    let mut headers = RecordHeaders::new();
-    headers.set(contract::ATTEMPT, "1");
-    headers.set(contract::TIER, format!("{prefix}retry-5s"));
-    headers.set(contract::DUE_TIMESTAMP, due_ms.to_string());
-    headers.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes"));
-    headers.set(contract::ORIGINAL_PARTITION, "0");
-    headers.set(contract::ORIGINAL_OFFSET, "7");
-    headers.set(contract::FIRST_FAILURE_TIMESTAMP, "1700000000000");
-    headers.set(contract::ERROR_KIND, "transient");
-    headers.set(contract::ERROR_MESSAGE, "sink timed out");
-    headers
+    rebound_testkit::tier_record_headers(prefix, due_ms, 7)
 }
 
 async fn produce_tier_record(prefix: &str, key: &str, value: &[u8], headers: RecordHeaders) {

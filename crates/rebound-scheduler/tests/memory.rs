@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rebound_kafka::{KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer, fetch_topic_watermarks};
-use rebound_retry::{RecordHeaders, contract};
 use rebound_service::now_epoch_ms;
 use rebound_testkit::{
     broker, create_test_topics_with_config, free_local_port, incompressible_bytes, unique_prefix, wait_for,
@@ -71,20 +70,6 @@ impl Drop for SchedulerProcess {
     }
 }
 
-fn tier_headers(prefix: &str, due_ms: i64, sequence: usize) -> RecordHeaders {
-    let mut headers = RecordHeaders::new();
-    headers.set(contract::ATTEMPT, "1");
-    headers.set(contract::TIER, format!("{prefix}retry-5s"));
-    headers.set(contract::DUE_TIMESTAMP, due_ms.to_string());
-    headers.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes"));
-    headers.set(contract::ORIGINAL_PARTITION, "0");
-    headers.set(contract::ORIGINAL_OFFSET, sequence.to_string());
-    headers.set(contract::FIRST_FAILURE_TIMESTAMP, (due_ms - 5000).to_string());
-    headers.set(contract::ERROR_KIND, "transient");
-    headers.set(contract::ERROR_MESSAGE, "sink timed out");
-    headers
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_mib_records_held_until_due_stay_within_read_ahead_bytes() {
     let prefix = unique_prefix("read-ahead-bytes");
@@ -122,7 +107,7 @@ async fn four_mib_records_held_until_due_stay_within_read_ahead_bytes() {
             partition: Some(i32::try_from(sequence % 4).expect("small")),
             key: Some(format!("big-{sequence}").into_bytes()),
             value: Some(value.clone()),
-            headers: tier_headers(&prefix, due_ms, sequence),
+            headers: rebound_testkit::tier_record_headers(&prefix, due_ms, sequence),
         };
         let producer = producer.clone();
         async move { producer.send(&record).await.expect("acknowledged") }

@@ -61,21 +61,6 @@ impl RunningScheduler {
     }
 }
 
-/// Headers of a record the consumer sent to `retry-5s`, due at `due_ms`.
-fn tier_headers(prefix: &str, due_ms: i64, sequence: usize) -> RecordHeaders {
-    let mut headers = RecordHeaders::new();
-    headers.set(contract::ATTEMPT, "1");
-    headers.set(contract::TIER, format!("{prefix}retry-5s"));
-    headers.set(contract::DUE_TIMESTAMP, due_ms.to_string());
-    headers.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes"));
-    headers.set(contract::ORIGINAL_PARTITION, "0");
-    headers.set(contract::ORIGINAL_OFFSET, sequence.to_string());
-    headers.set(contract::FIRST_FAILURE_TIMESTAMP, (due_ms - 5000).to_string());
-    headers.set(contract::ERROR_KIND, "transient");
-    headers.set(contract::ERROR_MESSAGE, "sink timed out");
-    headers
-}
-
 async fn produce_tier_record(prefix: &str, partition: Option<i32>, key: &str, headers: RecordHeaders) {
     producer()
         .send(&OutgoingRecord {
@@ -112,7 +97,7 @@ async fn no_record_is_republished_before_its_due_time() {
             &prefix,
             None,
             &format!("key-{sequence}"),
-            tier_headers(&prefix, due_ms, sequence),
+            rebound_testkit::tier_record_headers(&prefix, due_ms, sequence),
         )
         .await;
     }
@@ -153,20 +138,32 @@ async fn a_waiting_partition_does_not_block_other_partitions() {
     create_test_topics(&prefix, &["notes", "retry-5s", "dlq"], 2).await;
     let scheduler = RunningScheduler::start(&prefix, &[]);
     let far_future = now_epoch_ms() + 600_000;
-    produce_tier_record(&prefix, Some(0), "waits", tier_headers(&prefix, far_future, 0)).await;
+    produce_tier_record(
+        &prefix,
+        Some(0),
+        "waits",
+        rebound_testkit::tier_record_headers(&prefix, far_future, 0),
+    )
+    .await;
     for sequence in 1..=20 {
         produce_tier_record(
             &prefix,
             Some(1),
             &format!("flows-{sequence}"),
-            tier_headers(&prefix, now_epoch_ms(), sequence),
+            rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), sequence),
         )
         .await;
     }
     // Partition 0 is paused on a record due in ten minutes; partition 1 must flow meanwhile,
     // and so must new records behind it on partition 1.
     let republished = wait_for_records(&format!("{prefix}notes"), 20, Duration::from_secs(30)).await;
-    produce_tier_record(&prefix, Some(1), "later", tier_headers(&prefix, now_epoch_ms(), 21)).await;
+    produce_tier_record(
+        &prefix,
+        Some(1),
+        "later",
+        rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 21),
+    )
+    .await;
     let republished_after = wait_for_records(&format!("{prefix}notes"), 21, Duration::from_secs(30)).await;
     scheduler.stop().await;
 
@@ -189,7 +186,7 @@ async fn a_second_scheduler_joining_leaves_no_partition_stuck() {
             &prefix,
             Some(partition),
             &format!("warm-{partition}"),
-            tier_headers(&prefix, now_epoch_ms(), 0),
+            rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 0),
         )
         .await;
     }
@@ -202,7 +199,7 @@ async fn a_second_scheduler_joining_leaves_no_partition_stuck() {
                 &prefix,
                 Some(partition),
                 &format!("held-{partition}-{sequence}"),
-                tier_headers(&prefix, due_ms, sequence),
+                rebound_testkit::tier_record_headers(&prefix, due_ms, sequence),
             )
             .await;
         }
@@ -215,7 +212,7 @@ async fn a_second_scheduler_joining_leaves_no_partition_stuck() {
             &prefix,
             Some(partition),
             &format!("after-{partition}"),
-            tier_headers(&prefix, now_epoch_ms(), 9),
+            rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 9),
         )
         .await;
     }
@@ -248,22 +245,28 @@ async fn unroutable_tier_records_are_dead_lettered_as_poison() {
     create_test_topics(&prefix, &["notes", "retry-5s", "dlq"], 1).await;
     let scheduler = RunningScheduler::start(&prefix, &[]);
     produce_tier_record(&prefix, None, "no-headers", RecordHeaders::new()).await;
-    let mut garbled = tier_headers(&prefix, now_epoch_ms(), 1);
+    let mut garbled = rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 1);
     garbled.set(contract::ATTEMPT, "-1");
     produce_tier_record(&prefix, None, "garbled", garbled).await;
-    let mut no_original = tier_headers(&prefix, now_epoch_ms(), 2);
+    let mut no_original = rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 2);
     no_original.remove(contract::ORIGINAL_TOPIC);
     produce_tier_record(&prefix, None, "no-original", no_original).await;
-    let mut loops = tier_headers(&prefix, now_epoch_ms(), 3);
+    let mut loops = rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 3);
     loops.set(contract::ORIGINAL_TOPIC, format!("{prefix}dlq"));
     produce_tier_record(&prefix, None, "loops", loops).await;
-    let mut missing_topic = tier_headers(&prefix, now_epoch_ms(), 4);
+    let mut missing_topic = rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 4);
     missing_topic.set(contract::ORIGINAL_TOPIC, format!("{prefix}no-such-topic"));
     produce_tier_record(&prefix, None, "missing-topic", missing_topic).await;
-    produce_tier_record(&prefix, None, "healthy", tier_headers(&prefix, now_epoch_ms(), 5)).await;
+    produce_tier_record(
+        &prefix,
+        None,
+        "healthy",
+        rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 5),
+    )
+    .await;
     // A due time centuries ahead is bad input, not a reason to hold the partition or to
     // release the record early.
-    let absurd = tier_headers(&prefix, i64::MAX - 1, 6);
+    let absurd = rebound_testkit::tier_record_headers(&prefix, i64::MAX - 1, 6);
     produce_tier_record(&prefix, None, "absurd-due", absurd).await;
 
     let dead_letters = wait_for_records(&format!("{prefix}dlq"), 6, Duration::from_secs(90)).await;
@@ -328,22 +331,34 @@ async fn a_record_due_in_two_hours_is_held_while_other_partitions_flow() {
         &prefix,
         Some(0),
         "two-hours",
-        tier_headers(&prefix, now_epoch_ms() + two_hours_ms, 0),
+        rebound_testkit::tier_record_headers(&prefix, now_epoch_ms() + two_hours_ms, 0),
     )
     .await;
-    produce_tier_record(&prefix, Some(0), "behind", tier_headers(&prefix, now_epoch_ms(), 1)).await;
+    produce_tier_record(
+        &prefix,
+        Some(0),
+        "behind",
+        rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 1),
+    )
+    .await;
     for sequence in 0..10 {
         produce_tier_record(
             &prefix,
             Some(1),
             &format!("flows-{sequence}"),
-            tier_headers(&prefix, now_epoch_ms(), sequence),
+            rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), sequence),
         )
         .await;
     }
     wait_for_records(&format!("{prefix}notes"), 10, Duration::from_secs(30)).await;
     // Later records of the other partition flow too, while the first still waits.
-    produce_tier_record(&prefix, Some(1), "later", tier_headers(&prefix, now_epoch_ms(), 10)).await;
+    produce_tier_record(
+        &prefix,
+        Some(1),
+        "later",
+        rebound_testkit::tier_record_headers(&prefix, now_epoch_ms(), 10),
+    )
+    .await;
     let republished = wait_for_records(&format!("{prefix}notes"), 11, Duration::from_secs(30)).await;
     scheduler.stop().await;
 
@@ -382,7 +397,7 @@ async fn records_acknowledged_behind_a_refused_one_are_not_sent_again() {
     // A refused copy is tried again every second or so.
     let scheduler = RunningScheduler::start(&prefix, &[]);
     let now = now_epoch_ms();
-    let mut to_b = tier_headers(&prefix, now, 0);
+    let mut to_b = rebound_testkit::tier_record_headers(&prefix, now, 0);
     to_b.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes-b"));
     producer()
         .send(&OutgoingRecord {
@@ -395,7 +410,7 @@ async fn records_acknowledged_behind_a_refused_one_are_not_sent_again() {
         .await
         .expect("acknowledged");
     for sequence in 1..=5 {
-        let mut to_a = tier_headers(&prefix, now, sequence);
+        let mut to_a = rebound_testkit::tier_record_headers(&prefix, now, sequence);
         to_a.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes-a"));
         produce_tier_record(&prefix, Some(0), &format!("a-{sequence}"), to_a).await;
     }
@@ -406,7 +421,7 @@ async fn records_acknowledged_behind_a_refused_one_are_not_sent_again() {
             &prefix,
             Some(1),
             &format!("marker-{round}"),
-            tier_headers(&prefix, now + round * 4000, 10),
+            rebound_testkit::tier_record_headers(&prefix, now + round * 4000, 10),
         )
         .await;
     }

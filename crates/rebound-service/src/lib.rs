@@ -4,12 +4,14 @@
 
 pub mod events;
 mod operational;
+mod producer_failure;
 pub mod redact;
 mod shutdown;
 mod telemetry;
 pub mod trace_context;
 
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
+pub use producer_failure::ProducerFailure;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
 

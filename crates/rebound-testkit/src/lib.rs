@@ -180,6 +180,26 @@ pub async fn produce_notes(topic: &str, notes: &[Note]) {
     }
 }
 
+/// The headers of a record the consumer sent to the `retry-5s` tier of `prefix`, due at
+/// `due_ms`, first consumed from `notes` partition 0 at `original_offset`.
+pub fn tier_record_headers(prefix: &str, due_ms: i64, original_offset: usize) -> RecordHeaders {
+    use rebound_retry::contract;
+    let mut headers = RecordHeaders::new();
+    headers.set(contract::ATTEMPT, "1");
+    headers.set(contract::TIER, format!("{prefix}retry-5s"));
+    headers.set(contract::DUE_TIMESTAMP, due_ms.to_string());
+    headers.set(contract::ORIGINAL_TOPIC, format!("{prefix}notes"));
+    headers.set(contract::ORIGINAL_PARTITION, "0");
+    headers.set(contract::ORIGINAL_OFFSET, original_offset.to_string());
+    headers.set(
+        contract::FIRST_FAILURE_TIMESTAMP,
+        due_ms.saturating_sub(5000).to_string(),
+    );
+    headers.set(contract::ERROR_KIND, "transient");
+    headers.set(contract::ERROR_MESSAGE, "sink timed out");
+    headers
+}
+
 /// A valid note.
 pub fn note(note_id: &str, version: i64) -> Note {
     Note {
