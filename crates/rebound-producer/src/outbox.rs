@@ -320,19 +320,13 @@ impl Outbox {
 
     /// How many notes were rejected, and the newest `limit` of them.
     pub async fn rejected_notes(&self, limit: usize) -> Result<(u64, Vec<RejectedNote>), ProducerError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
-            let count: i64 = connection
-                .query_row("SELECT COUNT(*) FROM rejected", [], |row| row.get(0))
-                .map_err(|error| read_failed(&error.to_string()))?;
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, rejected_at_ms, error \
-                     FROM rejected ORDER BY rejected_at_ms DESC, seq DESC LIMIT ?1",
-                )
-                .map_err(|error| read_failed(&error.to_string()))?;
-            let rows = statement
+        self.read(move |connection| {
+            let count: i64 = connection.query_row("SELECT COUNT(*) FROM rejected", [], |row| row.get(0))?;
+            let mut statement = connection.prepare_cached(
+                "SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, rejected_at_ms, error \
+                 FROM rejected ORDER BY rejected_at_ms DESC, seq DESC LIMIT ?1",
+            )?;
+            let listed = statement
                 .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
                     Ok(RejectedNote {
                         seq: row.get(0)?,
@@ -343,42 +337,26 @@ impl Outbox {
                         rejected_at_ms: row.get(5)?,
                         error: row.get(6)?,
                     })
-                })
-                .map_err(|error| read_failed(&error.to_string()))?;
-            let listed = rows
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| read_failed(&error.to_string()))?;
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok((u64::try_from(count).unwrap_or(0), listed))
         })
         .await
-        .map_err(|error| read_failed(&error.to_string()))?
     }
 
     /// Notes rejected at or after `since_ms` (epoch milliseconds).
     pub async fn rejected_since(&self, since_ms: i64) -> Result<u64, ProducerError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
-            connection
-                .query_row(
-                    "SELECT COUNT(*) FROM rejected WHERE rejected_at_ms >= ?1",
-                    [since_ms],
-                    |row| row.get::<_, i64>(0),
-                )
-                .map(|count| u64::try_from(count).unwrap_or(0))
-                .map_err(|error| read_failed(&error.to_string()))
-        })
-        .await
-        .map_err(|error| read_failed(&error.to_string()))?
+        self.count("SELECT COUNT(*) FROM rejected WHERE rejected_at_ms >= ?1", since_ms)
+            .await
     }
 
     /// The notes the relay may send now, oldest first, at most `limit` and at most `max_bytes` of
-    /// values (but always the first, however large, so that no note is too large to go): of each note id only its
-    /// oldest pending version (so one version per note, and none while an earlier one is
-    /// pending), and unless `resends_allowed` only notes this process accepted (`seq` at or
-    /// after `first_fresh_seq`) that never failed. A held-back resend therefore also holds back
-    /// the later versions of its note. Chosen in SQL, so that held-back notes, however many,
-    /// never hide a sendable one behind them.
+    /// values (but always the first, however large, so that no note is too large to go): of
+    /// each note id only its oldest pending version (so one version per note, and none while an
+    /// earlier one is pending), and unless `resends_allowed` only notes this process accepted
+    /// (`seq` at or after `first_fresh_seq`) that never failed. A held-back resend therefore also
+    /// holds back the later versions of its note. Chosen in SQL, so that held-back notes, however
+    /// many, never hide a sendable one behind them.
     pub async fn sendable(
         &self,
         first_fresh_seq: i64,
@@ -386,9 +364,7 @@ impl Outbox {
         limit: usize,
         max_bytes: u64,
     ) -> Result<Vec<OutboxEntry>, ProducerError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+        self.read(move |connection| {
             // Two statements rather than one with an OR on a parameter: each lets SQLite walk
             // the primary key from where sendable notes can start.
             let (sql, from_seq) = if resends_allowed {
@@ -396,38 +372,21 @@ impl Outbox {
             } else {
                 (SENDABLE_SQL_FRESH_ONLY, first_fresh_seq)
             };
-            let mut statement = connection
-                .prepare_cached(sql)
-                .map_err(|error| read_failed(&error.to_string()))?;
-            let rows = statement
+            let mut statement = connection.prepare_cached(sql)?;
+            let candidates = statement
                 .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX), from_seq], |row| {
+                    // The value's length stands in column 3; the value is loaded below, only
+                    // for the notes that fit.
                     let value_bytes = u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0);
-                    let entry = OutboxEntry {
-                        seq: row.get(0)?,
-                        note_id: row.get(1)?,
-                        version: row.get(2)?,
-                        value: Vec::new(),
-                        accepted_at_ms: row.get(4)?,
-                        attempts: row.get(5)?,
-                        traceparent: row.get(6)?,
-                    };
-                    Ok((entry, value_bytes))
-                })
-                .map_err(|error| read_failed(&error.to_string()))?;
-            let candidates = rows
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| read_failed(&error.to_string()))?;
+                    Ok((entry_of_row(row, None)?, value_bytes))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
             let taken = notes_within_bytes(candidates.iter().map(|(_, value_bytes)| *value_bytes), max_bytes);
-            let mut load_value = connection
-                .prepare_cached("SELECT value FROM outbox WHERE seq = ?1")
-                .map_err(|error| read_failed(&error.to_string()))?;
+            let mut load_value = connection.prepare_cached("SELECT value FROM outbox WHERE seq = ?1")?;
             let mut window = Vec::with_capacity(taken);
             for (mut entry, _) in candidates.into_iter().take(taken) {
                 // Only the relay removes notes, and it is the one asking: the row is there.
-                let value: Option<Vec<u8>> = load_value
-                    .query_row([entry.seq], |row| row.get(0))
-                    .optional()
-                    .map_err(|error| read_failed(&error.to_string()))?;
+                let value: Option<Vec<u8>> = load_value.query_row([entry.seq], |row| row.get(0)).optional()?;
                 if let Some(value) = value {
                     entry.value = value;
                     window.push(entry);
@@ -436,110 +395,79 @@ impl Outbox {
             Ok(window)
         })
         .await
-        .map_err(|error| read_failed(&error.to_string()))?
     }
 
     /// One pending note, if it is still pending.
     pub async fn pending_entry(&self, seq: i64) -> Result<Option<OutboxEntry>, ProducerError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
+        self.read(move |connection| {
             connection
                 .query_row(
                     "SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent \
                      FROM outbox WHERE seq = ?1",
                     [seq],
-                    |row| {
-                        Ok(OutboxEntry {
-                            seq: row.get(0)?,
-                            note_id: row.get(1)?,
-                            version: row.get(2)?,
-                            value: row.get(3)?,
-                            accepted_at_ms: row.get(4)?,
-                            attempts: row.get(5)?,
-                            traceparent: row.get(6)?,
-                        })
-                    },
+                    |row| entry_of_row(row, Some(3)),
                 )
                 .optional()
-                .map_err(|error| read_failed(&error.to_string()))
         })
         .await
-        .map_err(|error| read_failed(&error.to_string()))?
     }
 
     /// The oldest `limit` pending notes, in acceptance order.
     pub async fn oldest_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, ProducerError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent \
-                     FROM outbox ORDER BY seq LIMIT ?1",
-                )
-                .map_err(|error| read_failed(&error.to_string()))?;
-            let rows = statement
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent \
+                 FROM outbox ORDER BY seq LIMIT ?1",
+            )?;
+            statement
                 .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
-                    Ok(OutboxEntry {
-                        seq: row.get(0)?,
-                        note_id: row.get(1)?,
-                        version: row.get(2)?,
-                        value: row.get(3)?,
-                        accepted_at_ms: row.get(4)?,
-                        attempts: row.get(5)?,
-                        traceparent: row.get(6)?,
-                    })
-                })
-                .map_err(|error| read_failed(&error.to_string()))?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(|error| read_failed(&error.to_string()))
+                    entry_of_row(row, Some(3))
+                })?
+                .collect()
         })
         .await
-        .map_err(|error| read_failed(&error.to_string()))?
     }
 
     /// Acceptance time of the oldest pending note, epoch milliseconds.
     pub async fn oldest_accepted_at_ms(&self) -> Result<Option<i64>, ProducerError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
-            connection
-                .query_row("SELECT MIN(accepted_at_ms) FROM outbox", [], |row| row.get(0))
-                .map_err(|error| read_failed(&error.to_string()))
-        })
-        .await
-        .map_err(|error| read_failed(&error.to_string()))?
+        self.read(|connection| connection.query_row("SELECT MIN(accepted_at_ms) FROM outbox", [], |row| row.get(0)))
+            .await
     }
 
     /// Pending notes accepted at or before `seq`.
     pub async fn pending_up_to(&self, seq: i64) -> Result<u64, ProducerError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
-            connection
-                .query_row("SELECT COUNT(*) FROM outbox WHERE seq <= ?1", [seq], |row| {
-                    row.get::<_, i64>(0)
-                })
-                .map(|count| u64::try_from(count).unwrap_or(0))
-                .map_err(|error| read_failed(&error.to_string()))
-        })
-        .await
-        .map_err(|error| read_failed(&error.to_string()))?
+        self.count("SELECT COUNT(*) FROM outbox WHERE seq <= ?1", seq).await
     }
 
     /// The lowest sequence number a note appended from now on can get: everything below it
     /// was accepted earlier (by this process or an earlier one).
     pub async fn next_seq_floor(&self) -> Result<i64, ProducerError> {
+        self.read(|connection| {
+            connection.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox", [], |row| row.get(0))
+        })
+        .await
+    }
+
+    /// Runs `query` on the reader connection, on a blocking thread so the async runtime keeps
+    /// serving; any SQLite error is a read failure.
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, ProducerError> {
         let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
             let connection = reader.lock().map_err(|_| read_failed("reader lock poisoned"))?;
-            connection
-                .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox", [], |row| row.get(0))
-                .map_err(|error| read_failed(&error.to_string()))
+            query(&connection).map_err(|error| read_failed(&error.to_string()))
         })
         .await
         .map_err(|error| read_failed(&error.to_string()))?
+    }
+
+    /// A `COUNT(*)` query with one parameter.
+    async fn count(&self, sql: &'static str, parameter: i64) -> Result<u64, ProducerError> {
+        self.read(move |connection| connection.query_row(sql, [parameter], |row| row.get::<_, i64>(0)))
+            .await
+            .map(|count| u64::try_from(count).unwrap_or(0))
     }
 
     /// Number of pending notes.
@@ -571,6 +499,23 @@ pub fn notes_within_bytes(value_sizes: impl IntoIterator<Item = u64>, max_bytes:
         taken += 1;
     }
     taken
+}
+
+/// An outbox row selected as `seq, note_id, version, <value or its length>, accepted_at_ms,
+/// attempts, traceparent`; the value is read from `value_column` when given, else left empty.
+fn entry_of_row(row: &rusqlite::Row<'_>, value_column: Option<usize>) -> rusqlite::Result<OutboxEntry> {
+    Ok(OutboxEntry {
+        seq: row.get(0)?,
+        note_id: row.get(1)?,
+        version: row.get(2)?,
+        value: match value_column {
+            Some(column) => row.get(column)?,
+            None => Vec::new(),
+        },
+        accepted_at_ms: row.get(4)?,
+        attempts: row.get(5)?,
+        traceparent: row.get(6)?,
+    })
 }
 
 fn writer_gone() -> ProducerError {
