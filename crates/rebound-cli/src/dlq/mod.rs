@@ -151,12 +151,8 @@ pub async fn run_dlq_command(kafka: &KafkaArgs, command: DlqCommand) -> anyhow::
             watch_dead_letters(kafka, &args, shutdown).await
         }
     };
-    match outcome {
-        Err(error) if error.downcast_ref::<UsageError>().is_some() => {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")).exit()
-        }
-        other => other,
-    }
+    // A `UsageError` comes back as it is: the binary, not the library, turns it into exit code 2.
+    outcome
 }
 
 async fn print_stats(kafka: &KafkaArgs, args: &DlqStatsArgs) -> anyhow::Result<()> {
