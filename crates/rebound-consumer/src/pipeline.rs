@@ -85,7 +85,6 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
                 reason: error.to_string(),
             })?;
     }
-    events::consumer_paused(false);
     events::consumer_in_flight(0);
     let consumer = RecordConsumer::subscribe(
         &config.kafka,
@@ -248,7 +247,7 @@ impl Pipeline<'_> {
                 received = self.consumer.recv() => match received {
                     Ok(record) => break record,
                     Err(error) => {
-                        tracing::warn!(%error, "kafka receive error");
+                        events::kafka_receive_failed("consumer", &error);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -271,7 +270,7 @@ impl Pipeline<'_> {
             };
             match received {
                 Ok(record) => batch.push(record),
-                Err(error) => tracing::warn!(%error, "kafka receive error"),
+                Err(error) => events::kafka_receive_failed("consumer", &error),
             }
         }
         self.log_assignment_events();
@@ -518,7 +517,12 @@ impl Pipeline<'_> {
                         refused.push((index, dispatch));
                     }
                     Err(error) => {
-                        tracing::error!(%error, topic = %dispatch.topic, "copy of failed record not acknowledged; retrying");
+                        let record = &batch[index];
+                        events::consumer_copy_refused(
+                            record_ref(record, &record.key_for_display()),
+                            &dispatch.topic,
+                            &error,
+                        );
                         refused.push((index, dispatch));
                     }
                 }
@@ -566,7 +570,7 @@ impl Pipeline<'_> {
             Ok(_) => return Ok(dispatch),
             Err(error) if error.is_message_too_large() => error,
             Err(error) => {
-                tracing::error!(%error, topic = %dispatch.topic, "copy of failed record not acknowledged; retrying");
+                events::consumer_copy_refused(record_ref(record, &record.key_for_display()), &dispatch.topic, &error);
                 return Err(dispatch);
             }
         };
@@ -583,7 +587,7 @@ impl Pipeline<'_> {
         match self.producer.send(&copy_of(record, &stub)).await {
             Ok(_) => Ok(stub),
             Err(error) => {
-                tracing::error!(%error, topic = %stub.topic, "dead-letter stub not acknowledged; retrying");
+                events::consumer_copy_refused(record_ref(record, &record.key_for_display()), &stub.topic, &error);
                 Err(stub)
             }
         }
@@ -600,7 +604,7 @@ impl Pipeline<'_> {
         match self.consumer.store_next_offset(topic, partition, next_offset) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(topic, partition, "offset not stored: partition no longer assigned"),
-            Err(error) => tracing::error!(%error, topic, partition, "failed to store offset"),
+            Err(error) => events::offset_store_failed("consumer", topic, partition, &error),
         }
     }
 }

@@ -230,6 +230,23 @@ fn give_back_payload(held: &mut HeldRecord, outgoing: &OutgoingRecord, refused: 
     }
 }
 
+/// The event of a copy the broker did not acknowledge outside the refusal rules of
+/// [`Scheduler::settle`] (a resend alone, a dead-letter stub): it is sent again.
+fn emit_copy_refused(held: &HeldRecord, destination: &str, error: &rebound_kafka::KafkaError) {
+    let key = held.record.key_for_display();
+    events::scheduler_copy_refused(
+        RecordRef {
+            topic: &held.record.topic,
+            partition: held.record.partition,
+            offset: held.record.offset,
+            key: &key,
+        },
+        destination,
+        "other",
+        &error.to_string(),
+    );
+}
+
 async fn sleep_until_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -260,7 +277,7 @@ impl Scheduler<'_> {
         match first {
             Ok(record) => self.accept(record),
             Err(error) => {
-                tracing::warn!(%error, "kafka receive error");
+                events::kafka_receive_failed("scheduler", &error);
                 return;
             }
         }
@@ -275,7 +292,7 @@ impl Scheduler<'_> {
                     self.apply_assignment_events();
                     self.accept(record);
                 }
-                Ok(Err(error)) => tracing::warn!(%error, "kafka receive error"),
+                Ok(Err(error)) => events::kafka_receive_failed("scheduler", &error),
                 Err(_) => break,
             }
         }
@@ -498,7 +515,7 @@ impl Scheduler<'_> {
             match self.consumer.store_next_offset(&topic, partition, next_offset) {
                 Ok(true) => {}
                 Ok(false) => tracing::debug!(%topic, partition, "offset not stored: partition no longer assigned"),
-                Err(error) => tracing::error!(%error, %topic, partition, "failed to store offset"),
+                Err(error) => events::offset_store_failed("scheduler", &topic, partition, &error),
             }
         }
         for (_, records) in waiting {
@@ -620,7 +637,7 @@ impl Scheduler<'_> {
             Ok(_) => return Ok(held),
             Err(error) if error.is_message_too_large() => error,
             Err(error) => {
-                tracing::error!(%error, topic = %outgoing.topic, offset = held.record.offset, "copy not acknowledged; will retry");
+                emit_copy_refused(&held, &outgoing.topic, &error);
                 return Err(held);
             }
         };
@@ -650,7 +667,8 @@ impl Scheduler<'_> {
         match self.producer.send(&outgoing_of(&held)).await {
             Ok(_) => Ok(held),
             Err(error) => {
-                tracing::error!(%error, offset = held.record.offset, "dead-letter stub not acknowledged; will retry");
+                let stub_topic = outgoing_of(&held).topic;
+                emit_copy_refused(&held, &stub_topic, &error);
                 Err(held)
             }
         }

@@ -171,6 +171,43 @@ pub fn producer_broker_reachable(reachable: bool) {
     metrics::gauge!(PRODUCER_BROKER_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
 }
 
+/// Counter of records a service failed to receive from Kafka, by service.
+pub const KAFKA_RECEIVE_ERRORS_TOTAL: &str = "rebound_kafka_receive_errors_total";
+/// Counter of offsets a service failed to store for commit, by service.
+pub const OFFSET_STORE_FAILURES_TOTAL: &str = "rebound_offset_store_failures_total";
+/// Consumer counter of copies (to a tier or the DLQ) the broker did not acknowledge, by
+/// destination topic; each is sent again.
+pub const CONSUMER_COPIES_REFUSED_TOTAL: &str = "rebound_consumer_copies_refused_total";
+
+/// Receiving from Kafka failed (a broker error, a partition's error reported to the consumer);
+/// the service goes on receiving.
+pub fn kafka_receive_failed(service: &'static str, error: &dyn std::error::Error) {
+    tracing::warn!(service, %error, "kafka receive error");
+    metrics::counter!(KAFKA_RECEIVE_ERRORS_TOTAL, "service" => service).increment(1);
+}
+
+/// Storing an offset for commit failed (not the benign case of a partition no longer
+/// assigned): the record will be read again after a restart or rebalance.
+pub fn offset_store_failed(service: &'static str, topic: &str, partition: i32, error: &dyn std::error::Error) {
+    tracing::error!(service, %error, topic, partition, "failed to store offset");
+    metrics::counter!(OFFSET_STORE_FAILURES_TOTAL, "service" => service).increment(1);
+}
+
+/// The broker did not acknowledge the consumer's copy of a failed record (to a tier or the
+/// DLQ); the copy is sent again and the record's offset waits for it.
+pub fn consumer_copy_refused(record: RecordRef<'_>, destination: &str, error: &dyn std::error::Error) {
+    tracing::error!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        to = destination,
+        %error,
+        "copy of failed record not acknowledged; sending again"
+    );
+    metrics::counter!(CONSUMER_COPIES_REFUSED_TOTAL, "topic" => destination.to_owned()).increment(1);
+}
+
 /// Counter of services that stopped because their Kafka producer failed for good.
 pub const PRODUCER_FAILED_FOR_GOOD_TOTAL: &str = "rebound_producer_failed_for_good_total";
 
@@ -185,8 +222,6 @@ pub fn producer_failed_for_good(service: &'static str, error: &dyn std::error::E
 pub const CONSUMER_SINK_DURATION_SECONDS: &str = "rebound_consumer_sink_duration_seconds";
 /// Consumer gauge of records taken from Kafka and not yet safe.
 pub const CONSUMER_IN_FLIGHT_RECORDS: &str = "rebound_consumer_in_flight_records";
-/// Consumer gauge: 1 while intake is paused.
-pub const CONSUMER_PAUSED: &str = "rebound_consumer_paused";
 /// Consumer gauge of records in the source topics not yet committed by the group.
 pub const CONSUMER_LAG_RECORDS: &str = "rebound_consumer_lag_records";
 
@@ -200,11 +235,6 @@ pub fn consumer_sink_batch(duration: std::time::Duration) {
 pub fn consumer_in_flight(records: usize) {
     #[expect(clippy::cast_precision_loss, reason = "batch sizes are far below 2^52")]
     metrics::gauge!(CONSUMER_IN_FLIGHT_RECORDS).set(records as f64);
-}
-
-/// Whether the consumer's intake is paused (it pauses only while it cannot hand records on).
-pub fn consumer_paused(paused: bool) {
-    metrics::gauge!(CONSUMER_PAUSED).set(if paused { 1.0 } else { 0.0 });
 }
 
 /// The group's lag on one source topic.
