@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rebound_consumer::sink::{DeliveryJournalSummary, SinkSpec, SqliteSink};
 use rebound_kafka::{KafkaArgs, TopicScan, read_topic_to_end};
-use rebound_retry::{apply_topic_prefix, contract};
+use rebound_retry::contract;
 use rebound_schema::NoteCodec;
+use rebound_service::TopicNamingArgs;
 
 /// Flags of `rebound audit`.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,13 +28,9 @@ pub struct AuditArgs {
     #[arg(long, env = "REBOUND_IDS_LOG")]
     pub ids_log: PathBuf,
 
-    /// Dead-letter topic.
-    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
-    pub dlq_topic: String,
-
-    /// Prefix applied to the DLQ topic name.
-    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
+    /// The DLQ and the prefix of every topic name, shared with the services.
+    #[command(flatten)]
+    pub naming: TopicNamingArgs,
 
     /// Also report duplicates in the DLQ, redeliveries recorded by the sink's delivery journal
     /// (`rebound-consumer --sink-journal`), transient dead letters that skipped tiers, and the
@@ -279,13 +276,13 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             None => report.stored_first_try += 1,
             Some(tier) => {
                 // Tiers are reported by their configured name, without the deployment's prefix.
-                let name = tier.strip_prefix(args.topic_prefix.as_str()).unwrap_or(tier);
+                let name = tier.strip_prefix(args.naming.topic_prefix.as_str()).unwrap_or(tier);
                 *report.stored_after_tier.entry(name.to_owned()).or_default() += 1;
             }
         }
     }
 
-    let dlq_topic = apply_topic_prefix(&args.topic_prefix, &args.dlq_topic);
+    let dlq_topic = args.naming.dlq();
     let dead_letters = read_topic_to_end(kafka, &dlq_topic, Duration::from_secs(120)).await?;
     let codec = NoteCodec::embedded();
     let mut in_dlq: HashMap<(String, i64), String> = HashMap::new();
@@ -372,7 +369,7 @@ async fn measure_lateness(kafka: &KafkaArgs, args: &AuditArgs, codec: &NoteCodec
     let mut samples = Vec::new();
     let mut republished_versions: Vec<(String, i64, String)> = Vec::new();
     for topic in &args.source_topics {
-        let topic = apply_topic_prefix(&args.topic_prefix, topic);
+        let topic = args.naming.prefixed(topic);
         let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? else {
             anyhow::bail!("source topic {topic} does not exist");
         };

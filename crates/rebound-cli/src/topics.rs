@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics};
-use rebound_retry::{apply_topic_prefix, parse_duration};
+use rebound_retry::parse_duration;
+use rebound_service::TopologyArgs;
 
 /// Flags of `rebound topics create`.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,17 +21,9 @@ pub struct TopicsCreateArgs {
     )]
     pub source_topics: Vec<String>,
 
-    /// Retry tier topic, `NAME` or `NAME:DELAY[:ATTEMPTS]` as the services take it (repeatable).
-    #[arg(long = "tier", env = "REBOUND_TIERS", value_delimiter = ',', default_values_t = ["retry-5s".to_owned(), "retry-1m".to_owned()])]
-    pub tiers: Vec<String>,
-
-    /// Dead-letter topic.
-    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
-    pub dlq_topic: String,
-
-    /// Prefix applied to every topic name.
-    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
+    /// Tiers, DLQ and topic prefix, shared with the services (only the tiers' names are used).
+    #[command(flatten)]
+    pub topology: TopologyArgs,
 
     /// Partitions of each source topic; also the default for tiers.
     #[arg(long, env = "REBOUND_PARTITIONS", default_value_t = 6)]
@@ -102,7 +95,7 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
             config.insert("min.insync.replicas".to_owned(), min_isr.to_string());
         }
         TopicSpec {
-            name: apply_topic_prefix(&args.topic_prefix, name),
+            name: args.topology.naming.prefixed(name),
             partitions,
             replication_factor: args.replication_factor,
             config,
@@ -113,11 +106,14 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
         .iter()
         .map(|topic| spec(topic, args.partitions, retention))
         .collect();
-    for tier in &args.tiers {
-        let name = tier.split(':').next().unwrap_or(tier);
-        specs.push(spec(name, args.tier_partitions.unwrap_or(args.partitions), retention));
+    for tier in args.topology.tier_names() {
+        specs.push(spec(&tier, args.tier_partitions.unwrap_or(args.partitions), retention));
     }
-    specs.push(spec(&args.dlq_topic, args.dlq_partitions, dlq_retention));
+    specs.push(spec(
+        &args.topology.naming.dlq_topic,
+        args.dlq_partitions,
+        dlq_retention,
+    ));
     Ok(specs)
 }
 

@@ -59,9 +59,13 @@ async fn library_call_reports_created_and_existing_topics() {
     let prefix = unique_prefix("topics-lib");
     let args = rebound_cli::TopicsCreateArgs {
         source_topics: vec!["notes".to_owned()],
-        tiers: vec!["retry-5s:5s".to_owned()],
-        dlq_topic: "dlq".to_owned(),
-        topic_prefix: prefix.clone(),
+        topology: rebound_service::TopologyArgs {
+            tiers: vec!["retry-5s:5s".to_owned()],
+            naming: rebound_service::TopicNamingArgs {
+                dlq_topic: "dlq".to_owned(),
+                topic_prefix: prefix.clone(),
+            },
+        },
         partitions: 1,
         tier_partitions: None,
         dlq_partitions: 1,

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
-use rebound_retry::{Tier, TierPolicy, apply_topic_prefix, parse_duration, parse_tier_spec};
-use rebound_service::{CommonArgs, OperationalArgs};
+use rebound_retry::{TierPolicy, parse_duration};
+use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs};
 
 use crate::ConsumerError;
 use crate::sink::{FailureInjection, SinkSpec};
@@ -62,17 +62,9 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_INJECT_SEED", default_value_t = 1)]
     pub inject_seed: u64,
 
-    /// Retry tier `NAME:DELAY[:ATTEMPTS]`, in order (repeatable).
-    #[arg(long = "tier", env = "REBOUND_TIERS", value_delimiter = ',', default_values_t = ["retry-5s:5s".to_owned(), "retry-1m:1m".to_owned()])]
-    pub tiers: Vec<String>,
-
-    /// Dead-letter topic.
-    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
-    pub dlq_topic: String,
-
-    /// Prefix applied to every topic name (source, tiers, DLQ), e.g. `staging.`.
-    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
+    /// Tiers, DLQ and topic prefix, shared with the scheduler and the CLI.
+    #[command(flatten)]
+    pub topology: TopologyArgs,
 
     /// Most records processed as one batch (one sink transaction).
     #[arg(long, env = "REBOUND_BATCH_SIZE", default_value_t = 500)]
@@ -136,14 +128,10 @@ impl ConsumerArgs {
             flag: flag.to_owned(),
             reason,
         };
-        let tiers: Vec<Tier> = self
-            .tiers
-            .iter()
-            .map(|spec| parse_tier_spec(spec))
-            .collect::<Result<_, _>>()
-            .map_err(|error| invalid("--tier", error.to_string()))?;
-        let policy = TierPolicy::new(tiers, &self.dlq_topic, &self.topic_prefix)
-            .map_err(|error| invalid("--tier/--dlq-topic", error.to_string()))?;
+        let policy = self
+            .topology
+            .tier_policy(TierDelays::Required)
+            .map_err(|ServiceError::InvalidTopology { flag, reason }| invalid(flag, reason))?;
         if self.source_topics.is_empty() {
             return Err(invalid(
                 "--source-topic",
@@ -153,7 +141,7 @@ impl ConsumerArgs {
         let source_topics: Vec<String> = self
             .source_topics
             .iter()
-            .map(|topic| apply_topic_prefix(&self.topic_prefix, topic))
+            .map(|topic| self.topology.naming.prefixed(topic))
             .collect();
         for topic in &source_topics {
             if policy.tier_by_topic(topic).is_some() || topic == policy.dead_letter_topic() {

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
-use rebound_retry::{Tier, TierPolicy, parse_duration, parse_tier_spec};
-use rebound_service::{CommonArgs, OperationalArgs};
+use rebound_retry::{TierPolicy, parse_duration};
+use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs};
 
 use crate::SchedulerError;
 use crate::holdings::ReadAhead;
@@ -29,18 +29,9 @@ pub struct SchedulerArgs {
     #[arg(long, env = "REBOUND_GROUP", default_value = "rebound-scheduler")]
     pub group: String,
 
-    /// Tier topic to serve, `NAME` or `NAME:DELAY` (repeatable). The delay is only the fallback
-    /// for records without a `retry.due.timestamp` header (0 when not given).
-    #[arg(long = "tier", env = "REBOUND_TIERS", value_delimiter = ',', default_values_t = ["retry-5s:5s".to_owned(), "retry-1m:1m".to_owned()])]
-    pub tiers: Vec<String>,
-
-    /// Dead-letter topic for tier records that cannot be routed back.
-    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
-    pub dlq_topic: String,
-
-    /// Prefix applied to every topic name (tiers, DLQ), e.g. `staging.`.
-    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
+    /// Tiers, DLQ and topic prefix, shared with the consumer and the CLI.
+    #[command(flatten)]
+    pub topology: TopologyArgs,
 
     /// Most records held in memory per partition: a partition holding this many is paused (it
     /// resumes at half). Bounds memory; records never go out early whatever the value.
@@ -97,23 +88,10 @@ impl SchedulerArgs {
             flag: flag.to_owned(),
             reason,
         };
-        let tiers: Vec<Tier> = self
-            .tiers
-            .iter()
-            .map(|spec| {
-                if spec.contains(':') {
-                    parse_tier_spec(spec)
-                } else {
-                    parse_tier_spec(&format!("{spec}:0s"))
-                }
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|error| invalid("--tier", error.to_string()))?;
-        if tiers.is_empty() {
-            return Err(invalid("--tier", "at least one tier is needed".to_owned()));
-        }
-        let policy = TierPolicy::new(tiers, &self.dlq_topic, &self.topic_prefix)
-            .map_err(|error| invalid("--tier/--dlq-topic", error.to_string()))?;
+        let policy = self
+            .topology
+            .tier_policy(TierDelays::FallbackOnly)
+            .map_err(|ServiceError::InvalidTopology { flag, reason }| invalid(flag, reason))?;
         if self.read_ahead == 0 {
             return Err(invalid("--read-ahead", "must be at least 1".to_owned()));
         }

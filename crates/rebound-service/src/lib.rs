@@ -8,14 +8,29 @@ mod producer_failure;
 pub mod redact;
 mod shutdown;
 mod telemetry;
+mod topology;
 pub mod trace_context;
 
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
 pub use producer_failure::ProducerFailure;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
+pub use topology::{DEFAULT_TIERS, TierDelays, TopicNamingArgs, TopologyArgs};
 
 use rebound_kafka::KafkaArgs;
+
+/// What can go wrong in the shared plumbing before a service starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A topology flag (`--tier`, `--dlq-topic`, `--topic-prefix`) does not make a pipeline.
+    #[error("invalid {flag}: {reason}")]
+    InvalidTopology {
+        /// The flag, or flags, at fault.
+        flag: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
 
 /// Flags shared by every service and the admin CLI.
 #[derive(Debug, Clone, clap::Args)]

@@ -19,8 +19,9 @@ pub use filter::{DlqFilter, DlqFilterArgs};
 pub use inspect::{DlqInspectArgs, inspect_dead_letters};
 pub use letter::DeadLetter;
 use rebound_kafka::{KafkaArgs, ReplayLedger, TopicScan, read_replay_ledger};
-use rebound_retry::{apply_topic_prefix, parse_duration};
+use rebound_retry::parse_duration;
 use rebound_schema::NoteCodec;
+use rebound_service::TopicNamingArgs;
 pub use replay::{DlqReplayArgs, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, replay_dead_letters};
 use serde_json::json;
 pub use stats::{DlqStats, DlqStatsArgs, StatsGroup, dlq_stats};
@@ -44,13 +45,10 @@ pub enum DlqCommand {
 /// Where the DLQ and its replay ledger are, shared by every `dlq` command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DlqTopicArgs {
-    /// Dead-letter topic.
-    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
-    pub dlq_topic: String,
-
-    /// Prefix applied to every topic name: the DLQ, the ledger, --original-topic and --to.
-    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
+    /// The DLQ and the prefix applied to every topic name: the DLQ, the ledger,
+    /// --original-topic and --to. Shared with the services.
+    #[command(flatten)]
+    pub naming: TopicNamingArgs,
 
     /// Topic recording which dead letters were replayed; created by the first replay.
     /// Default: the DLQ's name followed by `.replayed`.
@@ -69,13 +67,13 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 impl DlqTopicArgs {
     /// The DLQ's full name.
     pub fn dlq(&self) -> String {
-        apply_topic_prefix(&self.topic_prefix, &self.dlq_topic)
+        self.naming.dlq()
     }
 
     /// The ledger's full name.
     pub fn ledger(&self) -> String {
         match &self.ledger_topic {
-            Some(ledger) => apply_topic_prefix(&self.topic_prefix, ledger),
+            Some(ledger) => self.naming.prefixed(ledger),
             None => format!("{}.replayed", self.dlq()),
         }
     }
@@ -106,7 +104,7 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 pub(crate) fn resolve_filter(args: &DlqFilterArgs, topics: &DlqTopicArgs, now_ms: i64) -> anyhow::Result<DlqFilter> {
-    DlqFilter::new(args, &topics.topic_prefix, now_ms).map_err(|reason| UsageError(reason).into())
+    DlqFilter::new(args, &topics.naming.topic_prefix, now_ms).map_err(|reason| UsageError(reason).into())
 }
 
 /// Opens a scan of the DLQ, with an error that names the topic and the brokers.

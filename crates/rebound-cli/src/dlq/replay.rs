@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use rebound_kafka::{
     KafkaArgs, OutgoingRecord, TransactionalProducer, ensure_replay_ledger_topic, replay_marker, topic_exists,
 };
-use rebound_retry::{ReplayPlan, apply_topic_prefix, plan_replay};
+use rebound_retry::{ReplayPlan, plan_replay};
 use rebound_service::Shutdown;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -263,10 +263,7 @@ pub async fn replay_dead_letters(
     let filter = resolve_filter(&args.filter, &args.topics, now_ms)?;
     let dlq_topic = args.topics.dlq();
     let ledger_topic = args.topics.ledger();
-    let target = args
-        .to
-        .as_deref()
-        .map(|topic| apply_topic_prefix(&args.topics.topic_prefix, topic));
+    let target = args.to.as_deref().map(|topic| args.topics.naming.prefixed(topic));
     if target.as_deref() == Some(dlq_topic.as_str()) {
         return Err(UsageError(format!("invalid --to: {dlq_topic} is the dead-letter topic itself")).into());
     }

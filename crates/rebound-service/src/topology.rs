@@ -1,0 +1,166 @@
+//! The pipeline's topology flags, defined once for every binary: the retry tiers in order, the
+//! dead-letter topic and the prefix of every topic name. The consumer, the scheduler and the
+//! admin CLI read the same flags with the same defaults, so a deployment names its topics once
+//! (in `REBOUND_TIERS`, `REBOUND_DLQ_TOPIC`, `REBOUND_TOPIC_PREFIX`) for all of them.
+
+use rebound_retry::{Tier, TierPolicy, apply_topic_prefix, parse_tier_spec};
+
+use crate::ServiceError;
+
+/// The tiers every binary uses unless told otherwise.
+pub const DEFAULT_TIERS: [&str; 2] = ["retry-5s:5s", "retry-1m:1m"];
+
+/// The dead-letter topic and the prefix of every topic name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopicNamingArgs {
+    /// Dead-letter topic.
+    #[arg(long, env = "REBOUND_DLQ_TOPIC", default_value = "dlq")]
+    pub dlq_topic: String,
+
+    /// Prefix applied to every topic name (sources, tiers, the DLQ and its ledger), e.g.
+    /// `staging.`.
+    #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+}
+
+impl TopicNamingArgs {
+    /// A topic's full name, with the prefix.
+    pub fn prefixed(&self, topic: &str) -> String {
+        apply_topic_prefix(&self.topic_prefix, topic)
+    }
+
+    /// The dead-letter topic's full name.
+    pub fn dlq(&self) -> String {
+        self.prefixed(&self.dlq_topic)
+    }
+}
+
+/// The retry tiers and the topic naming.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Retry tier `NAME:DELAY[:ATTEMPTS]`, in order (repeatable; durations like `250ms`, `5s`,
+    /// `1m`; attempts per tier default to 1). The consumer routes failures by it; the scheduler
+    /// takes `NAME` alone too and uses `DELAY` only for records without `retry.due.timestamp`;
+    /// `rebound topics create` uses the names.
+    #[arg(
+        long = "tier",
+        env = "REBOUND_TIERS",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_TIERS.map(str::to_owned)
+    )]
+    pub tiers: Vec<String>,
+
+    /// The DLQ and the prefix.
+    #[command(flatten)]
+    pub naming: TopicNamingArgs,
+}
+
+/// Whether a tier given by its name alone is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierDelays {
+    /// Every tier needs its delay (the consumer computes due times from it).
+    Required,
+    /// A tier may be named alone: its delay is then 0, a fallback that only records without
+    /// `retry.due.timestamp` use (the scheduler).
+    FallbackOnly,
+}
+
+impl TopologyArgs {
+    /// The validated tier policy: tiers in order, distinct from each other and from the DLQ,
+    /// every name prefixed.
+    pub fn tier_policy(&self, delays: TierDelays) -> Result<TierPolicy, ServiceError> {
+        let invalid = |flag: &'static str, reason: String| ServiceError::InvalidTopology { flag, reason };
+        let tiers: Vec<Tier> = self
+            .tiers
+            .iter()
+            .map(|spec| match delays {
+                TierDelays::FallbackOnly if !spec.contains(':') => parse_tier_spec(&format!("{spec}:0s")),
+                _ => parse_tier_spec(spec),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|error| invalid("--tier", error.to_string()))?;
+        if tiers.is_empty() {
+            return Err(invalid("--tier", "at least one tier is needed".to_owned()));
+        }
+        TierPolicy::new(tiers, &self.naming.dlq_topic, &self.naming.topic_prefix)
+            .map_err(|error| invalid("--tier/--dlq-topic", error.to_string()))
+    }
+
+    /// The tiers' names, without delays or prefix, in order.
+    pub fn tier_names(&self) -> Vec<String> {
+        self.tiers
+            .iter()
+            .map(|spec| spec.split(':').next().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        topology: TopologyArgs,
+    }
+
+    fn parse(argv: &[&str]) -> TopologyArgs {
+        let mut full = vec!["test"];
+        full.extend_from_slice(argv);
+        Flags::parse_from(full).topology
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_tiers_and_dlq() {
+        let policy = parse(&[]).tier_policy(TierDelays::Required).expect("valid");
+        let tiers: Vec<(&str, u64)> = policy
+            .tiers()
+            .iter()
+            .map(|tier| (tier.topic.as_str(), tier.delay.as_secs()))
+            .collect();
+        assert_eq!(tiers, vec![("retry-5s", 5), ("retry-1m", 60)]);
+        assert_eq!(policy.dead_letter_topic(), "dlq");
+    }
+
+    #[test]
+    fn a_tier_named_alone_is_a_fallback_for_the_scheduler_and_an_error_for_the_consumer() {
+        let topology = parse(&["--tier", "retry-5s", "--tier", "retry-1m:1m"]);
+        let policy = topology.tier_policy(TierDelays::FallbackOnly).expect("valid");
+        assert_eq!(policy.tiers()[0].delay.as_secs(), 0);
+        let error = topology.tier_policy(TierDelays::Required).expect_err("needs a delay");
+        assert!(
+            matches!(error, ServiceError::InvalidTopology { flag: "--tier", .. }),
+            "{error}"
+        );
+        assert_eq!(topology.tier_names(), vec!["retry-5s", "retry-1m"]);
+    }
+
+    #[test]
+    fn the_prefix_applies_to_tiers_and_the_dlq() {
+        let topology = parse(&["--topic-prefix", "staging.", "--dlq-topic", "dead"]);
+        let policy = topology.tier_policy(TierDelays::Required).expect("valid");
+        assert_eq!(policy.tiers()[0].topic, "staging.retry-5s");
+        assert_eq!(policy.dead_letter_topic(), "staging.dead");
+        assert_eq!(topology.naming.dlq(), "staging.dead");
+    }
+
+    #[test]
+    fn a_tier_that_is_the_dlq_is_refused_naming_both_flags() {
+        let error = parse(&["--tier", "dlq:5s"])
+            .tier_policy(TierDelays::Required)
+            .expect_err("loops");
+        assert!(
+            matches!(
+                error,
+                ServiceError::InvalidTopology {
+                    flag: "--tier/--dlq-topic",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+}
