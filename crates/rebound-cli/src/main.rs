@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use rebound_cli::{Cli, run};
+use rebound_cli::{Cli, UsageError, run};
 use rebound_service::init_telemetry;
 
 #[tokio::main]
@@ -13,6 +13,11 @@ async fn main() -> ExitCode {
     let _telemetry = init_telemetry(cli.common.log_format, cli.common.otlp_endpoint.as_deref(), "rebound");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // Flags that are wrong only in combination: bad usage, as clap's own errors.
+        Err(error) if error.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
