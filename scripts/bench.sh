@@ -34,14 +34,17 @@
 set -euo pipefail
 
 readonly PROG=bench
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
-readonly SCRIPT_DIR REPO
-readonly KAFKA_LOCAL=$SCRIPT_DIR/kafka-local.sh
+# Progress goes to stderr; stdout carries only the results table at the end.
+readonly SAY_FD=2
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 readonly BROKERS=127.0.0.1:${REBOUND_KAFKA_PORT:-9092}
 
-say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+case ${1:-} in
+  "") ;;
+  -h | --help) usage; exit 0 ;;
+  *) warn "error: unexpected argument: $1 (settings are BENCH_* variables, see the header)"; usage; exit 2 ;;
+esac
 
 for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT; do
   value=${!var:-1}
@@ -50,23 +53,16 @@ done
 [[ ${BENCH_SCHEDULER_RATES:-1} =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] \
   || die "BENCH_SCHEDULER_RATES must be comma-separated whole numbers, not '$BENCH_SCHEDULER_RATES'"
 
-# The benchmark names its topics, groups and tiers itself; variables that would rename them for
-# the services do not apply here.
-unset REBOUND_TOPIC REBOUND_SOURCE_TOPICS REBOUND_TIERS REBOUND_DLQ_TOPIC REBOUND_TOPIC_PREFIX \
-  REBOUND_GROUP REBOUND_SINK REBOUND_INJECT_FAILURES REBOUND_BATCH_SIZE REBOUND_NO_OUTBOX \
-  REBOUND_METRICS_LISTEN REBOUND_OTLP_ENDPOINT REBOUND_KAFKA_CONFIG REBOUND_KAFKA_CONFIG_FILE
+# The benchmark names its topics, groups and tiers itself (see common.sh).
+unset_rebound_env
 
-cd "$REPO"
-RUN=bench-$(date +%s)
-readonly RUN
-readonly RUN_DIR=$REPO/target/bench/$RUN
-mkdir -p "$RUN_DIR"
+# The run's name (bench-<epoch>) is also the harness's topic prefix (its --out folder's name).
+make_run_dir bench
 
 KAFKA_STARTED=0
 HARNESS_PID=""
+# shellcheck disable=SC2317 # invoked by the EXIT trap (install_traps)
 cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
   if [[ -n $HARNESS_PID ]] && kill -0 "$HARNESS_PID" 2>/dev/null; then
     # The harness stops its own children and deletes its topics when it gets SIGTERM.
     kill -TERM "$HARNESS_PID" 2>/dev/null || true
@@ -74,12 +70,11 @@ cleanup() {
   fi
   if ((KAFKA_STARTED)); then
     say "stopping the broker this run started"
-    "$KAFKA_LOCAL" stop >&2 || true
+    # A failed stop does not turn a finished benchmark into a failure; its log says why.
+    stop_started_kafka --nodes 1 || true
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+install_traps cleanup
 
 if ! command -v kcat >/dev/null 2>&1; then
   say "kcat is missing; installing it with apt-get"
@@ -97,7 +92,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     || die "cargo build failed; see target/bench/$RUN/build.log"
 fi
 
-if "$KAFKA_LOCAL" status >/dev/null 2>&1; then
+if local_broker_running; then
   say "using the running broker at $BROKERS"
 else
   say "starting a local broker"

@@ -20,10 +20,10 @@
 # status is 1 when anything failed (2 when the tools cannot be installed).
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-
-say() { printf 'check-alerts.sh: %s\n' "$*" >&2; }
+readonly PROG=check-alerts.sh SAY_FD=2
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+cd "$REPO"
 
 rules=deploy/prometheus/alerts.yml
 rule_tests=deploy/prometheus/alerts_test.yml

@@ -4,8 +4,8 @@
 # Usage: scripts/demo.sh
 #
 # Builds the binaries (debug profile, shared with the tests; DEMO_PROFILE=release for
-# optimised ones), starts the local Kafka broker of scripts/kafka-local.sh unless one
-# is already running, creates the pipeline's topics under a fresh per-run prefix (`demo-<epoch>.`,
+# optimised ones), starts the local Kafka broker of scripts/kafka-local.sh unless a broker
+# already answers on REBOUND_KAFKA_PORT (this checkout's or one started elsewhere), creates the pipeline's topics under a fresh per-run prefix (`demo-<epoch>.`,
 # so runs never share topics or consumer groups), produces DEMO_NOTES note versions, and runs the
 # consumer (SQLite sink, injected failures: 10% transient, 1% permanent) and the retry scheduler
 # with their default tiers (retry-5s: 5 s, retry-1m: 1 min). A progress line shows what the
@@ -31,10 +31,14 @@
 set -euo pipefail
 
 readonly PROG=demo
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
-readonly SCRIPT_DIR REPO
-readonly KAFKA_LOCAL=$SCRIPT_DIR/kafka-local.sh
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+
+case ${1:-} in
+  "") ;;
+  -h | --help) usage; exit 0 ;;
+  *) warn "error: unexpected argument: $1 (settings are DEMO_* variables, see the header)"; usage; exit 2 ;;
+esac
 
 readonly NOTES=${DEMO_NOTES:-5000}
 readonly TIMEOUT=${DEMO_TIMEOUT:-150}
@@ -44,36 +48,23 @@ readonly FAILURES=transient=0.1,permanent=0.01
 readonly BROKERS=127.0.0.1:${REBOUND_KAFKA_PORT:-9092}
 readonly PROGRESS_EVERY=2   # seconds between progress updates
 readonly AUDIT_EVERY=4      # seconds between the starts of two audits
-readonly STOP_TIMEOUT=40    # seconds a service gets to stop after SIGTERM (its own limit is 30 s)
-
-say() { printf '%s: %s\n' "$PROG" "$*"; }
-warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { end_progress_line; warn "error: $*"; exit 1; }
+# A progress line may be open on the terminal when the demo fails: end it first.
+on_die() { end_progress_line; }
 
 for var in NOTES TIMEOUT SEED RATE; do
   [[ ${!var} =~ ^[0-9]+$ ]] || { warn "error: DEMO_$var must be a whole number, not '${!var}'"; exit 2; }
 done
 ((NOTES > 0)) || { warn "error: DEMO_NOTES must be at least 1"; exit 2; }
 
-# The demo names its topics itself; variables that rename topics or tiers of the services would
-# make the producer, services and audit disagree, so they do not apply here.
-unset REBOUND_TOPIC REBOUND_SOURCE_TOPICS REBOUND_TIERS REBOUND_DLQ_TOPIC REBOUND_TOPIC_PREFIX \
-  REBOUND_GROUP REBOUND_SINK REBOUND_IDS_LOG REBOUND_PARTITIONS REBOUND_TIER_PARTITIONS \
-  REBOUND_GENERATE_NOTES REBOUND_GENERATE_RUN_ID
+# The demo names its topics, groups and files itself (see common.sh).
+unset_rebound_env
 
 # ---------------------------------------------------------------------------------------------
 # Run folder and names.
 
-cd "$REPO"
-RUN=demo-$(date +%s)
-[[ -e $REPO/target/demo/$RUN ]] && RUN=$RUN-$$
-readonly RUN
-readonly PREFIX=$RUN.
-readonly RUN_DIR=$REPO/target/demo/$RUN
-readonly REL_DIR=target/demo/$RUN
+make_run_dir demo
 readonly DB=$RUN_DIR/notes.db
 readonly IDS=$RUN_DIR/ids.log
-mkdir -p "$RUN_DIR"
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup: stop what this run started, whatever way it ends.
@@ -89,40 +80,8 @@ end_progress_line() {
   if ((PROGRESS_OPEN)); then printf '\n'; PROGRESS_OPEN=0; fi
 }
 
-# SIGTERMs the given services together, waits for them (SIGKILL after $STOP_TIMEOUT s) and
-# reports how each exited. Arguments: name=pid pairs.
-stop_services() {
-  local pair name pid rc deadline=$((SECONDS + STOP_TIMEOUT)) alive
-  for pair in "$@"; do
-    kill -TERM "${pair#*=}" 2>/dev/null || true
-  done
-  while :; do
-    alive=0
-    for pair in "$@"; do kill -0 "${pair#*=}" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    if ((SECONDS >= deadline)); then
-      for pair in "$@"; do
-        if kill -0 "${pair#*=}" 2>/dev/null; then
-          warn "${pair%%=*} (pid ${pair#*=}) did not stop within ${STOP_TIMEOUT}s, sending SIGKILL"
-          kill -KILL "${pair#*=}" 2>/dev/null || true
-        fi
-      done
-      break
-    fi
-    sleep 0.2
-  done
-  for pair in "$@"; do
-    name=${pair%%=*} pid=${pair#*=} rc=0
-    wait "$pid" 2>/dev/null || rc=$?
-    if ((rc == 0)); then say "stopped $name (pid $pid)"; else warn "$name (pid $pid) exited with status $rc"; fi
-  done
-}
-
-# shellcheck disable=SC2317 # invoked by the EXIT trap
+# shellcheck disable=SC2317 # invoked by the EXIT trap (install_traps)
 cleanup() {
-  local rc=$?
-  trap '' INT TERM
-  trap - EXIT
   end_progress_line
   if [[ -n $AUDIT_PID ]]; then
     kill -TERM "$AUDIT_PID" 2>/dev/null || true
@@ -134,15 +93,10 @@ cleanup() {
   ((${#services[@]} == 0)) || stop_services "${services[@]}"
   if ((KAFKA_STARTED)); then
     say "stopping the Kafka broker the demo started"
-    "$KAFKA_LOCAL" stop --nodes 1 >/dev/null 2>"$RUN_DIR/kafka-stop.log" ||
-      { warn "kafka-local.sh stop failed:"; cat "$RUN_DIR/kafka-stop.log" >&2; rc=1; }
+    stop_started_kafka --nodes 1 || EXIT_STATUS=1
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'end_progress_line; warn "interrupted"; exit 130' INT
-trap 'end_progress_line; warn "terminated"; exit 143' TERM
-trap 'exit 129' HUP
+install_traps cleanup
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -208,7 +162,7 @@ BUILD_TIME=$(since "$t")
 say "built in $BUILD_TIME"
 
 t=$SECONDS
-if "$KAFKA_LOCAL" status --nodes 1 >/dev/null 2>&1; then
+if local_broker_running; then
   say "using the Kafka broker that is already running at $BROKERS (it stays running)"
   KAFKA_TIME="already running"
 else

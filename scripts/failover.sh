@@ -42,10 +42,14 @@
 set -euo pipefail
 
 readonly PROG=failover
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
-readonly SCRIPT_DIR REPO
-readonly KAFKA_LOCAL=$SCRIPT_DIR/kafka-local.sh
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+
+case ${1:-} in
+  "") ;;
+  -h | --help) usage; exit 0 ;;
+  *) warn "error: unexpected argument: $1 (settings are FAILOVER_* variables, see the header)"; usage; exit 2 ;;
+esac
 
 readonly RATE=${FAILOVER_RATE:-200}
 readonly SEND_SECONDS=${FAILOVER_SECONDS:-60}
@@ -56,11 +60,6 @@ readonly SEED=${FAILOVER_SEED:-1}
 readonly FAILURES=transient=0.05,permanent=0.005
 readonly TIERS=retry-2s:2s,retry-8s:8s
 readonly BROKERS=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
-readonly STOP_TIMEOUT=40 # seconds a service gets to stop after SIGTERM (its own limit is 30 s)
-
-say() { printf '%s: %s\n' "$PROG" "$*"; }
-warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { warn "error: $*"; exit 1; }
 
 for var in RATE SEND_SECONDS STOP_AFTER DOWN_FOR TIMEOUT SEED; do
   [[ ${!var} =~ ^[0-9]+$ ]] || { warn "error: $var must be a whole number, not '${!var}'"; exit 2; }
@@ -68,24 +67,13 @@ done
 ((RATE > 0 && SEND_SECONDS > 0)) || { warn "error: FAILOVER_RATE and FAILOVER_SECONDS must be at least 1"; exit 2; }
 ((STOP_AFTER < SEND_SECONDS)) || { warn "error: FAILOVER_STOP_AFTER must be less than FAILOVER_SECONDS"; exit 2; }
 
-# The script names its topics, groups and tiers itself; variables that rename them would make the
-# producer, the services and the audit disagree.
-unset REBOUND_TOPIC REBOUND_SOURCE_TOPICS REBOUND_TIERS REBOUND_DLQ_TOPIC REBOUND_TOPIC_PREFIX \
-  REBOUND_GROUP REBOUND_SINK REBOUND_IDS_LOG REBOUND_PARTITIONS REBOUND_TIER_PARTITIONS \
-  REBOUND_GENERATE_NOTES REBOUND_GENERATE_RUN_ID REBOUND_REPLICATION_FACTOR REBOUND_MIN_INSYNC_REPLICAS \
-  REBOUND_BROKERS REBOUND_KAFKA_CONFIG REBOUND_KAFKA_CONFIG_FILE
+# The script names its topics, groups and tiers itself (see common.sh).
+unset_rebound_env
 
-cd "$REPO"
-RUN=failover-$(date +%s)
-[[ -e $REPO/target/failover/$RUN ]] && RUN=$RUN-$$
-readonly RUN
-readonly PREFIX=$RUN.
-readonly RUN_DIR=$REPO/target/failover/$RUN
-readonly REL_DIR=target/failover/$RUN
+make_run_dir failover
 readonly DB=$RUN_DIR/notes.db
 readonly IDS=$RUN_DIR/ids.log
 readonly NOTES_TOPIC=${PREFIX}notes
-mkdir -p "$RUN_DIR"
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup.
@@ -96,32 +84,8 @@ SCHEDULER_PID=""
 CLUSTER_STARTED=0
 STOPPED_NODE=""
 
-stop_services() { # name=pid...
-  local pair deadline=$((SECONDS + STOP_TIMEOUT)) alive
-  for pair in "$@"; do kill -TERM "${pair#*=}" 2>/dev/null || true; done
-  while :; do
-    alive=0
-    for pair in "$@"; do kill -0 "${pair#*=}" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    if ((SECONDS >= deadline)); then
-      for pair in "$@"; do
-        if kill -0 "${pair#*=}" 2>/dev/null; then
-          warn "${pair%%=*} (pid ${pair#*=}) did not stop within ${STOP_TIMEOUT}s, sending SIGKILL"
-          kill -KILL "${pair#*=}" 2>/dev/null || true
-        fi
-      done
-      break
-    fi
-    sleep 0.2
-  done
-  for pair in "$@"; do wait "${pair#*=}" 2>/dev/null || true; done
-}
-
-# shellcheck disable=SC2317 # invoked by the EXIT trap
+# shellcheck disable=SC2317 # invoked by the EXIT trap (install_traps)
 cleanup() {
-  local rc=$?
-  trap '' INT TERM
-  trap - EXIT
   local -a services=()
   [[ -n $PRODUCER_PID ]] && services+=("rebound-producer=$PRODUCER_PID")
   [[ -n $CONSUMER_PID ]] && services+=("rebound-consumer=$CONSUMER_PID")
@@ -129,17 +93,13 @@ cleanup() {
   ((${#services[@]} == 0)) || stop_services "${services[@]}"
   if ((CLUSTER_STARTED)); then
     say "stopping the cluster this run started"
-    "$KAFKA_LOCAL" stop --nodes 3 >/dev/null 2>>"$RUN_DIR/kafka-stop.log" ||
-      { warn "kafka-local.sh stop failed (see $REL_DIR/kafka-stop.log)"; rc=1; }
+    stop_started_kafka --nodes 3 || EXIT_STATUS=1
   elif [[ -n $STOPPED_NODE ]]; then
     # A cluster that was running before stays running: bring back the node this run stopped.
     "$KAFKA_LOCAL" start-node "$STOPPED_NODE" >/dev/null 2>>"$RUN_DIR/kafka-start-node.log" || true
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'warn "interrupted"; exit 130' INT
-trap 'warn "terminated"; exit 143' TERM
+install_traps cleanup
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -161,17 +121,16 @@ require_running() { # name pid log
 # Client port of cluster node N (kafka-local.sh: N * 10000 + 9092).
 node_label_port() { echo "127.0.0.1:$(($1 * 10000 + 9092))"; }
 
-# Runs a Kafka command line tool from the jars kafka-local.sh cached.
-kafka_tool() {
-  java -Xmx192m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
-    -Dlog4j2.configurationFile="$KAFKA_STATE/tools-log4j2.properties" -cp "$KAFKA_LIB/*" "$@"
+# Runs a Kafka command line tool (org.apache.kafka.tools.NAME) against the cluster; kafka-local.sh
+# knows where its jars and client settings are.
+kafka_tool() { # NAME [tool arguments]
+  "$KAFKA_LOCAL" tool --nodes 3 "$@"
 }
 
 describe_topic() { # topic [extra TopicCommand flags]
   local topic=$1
   shift
-  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BROKERS" \
-    --command-config "$KAFKA_STATE/tools-client.properties" --describe --topic "$topic" "$@" 2>/dev/null
+  kafka_tool TopicCommand --describe --topic "$topic" "$@" 2>/dev/null
 }
 
 # The leader broker id of a partition, from `--describe` ("Partition: 0 Leader: 2 ..."); "none"
@@ -184,9 +143,7 @@ partition_leader() { # topic partition
 
 # Partitions of the run's topics that lack an in-sync replica.
 under_replicated() {
-  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BROKERS" \
-    --command-config "$KAFKA_STATE/tools-client.properties" --describe --under-replicated-partitions \
-    2>/dev/null | grep -c -F "Topic: $PREFIX" || true
+  kafka_tool TopicCommand --describe --under-replicated-partitions 2>/dev/null | grep -c -F "Topic: $PREFIX" || true
 }
 
 # Timestamps (epoch seconds) of the consumer's "applied" events, one a line.
@@ -233,13 +190,10 @@ TARGET_DIR=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
 readonly BIN=${TARGET_DIR:-$REPO/target}/debug
 
-KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\([^<]*\)</kafka\.version>.*:\1:p' "$SCRIPT_DIR/kafka/pom.xml" | head -n 1)
-readonly KAFKA_VERSION
-readonly KAFKA_STATE=${REBOUND_KAFKA_STATE:-$REPO/target/kafka-local}
-readonly KAFKA_LIB=${REBOUND_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rebound/kafka-$KAFKA_VERSION}/lib
+KAFKA_VERSION=$("$KAFKA_LOCAL" version)
 LIBRDKAFKA_VERSION=$(awk '/^name = "rdkafka-sys"/ { getline; print $3; exit }' Cargo.lock | tr -d '"' | sed 's/.*+//')
 JAVA_VERSION=$(java -version 2>&1 | head -n 1 | sed 's/.*version "\([^"]*\)".*/\1/')
-readonly LIBRDKAFKA_VERSION JAVA_VERSION
+readonly KAFKA_VERSION LIBRDKAFKA_VERSION JAVA_VERSION
 
 if "$KAFKA_LOCAL" status --nodes 3 >/dev/null 2>&1; then
   say "using the 3-node cluster that is already running"
@@ -361,8 +315,7 @@ CONSUMER_PID="" SCHEDULER_PID=""
 # ---------------------------------------------------------------------------------------------
 # 5. Figures.
 
-IN_TOPIC=$(kafka_tool org.apache.kafka.tools.GetOffsetShell --bootstrap-server "$BROKERS" \
-  --command-config "$KAFKA_STATE/tools-client.properties" --topic "$NOTES_TOPIC" 2>/dev/null |
+IN_TOPIC=$(kafka_tool GetOffsetShell --topic "$NOTES_TOPIC" 2>/dev/null |
   awk -F: '{ sum += $3 } END { print sum + 0 }')
 # The notes topic also holds the copies the scheduler sent back from the tiers.
 REPUBLISHED=$(grep -c -F '"message":"republished"' "$RUN_DIR/scheduler.log" || true)

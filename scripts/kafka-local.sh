@@ -11,6 +11,15 @@
 #   restart-broker        single broker: stop and start it again, keeping its data
 #   stop-node N...        3-node cluster: stop node(s) N (1..3), keeping their data
 #   start-node N...       3-node cluster: start node(s) N again on their existing data
+#   tool [--nodes 1|3] NAME [ARGS...]
+#                         run the Kafka command line tool org.apache.kafka.tools.NAME (TopicCommand,
+#                         GetOffsetShell, ...) on the JVM from the cached jars against the running
+#                         broker (or with --nodes 3 the cluster); --bootstrap-server and
+#                         --command-config are added. Options go before NAME; everything after
+#                         it is the tool's. Its output and exit status are the tool's.
+#   version               print the Kafka version these scripts run (scripts/kafka/pom.xml)
+#   probe                 exit 0 if a Kafka broker answers on REBOUND_KAFKA_PORT, whoever started it
+#                         (this script in another checkout, Docker, ...), 3 if none does
 #
 # Progress goes to stderr; `start`, `restart-broker` and `start-node` print the bootstrap address
 # alone on stdout, so `BOOTSTRAP=$(scripts/kafka-local.sh start)` works.
@@ -74,6 +83,8 @@ usage() {
 usage: scripts/kafka-local.sh start|stop|status [--nodes 1|3]
        scripts/kafka-local.sh restart-broker
        scripts/kafka-local.sh stop-node N... | start-node N...   (N = 1..3, 3-node cluster)
+       scripts/kafka-local.sh tool [--nodes 1|3] NAME [ARGS...]   (org.apache.kafka.tools.NAME)
+       scripts/kafka-local.sh version | probe
 EOF
 }
 
@@ -560,6 +571,21 @@ jvm_status() { # node...
   ((running == $#))
 }
 
+# Runs org.apache.kafka.tools.NAME against the single broker or the cluster. The tools are plain
+# clients, so this runs on the JVM whatever the broker's mode. Other scripts call this rather than
+# knowing where the jars and the tools' settings are.
+run_tool() { # nodes name [args...]
+  local nodes=$1 name=$2 bootstrap
+  shift 2
+  ensure_lib
+  mkdir -p "$STATE"
+  # Written only when missing: a concurrent start or another tool may be reading them.
+  [[ -f $STATE/tools-client.properties && -f $STATE/tools-log4j2.properties ]] || write_tools_config
+  if [[ $nodes == 3 ]]; then bootstrap=$(cluster_bootstrap); else bootstrap=$HOST:$PORT; fi
+  kafka_tool "org.apache.kafka.tools.$name" --bootstrap-server "$bootstrap" \
+    --command-config "$STATE/tools-client.properties" "$@"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Docker mode (single broker, compose service `kafka`).
 
@@ -628,6 +654,8 @@ main() {
   local cmd="" nodes="" mode node
   local -a args=()
   while (($# > 0)); do
+    # Everything after a tool's name is the tool's own arguments.
+    if [[ $cmd == tool ]] && ((${#args[@]} > 0)); then args+=("$@"); break; fi
     case $1 in
       --nodes) (($# >= 2)) || { usage; exit 2; }; nodes=$2; shift 2 ;;
       --nodes=*) nodes=${1#--nodes=}; shift ;;
@@ -649,11 +677,20 @@ main() {
         fi
       done
       [[ -z $nodes || $nodes == 3 ]] || { log "$cmd is for the 3-node cluster"; exit 2; } ;;
+    tool)
+      ((${#args[@]} > 0)) || { log "tool needs the name of a tool (TopicCommand, GetOffsetShell, ...)"; exit 2; }
+      [[ ${args[0]} =~ ^[A-Za-z][A-Za-z0-9]*$ ]] || { log "not a tool name: '${args[0]}'"; exit 2; } ;;
+    version | probe) ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
     start | stop | status | restart-broker)
       ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
     *) log "unknown command: $cmd"; usage; exit 2 ;;
   esac
   [[ -n $KAFKA_VERSION ]] || die "no <kafka.version> in $POM"
+  case $cmd in
+    version) echo "$KAFKA_VERSION"; exit 0 ;;
+    probe) if kafka_answers "$HOST" "$PORT"; then exit 0; else exit 3; fi ;;
+    tool) run_tool "${nodes:-1}" "${args[@]}"; exit ;;
+  esac
 
   case ${REBOUND_KAFKA_MODE:-} in
     jvm) mode=jvm ;;

@@ -54,15 +54,9 @@
 set -euo pipefail
 
 readonly PROG=soak
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
-readonly SCRIPT_DIR REPO
-readonly KAFKA_LOCAL=$SCRIPT_DIR/kafka-local.sh
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 
-say() { printf '%s: %s\n' "$PROG" "$*"; }
-warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { warn "error: $*"; exit 1; }
-usage() { sed -n '5,6p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2; }
 
 SMALL=0
 for arg in "$@"; do [[ $arg == --small ]] && SMALL=1; done
@@ -108,25 +102,15 @@ readonly MAX_ATTEMPTS=3
 readonly GROUP_CONFIG=(-X session.timeout.ms=6000 -X heartbeat.interval.ms=1500)
 readonly FREEZE_SECONDS=10 # SIGSTOP length: well past the session timeout
 readonly AUDIT_EVERY=5
-readonly STOP_TIMEOUT=40 # seconds a service gets to stop after SIGTERM (its own bound is 30 s)
 
-# The soak names its topics, groups and files itself.
-unset REBOUND_TOPIC REBOUND_SOURCE_TOPICS REBOUND_TIERS REBOUND_DLQ_TOPIC REBOUND_TOPIC_PREFIX \
-  REBOUND_GROUP REBOUND_SINK REBOUND_IDS_LOG REBOUND_OUTBOX_DIR REBOUND_LISTEN REBOUND_SINK_JOURNAL \
-  REBOUND_INJECT_FAILURES REBOUND_INJECT_SEED REBOUND_AUDIT_EXTENDED REBOUND_MAX_ATTEMPTS \
-  REBOUND_KAFKA_CONFIG REBOUND_METRICS_LISTEN
+# The soak names its topics, groups and files itself (see common.sh).
+unset_rebound_env
 export REBOUND_KAFKA_PORT=$PORT
 
 # ---------------------------------------------------------------------------------------------
 # Run folder and names.
 
-cd "$REPO"
-RUN=soak-$(date +%s)
-[[ -e $REPO/target/soak/$RUN ]] && RUN=$RUN-$$
-readonly RUN
-readonly PREFIX=$RUN.
-readonly RUN_DIR=$REPO/target/soak/$RUN
-readonly REL_DIR=target/soak/$RUN
+make_run_dir soak
 readonly DB=$RUN_DIR/notes.db
 readonly IDS=$RUN_DIR/ids.log
 readonly FAULTS=$RUN_DIR/faults.log
@@ -149,37 +133,22 @@ UNEXPECTED=0           # service exits nobody asked for
 BAD_STOPS=0            # services that did not stop cleanly at the end
 HTTP_PORT=""
 
-# shellcheck disable=SC2317 # invoked by the EXIT trap
+# shellcheck disable=SC2317 # invoked by the EXIT trap (install_traps)
 cleanup() {
-  local rc=$? name pid
-  trap '' INT TERM
-  trap - EXIT
+  local name pid
+  local -a services=()
   [[ -n $FROZEN ]] && kill -CONT "$FROZEN" 2>/dev/null
   for pid in "$LOAD_PID" "$AUDIT_PID"; do
     [[ -n $pid ]] && { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
   done
-  if ((${#PIDS[@]} > 0)); then
-    for name in "${!PIDS[@]}"; do kill -TERM "${PIDS[$name]}" 2>/dev/null || true; done
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    for name in "${!PIDS[@]}"; do
-      pid=${PIDS[$name]}
-      while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-      kill -KILL "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    done
-    say "stopped the services"
-  fi
+  for name in "${!PIDS[@]}"; do services+=("$name=${PIDS[$name]}"); done
+  ((${#services[@]} == 0)) || stop_services "${services[@]}"
   if ((KAFKA_STARTED)); then
     say "stopping the Kafka broker the soak started"
-    "$KAFKA_LOCAL" stop --nodes 1 >/dev/null 2>"$RUN_DIR/kafka-stop.log" ||
-      { warn "kafka-local.sh stop failed:"; cat "$RUN_DIR/kafka-stop.log" >&2; rc=1; }
+    stop_started_kafka --nodes 1 || EXIT_STATUS=1
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'warn "interrupted"; exit 130' INT
-trap 'warn "terminated"; exit 143' TERM
-trap 'exit 129' HUP
+install_traps cleanup
 
 # On Linux the services run in their own session, so Ctrl-C in the terminal reaches only this
 # script, whose trap then stops them.

@@ -13,10 +13,10 @@
 # broker is unreachable; none is skipped.
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-
-say() { printf 'test.sh: %s\n' "$*" >&2; }
+readonly PROG=test.sh SAY_FD=2
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+cd "$REPO"
 
 started_broker=0
 stop_broker() {
@@ -39,7 +39,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # toolchain is the only way to know it is true (language features such as let-chains are not
 # caught by clippy's MSRV lints). Its own target folder keeps the main build's artifacts.
 msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
-[[ -n $msrv ]] || { say "error: no rust-version in Cargo.toml"; exit 1; }
+[[ -n $msrv ]] || die "no rust-version in Cargo.toml"
 if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
   say "installing Rust $msrv (the minimum supported version) with rustup"
   rustup toolchain install "$msrv" --profile minimal

@@ -1,4 +1,5 @@
-//! The `rebound` admin CLI: topic creation and the accounting audit of a pipeline run.
+//! The `rebound` admin CLI: topic creation and deletion, dead letters, and the accounting audit
+//! of a pipeline run.
 //! Each command is a function taking its parsed flags, so tests call them without a process.
 
 mod audit;
@@ -11,7 +12,10 @@ pub use dlq::{
     DlqTopicArgs, DlqWatchArgs, OutputFormat, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, StatsGroup,
     UsageError, dlq_stats, inspect_dead_letters, replay_dead_letters, run_dlq_command, watch_dead_letters,
 };
-pub use topics::{TopicsCreateArgs, create_pipeline_topics, pipeline_topic_specs};
+pub use topics::{
+    TopicDeletionReport, TopicsCreateArgs, TopicsDeleteArgs, create_pipeline_topics, delete_topics_with_prefix,
+    pipeline_topic_specs,
+};
 
 use anyhow::Context as _;
 use rebound_service::CommonArgs;
@@ -51,6 +55,8 @@ pub enum Command {
 pub enum TopicsCommand {
     /// Create the source, retry-tier and dead-letter topics; existing topics are left as they are.
     Create(TopicsCreateArgs),
+    /// Delete every topic whose name starts with a prefix, such as a test or benchmark run's.
+    Delete(TopicsDeleteArgs),
 }
 
 /// Runs one parsed command.
@@ -65,6 +71,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     rebound_kafka::TopicCreation::Created(name) => println!("created  {name}"),
                     rebound_kafka::TopicCreation::AlreadyExisted(name) => println!("exists   {name}"),
                 }
+            }
+            Ok(())
+        }
+        Command::Topics(TopicsCommand::Delete(args)) => {
+            // An empty prefix is refused by clap already; the library's own check (a
+            // UsageError) is mapped to exit code 2 by main.
+            let report = delete_topics_with_prefix(&cli.common.kafka, &args).await?;
+            match args.output {
+                OutputFormat::Text => print!("{}", report.render_text()),
+                OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
             }
             Ok(())
         }

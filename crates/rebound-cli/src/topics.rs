@@ -1,13 +1,17 @@
 //! `rebound topics create`: the pipeline's topics with partition counts, retention and
-//! replication from flags, created idempotently.
+//! replication from flags, created idempotently. `rebound topics delete`: every topic whose name
+//! starts with a prefix (a test or benchmark run's topics).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics};
+use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics, delete_topics, list_topics};
 use rebound_retry::parse_duration;
 use rebound_service::TopologyArgs;
+use serde::Serialize;
+
+use crate::{OutputFormat, UsageError};
 
 /// Flags of `rebound topics create`.
 #[derive(Debug, Clone, clap::Args)]
@@ -124,6 +128,94 @@ pub async fn create_pipeline_topics(kafka: &KafkaArgs, args: &TopicsCreateArgs) 
     Ok(create_topics(kafka, &specs, timeout).await?)
 }
 
+/// Flags of `rebound topics delete`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopicsDeleteArgs {
+    /// Delete every topic whose name starts with this (not empty). Its own variable rather than
+    /// `REBOUND_TOPIC_PREFIX`, so a pipeline's environment never turns into a deletion.
+    #[arg(long, env = "REBOUND_DELETE_PREFIX", value_parser = parse_delete_prefix)]
+    pub prefix: String,
+
+    /// List the topics that would be deleted; delete nothing.
+    #[arg(long, env = "REBOUND_DELETE_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// `text` for people (one `deleted  NAME` line per topic), or `json`: one object with the
+    /// prefix, whether it was a dry run, and the topics.
+    #[arg(long, env = "REBOUND_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// How long to wait for the broker to list and delete the topics.
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s")]
+    pub timeout: String,
+}
+
+/// An empty prefix would match every topic of the cluster.
+fn parse_delete_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("the prefix must not be empty (it would match every topic)".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+/// What `rebound topics delete` deleted (or, in a dry run, would delete).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicDeletionReport {
+    /// The prefix the topics were selected by.
+    pub prefix: String,
+    /// Whether this was a dry run (nothing deleted).
+    pub dry_run: bool,
+    /// The selected topics, sorted.
+    pub topics: Vec<String>,
+}
+
+impl TopicDeletionReport {
+    /// One line per topic and a summary line, for people.
+    pub fn render_text(&self) -> String {
+        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        let mut text: String = self.topics.iter().map(|topic| format!("{verb}  {topic}\n")).collect();
+        text.push_str(&format!(
+            "{} topics {} with prefix {}\n",
+            self.topics.len(),
+            if self.dry_run { "would be deleted" } else { "deleted" },
+            self.prefix
+        ));
+        text
+    }
+}
+
+/// Deletes every topic whose name starts with `args.prefix` (only lists them with `--dry-run`).
+/// Internal topics (`__consumer_offsets`, ...) are never selected. An empty prefix is a
+/// [`UsageError`].
+pub async fn delete_topics_with_prefix(
+    kafka: &KafkaArgs,
+    args: &TopicsDeleteArgs,
+) -> anyhow::Result<TopicDeletionReport> {
+    parse_delete_prefix(&args.prefix).map_err(UsageError)?;
+    let timeout = parse_duration(&args.timeout).context("invalid --timeout")?;
+    let topics: Vec<String> = list_topics(kafka, timeout)
+        .await
+        .with_context(|| format!("cannot list the topics on brokers {}", kafka.brokers()))?
+        .into_iter()
+        .filter(|topic| topic.starts_with(&args.prefix) && !topic.starts_with("__"))
+        .collect();
+    if !args.dry_run {
+        delete_topics(kafka, &topics, timeout).await.with_context(|| {
+            format!(
+                "topics with prefix {} not deleted on brokers {}",
+                args.prefix,
+                kafka.brokers()
+            )
+        })?;
+    }
+    Ok(TopicDeletionReport {
+        prefix: args.prefix.clone(),
+        dry_run: args.dry_run,
+        topics,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -136,8 +228,7 @@ mod tests {
         argv.extend_from_slice(flags);
         match Cli::parse_from(argv).command {
             Command::Topics(TopicsCommand::Create(args)) => args,
-            Command::Audit(_) => unreachable!("parsed topics create"),
-            Command::Dlq(_) => unreachable!("parsed topics create"),
+            _ => unreachable!("parsed topics create"),
         }
     }
 
@@ -178,6 +269,21 @@ mod tests {
         assert!(error.to_string().contains("--min-insync-replicas"), "{error}");
         let unset = pipeline_topic_specs(&parse(&[])).expect("valid");
         assert!(!unset[0].config.contains_key("min.insync.replicas"));
+    }
+
+    #[test]
+    fn delete_refuses_an_empty_prefix_and_lists_what_it_deletes() {
+        let error = Cli::try_parse_from(["rebound", "topics", "delete", "--prefix", ""]).expect_err("empty prefix");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        let report = TopicDeletionReport {
+            prefix: "b.".to_owned(),
+            dry_run: true,
+            topics: vec!["b.notes".to_owned(), "b.dlq".to_owned()],
+        };
+        assert_eq!(
+            report.render_text(),
+            "would delete  b.notes\nwould delete  b.dlq\n2 topics would be deleted with prefix b.\n"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `rebound topics create` against a real broker: creates the pipeline's topics with the
-//! requested partitions, and a second run leaves them as they are.
+//! requested partitions, and a second run leaves them as they are. `rebound topics delete
+//! --prefix` deletes only the topics under its prefix, and refuses an empty one.
 
 use std::process::Command;
 use std::time::Duration;
 
-use rebound_kafka::{TopicCreation, fetch_partition_counts};
+use rebound_kafka::{TopicCreation, TopicSpec, create_topics, fetch_partition_counts};
 use rebound_testkit::{broker, kafka_args, unique_prefix};
 
 fn rebound(args: &[&str]) -> std::process::Output {
@@ -110,4 +111,82 @@ fn unreachable_broker_is_a_clear_failure_with_exit_code_1() {
         "the cause is shown: {stderr}"
     );
     assert!(stderr.contains("notes"), "the error names the topics: {stderr}");
+}
+
+/// Topic names on the broker that start with `prefix`, asked again for a while until `wanted`
+/// holds: a deletion takes a moment to reach the metadata.
+async fn topics_until(prefix: &str, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let topics: Vec<String> = rebound_kafka::list_topics(&kafka_args(), Duration::from_secs(10))
+            .await
+            .expect("topics listed")
+            .into_iter()
+            .filter(|topic| topic.starts_with(prefix))
+            .collect();
+        if wanted(&topics) || std::time::Instant::now() >= give_up {
+            return topics;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_delete_by_prefix_deletes_only_the_matching_topics() {
+    let base = unique_prefix("topics-delete");
+    // Two topics under the prefix and one that only shares the run's base name.
+    let doomed = format!("{base}doomed.");
+    let kept = format!("{base}kept.");
+    let specs: Vec<TopicSpec> = [format!("{doomed}a"), format!("{doomed}b"), format!("{kept}a")]
+        .into_iter()
+        .map(|name| TopicSpec {
+            name,
+            partitions: 1,
+            replication_factor: -1,
+            config: Default::default(),
+        })
+        .collect();
+    create_topics(&kafka_args(), &specs, Duration::from_secs(30))
+        .await
+        .expect("topics created");
+    let all = topics_until(&base, |topics| topics.len() == 3).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+
+    let dry = rebound(&["topics", "delete", "--prefix", &doomed, "--dry-run", "--output", "json"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("one JSON object");
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(
+        report["topics"],
+        serde_json::json!([format!("{doomed}a"), format!("{doomed}b")])
+    );
+    assert_eq!(
+        topics_until(&base, |_| true).await.len(),
+        3,
+        "a dry run deletes nothing"
+    );
+
+    let deleted = rebound(&["topics", "delete", "--prefix", &doomed]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    let stdout = String::from_utf8_lossy(&deleted.stdout).into_owned();
+    assert!(stdout.contains(&format!("deleted  {doomed}a\n")), "{stdout}");
+    assert!(stdout.contains(&format!("deleted  {doomed}b\n")), "{stdout}");
+    assert!(!stdout.contains(&kept), "{stdout}");
+    let left = topics_until(&base, |topics| topics.len() == 1).await;
+    assert_eq!(left, vec![format!("{kept}a")]);
+
+    let cleanup = rebound(&["topics", "delete", "--prefix", &base]);
+    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+}
+
+#[test]
+fn topics_delete_refuses_an_empty_prefix_with_exit_code_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rebound"))
+        .args(["topics", "delete", "--prefix", ""])
+        .env("REBOUND_BROKERS", "127.0.0.1:1")
+        .output()
+        .expect("rebound runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must not be empty"), "{stderr}");
 }

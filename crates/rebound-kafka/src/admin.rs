@@ -1,4 +1,5 @@
-//! Topic administration: idempotent creation of the pipeline's topics and partition lookups.
+//! Topic administration: idempotent creation of the pipeline's topics, listing and deletion of
+//! topics, and partition lookups.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -111,6 +112,73 @@ pub async fn create_topics(
             }),
         })
         .collect()
+}
+
+/// Names of the cluster's topics, sorted; internal topics (`__consumer_offsets`, ...) included.
+pub async fn list_topics(args: &KafkaArgs, timeout: Duration) -> Result<Vec<String>, KafkaError> {
+    let config = args.resolve()?.client_config(&[]);
+    detached_thread(move || {
+        let (consumer, auth) = watched_metadata_client(&config)?;
+        let metadata = fetch_metadata_watching_auth(&consumer, &auth, None, timeout)?;
+        let mut names: Vec<String> = metadata
+            .topics()
+            .iter()
+            .filter(|topic| topic.error().is_none())
+            .map(|topic| topic.name().to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    })
+    .await
+    .map_err(|_| KafkaError::Timeout {
+        operation: "metadata fetch",
+        timeout_ms: timeout.as_millis(),
+    })?
+}
+
+/// Deletes the named topics. A topic that no longer exists counts as deleted, so running it
+/// twice is safe. Every topic the broker refuses is named in the error, with the first reason.
+pub async fn delete_topics(args: &KafkaArgs, topics: &[String], timeout: Duration) -> Result<(), KafkaError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        args.resolve()?
+            .client_config(&[])
+            .create()
+            .map_err(|source| KafkaError::CreateClient {
+                client: "admin",
+                source,
+            })?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results = admin
+        .delete_topics(&names, &options)
+        .await
+        .map_err(|source| KafkaError::DeleteTopic {
+            topic: names.join(","),
+            reason: source.to_string(),
+        })?;
+    let refused: Vec<(String, RDKafkaErrorCode)> = results
+        .into_iter()
+        .filter_map(|result| match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => None,
+            Err((name, code)) => Some((name, code)),
+        })
+        .collect();
+    match refused.first() {
+        None => Ok(()),
+        Some((_, code)) => Err(KafkaError::DeleteTopic {
+            topic: refused
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            reason: code.to_string(),
+        }),
+    }
 }
 
 /// How long one metadata request may take before the authentication watch is looked at again.

@@ -16,7 +16,9 @@ mod replay_ledger;
 mod scan;
 mod transaction;
 
-pub use admin::{TopicCreation, TopicSpec, alter_topic_config, create_topics, fetch_partition_counts};
+pub use admin::{
+    TopicCreation, TopicSpec, alter_topic_config, create_topics, delete_topics, fetch_partition_counts, list_topics,
+};
 pub use config::{KafkaArgs, KafkaConfigPair, REDACTED, is_secret_config_key, redact_config_value};
 pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
 pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
@@ -185,6 +187,14 @@ pub enum KafkaError {
     #[error("failed to create topic {topic}: {reason}")]
     CreateTopic {
         /// The topic.
+        topic: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// Deleting topics failed.
+    #[error("failed to delete topic {topic}: {reason}")]
+    DeleteTopic {
+        /// The topic (or the topics, comma-separated, when the request as a whole failed).
         topic: String,
         /// What the broker said.
         reason: String,

@@ -1,0 +1,141 @@
+# bench_retry.py - phase "retry" of the benchmark: retry timing as a user sees it. Notes that fail
+# once at a webhook come back after the tier's delay; how much later than that is measured at
+# the receiver (a trickle through a 1 s tier, a burst of 100 through a 500 ms tier).
+
+import os
+import subprocess
+import threading
+import time
+
+from common import RECORD_DELIMITER, KEY_DELIMITER, KCAT_PRODUCER_SETTINGS, log, BenchError, percentile, median, free_port
+
+
+class FailOnceReceiver:
+    """A webhook on loopback that answers each note version's first POST with 503 and later ones
+    with 200, noting when it answered the first and when the second arrived (wall clock, ms)."""
+
+    def __init__(self):
+        import http.server
+
+        self.failed_at_ms = {}
+        self.reapplied_at_ms = {}
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the standard library's name)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                # One entry per note version: the dataset holds several versions of some notes.
+                note_id = self.headers.get("Idempotency-Key")
+                with owner.lock:
+                    first = note_id not in owner.failed_at_ms
+                    if not first and note_id not in owner.reapplied_at_ms:
+                        owner.reapplied_at_ms[note_id] = time.time() * 1000
+                self.send_response(503 if first else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                if first:
+                    with owner.lock:
+                        owner.failed_at_ms[note_id] = time.time() * 1000
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notes"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reapplied(self):
+        with self.lock:
+            return len(self.reapplied_at_ms)
+
+    def lateness_beyond_ms(self, delay_ms):
+        with self.lock:
+            return [self.reapplied_at_ms[key] - self.failed_at_ms[key] - delay_ms for key in self.reapplied_at_ms]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RetryPhase:
+    """Retry timing at the webhook; a mixin of harness.Bench."""
+
+    def retry_timing_run(self, label, count, tier_ms, rate, rep):
+        prefix = f"{self.run_id}-{label}-{rep}."
+        self.create_topics(prefix, ["notes"], ["retry-5s", "retry-1m"])
+        receiver = FailOnceReceiver()
+        tiers = ["--tier", f"retry-5s:{tier_ms}ms", "--tier", f"retry-1m:{tier_ms}ms"]
+        scheduler_port = free_port()
+        scheduler = self.children.spawn(
+            self.next_name(f"scheduler-{label}"),
+            [os.path.join(self.bin, "rebound-scheduler"), "--brokers", self.brokers, "--topic-prefix", prefix,
+             "--group", f"{prefix}scheduler", *tiers, "--metrics-listen", f"127.0.0.1:{scheduler_port}"],
+        )
+        consumer_port = free_port()
+        consumer = self.children.spawn(
+            self.next_name(f"consumer-{label}"),
+            self.consumer_command(
+                prefix, "notes", f"{prefix}consumer", receiver.url, consumer_port, extra=tiers,
+            ),
+        )
+        try:
+            self.wait_ready(scheduler, scheduler_port)
+            self.wait_ready(consumer, consumer_port)
+            kcat = self.children.spawn(
+                self.next_name(f"load-{label}"),
+                ["kcat", "-P", "-b", self.brokers, "-t", prefix + "notes", "-K", KEY_DELIMITER, "-D",
+                 RECORD_DELIMITER, "-q", *KCAT_PRODUCER_SETTINGS],
+                stdin=subprocess.PIPE,
+            )
+            with open(self.datasets["small"]["kcat"], "rb") as source:
+                records = source.read().split(RECORD_DELIMITER)[:count]
+            for record in records:
+                kcat.stdin.write(record + RECORD_DELIMITER)
+                kcat.stdin.flush()
+                if rate:
+                    time.sleep(1.0 / rate)
+            kcat.stdin.close()
+            self.children.reap(kcat)
+            deadline = time.monotonic() + 120
+            while receiver.reapplied() < count:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{label}: {receiver.reapplied()} of {count} notes re-applied after 120 s")
+                time.sleep(0.05)
+        finally:
+            self.children.stop(consumer)
+            self.children.stop(scheduler)
+            receiver.close()
+        beyond = receiver.lateness_beyond_ms(tier_ms)
+        return {
+            "count": count, "tier_ms": tier_ms, "rate": rate,
+            "beyond_ms_p50": percentile(beyond, 0.50),
+            "beyond_ms_p99": percentile(beyond, 0.99),
+            "beyond_ms_max": max(beyond),
+            "beyond_ms_min": min(beyond),
+        }
+
+    def bench_retry_timing(self):
+        shapes = {
+            # A trickle: one failing note every 200 ms on a 1 s tier.
+            "trickle": {"count": 30, "tier_ms": 1000, "rate": 5},
+            # A burst: 100 failing notes at once on a 500 ms tier.
+            "burst": {"count": 100, "tier_ms": 500, "rate": 0},
+        }
+        summary = {}
+        for shape, params in shapes.items():
+            runs = [self.retry_timing_run(shape, rep=rep, **params) for rep in range(self.args.runs)]
+            for run in runs:
+                log(f"retry timing {shape}: beyond the delay p50 {run['beyond_ms_p50']:.0f} ms, "
+                    f"p99 {run['beyond_ms_p99']:.0f} ms, min {run['beyond_ms_min']:.0f} ms")
+            self.results["runs"][f"retry_{shape}"] = runs
+            summary[shape] = {
+                **params,
+                "beyond_ms_p50": median(run["beyond_ms_p50"] for run in runs),
+                "beyond_ms_p99": median(run["beyond_ms_p99"] for run in runs),
+                "beyond_ms_max": max(run["beyond_ms_max"] for run in runs),
+                "beyond_ms_min_over_runs": min(run["beyond_ms_min"] for run in runs),
+            }
+        self.results["summary"]["retry_timing"] = summary
+        self.write_results()

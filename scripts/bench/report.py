@@ -1,0 +1,179 @@
+# report.py - the benchmark's report: the machine it ran on, results.md rendered from the
+# results.json figures, and compressing large logs at the end.
+
+import gzip
+import os
+import platform
+import shutil
+import subprocess
+
+
+def machine(repo):
+    """The machine, tools and versions a run measured on, for results.json and results.md."""
+    def read(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    model = next(
+        (line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo").splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    mem_kib = next(
+        (int(line.split()[1]) for line in read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0
+    )
+    kcat = subprocess.run(["kcat", "-V"], capture_output=True, text=True, check=False).stdout
+    kcat_version = next((line.strip() for line in kcat.splitlines() if line.startswith("Version")), "")
+    # "Version 1.7.1 (JSON, ..., librdkafka 2.0.2 builtin.features=...)" -> "1.7.1, librdkafka 2.0.2"
+    words = kcat_version.replace("(", " ").replace(")", " ").replace(",", " ").split()
+    if len(words) > 1:
+        librdkafka = next((words[i + 1] for i, word in enumerate(words[:-1]) if word == "librdkafka"), "?")
+        kcat_version = f"{words[1]}, librdkafka {librdkafka}"
+    # rebound links the librdkafka that rdkafka-sys bundles: "4.10.0+2.12.1" -> "2.12.1".
+    lock = read(os.path.join(repo, "Cargo.lock"))
+    rebound_librdkafka = "?"
+    if 'name = "rdkafka-sys"' in lock:
+        version_line = lock.split('name = "rdkafka-sys"', 1)[1].split("\n")[1]
+        rebound_librdkafka = version_line.split('"')[1].split("+")[-1]
+    kafka_version = ""
+    pom = read(os.path.join(repo, "scripts", "kafka", "pom.xml"))
+    if "<kafka.version>" in pom:
+        kafka_version = pom.split("<kafka.version>", 1)[1].split("<", 1)[0]
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "kcat": kcat_version,
+        "rebound_librdkafka": rebound_librdkafka,
+        "kafka": f"Apache Kafka {kafka_version} (scripts/kafka-local.sh), single broker" if kafka_version else "",
+        "python": platform.python_version(),
+    }
+
+
+def fmt_rate(value):
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def fmt_ratio(value):
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def fmt_mib(kib):
+    return "n/a" if not kib else f"{kib / 1024:.1f}"
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def render_markdown(results):
+    summary = results["summary"]
+    lines = [f"Run `{results.get('run_id', '')}`, {results.get('started_at', '')}, "
+             f"{results.get('seconds', '?')} s of measurements.", ""]
+    machine = results.get("machine", {})
+    if machine:
+        lines.append(
+            f"Machine: {machine.get('cpu')}, {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB RAM, "
+            f"Linux {machine.get('kernel')}; {machine.get('kafka')}; kcat {machine.get('kcat')}; "
+            f"rebound with librdkafka {machine.get('rebound_librdkafka')}."
+        )
+        lines.append("")
+    lines += ["| measurement | rebound | kcat | ratio | target | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    for size in ("small", "large"):
+        producer = summary.get(f"producer_{size}")
+        if producer:
+            label = f"{size} notes ({producer['mean_record_bytes']:.0f} B, {producer['notes']:,})"
+            lines.append(
+                f"| producer, outbox off, {label} | {fmt_rate(producer['send_direct_notes_per_s'])}/s | "
+                f"{fmt_rate(producer['kcat_notes_per_s'])}/s | {fmt_ratio(producer['direct_vs_kcat'])} | >= 1.0x | "
+                f"{verdict(producer['direct_vs_kcat'] >= 1.0)} |"
+            )
+            lines.append(
+                f"| producer, durable outbox, {label} | {fmt_rate(producer['send_outbox_notes_per_s'])}/s | "
+                f"{fmt_rate(producer['kcat_notes_per_s'])}/s | {fmt_ratio(producer['outbox_vs_kcat'])} | >= 0.8x | "
+                f"{verdict(producer['outbox_vs_kcat'] >= 0.8)} |"
+            )
+    for size in ("small", "large"):
+        consumer = summary.get(f"consumer_{size}")
+        if consumer:
+            label = f"{size} notes ({consumer['notes']:,})"
+            lines.append(
+                f"| consumer, null sink, {label} | {fmt_rate(consumer['null_notes_per_s'])}/s | "
+                f"{fmt_rate(consumer['kcat_notes_per_s'])}/s | {fmt_ratio(consumer['null_vs_kcat'])} | >= 0.9x | "
+                f"{verdict(consumer['null_vs_kcat'] >= 0.9)} |"
+            )
+            lines.append(
+                f"| consumer, SQLite sink, {label} | {fmt_rate(consumer['sqlite_notes_per_s'])}/s | "
+                f"{fmt_rate(consumer['kcat_notes_per_s'])}/s | {fmt_ratio(consumer['sqlite_vs_kcat'])} | "
+                f">= 150,000/s | {verdict(consumer['sqlite_notes_per_s'] >= 150000)} |"
+            )
+    failure = summary.get("failure")
+    if failure:
+        lines.append(
+            f"| failure path, {failure['notes']:,} small notes, 10% vs 0% transient | "
+            f"{failure['fail_10_seconds']:.2f} s vs {failure['fail_0_seconds']:.2f} s | | "
+            f"{fmt_ratio(failure['overhead'])} | <= 1.15x | {verdict(failure['overhead'] <= 1.15)} |"
+        )
+    scheduler = summary.get("scheduler", {})
+    for rate, figures in scheduler.items():
+        target = ""
+        ok = figures["lateness_ms_min_over_runs"] >= 0
+        if rate == "10000":
+            target = "p99 <= 50 ms, "
+            ok = ok and figures["lateness_ms_p99"] <= 50
+        lines.append(
+            f"| scheduler lateness at {int(rate):,}/s ({fmt_rate(figures['rate_achieved'])}/s reached) | "
+            f"p50 {figures['lateness_ms_p50']:.0f} ms, p99 {figures['lateness_ms_p99']:.0f} ms, "
+            f"max {figures['lateness_ms_max']:.0f} ms, min {figures['lateness_ms_min_over_runs']:.0f} ms | | | "
+            f"{target}never early | {verdict(ok)} |"
+        )
+    retry_timing = summary.get("retry_timing", {})
+    for shape, figures in retry_timing.items():
+        what = (f"a trickle of {figures['count']} at {figures['rate']}/s" if figures["rate"]
+                else f"a burst of {figures['count']}")
+        lines.append(
+            f"| retry timing: {what} failing once on a {figures['tier_ms']} ms tier, re-applied beyond the "
+            f"delay (at the webhook) | p50 {figures['beyond_ms_p50']:.0f} ms, p99 {figures['beyond_ms_p99']:.0f} ms, "
+            f"max {figures['beyond_ms_max']:.0f} ms, min {figures['beyond_ms_min_over_runs']:.0f} ms | | | "
+            f"never early; reported | {verdict(figures['beyond_ms_min_over_runs'] >= 0)} |"
+        )
+    lines += ["", "Peak RSS (MiB, largest over the repetitions; target <= 64 MiB per service):", "",
+              "| service and load | peak RSS | verdict |", "| --- | --- | --- |"]
+    rss_rows = []
+    for size in ("small", "large"):
+        producer = summary.get(f"producer_{size}")
+        if producer:
+            rss_rows.append((f"rebound-producer send, outbox off, {size}", producer["send_direct_peak_rss_kib"]))
+            rss_rows.append((f"rebound-producer send, durable outbox, {size}", producer["send_outbox_peak_rss_kib"]))
+            rss_rows.append((f"kcat -P (reference), {size}", producer["kcat_peak_rss_kib"]))
+    for size in ("small", "large"):
+        consumer = summary.get(f"consumer_{size}")
+        if consumer:
+            rss_rows.append((f"rebound-consumer, null sink, {size}", consumer["null_peak_rss_kib"]))
+            rss_rows.append((f"rebound-consumer, SQLite sink, {size}", consumer["sqlite_peak_rss_kib"]))
+            rss_rows.append((f"kcat -C (reference), {size}", consumer["kcat_peak_rss_kib"]))
+    if failure:
+        rss_rows.append(("rebound-consumer, failure path", failure["consumer_peak_rss_kib"]))
+        rss_rows.append(("rebound-scheduler, failure path (0 s tiers)", failure["scheduler_peak_rss_kib"]))
+    for rate, figures in scheduler.items():
+        rss_rows.append((f"rebound-scheduler, {int(rate):,} records/s", figures["peak_rss_kib"]))
+    for label, kib in rss_rows:
+        reference = "kcat" in label
+        lines.append(f"| {label} | {fmt_mib(kib)} | {'' if reference else verdict(kib <= 64 * 1024)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def compress_large_files(directory):
+    """Gzips logs and series over 1 MiB once measuring is over: the services log every retry and
+    republish, which at 50k records/s is tens of MiB per run."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            if name.endswith((".log", ".csv")) and os.path.getsize(path) > (1 << 20):
+                with open(path, "rb") as source, gzip.open(path + ".gz", "wb", compresslevel=1) as target:
+                    shutil.copyfileobj(source, target)
+                os.remove(path)
