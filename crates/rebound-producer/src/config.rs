@@ -118,7 +118,9 @@ pub struct SendArgs {
     pub input: String,
 
     /// How long to wait for Kafka to acknowledge every note.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "60s")]
+    // Not `REBOUND_TIMEOUT`: that variable is the `rebound` CLI's broker wait (30 s), and one
+    // variable set for both would silently change this 60 s default as well.
+    #[arg(long, env = "REBOUND_SEND_RUN_TIMEOUT", default_value = "60s")]
     pub timeout: String,
 
     /// Publish straight to Kafka, skipping the durable outbox: nothing is kept if the process
