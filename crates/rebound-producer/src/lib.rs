@@ -72,7 +72,7 @@ pub enum ProducerError {
     },
     /// Accepting the notes would take the outbox past its disk budget.
     #[error("failed to accept notes: the outbox holds {pending_bytes} bytes of its {budget_bytes}-byte budget")]
-    OutboxFull {
+    AcceptNotes {
         /// Bytes pending now.
         pending_bytes: u64,
         /// The budget.
@@ -122,7 +122,7 @@ pub enum ProducerError {
     #[error(
         "failed to send {unsent} notes within {timeout_seconds} s; they stay in the outbox {outbox} for the next run"
     )]
-    SendTimedOut {
+    SendNotes {
         /// Notes not yet acknowledged.
         unsent: u64,
         /// The timeout.

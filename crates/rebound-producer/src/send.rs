@@ -134,7 +134,7 @@ async fn send_through_outbox(
     relay_failed_for_good(relay_task.await)?;
     let _ = flush_producer.flush(Duration::from_secs(5)).await;
     if unsent > 0 {
-        return Err(ProducerError::SendTimedOut {
+        return Err(ProducerError::SendNotes {
             unsent,
             timeout_seconds: timeout.as_secs(),
             outbox: config.dir.display().to_string(),
@@ -177,7 +177,7 @@ async fn send_without_outbox(
             result?;
         }
         Err(_) => {
-            return Err(ProducerError::SendTimedOut {
+            return Err(ProducerError::SendNotes {
                 unsent: total - acknowledged,
                 timeout_seconds: timeout.as_secs(),
                 outbox: "(none: --no-outbox)".to_owned(),
