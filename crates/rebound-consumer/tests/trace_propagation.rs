@@ -62,7 +62,8 @@ async fn one_trace_spans_producer_consumer_scheduler_and_dlq() {
         &outbox_dir,
     ]);
     let producer_shutdown = Shutdown::new();
-    let producer = tokio::spawn(rebound_producer::run(producer_args, producer_shutdown.clone()));
+    let producer_config = producer_args.into_config().expect("valid producer flags");
+    let producer = tokio::spawn(rebound_producer::run(producer_config, producer_shutdown.clone()));
     wait_for_http_ok(&format!("http://{listen}/healthz"), Duration::from_secs(30)).await;
     let response = reqwest::Client::new()
         .post(format!("http://{listen}/v1/notes"))

@@ -140,7 +140,7 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
             )
                 .into_response()
         }
-        Err(error @ ProducerError::OutboxFull { .. }) => {
+        Err(error @ ProducerError::AcceptNotes { .. }) => {
             let retry_after = state.flags.borrow().retry_interval_seconds.clamp(1, 60);
             let mut response = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,

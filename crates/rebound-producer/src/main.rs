@@ -15,19 +15,18 @@ async fn main() -> ExitCode {
         args.common.otlp_endpoint.as_deref(),
         env!("CARGO_PKG_NAME"),
     );
-    let shutdown = Shutdown::new().triggered_by(shutdown_signal());
-    match rebound_producer::run(args, shutdown).await {
-        Ok(acknowledged) => {
-            if acknowledged > 0 {
-                println!("{acknowledged} notes acknowledged");
-            }
-            ExitCode::SUCCESS
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::from(2);
         }
-        Err(
-            error @ (ProducerError::InvalidFlag { .. }
-            | ProducerError::ParseInput { .. }
-            | ProducerError::AcceptInput { .. }),
-        ) => {
+    };
+    let shutdown = Shutdown::new().triggered_by(shutdown_signal());
+    match rebound_producer::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // A `send` input that is not valid notes is bad input, like a bad flag.
+        Err(error @ (ProducerError::ParseInput { .. } | ProducerError::AcceptInput { .. })) => {
             tracing::error!("{error}");
             ExitCode::from(2)
         }

@@ -578,7 +578,7 @@ fn run_writer(
             match request {
                 WriteRequest::Append { reply, .. } => {
                     let _ = reply.send(result.map_err(|outcome| match outcome {
-                        WriteRefusal::Full { pending_bytes } => ProducerError::OutboxFull {
+                        WriteRefusal::Full { pending_bytes } => ProducerError::AcceptNotes {
                             pending_bytes,
                             budget_bytes,
                         },
@@ -934,7 +934,7 @@ mod tests {
         let refused = outbox.append(vec![entry("b", 1, 30), entry("c", 1, 30)], 2).await;
         assert!(matches!(
             refused,
-            Err(ProducerError::OutboxFull {
+            Err(ProducerError::AcceptNotes {
                 pending_bytes: 60,
                 budget_bytes: 100
             })

@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::flags::ResendFlags;
+use crate::ProducerError;
+use crate::config::OutboxConfig;
+use crate::flags::{ResendFlags, watch_flags};
 use crate::outbox::{Outbox, OutboxEntry};
 
 /// Most notes in flight per round; `Relay::window_bytes` bounds their bytes as well.
@@ -298,6 +300,49 @@ struct WindowOutcome {
     last_error: String,
     /// Refused for what they are, with Kafka's refusal: never resent as they are.
     refused: Vec<(i64, String)>,
+}
+
+/// Opens the outbox, loads the resend flags and builds the relay of `serve` and `send`. Returns
+/// the outbox, the relay (not yet running) and the broker status it keeps.
+pub(crate) async fn start_outbox(
+    producer: RecordProducer,
+    topic: String,
+    config: &OutboxConfig,
+) -> Result<(Outbox, Relay, Arc<RelayStatus>), ProducerError> {
+    let outbox = Outbox::open(&config.dir, config.max_bytes)?;
+    let first_fresh_seq = outbox.next_seq_floor().await?;
+    let flags = watch_flags(config.flags.clone()).await;
+    let status = Arc::new(RelayStatus::default());
+    tracing::info!(
+        outbox = %outbox.path().display(),
+        pending = outbox.pending_notes(),
+        topic,
+        "outbox open"
+    );
+    let relay = Relay {
+        outbox: outbox.clone(),
+        producer,
+        topic,
+        flags,
+        status: Arc::clone(&status),
+        first_fresh_seq,
+        window_bytes: config.relay_window_bytes,
+    };
+    Ok((outbox, relay, status))
+}
+
+/// The relay's outcome as the service's: a producer that failed for good ends the service
+/// with an error (the notes stay in the outbox for the next start).
+pub(crate) fn relay_failed_for_good(
+    joined: Result<Result<(), rebound_kafka::KafkaError>, tokio::task::JoinError>,
+) -> Result<(), ProducerError> {
+    match joined {
+        Ok(Err(source)) => Err(ProducerError::Kafka {
+            operation: "relay notes (the producer failed for good; restart the service)",
+            source,
+        }),
+        Ok(Ok(())) | Err(_) => Ok(()),
+    }
 }
 
 /// Age of the oldest pending note in seconds (0 when empty).

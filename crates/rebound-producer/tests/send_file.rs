@@ -144,3 +144,25 @@ async fn a_note_the_topic_refuses_fails_send_and_the_others_are_delivered() {
     keys.sort();
     assert_eq!(keys, vec![b"file-0".to_vec(), b"file-1".to_vec()]);
 }
+
+#[test]
+fn a_bad_flag_exits_2_naming_it_before_the_outbox_is_opened() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("notes.ndjson");
+    std::fs::write(&input, ndjson(1)).expect("written");
+    let outbox = work.path().join("outbox");
+    for (flag, value) in [("--timeout", "soon"), ("--flags-poll-interval", "0s")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
+            .args(["--brokers", "127.0.0.1:1", "send"])
+            .arg(&input)
+            .arg("--outbox-dir")
+            .arg(&outbox)
+            .args([flag, value])
+            .output()
+            .expect("producer runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+        assert!(!outbox.exists(), "the outbox is not even created");
+    }
+}

@@ -1,0 +1,145 @@
+//! `rebound-producer generate`: synthetic notes published straight to Kafka, without the
+//! outbox, for demos and benchmarks; and the direct publishing it shares with
+//! `send --no-outbox`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use rebound_kafka::{KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer};
+use rebound_retry::RecordHeaders;
+use rebound_schema::NoteCodec;
+use rebound_service::{Shutdown, now_epoch_ms};
+
+use crate::ProducerError;
+use crate::config::GenerateConfig;
+use crate::generator::NoteGenerator;
+
+/// How many sends direct publishing keeps in flight.
+const DIRECT_IN_FLIGHT: usize = 8192;
+
+/// A note published without the outbox: id, version, encoded value.
+pub(crate) struct DirectRecord {
+    pub(crate) note_id: String,
+    pub(crate) version: i64,
+    pub(crate) value: Vec<u8>,
+}
+
+/// Publishes `config.count` generated note versions, appending each acknowledged one to the ids
+/// log if there is one, until done or `shutdown` (the sends in flight still finish).
+pub(crate) async fn run(
+    kafka: &KafkaArgs,
+    topic: &str,
+    config: &GenerateConfig,
+    shutdown: &Shutdown,
+) -> Result<(), ProducerError> {
+    // `generate` has no --send-timeout: librdkafka gets the shared default.
+    let producer = crate::create_producer(kafka, ProducerSettings::default().message_timeout)?;
+    let ids_log_path = config
+        .ids_log
+        .as_ref()
+        .map(|path| path.display().to_string())
+        .unwrap_or_default();
+    let write_failed = |error: std::io::Error| ProducerError::WriteIdsLog {
+        path: ids_log_path.clone(),
+        reason: error.to_string(),
+    };
+    let mut ids_log = match &config.ids_log {
+        None => None,
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(write_failed)?,
+        )),
+    };
+    let run_id = config
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("n{}-{}", config.seed, now_epoch_ms()));
+    let mut generator = NoteGenerator::new(config.seed, config.distinct_notes, &run_id, now_epoch_ms());
+    let codec = NoteCodec::embedded();
+    // Notes are made and encoded as they are sent: memory holds the window in flight only.
+    let records = (0..config.count).map(move |_| {
+        let note = generator.next_note();
+        let value = codec.encode(&note)?;
+        Ok(DirectRecord {
+            note_id: note.note_id,
+            version: note.version,
+            value,
+        })
+    });
+    let acknowledged =
+        publish_directly(
+            &producer,
+            topic,
+            records,
+            config.rate,
+            shutdown,
+            |note_id, version| match ids_log.as_mut() {
+                Some(log) => writeln!(log, "{note_id}\t{version}").map_err(write_failed),
+                None => Ok(()),
+            },
+        )
+        .await?;
+    if let Some(mut log) = ids_log {
+        log.flush().map_err(write_failed)?;
+    }
+    tracing::info!(acknowledged, topic, "generate finished");
+    Ok(())
+}
+
+/// Publishes records straight to Kafka, up to `DIRECT_IN_FLIGHT` at once, optionally paced to
+/// `rate` per second, and reports each acknowledgement in input order: with the idempotent
+/// producer that keeps every note's versions in the order they were made. Stops taking new
+/// records once `shutdown` triggers, and still waits for those in flight. Returns how many
+/// records Kafka acknowledged.
+///
+/// The sends are owned futures in a `FuturesOrdered` rather than a stream of borrowing
+/// closures, which keeps the whole future `Send` so that callers can spawn it.
+pub(crate) async fn publish_directly(
+    producer: &RecordProducer,
+    topic: &str,
+    records: impl Iterator<Item = Result<DirectRecord, ProducerError>> + Send,
+    rate: u64,
+    shutdown: &Shutdown,
+    mut on_acknowledged: impl FnMut(&str, i64) -> Result<(), ProducerError>,
+) -> Result<u64, ProducerError> {
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
+    let started = tokio::time::Instant::now();
+    let mut pending = records.enumerate();
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut acknowledged = 0_u64;
+    loop {
+        while in_flight.len() < DIRECT_IN_FLIGHT && !shutdown.is_triggered() {
+            let Some((index, record)) = pending.next() else {
+                break;
+            };
+            let record = record?;
+            if let Some(interval) = interval {
+                tokio::time::sleep_until(started + interval * u32::try_from(index).unwrap_or(u32::MAX)).await;
+            }
+            let producer = producer.clone();
+            let outgoing = OutgoingRecord {
+                topic: topic.to_owned(),
+                partition: None,
+                key: Some(record.note_id.clone().into_bytes()),
+                value: Some(record.value),
+                headers: RecordHeaders::new(),
+            };
+            let (note_id, version) = (record.note_id, record.version);
+            in_flight.push_back(async move { producer.send(&outgoing).await.map(|_| (note_id, version)) });
+        }
+        let Some(result) = in_flight.next().await else {
+            break;
+        };
+        let (note_id, version) = result.map_err(|source| ProducerError::Kafka {
+            operation: "publish note",
+            source,
+        })?;
+        acknowledged += 1;
+        on_acknowledged(&note_id, version)?;
+    }
+    Ok(acknowledged)
+}
