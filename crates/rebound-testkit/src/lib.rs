@@ -233,3 +233,41 @@ pub async fn wait_for_http_ok(url: &str, deadline: Duration) {
     })
     .await;
 }
+
+/// Fails, naming each one, when a long flag of `command` (its subcommands included) is not
+/// mentioned as `--flag` in the README: the README's flag tables are written by hand, so this
+/// is what keeps them from drifting from the clap definitions. Flags every binary shares
+/// (`--brokers`, ...) count once they appear anywhere in the README.
+pub fn assert_readme_mentions_every_flag(command: &clap::Command) {
+    let readme_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    let mut pending = vec![(command.get_name().to_owned(), command.clone())];
+    while let Some((path, command)) = pending.pop() {
+        for argument in command.get_arguments() {
+            let Some(long) = argument.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            checked += 1;
+            let mentioned = readme.contains(&format!("--{long}`"))
+                || readme.contains(&format!("--{long} "))
+                || readme.contains(&format!("--{long}="))
+                || readme.contains(&format!("--{long}]"))
+                || readme.contains(&format!("--{long},"))
+                || readme.contains(&format!("--{long})"));
+            if !mentioned {
+                missing.push(format!("{path} --{long}"));
+            }
+        }
+        for subcommand in command.get_subcommands() {
+            pending.push((format!("{path} {}", subcommand.get_name()), subcommand.clone()));
+        }
+    }
+    assert!(checked > 0, "{} has no long flags to check", command.get_name());
+    assert!(
+        missing.is_empty(),
+        "README.md does not document these flags (add them to its flag tables): {missing:?}"
+    );
+}
