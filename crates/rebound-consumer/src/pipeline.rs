@@ -50,6 +50,9 @@ const MAX_PRODUCE_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs the consumer until `shutdown` triggers, then finishes the batch in hand, commits and
 /// returns. Returns an error only for problems that stop the service (bad topics, no client).
 pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), ConsumerError> {
+    // The effective configuration, for operators; its Debug form redacts secret Kafka
+    // properties and the credentials of an HTTP sink's URL.
+    tracing::info!(config = ?config, "effective configuration");
     // SIGTERM while the brokers are still being asked about the topics stops the service at
     // once, rather than after the check's own timeout.
     tokio::select! {

@@ -1,32 +1,20 @@
-//! `rebound-scheduler`: parses flags, starts logging, and runs the scheduler until SIGINT/SIGTERM.
+//! `rebound-scheduler`: runs the scheduler until SIGINT/SIGTERM (exit codes in the README).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use rebound_scheduler::SchedulerArgs;
-use rebound_service::{Shutdown, init_telemetry, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = SchedulerArgs::parse();
-    let _telemetry = init_telemetry(
-        args.common.log_format,
-        args.common.otlp_endpoint.as_deref(),
+    let common = args.common.clone();
+    rebound_service::service_main(
         env!("CARGO_PKG_NAME"),
-    );
-    let config = match args.into_config() {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!("{error}");
-            return ExitCode::from(2);
-        }
-    };
-    let shutdown = Shutdown::new().triggered_by(shutdown_signal());
-    match rebound_scheduler::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+        &common,
+        || args.into_config(),
+        rebound_scheduler::run,
+        |_| false,
+    )
+    .await
 }

@@ -6,6 +6,7 @@ pub mod events;
 mod operational;
 mod producer_failure;
 pub mod redact;
+mod service_main;
 mod shutdown;
 mod telemetry;
 mod topology;
@@ -13,6 +14,7 @@ pub mod trace_context;
 
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
 pub use producer_failure::ProducerFailure;
+pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
 pub use topology::{DEFAULT_TIERS, TierDelays, TopicNamingArgs, TopologyArgs};
