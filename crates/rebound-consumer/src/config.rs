@@ -131,7 +131,10 @@ impl ConsumerArgs {
         let policy = self
             .topology
             .tier_policy(TierDelays::Required)
-            .map_err(|ServiceError::InvalidTopology { flag, reason }| invalid(flag, reason))?;
+            .map_err(|error| match error {
+                ServiceError::InvalidTopology { flag, reason } => invalid(flag, reason),
+                other => invalid("--tier", other.to_string()),
+            })?;
         if self.source_topics.is_empty() {
             return Err(invalid(
                 "--source-topic",

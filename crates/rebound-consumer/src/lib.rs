@@ -48,22 +48,10 @@ pub enum ConsumerError {
         /// What went wrong.
         reason: String,
     },
-    /// A topic the consumer writes to or reads from does not exist.
-    #[error("failed to find topic {topic}: {reason} (create the topics with `rebound topics create`)")]
-    FindTopic {
-        /// The topic.
-        topic: String,
-        /// What the broker said.
-        reason: String,
-    },
-    /// The metrics and health endpoints could not be served.
-    #[error("failed to serve metrics on {listen}: {reason}")]
-    ServeEndpoints {
-        /// The address.
-        listen: String,
-        /// What went wrong.
-        reason: String,
-    },
+    /// Starting or running on the shared consume-and-produce runtime failed: a topic missing,
+    /// the endpoints, a Kafka client, the final commit, or a producer that failed for good.
+    #[error(transparent)]
+    Runtime(#[from] rebound_service::ServiceError),
     /// A Kafka operation failed.
     #[error("failed to {operation}: {source}")]
     Kafka {

@@ -17,22 +17,18 @@
 //! A slow sink still slows the intake rather than grow a queue.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 
-use rebound_kafka::{
-    ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
-    RecordConsumer, RecordProducer, fetch_partition_counts,
-};
+use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord};
 use rebound_retry::{
     Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, oversized_stub, parse_retry_context,
 };
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{ProducerFailure, Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
+use rebound_service::{Runtime, RuntimeSpec, Shutdown, now_epoch_ms};
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
 use crate::{ConsumerConfig, ConsumerError};
@@ -53,15 +49,19 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     // The effective configuration, for operators; its Debug form redacts secret Kafka
     // properties and the credentials of an HTTP sink's URL.
     tracing::info!(config = ?config, "effective configuration");
-    // SIGTERM while the brokers are still being asked about the topics stops the service at
-    // once, rather than after the check's own timeout.
-    tokio::select! {
-        () = shutdown.wait() => {
-            tracing::info!("stopped during start-up");
-            return Ok(());
-        }
-        checked = check_topics_exist(&config) => checked?,
-    }
+    let mut required_topics = config.source_topics.clone();
+    required_topics.extend(config.policy.tiers().iter().map(|tier| tier.topic.clone()));
+    required_topics.push(config.policy.dead_letter_topic().to_owned());
+    let spec = RuntimeSpec {
+        service: "consumer",
+        kafka: &config.kafka,
+        required_topics,
+        consumer: ConsumerSettings::new(config.group.clone(), config.source_topics.clone()),
+        metrics_listen: config.metrics_listen,
+    };
+    let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
+        return Ok(());
+    };
     let mut sink = Sink::open(&config.sink, config.http_timeout, config.http_batch_timeout)?;
     if config.sink_journal
         && let Sink::Sqlite(sqlite) = &mut sink
@@ -71,32 +71,8 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     if let Some((injection, seed)) = config.failure_injection {
         sink = Sink::FailureInjecting(Box::new(FailureInjectingSink::new(sink, injection, seed)));
     }
-    let producer = RecordProducer::new(&config.kafka, &ProducerSettings::awaited_copies()).map_err(|source| {
-        ConsumerError::Kafka {
-            operation: "create producer",
-            source,
-        }
-    })?;
-    let readiness = Arc::new(Readiness::default());
-    readiness.set("kafka", false, "no partitions assigned yet");
-    readiness.set("sink", true, "no batch applied yet");
-    if let Some(listen) = config.metrics_listen {
-        serve_operational_endpoints(listen, Arc::clone(&readiness), shutdown.clone())
-            .await
-            .map_err(|error| ConsumerError::ServeEndpoints {
-                listen: listen.to_string(),
-                reason: error.to_string(),
-            })?;
-    }
+    runtime.readiness.set("sink", true, "no batch applied yet");
     events::consumer_in_flight(0);
-    let consumer = RecordConsumer::subscribe(
-        &config.kafka,
-        &ConsumerSettings::new(config.group.clone(), config.source_topics.clone()),
-    )
-    .map_err(|source| ConsumerError::Kafka {
-        operation: "subscribe",
-        source,
-    })?;
     tracing::info!(
         group = %config.group,
         topics = ?config.source_topics,
@@ -105,7 +81,7 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         "consumer started"
     );
     tokio::spawn(publish_lag(
-        consumer.lag_per_topic(),
+        runtime.consumer.lag_per_topic(),
         config.source_topics.clone(),
         shutdown.clone(),
     ));
@@ -115,11 +91,8 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
         config: &config,
         codec: NoteCodec::embedded(),
         sink,
-        producer,
-        consumer,
-        readiness,
+        runtime,
         stop: stop.clone(),
-        producer_failure: ProducerFailure::new("consumer"),
     };
     let stop = stop.triggered_by({
         let shutdown = shutdown.clone();
@@ -140,48 +113,8 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     };
     tokio::join!(intake, pipeline.deliver_in_order(applied_receiver, &stop));
     tracing::info!("consumer stopping: committing stored offsets");
-    let Pipeline {
-        producer,
-        consumer,
-        producer_failure,
-        ..
-    } = pipeline;
-    // Only offsets of safe records were stored: a copy the failed producer never delivered
-    // blocked its partition, so it is read again by the next owner.
-    let committed = consumer
-        .flush_commit_and_close(&producer, config.shutdown_timeout)
-        .await;
-    if let Some(source) = producer_failure.into_error() {
-        return Err(ConsumerError::Kafka {
-            operation: "produce copies (the producer failed for good; restart the service)",
-            source,
-        });
-    }
-    committed.map_err(|source| ConsumerError::Kafka {
-        operation: "commit offsets at shutdown",
-        source,
-    })?;
+    pipeline.runtime.finish(config.shutdown_timeout).await?;
     tracing::info!("consumer stopped");
-    Ok(())
-}
-
-/// Fails fast, with the topic's name, when a source, tier or DLQ topic is missing: producing to
-/// a missing tier would otherwise stall the consumer on its first failure.
-async fn check_topics_exist(config: &ConsumerConfig) -> Result<(), ConsumerError> {
-    let mut topics = config.source_topics.clone();
-    topics.extend(config.policy.tiers().iter().map(|tier| tier.topic.clone()));
-    topics.push(config.policy.dead_letter_topic().to_owned());
-    fetch_partition_counts(&config.kafka, &topics, Duration::from_secs(15))
-        .await
-        .map_err(|error| match error {
-            rebound_kafka::KafkaError::FetchMetadata { what, reason } => {
-                ConsumerError::FindTopic { topic: what, reason }
-            }
-            source => ConsumerError::Kafka {
-                operation: "fetch topic metadata",
-                source,
-            },
-        })?;
     Ok(())
 }
 
@@ -206,13 +139,10 @@ struct Pipeline<'config> {
     config: &'config ConsumerConfig,
     codec: &'static NoteCodec,
     sink: Sink,
-    producer: RecordProducer,
-    consumer: RecordConsumer,
-    readiness: Arc<Readiness>,
+    /// The Kafka clients, readiness and the producer's fate.
+    runtime: Runtime,
     /// Triggered by shutdown, or by the pipeline itself when the producer failed for good.
     stop: Shutdown,
-    /// The producer's fatal error, once one was seen: the service exits with it.
-    producer_failure: ProducerFailure,
 }
 
 /// A batch after the sink: what became of each record, and the records' spans.
@@ -247,7 +177,7 @@ impl Pipeline<'_> {
                 () = shutdown.wait() => return None,
                 // While no record arrives, assignment changes are still noticed (readiness).
                 _ = idle_tick.tick() => self.log_assignment_events(),
-                received = self.consumer.recv() => match received {
+                received = self.runtime.consumer.recv() => match received {
                     Ok(record) => break record,
                     Err(error) => {
                         events::kafka_receive_failed("consumer", &error);
@@ -264,9 +194,9 @@ impl Pipeline<'_> {
             // Records librdkafka already holds are taken at once; only when none is ready is a
             // timer armed for the rest of the linger time (a timer per record cost more than
             // receiving it).
-            let received = match self.consumer.recv().now_or_never() {
+            let received = match self.runtime.consumer.recv().now_or_never() {
                 Some(received) => received,
-                None => match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                None => match tokio::time::timeout_at(deadline, self.runtime.consumer.recv()).await {
                     Ok(received) => received,
                     Err(_) => break,
                 },
@@ -281,22 +211,9 @@ impl Pipeline<'_> {
     }
 
     fn log_assignment_events(&self) {
-        let events = self.consumer.take_assignment_events();
-        if !events.is_empty() {
-            let assigned = self.consumer.assignment().len();
-            self.readiness
-                .set("kafka", assigned > 0, format!("{assigned} partitions assigned"));
-        }
-        for event in events {
-            match event {
-                PartitionAssignmentEvent::Assigned(partitions) => {
-                    tracing::info!(partitions = ?partitions, "partitions assigned");
-                }
-                PartitionAssignmentEvent::Revoked(partitions) => {
-                    tracing::info!(partitions = ?partitions, "partitions revoked");
-                }
-            }
-        }
+        // The runtime logs the changes and keeps readiness; the consumer keeps no state per
+        // partition beyond what librdkafka does.
+        self.runtime.take_assignment_changes();
     }
 
     /// Decodes and applies a batch, and decides the fate of each record.
@@ -344,10 +261,13 @@ impl Pipeline<'_> {
                 .count();
             // A sink that fails a whole batch transiently is most likely down.
             if transient == applying_count {
-                self.readiness
+                self.runtime
+                    .readiness
                     .set("sink", false, "the last batch failed transiently as a whole");
             } else {
-                self.readiness.set("sink", true, "the last batch reached the sink");
+                self.runtime
+                    .readiness
+                    .set("sink", true, "the last batch reached the sink");
             }
         }
         for ((index, result), previous_attempts) in applying.into_iter().zip(results).zip(previous_attempts) {
@@ -500,7 +420,7 @@ impl Pipeline<'_> {
                 .iter()
                 .map(|(index, dispatch)| {
                     let outgoing = copy_of(&batch[*index], dispatch);
-                    async move { self.producer.send(&outgoing).await }
+                    async move { self.runtime.producer.send(&outgoing).await }
                 })
                 .collect();
             let results = futures::future::join_all(sends).await;
@@ -557,7 +477,7 @@ impl Pipeline<'_> {
     /// service exits non-zero and its orchestrator restarts it with a new producer. Records
     /// whose copies were not acknowledged stay unsafe, so no offset past them is committed.
     fn stop_on_fatal_producer_error(&self, error: rebound_kafka::KafkaError) {
-        self.producer_failure.record(error, &self.readiness);
+        self.runtime.record_producer_failure(error);
         self.stop.trigger();
     }
 
@@ -569,7 +489,7 @@ impl Pipeline<'_> {
         record: &ConsumedRecord,
         dispatch: Box<Dispatch>,
     ) -> Result<Box<Dispatch>, Box<Dispatch>> {
-        let error = match self.producer.send(&copy_of(record, &dispatch)).await {
+        let error = match self.runtime.producer.send(&copy_of(record, &dispatch)).await {
             Ok(_) => return Ok(dispatch),
             Err(error) if error.is_message_too_large() => error,
             Err(error) => {
@@ -587,7 +507,7 @@ impl Pipeline<'_> {
             &error.to_string(),
             &self.config.group,
         ));
-        match self.producer.send(&copy_of(record, &stub)).await {
+        match self.runtime.producer.send(&copy_of(record, &stub)).await {
             Ok(_) => Ok(stub),
             Err(error) => {
                 events::consumer_copy_refused(record_ref(record, &record.key_for_display()), &stub.topic, &error);
@@ -599,15 +519,7 @@ impl Pipeline<'_> {
     /// Stores the offsets [`offsets_to_store`] finds for a delivered batch.
     fn store_offsets(&self, batch: &[ConsumedRecord], safe: &[bool], blocked_partitions: &mut BTreeSet<(String, i32)>) {
         for (topic, partition, next_offset) in offsets_to_store(batch, safe, blocked_partitions) {
-            self.store_one(topic, partition, next_offset);
-        }
-    }
-
-    fn store_one(&self, topic: &str, partition: i32, next_offset: i64) {
-        match self.consumer.store_next_offset(topic, partition, next_offset) {
-            Ok(true) => {}
-            Ok(false) => tracing::debug!(topic, partition, "offset not stored: partition no longer assigned"),
-            Err(error) => events::offset_store_failed("consumer", topic, partition, &error),
+            self.runtime.store_next_offset(topic, partition, next_offset);
         }
     }
 }

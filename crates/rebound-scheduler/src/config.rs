@@ -91,7 +91,10 @@ impl SchedulerArgs {
         let policy = self
             .topology
             .tier_policy(TierDelays::FallbackOnly)
-            .map_err(|ServiceError::InvalidTopology { flag, reason }| invalid(flag, reason))?;
+            .map_err(|error| match error {
+                ServiceError::InvalidTopology { flag, reason } => invalid(flag, reason),
+                other => invalid("--tier", other.to_string()),
+            })?;
         if self.read_ahead == 0 {
             return Err(invalid("--read-ahead", "must be at least 1".to_owned()));
         }

@@ -24,29 +24,8 @@ pub enum SchedulerError {
         /// What is wrong.
         reason: String,
     },
-    /// A tier or the DLQ topic does not exist.
-    #[error("failed to find topic {topic}: {reason} (create the topics with `rebound topics create`)")]
-    FindTopic {
-        /// The topic.
-        topic: String,
-        /// What the broker said.
-        reason: String,
-    },
-    /// The metrics and health endpoints could not be served.
-    #[error("failed to serve metrics on {listen}: {reason}")]
-    ServeEndpoints {
-        /// The address.
-        listen: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A Kafka operation failed.
-    #[error("failed to {operation}: {source}")]
-    Kafka {
-        /// What was being done.
-        operation: &'static str,
-        /// The Kafka error.
-        #[source]
-        source: rebound_kafka::KafkaError,
-    },
+    /// Starting or running on the shared consume-and-produce runtime failed: a topic missing,
+    /// the endpoints, a Kafka client, the final commit, or a producer that failed for good.
+    #[error(transparent)]
+    Runtime(#[from] rebound_service::ServiceError),
 }

@@ -2,19 +2,15 @@
 //! head is waiting, release due records in batches, store offsets after acknowledgement.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rebound_kafka::{
-    ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings, RecordConsumer,
-    RecordProducer, TopicPartition, fetch_partition_counts,
-};
+use rebound_kafka::{ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, TopicPartition};
 use rebound_retry::{
     Dispatch, ErrorKind, Failure, RetryContext, dead_letter_dispatch, oversized_stub, parse_retry_context,
 };
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{ProducerFailure, Readiness, Shutdown, now_epoch_ms, serve_operational_endpoints};
+use rebound_service::{Runtime, RuntimeSpec, Shutdown, now_epoch_ms};
 use tokio::time::Instant;
 
 use crate::holdings::{DueDecision, FetchDecision, HeldRecord, Holdings, ReleaseAction, due_decision, release_at};
@@ -32,63 +28,30 @@ const REPUBLISH_BACKOFF: Duration = Duration::from_secs(1);
 /// not republished at shutdown: their offsets were not stored, so they are read again.
 pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), SchedulerError> {
     let mut topics: Vec<String> = config.policy.tiers().iter().map(|tier| tier.topic.clone()).collect();
+    topics.sort();
     let mut required = topics.clone();
     required.push(config.policy.dead_letter_topic().to_owned());
-    // SIGTERM while the brokers are still being asked about the topics stops the service at
-    // once, rather than after the check's own timeout.
-    let checked = tokio::select! {
-        () = shutdown.wait() => {
-            tracing::info!("stopped during start-up");
-            return Ok(());
-        }
-        checked = fetch_partition_counts(&config.kafka, &required, Duration::from_secs(15)) => checked,
-    };
-    checked.map_err(|error| match error {
-        rebound_kafka::KafkaError::FetchMetadata { what, reason } => SchedulerError::FindTopic { topic: what, reason },
-        source => SchedulerError::Kafka {
-            operation: "fetch topic metadata",
-            source,
-        },
-    })?;
-    let producer = RecordProducer::new(&config.kafka, &ProducerSettings::awaited_copies()).map_err(|source| {
-        SchedulerError::Kafka {
-            operation: "create producer",
-            source,
-        }
-    })?;
-    topics.sort();
-    let readiness = Arc::new(Readiness::default());
-    readiness.set("kafka", false, "no partitions assigned yet");
-    if let Some(listen) = config.metrics_listen {
-        serve_operational_endpoints(listen, Arc::clone(&readiness), shutdown.clone())
-            .await
-            .map_err(|error| SchedulerError::ServeEndpoints {
-                listen: listen.to_string(),
-                reason: error.to_string(),
-            })?;
-    }
-    let consumer = RecordConsumer::subscribe(
-        &config.kafka,
-        &prefetch_bounded(
+    let spec = RuntimeSpec {
+        service: "scheduler",
+        kafka: &config.kafka,
+        required_topics: required,
+        consumer: prefetch_bounded(
             ConsumerSettings::new(config.group.clone(), topics.clone()),
             config.read_ahead.max_bytes,
             message_max_bytes(&config.kafka),
         ),
-    )
-    .map_err(|source| SchedulerError::Kafka {
-        operation: "subscribe",
-        source,
-    })?;
+        metrics_listen: config.metrics_listen,
+    };
+    let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
+        return Ok(());
+    };
     tracing::info!(group = %config.group, tiers = ?topics, dlq = config.policy.dead_letter_topic(), "scheduler started");
     let mut scheduler = Scheduler {
         config: &config,
-        producer,
-        consumer,
+        runtime,
         holdings: Holdings::default(),
         assigned: BTreeSet::new(),
         paused: BTreeSet::new(),
-        readiness,
-        producer_failure: ProducerFailure::new("scheduler"),
     };
     let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -99,13 +62,13 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
             () = sleep_until_or_forever(next_release) => {}
             // While no record arrives, assignment changes are still noticed (readiness).
             _ = idle_tick.tick() => scheduler.apply_assignment_events(),
-            received = scheduler.consumer.recv() => {
+            received = scheduler.runtime.consumer.recv() => {
                 scheduler.take_received(received).await;
             }
         }
         scheduler.release_due().await;
         scheduler.reconcile_pauses();
-        if scheduler.producer_failure.is_recorded() {
+        if scheduler.runtime.producer_failure.is_recorded() {
             break;
         }
     }
@@ -113,27 +76,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
         held = scheduler.holdings.len(),
         "scheduler stopping: held records will be read again on restart"
     );
-    let Scheduler {
-        producer,
-        consumer,
-        producer_failure,
-        ..
-    } = scheduler;
-    // Offsets were stored only for records whose copies were acknowledged: what the failed
-    // producer never delivered is read again by the next owner.
-    let committed = consumer
-        .flush_commit_and_close(&producer, config.shutdown_timeout)
-        .await;
-    if let Some(source) = producer_failure.into_error() {
-        return Err(SchedulerError::Kafka {
-            operation: "republish (the producer failed for good; restart the service)",
-            source,
-        });
-    }
-    committed.map_err(|source| SchedulerError::Kafka {
-        operation: "commit offsets at shutdown",
-        source,
-    })?;
+    scheduler.runtime.finish(config.shutdown_timeout).await?;
     tracing::info!("scheduler stopped");
     Ok(())
 }
@@ -256,17 +199,13 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
 
 struct Scheduler<'config> {
     config: &'config SchedulerConfig,
-    producer: RecordProducer,
-    consumer: RecordConsumer,
+    /// The Kafka clients, readiness and the producer's fate.
+    runtime: Runtime,
     holdings: Holdings,
     /// Partitions assigned to this member, as of the last assignment events applied.
     assigned: BTreeSet<TopicPartition>,
     /// Partitions this scheduler paused; reconciled with the holdings after every step.
     paused: BTreeSet<TopicPartition>,
-    /// What `/readyz` reports.
-    readiness: Arc<Readiness>,
-    /// The producer's fatal error, once one was seen: the service stops and exits with it.
-    producer_failure: ProducerFailure,
 }
 
 impl Scheduler<'_> {
@@ -287,7 +226,7 @@ impl Scheduler<'_> {
             if self.holdings.bytes() >= self.config.read_ahead.max_bytes {
                 break;
             }
-            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+            match tokio::time::timeout(Duration::ZERO, self.runtime.consumer.recv()).await {
                 Ok(Ok(record)) => {
                     self.apply_assignment_events();
                     self.accept(record);
@@ -300,25 +239,21 @@ impl Scheduler<'_> {
     }
 
     fn apply_assignment_events(&mut self) {
-        let events = self.consumer.take_assignment_events();
-        if !events.is_empty() {
-            let assigned = self.consumer.assignment().len();
-            self.readiness
-                .set("kafka", assigned > 0, format!("{assigned} partitions assigned"));
-        }
-        for event in events {
-            match event {
-                PartitionAssignmentEvent::Assigned(partitions) => {
-                    tracing::info!(partitions = ?partitions, "partitions assigned");
-                    self.assigned.extend(partitions);
-                }
+        for change in self.runtime.take_assignment_changes() {
+            match change {
+                PartitionAssignmentEvent::Assigned(partitions) => self.assigned.extend(partitions),
                 PartitionAssignmentEvent::Revoked(partitions) => {
                     let dropped = self.holdings.forget(&partitions);
                     for partition in &partitions {
                         self.paused.remove(partition);
                         self.assigned.remove(partition);
                     }
-                    tracing::info!(partitions = ?partitions, dropped_held_records = dropped, "partitions revoked");
+                    if dropped > 0 {
+                        tracing::info!(
+                            dropped_held_records = dropped,
+                            "held records of revoked partitions dropped"
+                        );
+                    }
                 }
             }
         }
@@ -472,7 +407,7 @@ impl Scheduler<'_> {
                 Some(outgoing)
             })
             .collect();
-        let producer = &self.producer;
+        let producer = &self.runtime.producer;
         let results = futures::future::join_all(outgoings.iter().map(|outgoing| async move {
             match outgoing {
                 Some(outgoing) => Some(producer.send(outgoing).await),
@@ -512,11 +447,7 @@ impl Scheduler<'_> {
             }
         }
         for ((topic, partition), next_offset) in next_offsets {
-            match self.consumer.store_next_offset(&topic, partition, next_offset) {
-                Ok(true) => {}
-                Ok(false) => tracing::debug!(%topic, partition, "offset not stored: partition no longer assigned"),
-                Err(error) => events::offset_store_failed("scheduler", &topic, partition, &error),
-            }
+            self.runtime.store_next_offset(&topic, partition, next_offset);
         }
         for (_, records) in waiting {
             self.holdings.hold_again_at_front(records, now);
@@ -556,7 +487,7 @@ impl Scheduler<'_> {
                 // A producer that failed for good refuses every later copy: retrying would keep
                 // the service alive and ready while it moves nothing. The loop stops, and the
                 // service exits non-zero for its orchestrator to restart it.
-                self.producer_failure.record(error, &self.readiness);
+                self.runtime.record_producer_failure(error);
                 (false, held)
             }
             Err(error) => {
@@ -633,7 +564,7 @@ impl Scheduler<'_> {
         outgoing: &OutgoingRecord,
         now_ms: i64,
     ) -> Result<HeldRecord, HeldRecord> {
-        let error = match self.producer.send(outgoing).await {
+        let error = match self.runtime.producer.send(outgoing).await {
             Ok(_) => return Ok(held),
             Err(error) if error.is_message_too_large() => error,
             Err(error) => {
@@ -664,7 +595,7 @@ impl Scheduler<'_> {
             &self.config.group,
         );
         held.action = ReleaseAction::DeadLetter(Box::new(stub));
-        match self.producer.send(&outgoing_of(&held)).await {
+        match self.runtime.producer.send(&outgoing_of(&held)).await {
             Ok(_) => Ok(held),
             Err(error) => {
                 let stub_topic = outgoing_of(&held).topic;
@@ -753,13 +684,13 @@ impl Scheduler<'_> {
                 .map_or((0, None), |(count, horizon)| (*count, Some(*horizon)));
             let paused = self.paused.contains(&partition);
             match limits.decide(count, horizon, held_bytes, now, paused) {
-                FetchDecision::Pause => match self.consumer.pause(&partition.topic, partition.partition) {
+                FetchDecision::Pause => match self.runtime.consumer.pause(&partition.topic, partition.partition) {
                     Ok(()) => {
                         self.paused.insert(partition);
                     }
                     Err(error) => tracing::warn!(%error, "pause failed"),
                 },
-                FetchDecision::Resume => match self.consumer.resume(&partition.topic, partition.partition) {
+                FetchDecision::Resume => match self.runtime.consumer.resume(&partition.topic, partition.partition) {
                     Ok(()) => {
                         self.paused.remove(&partition);
                     }
@@ -781,7 +712,7 @@ impl Scheduler<'_> {
 
 #[cfg(test)]
 mod tests {
-    use rebound_kafka::KafkaArgs;
+    use rebound_kafka::{KafkaArgs, RecordConsumer};
 
     use super::*;
 

@@ -6,6 +6,7 @@ pub mod events;
 mod operational;
 mod producer_failure;
 pub mod redact;
+mod runtime;
 mod service_main;
 mod shutdown;
 mod telemetry;
@@ -14,6 +15,7 @@ pub mod trace_context;
 
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
 pub use producer_failure::ProducerFailure;
+pub use runtime::{Runtime, RuntimeSpec};
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
@@ -21,7 +23,7 @@ pub use topology::{DEFAULT_TIERS, TierDelays, TopicNamingArgs, TopologyArgs};
 
 use rebound_kafka::KafkaArgs;
 
-/// What can go wrong in the shared plumbing before a service starts.
+/// What can go wrong in the shared plumbing: a flag, start-up, or the runtime's Kafka clients.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// A topology flag (`--tier`, `--dlq-topic`, `--topic-prefix`) does not make a pipeline.
@@ -31,6 +33,38 @@ pub enum ServiceError {
         flag: &'static str,
         /// What is wrong.
         reason: String,
+    },
+    /// A topic the service reads or writes does not exist.
+    #[error("failed to find topic {topic}: {reason} (create the topics with `rebound topics create`)")]
+    FindTopic {
+        /// The topic.
+        topic: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// The metrics and health endpoints could not be served.
+    #[error("failed to serve metrics on {listen}: {reason}")]
+    ServeEndpoints {
+        /// The address.
+        listen: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A Kafka operation failed.
+    #[error("failed to {operation}: {source}")]
+    Kafka {
+        /// What was being done.
+        operation: &'static str,
+        /// The Kafka error.
+        #[source]
+        source: rebound_kafka::KafkaError,
+    },
+    /// The service's producer failed for good; the service stopped so that it is restarted.
+    #[error("failed to produce any more (the producer failed for good; restart the service): {source}")]
+    ProducerFailedForGood {
+        /// The fatal error.
+        #[source]
+        source: rebound_kafka::KafkaError,
     },
 }
 
