@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rebound_consumer::sink::{DeliveryJournalSummary, SinkSpec, SqliteSink};
 use rebound_kafka::{KafkaArgs, TopicScan, read_topic_to_end};
 use rebound_retry::contract;
 use rebound_schema::NoteCodec;
 use rebound_service::TopicNamingArgs;
+use rebound_sink_store::{
+    DeliveryJournalSummary, SinkSpec, read_all_notes, read_delivered_versions, read_delivery_journal,
+};
 
 /// Flags of `rebound audit`.
 #[derive(Debug, Clone, clap::Args)]
@@ -264,7 +266,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
         produced.push((note_id.to_owned(), version));
     }
 
-    let rows = SqliteSink::read_all(&path)?;
+    let rows = read_all_notes(&path)?;
     let stored: HashMap<&str, i64> = rows.iter().map(|row| (row.note_id.as_str(), row.version)).collect();
     let mut report = AuditReport {
         produced_versions: produced.len(),
@@ -333,7 +335,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
         // The journal shows which versions reached the sink at all; a version neither there nor
         // in the DLQ, and not lost, passed the check above only because a newer version was
         // applied.
-        let never_delivered = SqliteSink::read_delivered_versions(&path)?.map(|delivered| {
+        let never_delivered = read_delivered_versions(&path)?.map(|delivered| {
             produced
                 .iter()
                 .collect::<HashSet<_>>()
@@ -352,7 +354,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             dead_letter_duplicate_versions,
             dead_letter_extra_copies,
             transient_dead_letters_early: transient_early,
-            sink_deliveries: SqliteSink::read_delivery_journal(&path)?,
+            sink_deliveries: read_delivery_journal(&path)?,
             never_delivered,
             lateness: measure_lateness(kafka, args, codec).await?,
         });

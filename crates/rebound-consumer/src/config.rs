@@ -6,9 +6,10 @@ use std::time::Duration;
 use rebound_kafka::KafkaArgs;
 use rebound_retry::{TierPolicy, parse_duration};
 use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs};
+use rebound_sink_store::{SinkSpec, SinkStoreError};
 
 use crate::ConsumerError;
-use crate::sink::{FailureInjection, SinkSpec};
+use crate::sink::FailureInjection;
 
 /// Flags of `rebound-consumer`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -169,7 +170,7 @@ impl ConsumerArgs {
         let sink: SinkSpec = self
             .sink
             .parse()
-            .map_err(|error: ConsumerError| invalid("--sink", error.to_string()))?;
+            .map_err(|error: SinkStoreError| invalid("--sink", error.to_string()))?;
         if self.sink_journal && !matches!(sink, SinkSpec::Sqlite(_)) {
             return Err(invalid(
                 "--sink-journal",

@@ -24,14 +24,6 @@ pub enum ConsumerError {
         /// What is wrong.
         reason: String,
     },
-    /// The `--sink` URL is not one of the supported forms.
-    #[error("failed to parse sink url {url:?}: {reason}")]
-    ParseSinkUrl {
-        /// The URL as given, with credentials, query and fragment redacted.
-        url: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// The `--inject-failures` specification is malformed.
     #[error("failed to parse failure injection {input:?}: {reason}")]
     ParseFailureInjection {

@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::{start_consumer, start_scheduler};
-use rebound_consumer::sink::SqliteSink;
 use rebound_kafka::{
     ConsumedRecord, KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer, fetch_committed_offsets,
 };
 use rebound_retry::{RecordHeaders, contract};
 use rebound_schema::NoteCodec;
+use rebound_sink_store::read_all_notes;
 use rebound_testkit::{
     ScriptedHttpSink, broker, create_test_topics, create_test_topics_with_config, incompressible_bytes, kafka_args,
     note, produce_notes, produce_raw, read_all, unique_prefix, wait_for, wait_for_records,
@@ -92,7 +92,7 @@ fn sqlite_sink() -> (tempfile::TempDir, std::path::PathBuf, String) {
 
 async fn wait_for_applied(database: &std::path::Path, note_id: &str) {
     wait_for(&format!("{note_id} applied"), Duration::from_secs(60), || async {
-        SqliteSink::read_all(database)
+        read_all_notes(database)
             .ok()
             .filter(|rows| rows.iter().any(|row| row.note_id == note_id))
     })
@@ -465,7 +465,7 @@ async fn duplicated_conflicting_and_non_utf8_contract_headers_make_the_record_po
             .count(contract::REPLAY_COUNT),
         2
     );
-    let rows = SqliteSink::read_all(&database).expect("reads");
+    let rows = read_all_notes(&database).expect("reads");
     assert_eq!(rows.len(), 1, "no garbled record reached the sink");
     assert_committed_to(&group, &topic, i64::try_from(cases.len()).expect("small") + 1).await;
 }

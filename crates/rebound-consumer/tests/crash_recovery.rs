@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::start_scheduler;
-use rebound_consumer::sink::SqliteSink;
 use rebound_schema::{Note, NoteCodec};
+use rebound_sink_store::read_all_notes;
 use rebound_testkit::{broker, create_test_topics, note, produce_notes, read_all, unique_prefix, wait_for};
 use tokio::process::{Child, Command};
 
@@ -38,7 +38,7 @@ fn spawn_consumer_process(prefix: &str, sink: &str) -> Child {
 
 /// Note versions that are neither stored (at that version or newer) nor in the DLQ.
 async fn unaccounted(prefix: &str, database: &std::path::Path, produced: &[Note]) -> Vec<(String, i64)> {
-    let stored: HashMap<String, i64> = SqliteSink::read_all(database)
+    let stored: HashMap<String, i64> = read_all_notes(database)
         .unwrap_or_default()
         .into_iter()
         .map(|row| (row.note_id, row.version))
@@ -88,7 +88,7 @@ async fn killed_consumer_loses_no_note_after_restart() {
         "the first consumer to apply some notes",
         Duration::from_secs(60),
         || async {
-            SqliteSink::read_all(&database)
+            read_all_notes(&database)
                 .ok()
                 .filter(|rows| !rows.is_empty())
                 .map(|_| ())

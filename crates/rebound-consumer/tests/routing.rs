@@ -6,10 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{start_consumer, start_scheduler};
-use rebound_consumer::sink::SqliteSink;
 use rebound_kafka::{ConsumedRecord, fetch_committed_offsets, fetch_topic_watermarks};
 use rebound_retry::{RecordHeaders, contract};
 use rebound_schema::NoteCodec;
+use rebound_sink_store::read_all_notes;
 use rebound_testkit::{
     ScriptedHttpSink, create_test_topics, kafka_args, note, produce_notes, produce_raw, read_all, unique_prefix,
     wait_for, wait_for_records,
@@ -48,12 +48,12 @@ async fn notes_applied_on_first_try_are_stored_and_their_offsets_committed() {
     let group = format!("{prefix}group");
     let consumer = start_consumer(&["--topic-prefix", &prefix, "--sink", &sink, "--group", &group]);
     wait_for("50 notes in sqlite", Duration::from_secs(60), || async {
-        SqliteSink::read_all(&database).ok().filter(|rows| rows.len() == 50)
+        read_all_notes(&database).ok().filter(|rows| rows.len() == 50)
     })
     .await;
     consumer.stop().await;
 
-    let rows = SqliteSink::read_all(&database).expect("reads");
+    let rows = read_all_notes(&database).expect("reads");
     assert!(
         rows.iter()
             .all(|row| row.applied_attempt == 0 && row.applied_tier.is_none())
@@ -268,7 +268,7 @@ async fn undecodable_and_garbled_records_are_dead_lettered_as_poison_byte_for_by
     wait_for(
         "the valid note after the poison applied",
         Duration::from_secs(30),
-        || async { SqliteSink::read_all(&database).ok().filter(|rows| rows.len() == 1) },
+        || async { read_all_notes(&database).ok().filter(|rows| rows.len() == 1) },
     )
     .await;
     consumer.stop().await;
@@ -329,12 +329,12 @@ async fn redelivered_older_version_does_not_overwrite_newer() {
     let sink = format!("sqlite://{}", database.display());
     let consumer = start_consumer(&["--topic-prefix", &prefix, "--sink", &sink]);
     let rows = wait_for("both notes stored", Duration::from_secs(60), || async {
-        SqliteSink::read_all(&database).ok().filter(|rows| rows.len() == 2)
+        read_all_notes(&database).ok().filter(|rows| rows.len() == 2)
     })
     .await;
     // One partition: once `other`, the last record, is stored, every version before it was seen.
     consumer.stop().await;
-    let rows = SqliteSink::read_all(&database).unwrap_or(rows);
+    let rows = read_all_notes(&database).unwrap_or(rows);
     let stored = rows.iter().find(|row| row.note_id == "n").expect("n stored");
     assert_eq!(
         stored.version, 4,

@@ -24,10 +24,7 @@ pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, Reco
 pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
 pub use reader::{TopicWatermarks, fetch_committed_offsets, fetch_topic_watermarks, read_topic_to_end};
 pub use record::ConsumedRecord;
-pub use replay_ledger::{
-    DlqBacklog, ReplayLedger, ensure_replay_ledger_topic, fetch_dlq_backlog, read_replay_ledger, replay_marker,
-    topic_exists,
-};
+pub use replay_ledger::{ensure_replay_ledger_topic, fetch_dlq_backlog, read_replay_ledger, topic_exists};
 pub use scan::TopicScan;
 pub use transaction::TransactionalProducer;
 

@@ -1,6 +1,6 @@
 //! Pure rules of the dead-letter tooling (`rebound dlq`): error fingerprints that group dead
-//! letters by cause, time bounds for filters, the header rewrite of a replayed (redriven) copy,
-//! and the key of the replay ledger's per-record markers.
+//! letters by cause, time bounds for filters and the header rewrite of a replayed (redriven)
+//! copy. The replay ledger's markers and the backlog are in `replay_ledger.rs`.
 //!
 //! The replay rewrite lives here, next to the rest of the header contract, so the rules for
 //! writing `retry.*` keys stay in one crate.
@@ -354,22 +354,6 @@ pub fn plan_replay(
     })
 }
 
-/// The key of the replay ledger's marker for one dead letter: `TOPIC/PARTITION/OFFSET`.
-///
-/// Kafka topic names cannot hold `/`, so the key splits back unambiguously.
-pub fn replay_marker_key(dead_letter_topic: &str, partition: i32, offset: i64) -> String {
-    format!("{dead_letter_topic}/{partition}/{offset}")
-}
-
-/// Reads a marker key back into topic, partition and offset; `None` when it is not one.
-pub fn parse_replay_marker_key(key: &str) -> Option<(&str, i32, i64)> {
-    let mut parts = key.rsplitn(3, '/');
-    let offset = parts.next()?.parse().ok()?;
-    let partition = parts.next()?.parse().ok()?;
-    let topic = parts.next().filter(|topic| !topic.is_empty())?;
-    Some((topic, partition, offset))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,15 +553,5 @@ mod tests {
         assert!(refusal.to_string().contains("notes["), "{refusal}");
         let parked = plan_replay(&stub, "dlq", Some("notes.quarantine"), 3).expect("parking is allowed");
         assert!(parked.headers.get(contract::DROPPED_VALUE_BYTES).is_none());
-    }
-
-    #[test]
-    fn marker_keys_round_trip() {
-        let key = replay_marker_key("staging.dlq", 3, 1_234);
-        assert_eq!(key, "staging.dlq/3/1234");
-        assert_eq!(parse_replay_marker_key(&key), Some(("staging.dlq", 3, 1_234)));
-        for bad in ["", "dlq", "dlq/1", "/1/2", "dlq/x/2", "dlq/1/y"] {
-            assert_eq!(parse_replay_marker_key(bad), None, "{bad}");
-        }
     }
 }

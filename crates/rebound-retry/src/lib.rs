@@ -10,18 +10,17 @@ mod dispatch;
 mod dlq;
 mod headers;
 mod policy;
+mod replay_ledger;
 
 pub use classification::{ErrorKind, Failure, MAX_ERROR_MESSAGE_BYTES, truncate_error_message};
 pub use dispatch::{
     Carries, Dispatch, RecordLocation, STUB_MAX_KEY_BYTES, STUB_MAX_OTHER_HEADER_BYTES, dead_letter_dispatch,
     failure_dispatch, oversized_stub,
 };
-pub use dlq::{
-    ErrorFingerprint, ReplayPlan, ReplayRefusal, TimeBound, error_fingerprint, parse_replay_marker_key, plan_replay,
-    replay_marker_key,
-};
+pub use dlq::{ErrorFingerprint, ReplayPlan, ReplayRefusal, TimeBound, error_fingerprint, plan_replay};
 pub use headers::{Header, RecordHeaders, RetryContext, contract, parse_retry_context};
 pub use policy::{Route, Tier, TierPolicy, apply_topic_prefix, parse_duration, parse_tier_spec};
+pub use replay_ledger::{DlqBacklog, ReplayLedger, ReplayMarker, parse_replay_marker_key, replay_marker_key};
 
 /// Everything that can go wrong in the pure retry logic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

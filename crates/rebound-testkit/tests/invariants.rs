@@ -31,12 +31,17 @@ fn crates() -> Vec<(String, PathBuf)> {
 
 /// The names of the packages a crate's manifest depends on, in any dependency table.
 fn dependencies(crate_folder: &Path) -> Vec<String> {
+    dependencies_in_tables(crate_folder, |table| table.ends_with("dependencies]"))
+}
+
+/// The names of the packages in the manifest's tables whose header `in_table` accepts.
+fn dependencies_in_tables(crate_folder: &Path, in_table: fn(&str) -> bool) -> Vec<String> {
     let manifest = std::fs::read_to_string(crate_folder.join("Cargo.toml")).unwrap();
     let mut in_dependency_table = false;
     let mut names = Vec::new();
     for line in manifest.lines().map(str::trim) {
         if line.starts_with('[') {
-            in_dependency_table = line.ends_with("dependencies]");
+            in_dependency_table = in_table(line);
             continue;
         }
         if in_dependency_table && let Some((name, _)) = line.split_once(['=', '.']) {
@@ -121,6 +126,22 @@ fn pure_crates_depend_on_neither_tokio_nor_a_kafka_client() {
                 "{pure} depends on {dependency}; it must do no I/O"
             );
         }
+    }
+}
+
+#[test]
+fn the_admin_cli_depends_on_no_service_crate() {
+    let cli = workspace_root().join("crates/rebound-cli");
+    let normal = dependencies_in_tables(&cli, |table| table == "[dependencies]");
+    assert!(
+        normal.iter().any(|dependency| dependency == "rebound-kafka"),
+        "found the cli's dependencies: {normal:?}"
+    );
+    for service in ["rebound-consumer", "rebound-scheduler", "rebound-producer"] {
+        assert!(
+            !normal.iter().any(|dependency| dependency == service),
+            "rebound-cli depends on {service}; what it shares with a service belongs in a library crate"
+        );
     }
 }
 

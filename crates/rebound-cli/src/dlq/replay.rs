@@ -14,10 +14,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rebound_kafka::{
-    KafkaArgs, OutgoingRecord, TransactionalProducer, ensure_replay_ledger_topic, replay_marker, topic_exists,
-};
-use rebound_retry::{ReplayPlan, plan_replay};
+use rebound_kafka::{KafkaArgs, OutgoingRecord, TransactionalProducer, ensure_replay_ledger_topic, topic_exists};
+use rebound_retry::{RecordHeaders, ReplayMarker, ReplayPlan, plan_replay};
 use rebound_service::Shutdown;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -484,13 +482,19 @@ async fn send_batch(
             value: copy.letter.record.value.clone(),
             headers: copy.plan.headers.clone(),
         });
-        records.push(replay_marker(
-            ledger_topic,
+        let marker = ReplayMarker::new(
             dlq_topic,
             copy.letter.record.partition,
             copy.letter.record.offset,
             &copy.plan.topic,
-        ));
+        );
+        records.push(OutgoingRecord {
+            topic: ledger_topic.to_owned(),
+            partition: None,
+            key: Some(marker.key),
+            value: Some(marker.value),
+            headers: RecordHeaders::new(),
+        });
     }
     if let Err(error) = producer.send_atomically(&records).await {
         let stopped = format!(

@@ -4,94 +4,19 @@
 //!
 //! An opt-in delivery journal (`deliveries` table, off by default) records every note the sink
 //! was handed, in the same transaction, so soak tests can count redeliveries exactly.
+//!
+//! The tables and statements are `rebound-sink-store`'s, which also reads them back for
+//! `rebound audit`; this module owns the writer: connection settings, transactions, and which
+//! failure fails one note or the whole batch.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags, params};
+use rebound_sink_store::{NoteWrites, create_delivery_journal, create_notes_table};
+use rusqlite::Connection;
 
 use super::{ApplyItem, SinkFailure};
 use crate::ConsumerError;
-
-const SCHEMA_SQL: &str = "
-CREATE TABLE IF NOT EXISTS notes (
-    note_id          TEXT PRIMARY KEY NOT NULL,
-    user_id          TEXT NOT NULL,
-    device_id        TEXT NOT NULL,
-    version          INTEGER NOT NULL,
-    title            TEXT NOT NULL,
-    body             TEXT NOT NULL,
-    tags_json        TEXT NOT NULL,
-    updated_at_ms    INTEGER NOT NULL,
-    deleted          INTEGER NOT NULL,
-    pinned           INTEGER NOT NULL,
-    applied_attempt  INTEGER NOT NULL,
-    applied_tier     TEXT
-) WITHOUT ROWID;
-";
-
-// The WHERE clause on the update is the version rule: a stale or repeated version leaves the
-// row as it is, and the statement still succeeds, because the newer state is already applied.
-const UPSERT_SQL: &str = "
-INSERT INTO notes (note_id, user_id, device_id, version, title, body, tags_json, updated_at_ms,
-                   deleted, pinned, applied_attempt, applied_tier)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-ON CONFLICT (note_id) DO UPDATE SET
-    user_id = excluded.user_id, device_id = excluded.device_id, version = excluded.version,
-    title = excluded.title, body = excluded.body, tags_json = excluded.tags_json,
-    updated_at_ms = excluded.updated_at_ms, deleted = excluded.deleted, pinned = excluded.pinned,
-    applied_attempt = excluded.applied_attempt, applied_tier = excluded.applied_tier
-WHERE excluded.version > notes.version
-";
-
-// The delivery journal: one row per note the sink applied (or found already applied), written in
-// the batch's own transaction, so a row exists exactly when the delivery's effect was committed.
-const JOURNAL_SCHEMA_SQL: &str = "
-CREATE TABLE IF NOT EXISTS deliveries (
-    note_id            TEXT NOT NULL,
-    version            INTEGER NOT NULL,
-    previous_attempts  INTEGER NOT NULL,
-    changed            INTEGER NOT NULL
-);
-";
-
-const JOURNAL_INSERT_SQL: &str =
-    "INSERT INTO deliveries (note_id, version, previous_attempts, changed) VALUES (?1, ?2, ?3, ?4)";
-
-/// What the delivery journal says about redeliveries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeliveryJournalSummary {
-    /// Deliveries committed in total.
-    pub deliveries: u64,
-    /// Distinct note versions among them.
-    pub distinct_versions: u64,
-    /// Note versions delivered more than once.
-    pub redelivered_versions: u64,
-    /// Deliveries beyond the first of each version.
-    pub extra_deliveries: u64,
-    /// Most deliveries of one version.
-    pub max_deliveries_of_one_version: u64,
-    /// Deliveries that changed the stored row (the others were older or repeated versions).
-    pub changed_rows: u64,
-}
-
-/// One stored note, as the accounting tools read it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedNoteRow {
-    /// Note id.
-    pub note_id: String,
-    /// Stored version.
-    pub version: i64,
-    /// Tombstone flag.
-    pub deleted: bool,
-    /// Title.
-    pub title: String,
-    /// Failed attempts before the stored version was applied (0: first try).
-    pub applied_attempt: u32,
-    /// Tier the stored version last went through, if any.
-    pub applied_tier: Option<String>,
-}
 
 /// The SQLite sink. Writes run on a blocking thread, one transaction per batch.
 #[derive(Debug, Clone)]
@@ -116,7 +41,7 @@ impl SqliteSink {
                  PRAGMA cache_size = -8192;",
             )
             .map_err(fail)?;
-        connection.execute_batch(SCHEMA_SQL).map_err(fail)?;
+        create_notes_table(&connection).map_err(fail)?;
         Ok(Self {
             path: path.to_owned(),
             connection: Arc::new(Mutex::new(connection)),
@@ -132,12 +57,10 @@ impl SqliteSink {
             sink: format!("sqlite://{}", self.path.display()),
             reason: "sqlite connection lock poisoned".to_owned(),
         })?;
-        connection
-            .execute_batch(JOURNAL_SCHEMA_SQL)
-            .map_err(|error| ConsumerError::OpenSink {
-                sink: format!("sqlite://{}", self.path.display()),
-                reason: format!("cannot create the delivery journal: {error}"),
-            })?;
+        create_delivery_journal(&connection).map_err(|error| ConsumerError::OpenSink {
+            sink: format!("sqlite://{}", self.path.display()),
+            reason: format!("cannot create the delivery journal: {error}"),
+        })?;
         drop(connection);
         self.journal = true;
         Ok(())
@@ -168,74 +91,6 @@ impl SqliteSink {
             Err(join_error) => vec![Err(SinkFailure::transient(format!("sqlite task failed: {join_error}"))); count],
         }
     }
-
-    /// Reads every stored note, ordered by id. Opens its own read-only connection.
-    pub fn read_all(path: &Path) -> Result<Vec<AppliedNoteRow>, ConsumerError> {
-        let fail = |error: rusqlite::Error| sink_error(path, &error);
-        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
-        let mut statement = connection
-            .prepare(
-                "SELECT note_id, version, deleted, title, applied_attempt, applied_tier FROM notes ORDER BY note_id",
-            )
-            .map_err(fail)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(AppliedNoteRow {
-                    note_id: row.get(0)?,
-                    version: row.get(1)?,
-                    deleted: row.get(2)?,
-                    title: row.get(3)?,
-                    applied_attempt: row.get(4)?,
-                    applied_tier: row.get(5)?,
-                })
-            })
-            .map_err(fail)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(fail)
-    }
-
-    /// Every note version the delivery journal holds; `None` when the database has none.
-    /// Opens its own read-only connection.
-    pub fn read_delivered_versions(path: &Path) -> Result<Option<HashSet<(String, i64)>>, ConsumerError> {
-        let fail = |error: rusqlite::Error| sink_error(path, &error);
-        let Some(connection) = open_journal_read_only(path)? else {
-            return Ok(None);
-        };
-        let mut statement = connection
-            .prepare("SELECT DISTINCT note_id, version FROM deliveries")
-            .map_err(fail)?;
-        let versions = statement
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
-            .map_err(fail)?;
-        versions.collect::<Result<HashSet<_>, _>>().map(Some).map_err(fail)
-    }
-
-    /// Summarises the delivery journal; `None` when the database has none (the consumer ran
-    /// without it). Opens its own read-only connection.
-    pub fn read_delivery_journal(path: &Path) -> Result<Option<DeliveryJournalSummary>, ConsumerError> {
-        let fail = |error: rusqlite::Error| sink_error(path, &error);
-        let Some(connection) = open_journal_read_only(path)? else {
-            return Ok(None);
-        };
-        let mut statement = connection
-            .prepare("SELECT count(*), sum(changed) FROM deliveries GROUP BY note_id, version")
-            .map_err(fail)?;
-        let groups = statement
-            .query_map([], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
-            .map_err(fail)?;
-        let mut summary = DeliveryJournalSummary::default();
-        for group in groups {
-            let (deliveries, changed) = group.map_err(fail)?;
-            summary.deliveries += deliveries;
-            summary.distinct_versions += 1;
-            summary.changed_rows += changed;
-            if deliveries > 1 {
-                summary.redelivered_versions += 1;
-                summary.extra_deliveries += deliveries - 1;
-            }
-            summary.max_deliveries_of_one_version = summary.max_deliveries_of_one_version.max(deliveries);
-        }
-        Ok(Some(summary))
-    }
 }
 
 /// The error of any operation on the sink's database, naming the sink.
@@ -244,21 +99,6 @@ fn sink_error(path: &Path, error: &rusqlite::Error) -> ConsumerError {
         sink: format!("sqlite://{}", path.display()),
         reason: error.to_string(),
     }
-}
-
-/// A read-only connection to a sink database that has a delivery journal; `None` without one.
-fn open_journal_read_only(path: &Path) -> Result<Option<Connection>, ConsumerError> {
-    let fail = |error: rusqlite::Error| sink_error(path, &error);
-    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
-    Ok(journal_exists(&connection).map_err(fail)?.then_some(connection))
-}
-
-fn journal_exists(connection: &Connection) -> Result<bool, rusqlite::Error> {
-    connection.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
-        [],
-        |row| row.get(0),
-    )
 }
 
 fn apply_in_transaction(
@@ -274,12 +114,7 @@ fn apply_in_transaction(
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|left, right| items[*left].note.note_id.cmp(&items[*right].note.note_id));
     {
-        let mut upsert = transaction.prepare_cached(UPSERT_SQL)?;
-        let mut journal_insert = if journal {
-            Some(transaction.prepare_cached(JOURNAL_INSERT_SQL)?)
-        } else {
-            None
-        };
+        let mut writes = NoteWrites::prepare(&transaction, journal)?;
         for index in order {
             let item = &items[index];
             let note = &item.note;
@@ -287,26 +122,10 @@ fn apply_in_transaction(
                 results[index] = Err(SinkFailure::permanent("note_id is empty"));
                 continue;
             }
-            let tags_json = serde_json::to_string(&note.tags).unwrap_or_else(|_| "[]".to_owned());
-            let outcome = upsert.execute(params![
-                note.note_id,
-                note.user_id,
-                note.device_id,
-                note.version,
-                note.title,
-                note.body,
-                tags_json,
-                note.updated_at,
-                note.deleted,
-                note.pinned,
-                item.previous_attempts,
-                item.last_tier,
-            ]);
+            let outcome = writes.upsert(note, item.previous_attempts, item.last_tier.as_deref());
             results[index] = match outcome {
                 Ok(changed) => {
-                    if let Some(insert) = journal_insert.as_mut() {
-                        insert.execute(params![note.note_id, note.version, item.previous_attempts, changed])?;
-                    }
+                    writes.journal(note, item.previous_attempts, changed)?;
                     Ok(())
                 }
                 // A statement error for one note (a constraint, say) leaves the transaction
@@ -330,7 +149,10 @@ fn apply_in_transaction(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use rebound_schema::Note;
+    use rebound_sink_store::{DeliveryJournalSummary, read_all_notes, read_delivered_versions, read_delivery_journal};
 
     use super::*;
 
@@ -366,7 +188,7 @@ mod tests {
             .apply_batch(vec![item("a", 2, "v2 again"), item("b", 3, "b3")])
             .await;
         assert!(results.iter().all(Result::is_ok));
-        let rows = SqliteSink::read_all(&path).expect("reads");
+        let rows = read_all_notes(&path).expect("reads");
         let titles: Vec<(&str, i64, &str)> = rows
             .iter()
             .map(|row| (row.note_id.as_str(), row.version, row.title.as_str()))
@@ -383,7 +205,7 @@ mod tests {
         delete.note.deleted = true;
         sink.apply_batch(vec![item("a", 4, "live"), delete, item("a", 3, "stale")])
             .await;
-        let rows = SqliteSink::read_all(&path).expect("reads");
+        let rows = read_all_notes(&path).expect("reads");
         assert_eq!(rows.len(), 1);
         assert!(rows[0].deleted);
         assert_eq!(rows[0].version, 5);
@@ -395,8 +217,8 @@ mod tests {
         let path = directory.path().join("notes.db");
         let mut sink = SqliteSink::open(&path).expect("opens");
         sink.apply_batch(vec![item("a", 1, "before the journal")]).await;
-        assert_eq!(SqliteSink::read_delivery_journal(&path).expect("reads"), None);
-        assert_eq!(SqliteSink::read_delivered_versions(&path).expect("reads"), None);
+        assert_eq!(read_delivery_journal(&path).expect("reads"), None);
+        assert_eq!(read_delivered_versions(&path).expect("reads"), None);
         sink.enable_delivery_journal().expect("enables");
         let results = sink
             .apply_batch(vec![item("a", 2, "v2"), item("a", 2, "v2 again"), item("b", 1, "b1")])
@@ -404,16 +226,12 @@ mod tests {
         assert!(results.iter().all(Result::is_ok));
         sink.apply_batch(vec![item("a", 2, "v2 a third time"), item("a", 1, "stale")])
             .await;
-        let delivered = SqliteSink::read_delivered_versions(&path)
-            .expect("reads")
-            .expect("journal exists");
+        let delivered = read_delivered_versions(&path).expect("reads").expect("journal exists");
         assert_eq!(
             delivered,
             HashSet::from([("a".to_owned(), 2), ("a".to_owned(), 1), ("b".to_owned(), 1)])
         );
-        let summary = SqliteSink::read_delivery_journal(&path)
-            .expect("reads")
-            .expect("journal exists");
+        let summary = read_delivery_journal(&path).expect("reads").expect("journal exists");
         assert_eq!(
             summary,
             DeliveryJournalSummary {

@@ -1,0 +1,122 @@
+//! `rebound audit` against a real broker and a database written by the consumer's SQLite sink:
+//! every acknowledged note version is counted as applied (or superseded), dead-lettered or lost,
+//! `--extended` reads the sink's delivery journal, and a sink other than `sqlite://` is refused
+//! before anything is read.
+
+use std::process::{Command, Output};
+
+use rebound_consumer::sink::{ApplyItem, SqliteSink};
+use rebound_retry::{RecordHeaders, contract};
+use rebound_schema::NoteCodec;
+use rebound_testkit::{broker, create_test_topics, note, produce_raw, unique_prefix};
+
+/// Runs `rebound audit ARGS` against the test broker.
+fn rebound_audit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rebound"))
+        .arg("audit")
+        .args(args)
+        .env("REBOUND_BROKERS", broker())
+        .output()
+        .expect("rebound runs")
+}
+
+fn item(note_id: &str, version: i64, previous_attempts: u32, last_tier: Option<&str>) -> ApplyItem {
+    ApplyItem {
+        note: note(note_id, version),
+        previous_attempts,
+        last_tier: last_tier.map(str::to_owned),
+    }
+}
+
+/// The value of the report's row with that label.
+fn row(table: &str, label: &str) -> Option<String> {
+    table.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix(label)?;
+        rest.starts_with("  ").then(|| rest.trim().to_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_version_is_applied_dead_lettered_or_lost() {
+    let prefix = unique_prefix("audit");
+    create_test_topics(&prefix, &["notes", "dlq"], 1).await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let database = directory.path().join("notes.db");
+    let mut sink = SqliteSink::open(&database).expect("opens");
+    sink.enable_delivery_journal().expect("journal");
+    let tier = format!("{prefix}retry-5s");
+    // a: only version 2 reaches the sink (version 1 is superseded); b: applied after a tier and
+    // delivered twice; c: dead-lettered; d: lost.
+    let results = sink
+        .apply_batch(vec![
+            item("a", 2, 0, None),
+            item("b", 1, 1, Some(&tier)),
+            item("b", 1, 1, Some(&tier)),
+        ])
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    drop(sink);
+    let dlq = format!("{prefix}dlq");
+    let mut headers = RecordHeaders::new();
+    headers.set(contract::ERROR_KIND, "permanent");
+    headers.set(contract::ATTEMPT, "1");
+    let value = NoteCodec::embedded().encode(&note("c", 1)).expect("encodes");
+    produce_raw(&dlq, Some(b"c"), Some(&value), headers).await;
+    produce_raw(&dlq, Some(b"poison"), Some(b"not a note"), RecordHeaders::new()).await;
+    let ids_log = directory.path().join("ids.log");
+    std::fs::write(&ids_log, "a\t1\na\t2\nb\t1\nc\t1\nd\t1\n").expect("writes the ids log");
+
+    let sink_url = format!("sqlite://{}", database.display());
+    let output = rebound_audit(&[
+        "--sink",
+        &sink_url,
+        "--ids-log",
+        &ids_log.display().to_string(),
+        "--topic-prefix",
+        &prefix,
+        "--extended",
+    ]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a lost version fails the audit: {errors}"
+    );
+    assert!(
+        errors.contains("1 note versions are neither applied nor dead-lettered"),
+        "{errors}"
+    );
+    for (label, value) in [
+        ("note versions produced (acknowledged)", "5"),
+        ("distinct notes", "4"),
+        ("latest version applied on first try", "1"),
+        ("latest version applied after retry-5s", "1"),
+        ("versions applied or superseded", "3"),
+        ("versions in dlq (permanent)", "1"),
+        ("undecodable records in dlq", "1"),
+        ("lost", "1"),
+        ("dlq records", "1"),
+        ("sink deliveries", "3"),
+        ("sink redelivered versions", "1"),
+        ("sink extra deliveries", "1"),
+        ("sink max deliveries of one version", "2"),
+        ("versions never delivered (only superseded)", "1"),
+        ("retries republished", "0"),
+    ] {
+        assert_eq!(row(&table, label).as_deref(), Some(value), "{label}:\n{table}");
+    }
+}
+
+#[test]
+fn only_a_sqlite_sink_can_be_audited() {
+    for (sink, expected) in [
+        ("http://127.0.0.1:9/notes", "the audit reads a sqlite:// sink"),
+        ("postgres://db", "expected sqlite://PATH"),
+    ] {
+        let output = rebound_audit(&["--sink", sink, "--ids-log", "/nonexistent/ids.log"]);
+        let errors = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{sink}: {errors}");
+        assert!(errors.contains(expected), "{sink}: {errors}");
+    }
+}
