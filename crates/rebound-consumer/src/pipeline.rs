@@ -28,7 +28,7 @@ use rebound_retry::{
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{Runtime, RuntimeSpec, Shutdown, now_epoch_ms};
+use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms};
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
 use crate::{ConsumerConfig, ConsumerError};
@@ -489,29 +489,29 @@ impl Pipeline<'_> {
         record: &ConsumedRecord,
         dispatch: Box<Dispatch>,
     ) -> Result<Box<Dispatch>, Box<Dispatch>> {
-        let error = match self.runtime.producer.send(&copy_of(record, &dispatch)).await {
-            Ok(_) => return Ok(dispatch),
-            Err(error) if error.is_message_too_large() => error,
-            Err(error) => {
+        let sent = self
+            .runtime
+            .send_alone_or_stub(&copy_of(record, &dispatch), |error| {
+                let stub = Box::new(oversized_stub(
+                    &self.config.policy,
+                    &dispatch,
+                    &record.headers,
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    &error.to_string(),
+                    &self.config.group,
+                ));
+                let stub_record = copy_of(record, &stub);
+                (stub, stub_record)
+            })
+            .await;
+        match sent {
+            Ok(SentAlone::Copy) => Ok(dispatch),
+            Ok(SentAlone::Stub(stub)) => Ok(stub),
+            Err(NotSentAlone { stub, error }) => {
+                let dispatch = stub.unwrap_or(dispatch);
                 events::consumer_copy_refused(record_ref(record, &record.key_for_display()), &dispatch.topic, &error);
-                return Err(dispatch);
-            }
-        };
-        tracing::warn!(%error, topic = %dispatch.topic, offset = record.offset, "copy of failed record too large; dead-lettering a stub");
-        let stub = Box::new(oversized_stub(
-            &self.config.policy,
-            &dispatch,
-            &record.headers,
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &error.to_string(),
-            &self.config.group,
-        ));
-        match self.runtime.producer.send(&copy_of(record, &stub)).await {
-            Ok(_) => Ok(stub),
-            Err(error) => {
-                events::consumer_copy_refused(record_ref(record, &record.key_for_display()), &stub.topic, &error);
-                Err(stub)
+                Err(dispatch)
             }
         }
     }

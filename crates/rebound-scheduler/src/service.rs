@@ -10,7 +10,7 @@ use rebound_retry::{
 };
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{Runtime, RuntimeSpec, Shutdown, now_epoch_ms};
+use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms};
 use tokio::time::Instant;
 
 use crate::holdings::{DueDecision, FetchDecision, HeldRecord, Holdings, ReleaseAction, due_decision, release_at};
@@ -115,8 +115,12 @@ fn message_max_bytes(kafka: &rebound_kafka::KafkaArgs) -> usize {
 
 /// The record a held record is released as: republished unchanged, or its dead-letter copy.
 fn outgoing_of(held: &HeldRecord) -> OutgoingRecord {
-    let record = &held.record;
-    match &held.action {
+    outgoing_of_action(&held.record, &held.action)
+}
+
+/// The record `action` sends for `record`.
+fn outgoing_of_action(record: &ConsumedRecord, action: &ReleaseAction) -> OutgoingRecord {
+    match action {
         ReleaseAction::Republish { target_topic } => OutgoingRecord {
             topic: target_topic.clone(),
             partition: None,
@@ -564,42 +568,50 @@ impl Scheduler<'_> {
         outgoing: &OutgoingRecord,
         now_ms: i64,
     ) -> Result<HeldRecord, HeldRecord> {
-        let error = match self.runtime.producer.send(outgoing).await {
-            Ok(_) => return Ok(held),
-            Err(error) if error.is_message_too_large() => error,
-            Err(error) => {
-                emit_copy_refused(&held, &outgoing.topic, &error);
-                return Err(held);
+        let sent = self
+            .runtime
+            .send_alone_or_stub(outgoing, |error| {
+                let record = &held.record;
+                let refused = match &held.action {
+                    ReleaseAction::DeadLetter(dispatch) => (**dispatch).clone(),
+                    ReleaseAction::Republish { target_topic } => {
+                        let previous = parse_retry_context(&record.headers).ok().flatten();
+                        let mut dispatch = self.poison_dispatch(
+                            record,
+                            previous.as_ref(),
+                            format!("republish refused: {error}"),
+                            now_ms,
+                        );
+                        // The copy that did not fit was the republished one; the stub says so.
+                        dispatch.topic.clone_from(target_topic);
+                        dispatch
+                    }
+                };
+                let stub = ReleaseAction::DeadLetter(Box::new(oversized_stub(
+                    &self.config.policy,
+                    &refused,
+                    &record.headers,
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    &error.to_string(),
+                    &self.config.group,
+                )));
+                let stub_record = outgoing_of_action(record, &stub);
+                (stub, stub_record)
+            })
+            .await;
+        match sent {
+            Ok(SentAlone::Copy) => Ok(held),
+            Ok(SentAlone::Stub(stub)) => {
+                held.action = stub;
+                Ok(held)
             }
-        };
-        tracing::warn!(%error, topic = %outgoing.topic, offset = held.record.offset, "copy of tier record too large; dead-lettering a stub");
-        let record = &held.record;
-        let refused = match &held.action {
-            ReleaseAction::DeadLetter(dispatch) => (**dispatch).clone(),
-            ReleaseAction::Republish { target_topic } => {
-                let previous = parse_retry_context(&record.headers).ok().flatten();
-                let mut dispatch =
-                    self.poison_dispatch(record, previous.as_ref(), format!("republish refused: {error}"), now_ms);
-                // The copy that did not fit was the republished one; the stub says so.
-                dispatch.topic.clone_from(target_topic);
-                dispatch
-            }
-        };
-        let stub = oversized_stub(
-            &self.config.policy,
-            &refused,
-            &record.headers,
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &error.to_string(),
-            &self.config.group,
-        );
-        held.action = ReleaseAction::DeadLetter(Box::new(stub));
-        match self.runtime.producer.send(&outgoing_of(&held)).await {
-            Ok(_) => Ok(held),
-            Err(error) => {
-                let stub_topic = outgoing_of(&held).topic;
-                emit_copy_refused(&held, &stub_topic, &error);
+            Err(NotSentAlone { stub, error }) => {
+                if let Some(stub) = stub {
+                    held.action = stub;
+                }
+                let destination = outgoing_of(&held).topic;
+                emit_copy_refused(&held, &destination, &error);
                 Err(held)
             }
         }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rebound_kafka::{
-    ConsumerSettings, KafkaArgs, KafkaError, PartitionAssignmentEvent, ProducerSettings, RecordConsumer,
-    RecordProducer, fetch_partition_counts,
+    ConsumerSettings, KafkaArgs, KafkaError, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
+    RecordConsumer, RecordProducer, fetch_partition_counts,
 };
 
 use crate::{ProducerFailure, Readiness, ServiceError, Shutdown, events, serve_operational_endpoints};
@@ -33,6 +33,25 @@ pub struct RuntimeSpec<'spec> {
     pub consumer: ConsumerSettings,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Which record went out when a copy too large for its batch was sent alone.
+#[derive(Debug)]
+pub enum SentAlone<Stub> {
+    /// The copy itself was acknowledged.
+    Copy,
+    /// The copy can never be sent; its dead-letter stub was acknowledged instead.
+    Stub(Stub),
+}
+
+/// A copy sent alone that the broker did not acknowledge: it is to be sent again, as the
+/// stub when one replaced it.
+#[derive(Debug)]
+pub struct NotSentAlone<Stub> {
+    /// The stub that replaced the copy, if the copy itself was refused as too large.
+    pub stub: Option<Stub>,
+    /// The broker's refusal.
+    pub error: KafkaError,
 }
 
 /// A started service's Kafka clients and health.
@@ -128,6 +147,32 @@ impl Runtime {
             Ok(true) => {}
             Ok(false) => tracing::debug!(topic, partition, "offset not stored: partition no longer assigned"),
             Err(error) => events::offset_store_failed(self.service, topic, partition, &error),
+        }
+    }
+
+    /// Sends `copy` once more on its own, because Kafka refuses a whole batch for one record
+    /// that is too large. Refused alone as too large too, it can never be sent, so retrying it
+    /// would hold its partition forever: `make_stub` builds the record's bounded dead-letter
+    /// stub (the service's own record of it, and the stub record to produce) and the stub goes
+    /// instead. Any other refusal is returned for the caller to send again later.
+    pub async fn send_alone_or_stub<Stub>(
+        &self,
+        copy: &OutgoingRecord,
+        make_stub: impl FnOnce(&KafkaError) -> (Stub, OutgoingRecord),
+    ) -> Result<SentAlone<Stub>, NotSentAlone<Stub>> {
+        let error = match self.producer.send(copy).await {
+            Ok(_) => return Ok(SentAlone::Copy),
+            Err(error) if error.is_message_too_large() => error,
+            Err(error) => return Err(NotSentAlone { stub: None, error }),
+        };
+        tracing::warn!(service = self.service, %error, topic = %copy.topic, "copy too large even alone; dead-lettering a stub");
+        let (stub, stub_record) = make_stub(&error);
+        match self.producer.send(&stub_record).await {
+            Ok(_) => Ok(SentAlone::Stub(stub)),
+            Err(error) => Err(NotSentAlone {
+                stub: Some(stub),
+                error,
+            }),
         }
     }
 
