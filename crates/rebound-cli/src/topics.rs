@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics, delete_topics, list_topics};
-use rebound_retry::parse_duration;
-use rebound_service::TopologyArgs;
+use rebound_service::{TopologyArgs, parse_duration_flag};
 use serde::Serialize;
 
 use crate::{OutputFormat, UsageError};
@@ -51,28 +50,27 @@ pub struct TopicsCreateArgs {
     pub min_insync_replicas: Option<i32>,
 
     /// Retention of source and tier topics.
-    #[arg(long, env = "REBOUND_RETENTION", default_value = "7d")]
-    pub retention: String,
+    #[arg(long, env = "REBOUND_RETENTION", default_value = "7d", value_parser = parse_duration_flag)]
+    pub retention: Duration,
 
     /// Retention of the dead-letter topic; must be longer than the source's, so a dead letter
     /// outlives the record it came from long enough to be inspected and replayed.
-    #[arg(long, env = "REBOUND_DLQ_RETENTION", default_value = "28d")]
-    pub dlq_retention: String,
+    #[arg(long, env = "REBOUND_DLQ_RETENTION", default_value = "28d", value_parser = parse_duration_flag)]
+    pub dlq_retention: Duration,
 
     /// How long to wait for the broker to create the topics.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s")]
-    pub timeout: String,
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
+    pub timeout: Duration,
 }
 
 /// The topic specifications the flags describe, validated.
 pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<TopicSpec>> {
-    let retention = parse_duration(&args.retention).context("invalid --retention")?;
-    let dlq_retention = parse_duration(&args.dlq_retention).context("invalid --dlq-retention")?;
+    let (retention, dlq_retention) = (args.retention, args.dlq_retention);
     anyhow::ensure!(
         dlq_retention > retention,
         "invalid --dlq-retention: {} must be longer than --retention {}",
-        args.dlq_retention,
-        args.retention
+        humantime::format_duration(dlq_retention),
+        humantime::format_duration(retention)
     );
     for (flag, count) in [
         ("--partitions", args.partitions),
@@ -124,8 +122,7 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
 /// Creates the pipeline's topics that do not exist yet.
 pub async fn create_pipeline_topics(kafka: &KafkaArgs, args: &TopicsCreateArgs) -> anyhow::Result<Vec<TopicCreation>> {
     let specs = pipeline_topic_specs(args)?;
-    let timeout = parse_duration(&args.timeout).context("invalid --timeout")?;
-    Ok(create_topics(kafka, &specs, timeout).await?)
+    Ok(create_topics(kafka, &specs, args.timeout).await?)
 }
 
 /// Flags of `rebound topics delete`.
@@ -146,8 +143,8 @@ pub struct TopicsDeleteArgs {
     pub output: OutputFormat,
 
     /// How long to wait for the broker to list and delete the topics.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s")]
-    pub timeout: String,
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
+    pub timeout: Duration,
 }
 
 /// An empty prefix would match every topic of the cluster.
@@ -193,7 +190,7 @@ pub async fn delete_topics_with_prefix(
     args: &TopicsDeleteArgs,
 ) -> anyhow::Result<TopicDeletionReport> {
     parse_delete_prefix(&args.prefix).map_err(UsageError)?;
-    let timeout = parse_duration(&args.timeout).context("invalid --timeout")?;
+    let timeout = args.timeout;
     let topics: Vec<String> = list_topics(kafka, timeout)
         .await
         .with_context(|| format!("cannot list the topics on brokers {}", kafka.brokers()))?
@@ -290,5 +287,30 @@ mod tests {
     fn shorter_dlq_retention_is_refused() {
         let error = pipeline_topic_specs(&parse(&["--dlq-retention", "1d"])).expect_err("invalid");
         assert!(error.to_string().contains("--dlq-retention"), "{error}");
+        assert!(
+            error.to_string().contains("1day must be longer than --retention 7days"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_value_that_is_no_duration_is_refused_by_clap_naming_the_flag() {
+        for argv in [
+            &["rebound", "topics", "create", "--retention", "a week"][..],
+            &["rebound", "topics", "create", "--dlq-retention", "28"],
+            &["rebound", "topics", "create", "--timeout", "soon"],
+            &["rebound", "topics", "delete", "--prefix", "b.", "--timeout", "soon"],
+            &["rebound", "dlq", "stats", "--timeout", "soon"],
+            &["rebound", "dlq", "watch", "--interval", "often"],
+        ] {
+            let flag = argv[argv.len() - 2];
+            let error = Cli::try_parse_from(argv).expect_err(flag);
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{argv:?}");
+            let error = error.to_string();
+            assert!(
+                error.contains(flag) && error.contains("not a duration"),
+                "{argv:?}: {error}"
+            );
+        }
     }
 }

@@ -72,9 +72,9 @@ async fn library_call_reports_created_and_existing_topics() {
         dlq_partitions: 1,
         replication_factor: 1,
         min_insync_replicas: Some(1),
-        retention: "1d".to_owned(),
-        dlq_retention: "7d".to_owned(),
-        timeout: "30s".to_owned(),
+        retention: Duration::from_secs(24 * 60 * 60),
+        dlq_retention: Duration::from_secs(7 * 24 * 60 * 60),
+        timeout: Duration::from_secs(30),
     };
     let created = rebound_cli::create_pipeline_topics(&kafka_args(), &args)
         .await

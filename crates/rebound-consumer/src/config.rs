@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
-use rebound_retry::{TierPolicy, parse_duration};
-use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs};
+use rebound_retry::TierPolicy;
+use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs, parse_duration_flag};
 use rebound_sink_store::{SinkSpec, SinkStoreError};
 
 use crate::ConsumerError;
@@ -72,23 +72,23 @@ pub struct ConsumerArgs {
     pub batch_size: usize,
 
     /// Longest wait for more records before a partial batch is processed.
-    #[arg(long, env = "REBOUND_BATCH_LINGER", default_value = "20ms")]
-    pub batch_linger: String,
+    #[arg(long, env = "REBOUND_BATCH_LINGER", default_value = "20ms", value_parser = parse_duration_flag)]
+    pub batch_linger: Duration,
 
     /// Timeout of one HTTP sink request.
-    #[arg(long, env = "REBOUND_HTTP_TIMEOUT", default_value = "10s")]
-    pub http_timeout: String,
+    #[arg(long, env = "REBOUND_HTTP_TIMEOUT", default_value = "10s", value_parser = parse_duration_flag)]
+    pub http_timeout: Duration,
 
     /// Longest time one batch may spend in the HTTP sink; notes without an answer by then are
     /// transient failures. Must stay below `max.poll.interval.ms`, or a receiver that never
     /// answers gets the consumer evicted from its group. Default: half of
     /// `max.poll.interval.ms` (150 s with librdkafka's default of 300 s).
-    #[arg(long, env = "REBOUND_HTTP_BATCH_TIMEOUT")]
-    pub http_batch_timeout: Option<String>,
+    #[arg(long, env = "REBOUND_HTTP_BATCH_TIMEOUT", value_parser = parse_duration_flag)]
+    pub http_batch_timeout: Option<Duration>,
 
     /// How long shutdown may take to finish the batch in hand and commit.
-    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
-    pub shutdown_timeout: String,
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
+    pub shutdown_timeout: Duration,
 }
 
 /// The consumer's validated configuration.
@@ -158,7 +158,6 @@ impl ConsumerArgs {
         if self.batch_size == 0 {
             return Err(invalid("--batch-size", "must be at least 1".to_owned()));
         }
-        let duration = |flag: &str, text: &str| parse_duration(text).map_err(|error| invalid(flag, error.to_string()));
         let failure_injection = match &self.inject_failures {
             None => None,
             Some(spec) => Some((
@@ -178,10 +177,7 @@ impl ConsumerArgs {
             ));
         }
         let max_poll_interval = max_poll_interval(&self.common.kafka)?;
-        let http_batch_timeout = match &self.http_batch_timeout {
-            None => max_poll_interval / 2,
-            Some(text) => duration("--http-batch-timeout", text)?,
-        };
+        let http_batch_timeout = self.http_batch_timeout.unwrap_or(max_poll_interval / 2);
         if http_batch_timeout.is_zero() || http_batch_timeout >= max_poll_interval {
             return Err(invalid(
                 "--http-batch-timeout",
@@ -202,10 +198,10 @@ impl ConsumerArgs {
             failure_injection,
             policy,
             batch_size: self.batch_size,
-            batch_linger: duration("--batch-linger", &self.batch_linger)?,
-            http_timeout: duration("--http-timeout", &self.http_timeout)?,
+            batch_linger: self.batch_linger,
+            http_timeout: self.http_timeout,
             http_batch_timeout,
-            shutdown_timeout: duration("--shutdown-timeout", &self.shutdown_timeout)?,
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
@@ -282,21 +278,25 @@ mod tests {
 
     #[test]
     fn invalid_flags_are_named() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 9] = [
             (&["--sink", "null://", "--sink-journal"], "--sink-journal"),
             (&["--tier", "retry-5s"], "--tier"),
             (&["--sink", "mysql://x"], "--sink"),
             (&["--source-topic", "dlq"], "would loop"),
             (&["--batch-linger", "soon"], "--batch-linger"),
+            (&["--http-timeout", "10"], "--http-timeout"),
+            (&["--http-batch-timeout", "later"], "--http-batch-timeout"),
+            (&["--shutdown-timeout", "a while"], "--shutdown-timeout"),
             (&["--http-batch-timeout", "5m"], "below max.poll.interval.ms"),
         ];
         for (flags, expected) in cases {
             let mut argv = vec!["rebound-consumer"];
             argv.extend_from_slice(flags);
-            let error = ConsumerArgs::parse_from(argv)
-                .into_config()
-                .expect_err(expected)
-                .to_string();
+            // A value that is no duration is refused by clap, the rest by `into_config`.
+            let error = match ConsumerArgs::try_parse_from(argv) {
+                Err(error) => error.to_string(),
+                Ok(args) => args.into_config().expect_err(expected).to_string(),
+            };
             assert!(error.contains(expected), "{error}");
         }
     }

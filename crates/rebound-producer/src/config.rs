@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
-use rebound_retry::{apply_topic_prefix, parse_duration};
-use rebound_service::{CommonArgs, OperationalArgs};
+use rebound_retry::apply_topic_prefix;
+use rebound_service::{CommonArgs, OperationalArgs, parse_duration_flag};
 
 use crate::ProducerError;
 use crate::flags::FlagsSource;
@@ -73,12 +73,12 @@ pub struct OutboxArgs {
     pub flags_url: Option<String>,
 
     /// How often the flags file or URL is checked.
-    #[arg(long, env = "REBOUND_FLAGS_POLL_INTERVAL", default_value = "2s")]
-    pub flags_poll_interval: String,
+    #[arg(long, env = "REBOUND_FLAGS_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration_flag)]
+    pub flags_poll_interval: Duration,
 
     /// How long Kafka gets to acknowledge one note before the send counts as failed.
-    #[arg(long, env = "REBOUND_SEND_TIMEOUT", default_value = "30s")]
-    pub send_timeout: String,
+    #[arg(long, env = "REBOUND_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
+    pub send_timeout: Duration,
 
     /// Most bytes of notes the relay reads from the outbox and keeps in flight per round (a
     /// single larger note still goes, alone). Bounds the relay's memory whatever the notes' size.
@@ -120,8 +120,8 @@ pub struct SendArgs {
     /// How long to wait for Kafka to acknowledge every note.
     // Not `REBOUND_TIMEOUT`: that variable is the `rebound` CLI's broker wait (30 s), and one
     // variable set for both would silently change this 60 s default as well.
-    #[arg(long, env = "REBOUND_SEND_RUN_TIMEOUT", default_value = "60s")]
-    pub timeout: String,
+    #[arg(long, env = "REBOUND_SEND_RUN_TIMEOUT", default_value = "60s", value_parser = parse_duration_flag)]
+    pub timeout: Duration,
 
     /// Publish straight to Kafka, skipping the durable outbox: nothing is kept if the process
     /// or the broker fails mid-way. It exists so that scripts/bench.sh can measure what the
@@ -334,7 +334,7 @@ impl SendArgs {
         let outbox = self.outbox.into_config()?;
         Ok(SendConfig {
             input,
-            timeout: duration("--timeout", &self.timeout)?,
+            timeout: self.timeout,
             delivery,
             outbox: (!self.no_outbox).then_some(outbox),
         })
@@ -358,13 +358,13 @@ impl GenerateArgs {
 
 impl OutboxArgs {
     fn delivery(&self, record_limit: RecordSizeLimit) -> Result<DeliveryConfig, ProducerError> {
-        let send_timeout = duration("--send-timeout", &self.send_timeout)?;
+        let send_timeout = self.send_timeout;
         if send_timeout > MAX_SEND_TIMEOUT {
             return Err(invalid(
                 "--send-timeout",
                 format!(
-                    "{:?} is over librdkafka's limit for message.timeout.ms ({} ms)",
-                    self.send_timeout,
+                    "{} is over librdkafka's limit for message.timeout.ms ({} ms)",
+                    humantime::format_duration(send_timeout),
                     MAX_SEND_TIMEOUT.as_millis()
                 ),
             ));
@@ -376,7 +376,7 @@ impl OutboxArgs {
     }
 
     fn into_config(self) -> Result<OutboxConfig, ProducerError> {
-        let poll = duration("--flags-poll-interval", &self.flags_poll_interval)?;
+        let poll = self.flags_poll_interval;
         if poll.is_zero() {
             return Err(invalid("--flags-poll-interval", "must be above 0".to_owned()));
         }
@@ -411,10 +411,6 @@ fn checked_flags_url(url: String) -> Result<String, ProducerError> {
     }
 }
 
-fn duration(flag: &str, text: &str) -> Result<Duration, ProducerError> {
-    parse_duration(text).map_err(|error| invalid(flag, error.to_string()))
-}
-
 fn invalid(flag: &str, reason: String) -> ProducerError {
     ProducerError::InvalidFlag {
         flag: flag.to_owned(),
@@ -432,6 +428,17 @@ mod tests {
         let mut argv = vec!["rebound-producer"];
         argv.extend_from_slice(flags);
         ProducerArgs::parse_from(argv).into_config()
+    }
+
+    /// The error of flags that clap refuses (a value that is no duration) or `into_config`
+    /// refuses (the rest), as a person would read it.
+    fn flag_error(flags: &[&str]) -> String {
+        let mut argv = vec!["rebound-producer"];
+        argv.extend_from_slice(flags);
+        match ProducerArgs::try_parse_from(argv) {
+            Err(error) => error.to_string(),
+            Ok(args) => args.into_config().expect_err("invalid").to_string(),
+        }
     }
 
     #[test]
@@ -527,7 +534,7 @@ mod tests {
             (&["-X", "message.max.bytes=10", "generate"], "message.max.bytes"),
         ];
         for (flags, expected) in cases {
-            let error = config(flags).expect_err(expected).to_string();
+            let error = flag_error(flags);
             assert!(error.contains(expected), "{flags:?}: {error}");
         }
     }

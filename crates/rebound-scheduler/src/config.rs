@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
-use rebound_retry::{TierPolicy, parse_duration};
-use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs};
+use rebound_retry::TierPolicy;
+use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs, parse_duration_flag};
 
 use crate::SchedulerError;
 use crate::holdings::ReadAhead;
@@ -41,8 +41,8 @@ pub struct SchedulerArgs {
     /// How far ahead a partition is read: a partition whose newest held record is due this far
     /// in the future is paused, and resumes when that is down to half. Must be longer than a
     /// fetch takes, so the next records arrive before they are due.
-    #[arg(long, env = "REBOUND_READ_AHEAD_TIME", default_value = "4s")]
-    pub read_ahead_time: String,
+    #[arg(long, env = "REBOUND_READ_AHEAD_TIME", default_value = "4s", value_parser = parse_duration_flag)]
+    pub read_ahead_time: Duration,
 
     /// Most bytes (keys, values, headers) held in memory across all partitions: every partition
     /// is paused when this much is held, and fetching resumes once it is down to half. Accepts
@@ -53,12 +53,12 @@ pub struct SchedulerArgs {
     /// Furthest a `retry.due.timestamp` may lie ahead. A record due later is bad input (a
     /// corrupted header, a producer's clock far off) and goes to the DLQ as poison; no record is
     /// ever released before its due time.
-    #[arg(long, env = "REBOUND_MAX_DUE_AHEAD", default_value = "30d")]
-    pub max_due_ahead: String,
+    #[arg(long, env = "REBOUND_MAX_DUE_AHEAD", default_value = "30d", value_parser = parse_duration_flag)]
+    pub max_due_ahead: Duration,
 
     /// How long shutdown may take to commit.
-    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s")]
-    pub shutdown_timeout: String,
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
+    pub shutdown_timeout: Duration,
 }
 
 /// The scheduler's validated configuration.
@@ -106,25 +106,21 @@ impl SchedulerArgs {
                 format!("{:?} is less than 1MiB", self.read_ahead_bytes),
             ));
         }
-        let max_due_ahead =
-            parse_duration(&self.max_due_ahead).map_err(|error| invalid("--max-due-ahead", error.to_string()))?;
-        if max_due_ahead.is_zero() {
+        if self.max_due_ahead.is_zero() {
             return Err(invalid("--max-due-ahead", "must be longer than 0".to_owned()));
         }
         Ok(SchedulerConfig {
             read_ahead: ReadAhead {
                 max_records: self.read_ahead,
-                max_time: parse_duration(&self.read_ahead_time)
-                    .map_err(|error| invalid("--read-ahead-time", error.to_string()))?,
+                max_time: self.read_ahead_time,
                 max_bytes,
             },
-            max_due_ahead,
+            max_due_ahead: self.max_due_ahead,
             metrics_listen: self.operational.metrics_listen,
             kafka: self.common.kafka,
             group: self.group,
             policy,
-            shutdown_timeout: parse_duration(&self.shutdown_timeout)
-                .map_err(|error| invalid("--shutdown-timeout", error.to_string()))?,
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
@@ -210,11 +206,14 @@ mod tests {
             ("--read-ahead-bytes", "1000"),
             ("--max-due-ahead", "0s"),
             ("--max-due-ahead", "soon"),
+            ("--read-ahead-time", "4"),
+            ("--shutdown-timeout", "a while"),
         ] {
-            let error = SchedulerArgs::parse_from(["rebound-scheduler", flag, value])
-                .into_config()
-                .expect_err("invalid")
-                .to_string();
+            // A value that is no duration is refused by clap, the rest by `into_config`.
+            let error = match SchedulerArgs::try_parse_from(["rebound-scheduler", flag, value]) {
+                Err(error) => error.to_string(),
+                Ok(args) => args.into_config().expect_err("invalid").to_string(),
+            };
             assert!(error.contains(flag), "{error}");
         }
     }

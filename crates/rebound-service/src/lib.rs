@@ -84,6 +84,20 @@ pub struct CommonArgs {
     pub otlp_endpoint: Option<String>,
 }
 
+/// The value parser of every duration flag (`value_parser = parse_duration_flag`), so that a
+/// bad value is refused by clap itself (exit code 2, the flag named in its message) and every
+/// binary reads durations alike: a number and a unit, such as `250ms`, `5s`, `1m` or `1h 30m`.
+/// Checks that are more than parsing (above 0, below a limit) stay with each binary's
+/// validation.
+pub fn parse_duration_flag(text: &str) -> Result<std::time::Duration, String> {
+    rebound_retry::parse_duration(text).map_err(|error| match error {
+        rebound_retry::RetryError::ParseDuration { reason, .. } => {
+            format!("not a duration ({reason}); use a number and a unit, such as 250ms, 5s, 1m or 1h 30m")
+        }
+        other => other.to_string(),
+    })
+}
+
 /// Milliseconds since the Unix epoch by the wall clock, as Kafka timestamps and the retry
 /// headers count time. A clock before 1970 reads as 0.
 pub fn now_epoch_ms() -> i64 {
@@ -91,4 +105,25 @@ pub fn now_epoch_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration_flag;
+
+    #[test]
+    fn duration_flags_take_a_number_and_a_unit() {
+        assert_eq!(parse_duration_flag("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration_flag(" 1h 30m "), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_duration_flag("30d"), Ok(Duration::from_secs(30 * 24 * 60 * 60)));
+        for bad in ["soon", "5", "", "-1s", "5 parsecs"] {
+            let error = parse_duration_flag(bad).expect_err(bad);
+            assert!(
+                error.starts_with("not a duration (") && error.contains("such as 250ms"),
+                "{bad:?}: {error}"
+            );
+        }
+    }
 }

@@ -19,9 +19,9 @@ pub use filter::{DlqFilter, DlqFilterArgs};
 pub use inspect::{DlqInspectArgs, inspect_dead_letters};
 pub use letter::DeadLetter;
 use rebound_kafka::{KafkaArgs, TopicScan, read_replay_ledger};
-use rebound_retry::{ReplayLedger, parse_duration};
+use rebound_retry::ReplayLedger;
 use rebound_schema::NoteCodec;
-use rebound_service::TopicNamingArgs;
+use rebound_service::{TopicNamingArgs, parse_duration_flag};
 pub use replay::{DlqReplayArgs, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, replay_dead_letters};
 use serde_json::json;
 pub use stats::{DlqStats, DlqStatsArgs, StatsGroup, dlq_stats};
@@ -56,12 +56,8 @@ pub struct DlqTopicArgs {
     pub ledger_topic: Option<String>,
 
     /// How long to wait for the broker before giving up.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
     pub timeout: Duration,
-}
-
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    parse_duration(text).map_err(|error| error.to_string())
 }
 
 impl DlqTopicArgs {

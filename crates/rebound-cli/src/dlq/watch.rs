@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use rebound_kafka::{KafkaArgs, fetch_dlq_backlog};
-use rebound_service::{OperationalArgs, Readiness, Shutdown, events, now_epoch_ms, serve_operational_endpoints};
+use rebound_service::{
+    OperationalArgs, Readiness, Shutdown, events, now_epoch_ms, parse_duration_flag, serve_operational_endpoints,
+};
 use std::sync::Arc;
 
 use super::DlqTopicArgs;
@@ -27,7 +29,7 @@ pub struct DlqWatchArgs {
     pub webhook: Option<String>,
 
     /// How often to check the backlog.
-    #[arg(long, env = "REBOUND_DLQ_WATCH_INTERVAL", default_value = "30s", value_parser = super::parse_timeout)]
+    #[arg(long, env = "REBOUND_DLQ_WATCH_INTERVAL", default_value = "30s", value_parser = parse_duration_flag)]
     pub interval: Duration,
 
     /// Metrics and health endpoints.
