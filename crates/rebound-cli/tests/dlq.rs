@@ -15,13 +15,11 @@ use rebound_consumer::ConsumerArgs;
 use rebound_kafka::{ConsumedRecord, fetch_dlq_backlog, read_replay_ledger, topic_exists};
 use rebound_retry::{RecordHeaders, contract, error_fingerprint};
 use rebound_schema::NoteCodec;
-use rebound_service::Shutdown;
 use rebound_testkit::{
-    ScriptedHttpSink, broker, create_test_topics, kafka_args, note, produce_raw, read_all, unique_prefix, wait_for,
-    wait_for_records,
+    RunningService, ScriptedHttpSink, broker, create_test_topics, kafka_args, note, produce_raw, read_all,
+    unique_prefix, wait_for, wait_for_records,
 };
 use serde_json::Value;
-use tokio::task::JoinHandle;
 
 const TOPICS: [&str; 4] = ["notes", "retry-5s", "retry-1m", "dlq"];
 const UNPROCESSABLE: &str = "http sink answered 422 Unprocessable Entity";
@@ -39,10 +37,7 @@ fn status_before_fix(note_id: &str) -> u16 {
 }
 
 /// A consumer running in this process.
-struct RunningConsumer {
-    shutdown: Shutdown,
-    handle: JoinHandle<Result<(), String>>,
-}
+struct RunningConsumer(RunningService);
 
 impl RunningConsumer {
     fn start(prefix: &str, group: &str, sink_url: &str) -> Self {
@@ -66,23 +61,13 @@ impl RunningConsumer {
         ])
         .into_config()
         .expect("valid consumer flags");
-        let shutdown = Shutdown::new();
-        let listener = shutdown.clone();
-        let handle = tokio::spawn(async move {
-            rebound_consumer::run(config, listener)
-                .await
-                .map_err(|error| error.to_string())
-        });
-        Self { shutdown, handle }
+        Self(RunningService::spawn("consumer", |shutdown| {
+            rebound_consumer::run(config, shutdown)
+        }))
     }
 
     async fn stop(self) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
-            .await
-            .expect("consumer stops within 60 s")
-            .expect("consumer task does not panic")
-            .expect("consumer exits cleanly");
+        self.0.stop().await;
     }
 }
 

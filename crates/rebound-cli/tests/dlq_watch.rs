@@ -13,9 +13,9 @@ use axum::routing::post;
 use clap::Parser as _;
 use rebound_cli::{Cli, Command as CliCommand, DlqCommand};
 use rebound_retry::{RecordHeaders, contract};
-use rebound_service::Shutdown;
 use rebound_testkit::{
-    broker, create_test_topics, free_local_port, kafka_args, produce_raw, unique_prefix, wait_for, wait_for_http_ok,
+    RunningService, broker, create_test_topics, free_local_port, kafka_args, produce_raw, unique_prefix, wait_for,
+    wait_for_http_ok,
 };
 use serde_json::Value;
 
@@ -86,11 +86,9 @@ async fn watch_notifies_once_on_crossing_and_once_on_recovery() {
     let CliCommand::Dlq(DlqCommand::Watch(args)) = cli.command else {
         panic!("parsed dlq watch");
     };
-    let shutdown = Shutdown::new();
-    let watcher = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { rebound_cli::watch_dead_letters(&kafka_args(), &args, shutdown).await })
-    };
+    let watcher = RunningService::spawn("dlq watch", |shutdown| async move {
+        rebound_cli::watch_dead_letters(&kafka_args(), &args, shutdown).await
+    });
     wait_for_http_ok(&format!("http://{metrics_listen}/readyz"), Duration::from_secs(30)).await;
     let metrics_url = format!("http://{metrics_listen}/metrics");
     let depth_series = format!("rebound_dlq_depth_records{{topic=\"{prefix}dlq\"}}");
@@ -164,6 +162,5 @@ async fn watch_notifies_once_on_crossing_and_once_on_recovery() {
         notifications.contains("rebound_dlq_notifications_total"),
         "{notifications}"
     );
-    shutdown.trigger();
-    watcher.await.expect("watcher task").expect("watcher exits cleanly");
+    watcher.stop().await;
 }

@@ -9,16 +9,14 @@ use clap::Parser as _;
 use rebound_kafka::{ConsumedRecord, OutgoingRecord, fetch_committed_offsets};
 use rebound_retry::{RecordHeaders, contract};
 use rebound_scheduler::SchedulerArgs;
-use rebound_service::{Shutdown, now_epoch_ms};
+use rebound_service::now_epoch_ms;
 use rebound_testkit::{
-    broker, create_test_topics, create_test_topics_with_config, incompressible_bytes, kafka_args, producer, read_all,
-    unique_prefix, wait_for, wait_for_records,
+    RunningService, broker, create_test_topics, create_test_topics_with_config, incompressible_bytes, kafka_args,
+    producer, read_all, unique_prefix, wait_for, wait_for_records,
 };
-use tokio::task::JoinHandle;
 
 struct RunningScheduler {
-    shutdown: Shutdown,
-    handle: JoinHandle<Result<(), String>>,
+    service: RunningService,
     group: String,
 }
 
@@ -38,16 +36,8 @@ impl RunningScheduler {
             "retry-5s:5s",
         ];
         let config = SchedulerArgs::parse_from(argv).into_config().expect("valid flags");
-        let shutdown = Shutdown::new();
-        let listener = shutdown.clone();
-        let handle = tokio::spawn(async move {
-            rebound_scheduler::run(config, listener)
-                .await
-                .map_err(|error| error.to_string())
-        });
         Self {
-            shutdown,
-            handle,
+            service: RunningService::spawn("scheduler", |shutdown| rebound_scheduler::run(config, shutdown)),
             group,
         }
     }
@@ -55,12 +45,7 @@ impl RunningScheduler {
     /// Stops the scheduler and asserts it neither panicked nor failed, then that it committed
     /// its tier partition 0 up to `end`: nothing is left stuck.
     async fn stop_with_committed(self, prefix: &str, end: i64) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
-            .await
-            .expect("stops within 60 s")
-            .expect("does not panic")
-            .expect("exits cleanly");
+        self.service.stop().await;
         let committed = fetch_committed_offsets(
             &kafka_args(),
             &self.group,

@@ -7,17 +7,13 @@ use clap::Parser as _;
 use rebound_kafka::{ConsumedRecord, OutgoingRecord, alter_topic_config, fetch_committed_offsets};
 use rebound_retry::{RecordHeaders, contract};
 use rebound_scheduler::SchedulerArgs;
-use rebound_service::{Shutdown, now_epoch_ms};
+use rebound_service::now_epoch_ms;
 use rebound_testkit::{
-    broker, create_test_topics, create_test_topics_with_config, kafka_args, producer, read_all, unique_prefix,
-    wait_for, wait_for_records,
+    RunningService, broker, create_test_topics, create_test_topics_with_config, kafka_args, producer, read_all,
+    unique_prefix, wait_for, wait_for_records,
 };
-use tokio::task::JoinHandle;
 
-struct RunningScheduler {
-    shutdown: Shutdown,
-    handle: JoinHandle<Result<(), String>>,
-}
+struct RunningScheduler(RunningService);
 
 impl RunningScheduler {
     fn start(prefix: &str, extra_flags: &[&str]) -> Self {
@@ -41,23 +37,13 @@ impl RunningScheduler {
         ];
         argv.extend_from_slice(extra_flags);
         let config = SchedulerArgs::parse_from(argv).into_config().expect("valid flags");
-        let shutdown = Shutdown::new();
-        let listener = shutdown.clone();
-        let handle = tokio::spawn(async move {
-            rebound_scheduler::run(config, listener)
-                .await
-                .map_err(|error| error.to_string())
-        });
-        Self { shutdown, handle }
+        Self(RunningService::spawn("scheduler", |shutdown| {
+            rebound_scheduler::run(config, shutdown)
+        }))
     }
 
     async fn stop(self) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
-            .await
-            .expect("stops within 60 s")
-            .expect("does not panic")
-            .expect("exits cleanly");
+        self.0.stop().await;
     }
 }
 

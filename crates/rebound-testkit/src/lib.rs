@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
 
 mod http_sink;
+mod service;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,6 +24,7 @@ use rebound_kafka::{
 };
 use rebound_retry::RecordHeaders;
 use rebound_schema::{Note, NoteCodec};
+pub use service::{RunningService, STOP_DEADLINE};
 
 /// The environment variable naming the test broker.
 pub const BROKERS_ENV: &str = "REBOUND_TEST_BROKERS";

@@ -6,26 +6,7 @@
 use clap::Parser as _;
 use rebound_consumer::ConsumerArgs;
 use rebound_scheduler::SchedulerArgs;
-use rebound_service::Shutdown;
-use tokio::task::JoinHandle;
-
-/// A service running in this process.
-pub struct RunningService {
-    shutdown: Shutdown,
-    handle: JoinHandle<Result<(), String>>,
-}
-
-impl RunningService {
-    /// Triggers shutdown and waits for a clean exit.
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), self.handle)
-            .await
-            .expect("service stops within 60 s")
-            .expect("service task does not panic");
-        outcome.expect("service exits cleanly");
-    }
-}
+use rebound_testkit::RunningService;
 
 /// Starts a consumer with these flags. The broker is added, and a group of its own unless the
 /// flags name one: tests sharing a group would rebalance each other.
@@ -45,14 +26,7 @@ pub fn start_consumer(flags: &[&str]) -> RunningService {
     let config = ConsumerArgs::parse_from(argv)
         .into_config()
         .expect("valid consumer flags");
-    let shutdown = Shutdown::new();
-    let listener = shutdown.clone();
-    let handle = tokio::spawn(async move {
-        rebound_consumer::run(config, listener)
-            .await
-            .map_err(|error| error.to_string())
-    });
-    RunningService { shutdown, handle }
+    RunningService::spawn("consumer", |shutdown| rebound_consumer::run(config, shutdown))
 }
 
 /// Starts a scheduler with these flags; broker and group are added as for the consumer.
@@ -64,14 +38,7 @@ pub fn start_scheduler(flags: &[&str]) -> RunningService {
     let config = SchedulerArgs::parse_from(argv)
         .into_config()
         .expect("valid scheduler flags");
-    let shutdown = Shutdown::new();
-    let listener = shutdown.clone();
-    let handle = tokio::spawn(async move {
-        rebound_scheduler::run(config, listener)
-            .await
-            .map_err(|error| error.to_string())
-    });
-    RunningService { shutdown, handle }
+    RunningService::spawn("scheduler", |shutdown| rebound_scheduler::run(config, shutdown))
 }
 
 /// The group to use: the one the flags name, else one derived from the `--topic-prefix` flag,

@@ -11,11 +11,10 @@ use clap::Parser as _;
 use common::{start_consumer, start_scheduler};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use rebound_service::Shutdown;
 use rebound_service::trace_context::TRACEPARENT;
 use rebound_testkit::{
-    ScriptedHttpSink, broker, create_test_topics, free_local_port, unique_prefix, wait_for, wait_for_http_ok,
-    wait_for_records,
+    RunningService, ScriptedHttpSink, broker, create_test_topics, free_local_port, unique_prefix, wait_for,
+    wait_for_http_ok, wait_for_records,
 };
 use tracing_subscriber::layer::SubscriberExt as _;
 
@@ -61,9 +60,8 @@ async fn one_trace_spans_producer_consumer_scheduler_and_dlq() {
         "--outbox-dir",
         &outbox_dir,
     ]);
-    let producer_shutdown = Shutdown::new();
     let producer_config = producer_args.into_config().expect("valid producer flags");
-    let producer = tokio::spawn(rebound_producer::run(producer_config, producer_shutdown.clone()));
+    let producer = RunningService::spawn("producer", |shutdown| rebound_producer::run(producer_config, shutdown));
     wait_for_http_ok(&format!("http://{listen}/healthz"), Duration::from_secs(30)).await;
     let response = reqwest::Client::new()
         .post(format!("http://{listen}/v1/notes"))
@@ -77,8 +75,7 @@ async fn one_trace_spans_producer_consumer_scheduler_and_dlq() {
     assert_eq!(response.status().as_u16(), 202);
 
     let dead_letters = wait_for_records(&format!("{prefix}dlq"), 1, Duration::from_secs(60)).await;
-    producer_shutdown.trigger();
-    producer.await.expect("producer task").expect("producer exits cleanly");
+    producer.stop().await;
     consumer.stop().await;
     scheduler.stop().await;
     assert_eq!(sink.requests_for("traced").len(), 2, "failed twice");
