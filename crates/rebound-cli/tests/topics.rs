@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rebound_kafka::{TopicCreation, TopicSpec, create_topics, fetch_partition_counts};
-use rebound_testkit::{broker, kafka_args, unique_prefix};
+use rebound_testkit::{broker, kafka_args, unique_prefix, wait_for};
 
 fn rebound(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rebound"))
@@ -113,22 +113,24 @@ fn unreachable_broker_is_a_clear_failure_with_exit_code_1() {
     assert!(stderr.contains("notes"), "the error names the topics: {stderr}");
 }
 
-/// Topic names on the broker that start with `prefix`, asked again for a while until `wanted`
-/// holds: a deletion takes a moment to reach the metadata.
+/// Topic names on the broker that start with `prefix`, once `wanted` holds for them (a
+/// deletion takes a moment to reach the metadata); fails after 20 s.
 async fn topics_until(prefix: &str, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let give_up = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let topics: Vec<String> = rebound_kafka::list_topics(&kafka_args(), Duration::from_secs(10))
-            .await
-            .expect("topics listed")
-            .into_iter()
-            .filter(|topic| topic.starts_with(prefix))
-            .collect();
-        if wanted(&topics) || std::time::Instant::now() >= give_up {
-            return topics;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let wanted = &wanted;
+    wait_for(
+        &format!("the topics named {prefix}* to match"),
+        Duration::from_secs(20),
+        || async move {
+            let topics: Vec<String> = rebound_kafka::list_topics(&kafka_args(), Duration::from_secs(10))
+                .await
+                .expect("topics listed")
+                .into_iter()
+                .filter(|topic| topic.starts_with(prefix))
+                .collect();
+            wanted(&topics).then_some(topics)
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

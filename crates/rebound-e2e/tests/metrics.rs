@@ -2,6 +2,8 @@
 //! driven through the pipeline move the counters they should. Alone in its test binary, so no
 //! other test's records reach the process-wide metrics recorder.
 
+// The in-process starters are the consumer crate's, shared rather than copied.
+#[path = "../../rebound-consumer/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! Spans are collected by an in-process exporter; this test is alone in its binary because it
 //! installs the process-wide tracing subscriber.
 
+// The in-process starters are the consumer crate's, shared rather than copied.
+#[path = "../../rebound-consumer/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
