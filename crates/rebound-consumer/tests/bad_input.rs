@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start_consumer, start_scheduler};
+use common::start_consumer;
 use rebound_kafka::{
     ConsumedRecord, KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer, fetch_committed_offsets,
 };
@@ -16,22 +16,13 @@ use rebound_schema::NoteCodec;
 use rebound_sink_store::read_all_notes;
 use rebound_testkit::{
     ScriptedHttpSink, broker, create_test_topics, create_test_topics_with_config, incompressible_bytes, kafka_args,
-    note, produce_notes, produce_raw, read_all, unique_prefix, wait_for, wait_for_records,
+    note, produce_notes, produce_raw, read_all, required_header as header, unique_prefix, wait_for, wait_for_records,
 };
 
 const TOPICS: [&str; 4] = ["notes", "retry-5s", "retry-1m", "dlq"];
 const SHORT_TIERS: [&str; 4] = ["--tier", "retry-5s:1s", "--tier", "retry-1m:2s"];
 /// librdkafka's default `message.max.bytes`: the largest record a default producer sends.
 const CLIENT_MESSAGE_LIMIT: usize = 1_000_000;
-
-fn header<'record>(record: &'record ConsumedRecord, key: &str) -> &'record str {
-    record.headers.get_str(key).unwrap_or_else(|| {
-        panic!(
-            "header {key} missing from {:?}",
-            record.headers.get(contract::ERROR_MESSAGE)
-        )
-    })
-}
 
 fn by_key<'records>(records: &'records [ConsumedRecord], key: &str) -> &'records ConsumedRecord {
     records
@@ -264,74 +255,6 @@ async fn value_over_the_consumers_fetch_limit_is_still_consumed_and_dead_lettere
     assert_is_stub(&dead_letters[0], value.len(), &format!("{prefix}dlq"));
     assert_eq!(dead_letters[0].key.as_deref(), Some(b"larger".as_slice()));
     assert_committed_to(&group, &topic, 2).await;
-}
-
-/// Foreign headers a rogue or careless writer might attach: a 256 KiB value, binary values that
-/// are not UTF-8, a null value and a duplicated key.
-fn awkward_foreign_headers() -> RecordHeaders {
-    let mut headers = RecordHeaders::new();
-    headers.push("blob", Some(incompressible_bytes(256 * 1024, 5)));
-    headers.push("binary", Some(vec![0xFF, 0xFE, 0x00, 0x80, 0xC3, 0x28]));
-    headers.push("null-value", None);
-    headers.push("repeated", Some(b"first".to_vec()));
-    headers.push("repeated", Some(vec![0xE2, 0x82]));
-    headers
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_and_non_utf8_foreign_headers_are_carried_byte_exact_to_the_tier_and_the_dlq() {
-    let prefix = unique_prefix("foreign-headers");
-    create_test_topics(&prefix, &TOPICS, 1).await;
-    let topic = format!("{prefix}notes");
-    let foreign = awkward_foreign_headers();
-    produce_raw(&topic, Some(b"poison"), Some(b"not avro"), foreign.clone()).await;
-    let flaky_value = NoteCodec::embedded().encode(&note("flaky", 1)).expect("encodes");
-    produce_raw(&topic, Some(b"flaky"), Some(&flaky_value), foreign.clone()).await;
-
-    let sink =
-        ScriptedHttpSink::start(|note_id, attempt| if note_id == "flaky" && attempt == 1 { 503 } else { 200 }).await;
-    let sink_url = sink.url();
-    let mut flags = vec!["--topic-prefix", prefix.as_str()];
-    flags.extend_from_slice(&SHORT_TIERS);
-    let mut consumer_flags = flags.clone();
-    consumer_flags.extend_from_slice(&["--sink", &sink_url]);
-    let consumer = start_consumer(&consumer_flags);
-    let scheduler = start_scheduler(&flags);
-    wait_for(
-        "flaky applied on its second attempt",
-        Duration::from_secs(60),
-        || async { (sink.requests_for("flaky").len() == 2).then_some(()) },
-    )
-    .await;
-    let dead_letters = wait_for_records(&format!("{prefix}dlq"), 1, Duration::from_secs(30)).await;
-    consumer.stop().await;
-    scheduler.stop().await;
-
-    let expected = foreign_headers(&foreign);
-    let letter = by_key(&dead_letters, "poison");
-    assert_eq!(
-        foreign_headers(&letter.headers),
-        expected,
-        "DLQ copy keeps them byte for byte, in order"
-    );
-    assert_eq!(letter.value.as_deref(), Some(b"not avro".as_slice()));
-    let tier_copy = &read_all(&format!("{prefix}retry-5s")).await[0];
-    assert_eq!(
-        foreign_headers(&tier_copy.headers),
-        expected,
-        "tier copy keeps them too"
-    );
-    assert_eq!(tier_copy.value.as_deref(), Some(flaky_value.as_slice()));
-    let republished = read_all(&topic)
-        .await
-        .into_iter()
-        .find(|record| record.offset == 2)
-        .expect("the scheduler republished flaky");
-    assert_eq!(
-        foreign_headers(&republished.headers),
-        expected,
-        "and the republished copy"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

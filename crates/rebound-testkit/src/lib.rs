@@ -112,6 +112,15 @@ where
     }
 }
 
+/// The value of header `key` on `record` as text; panics naming the key and the headers the
+/// record does carry, so a failed contract assertion says what was there instead.
+pub fn required_header<'record>(record: &'record ConsumedRecord, key: &str) -> &'record str {
+    record.headers.get_str(key).unwrap_or_else(|| {
+        let present: Vec<&str> = record.headers.iter().map(|header| header.key.as_str()).collect();
+        panic!("header {key} missing; the record carries {present:?}")
+    })
+}
+
 /// Every record of a topic as it is now.
 pub async fn read_all(topic: &str) -> Vec<ConsumedRecord> {
     read_topic_to_end(&kafka_args(), topic, Duration::from_secs(60))
