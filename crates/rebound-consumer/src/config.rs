@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::TierPolicy;
-use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs, parse_duration_flag};
+use rebound_service::{CommonArgs, OperationalArgs, TierDelays, TopologyArgs, parse_duration_flag};
 use rebound_sink_store::{SinkSpec, SinkStoreError};
 
 use crate::ConsumerError;
@@ -132,10 +132,7 @@ impl ConsumerArgs {
         let policy = self
             .topology
             .tier_policy(TierDelays::Required)
-            .map_err(|error| match error {
-                ServiceError::InvalidTopology { flag, reason } => invalid(flag, reason),
-                other => invalid("--tier", other.to_string()),
-            })?;
+            .map_err(|error| invalid(error.flag, error.reason))?;
         if self.source_topics.is_empty() {
             return Err(invalid(
                 "--source-topic",

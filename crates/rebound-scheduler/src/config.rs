@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::TierPolicy;
-use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs, parse_duration_flag};
+use rebound_service::{CommonArgs, OperationalArgs, TierDelays, TopologyArgs, parse_duration_flag};
 
 use crate::SchedulerError;
 use crate::holdings::ReadAhead;
@@ -91,10 +91,7 @@ impl SchedulerArgs {
         let policy = self
             .topology
             .tier_policy(TierDelays::FallbackOnly)
-            .map_err(|error| match error {
-                ServiceError::InvalidTopology { flag, reason } => invalid(flag, reason),
-                other => invalid("--tier", other.to_string()),
-            })?;
+            .map_err(|error| invalid(error.flag, error.reason))?;
         if self.read_ahead == 0 {
             return Err(invalid("--read-ahead", "must be at least 1".to_owned()));
         }

@@ -5,8 +5,6 @@
 
 use rebound_retry::{Tier, TierPolicy, apply_topic_prefix, parse_tier_spec};
 
-use crate::ServiceError;
-
 /// The tiers every binary uses unless told otherwise.
 pub const DEFAULT_TIERS: [&str; 2] = ["retry-5s:5s", "retry-1m:1m"];
 
@@ -65,11 +63,22 @@ pub enum TierDelays {
     FallbackOnly,
 }
 
+/// A flag whose value does not make a pipeline: which flag, and what is wrong. Each service maps
+/// it into its own error enum with one `map_err`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {flag}: {reason}")]
+pub struct InvalidFlag {
+    /// The flag, or flags, at fault.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
 impl TopologyArgs {
     /// The validated tier policy: tiers in order, distinct from each other and from the DLQ,
     /// every name prefixed.
-    pub fn tier_policy(&self, delays: TierDelays) -> Result<TierPolicy, ServiceError> {
-        let invalid = |flag: &'static str, reason: String| ServiceError::InvalidTopology { flag, reason };
+    pub fn tier_policy(&self, delays: TierDelays) -> Result<TierPolicy, InvalidFlag> {
+        let invalid = |flag: &'static str, reason: String| InvalidFlag { flag, reason };
         let tiers: Vec<Tier> = self
             .tiers
             .iter()
@@ -131,10 +140,7 @@ mod tests {
         let policy = topology.tier_policy(TierDelays::FallbackOnly).expect("valid");
         assert_eq!(policy.tiers()[0].delay.as_secs(), 0);
         let error = topology.tier_policy(TierDelays::Required).expect_err("needs a delay");
-        assert!(
-            matches!(error, ServiceError::InvalidTopology { flag: "--tier", .. }),
-            "{error}"
-        );
+        assert!(error.flag == "--tier", "{error}");
         assert_eq!(topology.tier_names(), vec!["retry-5s", "retry-1m"]);
     }
 
@@ -152,15 +158,6 @@ mod tests {
         let error = parse(&["--tier", "dlq:5s"])
             .tier_policy(TierDelays::Required)
             .expect_err("loops");
-        assert!(
-            matches!(
-                error,
-                ServiceError::InvalidTopology {
-                    flag: "--tier/--dlq-topic",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert_eq!(error.flag, "--tier/--dlq-topic", "{error}");
     }
 }
