@@ -9,12 +9,11 @@ mod common;
 use std::time::Duration;
 
 use common::{start_consumer, start_scheduler};
-use rebound_kafka::ConsumedRecord;
 use rebound_retry::{RecordHeaders, contract};
 use rebound_schema::NoteCodec;
 use rebound_testkit::{
-    ScriptedHttpSink, create_test_topics, incompressible_bytes, note, produce_raw, read_all, required_header as header,
-    unique_prefix, wait_for, wait_for_records,
+    ScriptedHttpSink, assert_history_headers_at_most_once, create_test_topics, foreign_headers, incompressible_bytes,
+    note, produce_raw, read_all, record_keyed, required_header as header, unique_prefix, wait_for, wait_for_records,
 };
 
 const TOPICS: [&str; 4] = ["notes", "retry-5s", "retry-1m", "dlq"];
@@ -29,27 +28,6 @@ async fn produce_note_with_user_header(topic: &str, note_id: &str) -> Vec<u8> {
     );
     produce_raw(topic, Some(note_id.as_bytes()), Some(&value), headers).await;
     value
-}
-
-fn by_key<'records>(records: &'records [ConsumedRecord], key: &str) -> &'records ConsumedRecord {
-    records
-        .iter()
-        .find(|record| record.key.as_deref() == Some(key.as_bytes()))
-        .unwrap_or_else(|| panic!("no record keyed {key}"))
-}
-
-/// The headers a copy must carry over unchanged: all but the contract's and `traceparent`, which
-/// every hop replaces.
-fn foreign_headers(headers: &RecordHeaders) -> Vec<(String, Option<Vec<u8>>)> {
-    headers
-        .iter()
-        .filter(|header| {
-            !contract::FAILURE_HISTORY_KEYS.contains(&header.key.as_str())
-                && !contract::DLQ_KEYS.contains(&header.key.as_str())
-                && header.key != "traceparent"
-        })
-        .map(|header| (header.key.clone(), header.value.clone()))
-        .collect()
 }
 
 /// Foreign headers a rogue or careless writer might attach: a 256 KiB value, binary values that
@@ -185,9 +163,7 @@ async fn always_transient_walks_both_tiers_then_dead_letters_with_full_headers()
     assert_eq!(header(letter, contract::DLQ_ERRORS_DELIVERY_COUNT), "3");
     assert!(header(letter, contract::DLQ_ERRORS_MESSAGE).contains("503"));
     header(letter, contract::DLQ_ERRORS_PARTITION);
-    for key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
-        assert!(letter.headers.count(key) <= 1, "{key} appears at most once");
-    }
+    assert_history_headers_at_most_once(letter, "the dead letter");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +196,7 @@ async fn huge_and_non_utf8_foreign_headers_are_carried_byte_exact_to_the_tier_an
     scheduler.stop().await;
 
     let expected = foreign_headers(&foreign);
-    let letter = by_key(&dead_letters, "poison");
+    let letter = record_keyed(&dead_letters, "poison");
     assert_eq!(
         foreign_headers(&letter.headers),
         expected,

@@ -10,6 +10,9 @@
 mod http_sink;
 mod service;
 
+mod records;
+pub use records::{assert_history_headers_at_most_once, foreign_headers, metric_sample, record_keyed, required_header};
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::ToSocketAddrs as _;
@@ -110,15 +113,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The value of header `key` on `record` as text; panics naming the key and the headers the
-/// record does carry, so a failed contract assertion says what was there instead.
-pub fn required_header<'record>(record: &'record ConsumedRecord, key: &str) -> &'record str {
-    record.headers.get_str(key).unwrap_or_else(|| {
-        let present: Vec<&str> = record.headers.iter().map(|header| header.key.as_str()).collect();
-        panic!("header {key} missing; the record carries {present:?}")
-    })
 }
 
 /// Every record of a topic as it is now.
