@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics, delete_topics, list_topics};
-use rebound_service::{TopologyArgs, parse_duration_flag};
+use rebound_service::{SourceTopicArgs, TopologyArgs, parse_duration_flag};
 use serde::Serialize;
 
 use crate::{OutputFormat, UsageError};
@@ -15,14 +15,9 @@ use crate::{OutputFormat, UsageError};
 /// Flags of `rebound topics create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopicsCreateArgs {
-    /// Source topic (repeatable).
-    #[arg(
-        long = "source-topic",
-        env = "REBOUND_SOURCE_TOPICS",
-        value_delimiter = ',',
-        default_value = "notes"
-    )]
-    pub source_topics: Vec<String>,
+    /// The source topics.
+    #[command(flatten)]
+    pub sources: SourceTopicArgs,
 
     /// Tiers, DLQ and topic prefix, shared with the services (only the tiers' names are used).
     #[command(flatten)]
@@ -104,6 +99,7 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
         }
     };
     let mut specs: Vec<TopicSpec> = args
+        .sources
         .source_topics
         .iter()
         .map(|topic| spec(topic, args.partitions, retention))

@@ -59,7 +59,9 @@ async fn topics_create_twice_creates_then_leaves_existing_topics_alone() {
 async fn library_call_reports_created_and_existing_topics() {
     let prefix = unique_prefix("topics-lib");
     let args = rebound_cli::TopicsCreateArgs {
-        source_topics: vec!["notes".to_owned()],
+        sources: rebound_service::SourceTopicArgs {
+            source_topics: vec!["notes".to_owned()],
+        },
         topology: rebound_service::TopologyArgs {
             tiers: vec!["retry-5s:5s".to_owned()],
             naming: rebound_service::TopicNamingArgs {

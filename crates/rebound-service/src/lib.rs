@@ -19,7 +19,7 @@ pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone};
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
-pub use topology::{DEFAULT_TIERS, InvalidFlag, TierDelays, TopicNamingArgs, TopologyArgs};
+pub use topology::{DEFAULT_TIERS, InvalidFlag, SourceTopicArgs, TierDelays, TopicNamingArgs, TopologyArgs};
 
 use rebound_kafka::KafkaArgs;
 

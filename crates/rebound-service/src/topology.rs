@@ -33,6 +33,44 @@ impl TopicNamingArgs {
     }
 }
 
+/// The pipeline's source topics: the consumer reads them, the scheduler's records go back to
+/// them, `rebound topics create` creates them and `rebound audit` measures them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceTopicArgs {
+    /// Source topic of the pipeline (repeatable; the topic prefix applies).
+    #[arg(
+        long = "source-topic",
+        env = "REBOUND_SOURCE_TOPICS",
+        value_delimiter = ',',
+        default_value = "notes"
+    )]
+    pub source_topics: Vec<String>,
+}
+
+impl SourceTopicArgs {
+    /// The source topics' full names, with the prefix; at least one, and none that is also a
+    /// tier or the DLQ of `policy` (its records would loop).
+    pub fn prefixed(&self, naming: &TopicNamingArgs, policy: &TierPolicy) -> Result<Vec<String>, InvalidFlag> {
+        let invalid = |reason: String| InvalidFlag {
+            flag: "--source-topic",
+            reason,
+        };
+        if self.source_topics.is_empty() {
+            return Err(invalid("at least one source topic is needed".to_owned()));
+        }
+        let topics: Vec<String> = self.source_topics.iter().map(|topic| naming.prefixed(topic)).collect();
+        if let Some(topic) = topics
+            .iter()
+            .find(|topic| policy.tier_by_topic(topic).is_some() || topic.as_str() == policy.dead_letter_topic())
+        {
+            return Err(invalid(format!(
+                "{topic:?} is also a tier or the DLQ; records would loop"
+            )));
+        }
+        Ok(topics)
+    }
+}
+
 /// The retry tiers and the topic naming.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopologyArgs {
