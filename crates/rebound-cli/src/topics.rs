@@ -53,9 +53,9 @@ pub struct TopicsCreateArgs {
     #[arg(long, env = "REBOUND_DLQ_RETENTION", default_value = "28d", value_parser = parse_duration_flag)]
     pub dlq_retention: Duration,
 
-    /// How long to wait for the broker to create the topics.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub timeout: Duration,
+    /// The broker wait.
+    #[command(flatten)]
+    pub broker_wait: crate::BrokerWaitArgs,
 }
 
 /// The topic specifications the flags describe, validated.
@@ -118,7 +118,7 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
 /// Creates the pipeline's topics that do not exist yet.
 pub async fn create_pipeline_topics(kafka: &KafkaArgs, args: &TopicsCreateArgs) -> anyhow::Result<Vec<TopicCreation>> {
     let specs = pipeline_topic_specs(args)?;
-    Ok(create_topics(kafka, &specs, args.timeout).await?)
+    Ok(create_topics(kafka, &specs, args.broker_wait.timeout).await?)
 }
 
 /// Flags of `rebound topics delete`.
@@ -138,9 +138,9 @@ pub struct TopicsDeleteArgs {
     #[arg(long, env = "REBOUND_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// How long to wait for the broker to list and delete the topics.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub timeout: Duration,
+    /// The broker wait.
+    #[command(flatten)]
+    pub broker_wait: crate::BrokerWaitArgs,
 }
 
 /// An empty prefix would match every topic of the cluster.
@@ -186,7 +186,7 @@ pub async fn delete_topics_with_prefix(
     args: &TopicsDeleteArgs,
 ) -> anyhow::Result<TopicDeletionReport> {
     parse_delete_prefix(&args.prefix).map_err(UsageError)?;
-    let timeout = args.timeout;
+    let timeout = args.broker_wait.timeout;
     let topics: Vec<String> = list_topics(kafka, timeout)
         .await
         .with_context(|| format!("cannot list the topics on brokers {}", kafka.brokers()))?

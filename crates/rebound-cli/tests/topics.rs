@@ -76,7 +76,9 @@ async fn library_call_reports_created_and_existing_topics() {
         min_insync_replicas: Some(1),
         retention: Duration::from_secs(24 * 60 * 60),
         dlq_retention: Duration::from_secs(7 * 24 * 60 * 60),
-        timeout: Duration::from_secs(30),
+        broker_wait: rebound_cli::BrokerWaitArgs {
+            timeout: Duration::from_secs(30),
+        },
     };
     let created = rebound_cli::create_pipeline_topics(&kafka_args(), &args)
         .await

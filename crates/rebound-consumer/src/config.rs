@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::TierPolicy;
-use rebound_service::{CommonArgs, OperationalArgs, SourceTopicArgs, TierDelays, TopologyArgs, parse_duration_flag};
+use rebound_service::{
+    CommonArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs, parse_duration_flag,
+};
 use rebound_sink_store::{SinkSpec, SinkStoreError};
 
 use crate::ConsumerError;
@@ -81,9 +83,9 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_HTTP_BATCH_TIMEOUT", value_parser = parse_duration_flag)]
     pub http_batch_timeout: Option<Duration>,
 
-    /// How long shutdown may take to finish the batch in hand and commit.
-    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub shutdown_timeout: Duration,
+    /// The bound on shutdown.
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 /// The consumer's validated configuration.
@@ -178,7 +180,7 @@ impl ConsumerArgs {
             batch_linger: self.batch_linger,
             http_timeout: self.http_timeout,
             http_batch_timeout,
-            shutdown_timeout: self.shutdown_timeout,
+            shutdown_timeout: self.shutdown.shutdown_timeout,
         })
     }
 }

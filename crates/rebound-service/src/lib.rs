@@ -15,7 +15,7 @@ pub mod trace_context;
 
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
 pub use producer_failure::ProducerFailure;
-pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, stub_for_refused_copy};
+pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, stub_for_refused_copy};
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};

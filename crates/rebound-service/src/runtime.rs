@@ -200,6 +200,16 @@ impl Runtime {
     }
 }
 
+/// The bound on a consume-and-produce service's shutdown, one flag for the consumer and the
+/// scheduler.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShutdownArgs {
+    /// How long shutdown may take to finish the work in hand (the consumer's batch), flush the
+    /// producer and commit.
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = crate::parse_duration_flag)]
+    pub shutdown_timeout: Duration,
+}
+
 /// The bounded dead-letter stub of `record`, whose copy `refused` Kafka refused as too large even
 /// alone (`error`): what both services pass to [`Runtime::send_alone_or_stub`]'s `make_stub`.
 pub fn stub_for_refused_copy(
