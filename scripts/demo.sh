@@ -33,6 +33,8 @@ set -euo pipefail
 readonly PROG=demo
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/prereqs.sh
+source "$SCRIPT_DIR/lib/prereqs.sh"
 
 case ${1:-} in
   "") ;;
@@ -139,7 +141,10 @@ require_running() { # name pid log
 readonly T_START=$SECONDS
 say "run $RUN, files in $REL_DIR/"
 
-command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
+# Rust, a C toolchain and, unless a broker already answers or Docker runs it, Java and Maven:
+# installed here when missing (scripts/lib/prereqs.sh says what and why first).
+# shellcheck disable=SC2046 # the list is words
+prereqs_ensure $(prereqs_for demo)
 readonly PROFILE=${DEMO_PROFILE:-dev}
 case $PROFILE in
   dev) PROFILE_DIR=debug ;;
