@@ -61,6 +61,9 @@ else
   scripts/check-alerts.sh
 fi
 
+say "man pages and shell completions (scripts/man.sh)"
+scripts/man.sh >/dev/null
+
 # Build everything before the broker starts, so its start-up wait does not include compiling.
 say "building tests"
 cargo test --workspace --locked --no-run
