@@ -144,7 +144,7 @@ async fn a_version_that_can_still_come_back_from_a_tier_is_waiting_not_lost() {
     create_test_topics(&prefix, &["notes", "retry-5s", "retry-1m", "dlq"], 1).await;
     let directory = tempfile::tempdir().expect("tempdir");
     let database = directory.path().join("notes.db");
-    let mut sink = SqliteSink::open(&database).expect("opens");
+    let sink = SqliteSink::open(&database).expect("opens");
     let results = sink.apply_batch(vec![item("applied", 1, 0, None)]).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     drop(sink);
