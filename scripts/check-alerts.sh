@@ -4,9 +4,9 @@
 #
 # Usage: scripts/check-alerts.sh
 #
-# Needs promtool and amtool. When either is missing it installs the Debian packages that ship
-# them (`prometheus`, `prometheus-alertmanager`) with apt-get, non-interactively, running
-# `apt-get update` once first; this needs root (or sudo). Nothing is installed when both exist.
+# Needs promtool and amtool. When either is missing scripts/lib/prereqs.sh installs the packages
+# that ship them (Debian/Ubuntu `prometheus`, `prometheus-alertmanager` with apt-get, as root or
+# through sudo; macOS `prometheus`, `alertmanager` with Homebrew). Nothing is installed when both exist.
 #
 # Checks, each counted once:
 #   promtool check rules   deploy/prometheus/alerts.yml
@@ -23,6 +23,8 @@ set -euo pipefail
 readonly PROG=check-alerts.sh SAY_FD=2
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/prereqs.sh
+source "$SCRIPT_DIR/lib/prereqs.sh"
 cd "$REPO"
 
 rules=deploy/prometheus/alerts.yml
@@ -34,29 +36,8 @@ runbook=docs/alerts.md
 # --- tools -------------------------------------------------------------------------------------
 
 ensure_tools() {
-  local missing=()
-  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-  command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
-  if [[ ${#missing[@]} == 0 ]]; then
-    return 0
-  fi
-
-  local as_root=()
-  if [[ $(id -u) != 0 ]]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-      say "promtool/amtool missing and not root (no sudo): install ${missing[*]} first"
-      exit 2
-    fi
-    as_root=(sudo)
-  fi
-
-  say "installing Debian packages: ${missing[*]}"
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends "${missing[@]}" >/dev/null
-
-  command -v promtool >/dev/null 2>&1 || { say "promtool still missing after install"; exit 2; }
-  command -v amtool >/dev/null 2>&1 || { say "amtool still missing after install"; exit 2; }
+  # In a subshell, so that a missing tool ends in this script's own exit status 2.
+  (prereqs_ensure promtool amtool) || exit 2
 }
 
 # --- checks ------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@
 # already answers on REBOUND_KAFKA_PORT (this checkout's or one started elsewhere), creates the pipeline's topics under a fresh per-run prefix (`demo-<epoch>.`,
 # so runs never share topics or consumer groups), produces DEMO_NOTES note versions, and runs the
 # consumer (SQLite sink, injected failures: 10% transient, 1% permanent) and the retry scheduler
-# with their default tiers (retry-5s: 5 s, retry-1m: 1 min). A progress line shows what the
-# services are doing while `rebound audit` is polled until every produced version is accounted
-# for (applied, or in the DLQ: lost = 0). Then it prints the audit's table and a summary.
+# with their default tiers (retry-5s: 5 s, retry-1m: 1 min). `rebound audit --output progress` is
+# polled until every produced version is accounted for (applied, or in the DLQ); its line says
+# what is applied, dead-lettered, waiting in a tier (and when the next is due) or still in
+# flight, and never calls a version lost while it can still arrive. Then the final audit's table
+# (where `lost` is what can no longer arrive), a summary, and three commands to try next against
+# what the run left: inspect the DLQ, replay it, watch its backlog as Prometheus metrics.
 #
 # Everything the demo started (consumer, scheduler, audit, and the broker if it started it) is
 # stopped when it ends, also on failure or Ctrl-C. A broker that was already running is left
@@ -18,8 +21,11 @@
 # or anything fails. A run takes about 1.5 minutes after the build (records that fail twice
 # wait a full minute in retry-1m); the deadline is DEMO_TIMEOUT.
 #
+# On a terminal the progress line is rewritten in place; otherwise a line is printed only when
+# something changed (a wait for a tier is said once, not every few seconds).
+#
 # Files of a run: target/demo/<run>/ (build.log, topics.log, producer.log, ids.log, consumer.log,
-# scheduler.log, notes.db, audit.out, audit.err).
+# scheduler.log, notes.db, progress.out, audit.out, audit.err).
 #
 # Environment:
 #   DEMO_NOTES      note versions to produce (default 5000)
@@ -33,6 +39,8 @@ set -euo pipefail
 readonly PROG=demo
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/prereqs.sh
+source "$SCRIPT_DIR/lib/prereqs.sh"
 
 case ${1:-} in
   "") ;;
@@ -107,13 +115,6 @@ since() {
   if ((s >= 60)); then printf '%dm%02ds' $((s / 60)) $((s % 60)); else printf '%ds' "$s"; fi
 }
 
-# Lines of file $1 containing the fixed string $2 (0 when the file does not exist yet).
-count_lines() {
-  local n
-  n=$(grep -c -F -- "$2" "$1" 2>/dev/null) || true
-  echo "${n:-0}"
-}
-
 # Fails unless the service is still running; then shows the end of its log.
 require_running() { # name pid log
   if ! kill -0 "$2" 2>/dev/null; then
@@ -139,7 +140,10 @@ require_running() { # name pid log
 readonly T_START=$SECONDS
 say "run $RUN, files in $REL_DIR/"
 
-command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
+# Rust, a C toolchain and, unless a broker already answers or Docker runs it, Java and Maven:
+# installed here when missing (scripts/lib/prereqs.sh says what and why first).
+# shellcheck disable=SC2046 # the list is words
+prereqs_ensure $(prereqs_for demo)
 readonly PROFILE=${DEMO_PROFILE:-dev}
 case $PROFILE in
   dev) PROFILE_DIR=debug ;;
@@ -205,10 +209,9 @@ PRODUCE_TIME=$(since "$t")
 say "produced and acknowledged $produced note versions in $PRODUCE_TIME"
 
 # ---------------------------------------------------------------------------------------------
-# 3. Consumer and scheduler, default tiers. `applied` is a debug event; enabling it for the
-# events module alone gives the progress line a per-version count without flooding the logs.
+# 3. Consumer and scheduler, default tiers.
 
-readonly SERVICE_LOG="info,rebound_service::events=debug"
+readonly SERVICE_LOG=info
 readonly CONSUMER_LOG=$RUN_DIR/consumer.log
 readonly SCHEDULER_LOG=$RUN_DIR/scheduler.log
 # On Linux the services run in their own session, so Ctrl-C in the terminal reaches only this
@@ -231,67 +234,66 @@ say "waiting until every version is applied or dead-lettered (audit every ${AUDI
 # 4./5. Progress and audits until lost = 0 or the deadline.
 
 HAVE_SQLITE3=0
-command -v sqlite3 >/dev/null && HAVE_SQLITE3=1
-TTY=0 # on a terminal the progress line is rewritten in place; otherwise a line every 10 s
+prereqs_have sqlite3 && HAVE_SQLITE3=1
+TTY=0 # on a terminal the progress line is rewritten in place; otherwise printed when it changes
 [[ -t 1 ]] && TTY=1
-LOST="?"          # lost versions in the last finished audit
-AUDIT_NOTE=""     # why the last audit had no figure
-AUDIT_START=-1000 # $SECONDS when the last audit started
+PROGRESS="waiting for the first audit"  # the last audit's progress line
+AUDIT_NOTE=""        # why the last audit had no line
+AUDIT_START=-1000    # $SECONDS when the last audit started
 DONE=0
-LAST_PRINT=-1000
+LAST_PRINTED=""      # what the last printed line said, without its clock and countdowns
 
-# Runs the audit in the background; the output goes to audit.out / audit.err.
+# Runs the progress audit in the background; its line goes to progress.out.
 start_audit() {
   RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
-    --topic-prefix "$PREFIX" </dev/null >"$RUN_DIR/audit.out.new" 2>"$RUN_DIR/audit.err.new" &
+    --topic-prefix "$PREFIX" --output progress </dev/null >"$RUN_DIR/progress.out.new" 2>"$RUN_DIR/audit.err.new" &
   AUDIT_PID=$!
   AUDIT_START=$SECONDS
 }
 
-# Collects a finished audit: sets LOST (and DONE when nothing is lost).
+# Collects a finished audit: sets PROGRESS (and DONE when every version is accounted for, which
+# the audit says with exit status 0).
 finish_audit() {
-  local rc=0 lost
+  local rc=0 line
   wait "$AUDIT_PID" 2>/dev/null || rc=$?
   AUDIT_PID=""
-  mv -f "$RUN_DIR/audit.out.new" "$RUN_DIR/audit.out"
+  mv -f "$RUN_DIR/progress.out.new" "$RUN_DIR/progress.out"
   mv -f "$RUN_DIR/audit.err.new" "$RUN_DIR/audit.err"
-  lost=$(awk '$1 == "lost" && NF == 2 { print $2 }' "$RUN_DIR/audit.out")
-  if [[ $lost =~ ^[0-9]+$ ]]; then
-    LOST=$lost AUDIT_NOTE=""
-    if ((rc == 0 && lost == 0)); then DONE=1; fi
+  line=$(head -n 1 "$RUN_DIR/progress.out")
+  if [[ -n $line ]]; then
+    PROGRESS=$line AUDIT_NOTE=""
+    if ((rc == 0)); then DONE=1; fi
   else
-    # No table: the sink may not exist yet, or the audit failed; keep polling.
+    # No line: the sink may not exist yet, or the audit failed; keep polling.
     AUDIT_NOTE=$(grep -m 1 . "$RUN_DIR/audit.err" 2>/dev/null | sed 's/^error: //') || true
     AUDIT_NOTE=${AUDIT_NOTE:-"audit exited with status $rc"}
   fi
 }
 
 progress() {
-  local applied retried republished dead waiting line rows=""
-  applied=$(count_lines "$CONSUMER_LOG" '"message":"applied"')
-  retried=$(count_lines "$CONSUMER_LOG" '"message":"retried"')
-  dead=$(count_lines "$CONSUMER_LOG" '"message":"dead-lettered"')
-  republished=$(count_lines "$SCHEDULER_LOG" '"message":"republished"')
-  dead=$((dead + $(count_lines "$SCHEDULER_LOG" '"message":"dead-lettered by scheduler"')))
-  waiting=$((retried - republished))
-  ((waiting >= 0)) || waiting=0
+  local rows="" line
   if ((HAVE_SQLITE3)) && [[ -f $DB ]]; then
     rows=$(sqlite3 -readonly -cmd '.timeout 1000' "$DB" 'SELECT count(*) FROM notes' 2>/dev/null) || rows=""
     [[ -n $rows ]] && rows=" | notes in sink $rows"
   fi
-  # Lost first: on a narrow terminal the line is cut at the right.
-  line=$(printf '[%6s] lost %s | applied %d/%d | retried %d | republished %d | in tiers %d | dead-lettered %d%s' \
-    "$(since "$T_PIPELINE")" "$LOST" "$applied" "$NOTES" "$retried" "$republished" "$waiting" "$dead" "$rows")
-  [[ -n $AUDIT_NOTE && $LOST == "?" ]] && line+=" | audit: $AUDIT_NOTE"
+  line="$PROGRESS$rows"
+  [[ -n $AUDIT_NOTE ]] && line+=" | audit: $AUDIT_NOTE"
   if ((TTY)); then
     local cols
     cols=$(tput cols 2>/dev/null) || cols=""
     [[ $cols =~ ^[0-9]+$ ]] && ((cols > 20)) || cols=120
+    line=$(printf '[%6s] %s' "$(since "$T_PIPELINE")" "$line")
     printf '\r\033[K%s' "${line:0:cols-1}"
     PROGRESS_OPEN=1
-  elif ((SECONDS - LAST_PRINT >= 10)); then
-    printf '%s\n' "$line"
-    LAST_PRINT=$SECONDS
+  else
+    # Printed when it says something new: the countdowns and the row count alone do not count.
+    local key
+    key=$(printf '%s' "$PROGRESS" | sed -E 's/due (in [0-9][0-9 mins]*( to [0-9][0-9 mins]*)?|now)/due/g')
+    [[ -n $AUDIT_NOTE ]] && key+=" | audit: $AUDIT_NOTE"
+    if [[ $key != "$LAST_PRINTED" ]]; then
+      printf '[%6s] %s\n' "$(since "$T_PIPELINE")" "$line"
+      LAST_PRINTED=$key
+    fi
   fi
 }
 
@@ -313,9 +315,7 @@ if ((!DONE)); then
   # The deadline passed: one last audit, waited for, decides.
   if [[ -n $AUDIT_PID ]]; then kill -TERM "$AUDIT_PID" 2>/dev/null || true; wait "$AUDIT_PID" 2>/dev/null || true; fi
   AUDIT_PID=""
-  warn "deadline of ${TIMEOUT}s reached with $LOST versions lost in the last audit; auditing once more"
-  start_audit
-  finish_audit
+  warn "deadline of ${TIMEOUT}s reached ($PROGRESS); auditing once more"
 fi
 PIPELINE_TIME=$(since "$T_PIPELINE")
 
@@ -327,20 +327,40 @@ CONSUMER_PID="" SCHEDULER_PID=""
 # ---------------------------------------------------------------------------------------------
 # 6. Report.
 
+# The final audit, with the table: `lost` is what can no longer arrive.
+AUDIT_RC=0
+RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
+  --topic-prefix "$PREFIX" </dev/null >"$RUN_DIR/audit.out" 2>"$RUN_DIR/audit.err" || AUDIT_RC=$?
+LOST=$(awk '$1 == "lost" && NF == 2 { print $2 }' "$RUN_DIR/audit.out")
+((AUDIT_RC == 0)) || DONE=0
 echo
 echo "Accounting ($REL_DIR/audit.out):"
 cat "$RUN_DIR/audit.out"
 echo
 if ((DONE)); then
   say "all $NOTES note versions accounted for (applied or dead-lettered), lost = 0"
+elif [[ $LOST == 0 ]]; then
+  say "FAILED: nothing is lost, but not every version arrived within the ${TIMEOUT}s deadline:" \
+    "$(sed 's/^error: //' "$RUN_DIR/audit.err")"
 else
-  say "FAILED: lost = $LOST after the ${TIMEOUT}s deadline (a record that fails twice needs about" \
-    "70 s to come back from retry-1m; the logs show where the rest went)"
+  say "FAILED: lost = ${LOST:-?} after the ${TIMEOUT}s deadline (the logs show where the rest went)"
   [[ -s $RUN_DIR/audit.err ]] && cat "$RUN_DIR/audit.err" >&2
 fi
 say "timings: build $BUILD_TIME, Kafka $KAFKA_TIME, produce $PRODUCE_TIME, consumer/scheduler" \
   "$PIPELINE_TIME, total $(since "$T_START")"
 say "logs: $REL_DIR/consumer.log, $REL_DIR/scheduler.log, $REL_DIR/producer.log (JSON lines);" \
   "sink $REL_DIR/notes.db, ids $REL_DIR/ids.log; topics $PREFIX*"
+
+# What to try next, against the topics this run left (the binaries as built; `cargo install`, in
+# the README, puts them on the PATH).
+REL_BIN=${BIN#"$REPO/"}
+BROKER_FLAG=""
+[[ $BROKERS == 127.0.0.1:9092 ]] || BROKER_FLAG=" --brokers $BROKERS"
+echo
+echo "Next, against what this run left in Kafka:"
+echo "  $REL_BIN/rebound$BROKER_FLAG dlq inspect --topic-prefix $PREFIX --limit 3      # why each dead letter failed"
+echo "  $REL_BIN/rebound$BROKER_FLAG dlq replay --topic-prefix $PREFIX --dry-run       # what a redrive would send back"
+echo "  $REL_BIN/rebound$BROKER_FLAG dlq watch --topic-prefix $PREFIX --metrics-listen 127.0.0.1:9464" \
+  "   # then: curl -s 127.0.0.1:9464/metrics | grep rebound_dlq"
 ((DONE)) || exit 1
 exit 0

@@ -354,8 +354,10 @@ echo "Figures ($REL_DIR/figures.txt):"
 cat "$RUN_DIR/figures.txt"
 echo
 say "total $((SECONDS - T_START)) s"
-if [[ $LOST != 0 ]]; then
+if [[ $LOST != 0 || $audit_rc != 0 ]]; then
+  # The audit exits 0 only when every version is applied or dead-lettered: lost = 0 with a
+  # failed audit means versions still waiting in a tier at the deadline.
   [[ -s $RUN_DIR/audit.err ]] && cat "$RUN_DIR/audit.err" >&2
-  die "lost = $LOST after the ${TIMEOUT}s deadline"
+  die "lost = $LOST after the ${TIMEOUT}s deadline (audit exit status $audit_rc)"
 fi
 say "lost = 0: every acknowledged note version was applied or dead-lettered across the failover"

@@ -413,9 +413,12 @@ say "waiting until all $ACCEPTED accepted versions are applied or dead-lettered 
 while ((SECONDS < DEADLINE)); do
   check_instances
   t=$SECONDS
-  run_audit "$RUN_DIR/audit-poll.out" || true
+  poll_rc=0
+  run_audit "$RUN_DIR/audit-poll.out" || poll_rc=$?
   LOST=$(figure "$RUN_DIR/audit-poll.out" lost)
-  [[ $LOST == 0 ]] && break
+  # Exit status 0: every version applied or dead-lettered. lost = 0 alone is not enough, since
+  # versions still waiting in a tier are not counted as lost.
+  [[ $LOST == 0 && $poll_rc == 0 ]] && break
   say "lost ${LOST:-?} so far ($((SECONDS - T_DRAIN))s into the drain)"
   sleep $((AUDIT_EVERY - (SECONDS - t) > 0 ? AUDIT_EVERY - (SECONDS - t) : 0))
 done

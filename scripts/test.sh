@@ -4,8 +4,10 @@
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
-# Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh) and
-# kcat (one bad-input test writes a record the Rust client cannot); .ci/run installs them.
+# Installs what it needs first (scripts/lib/prereqs.sh --for test: a C toolchain and headers,
+# Java 17 and Maven for the local broker, kcat, Python 3, promtool/amtool), with apt-get or
+# Homebrew, saying what and why. Outside CI, missing promtool/amtool that cannot be installed skip
+# the alert checks with a warning; everything else missing stops it, naming the piece.
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
@@ -16,7 +18,12 @@ set -euo pipefail
 readonly PROG=test.sh SAY_FD=2
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/prereqs.sh
+source "$SCRIPT_DIR/lib/prereqs.sh"
 cd "$REPO"
+
+# shellcheck disable=SC2046 # the list is words
+prereqs_ensure $(prereqs_for test)
 
 started_broker=0
 stop_broker() {
@@ -47,8 +54,15 @@ fi
 say "minimum supported Rust: cargo +$msrv check"
 cargo +"$msrv" check --workspace --all-targets --locked --target-dir target/msrv
 
-say "alert rules and alertmanager config (promtool, amtool)"
-scripts/check-alerts.sh
+if prereqs_skipped promtool || prereqs_skipped amtool; then
+  warn "SKIPPED: alert rules and alertmanager config (promtool/amtool missing; CI runs them)"
+else
+  say "alert rules and alertmanager config (promtool, amtool)"
+  scripts/check-alerts.sh
+fi
+
+say "man pages and shell completions (scripts/man.sh)"
+scripts/man.sh >/dev/null
 
 # Build everything before the broker starts, so its start-up wait does not include compiling.
 say "building tests"

@@ -3,17 +3,21 @@
 //! DLQ; anything else is lost. Also tallies how the stored versions got there, and with
 //! `--extended` the figures a soak test needs: duplicates in the DLQ, redeliveries to the sink
 //! (from its delivery journal) and how late the scheduler brought retried records back.
+//!
+//! A version that is neither applied nor dead-lettered but whose latest copy sits in a retry tier
+//! and is due (plus `--due-grace`) after the audit's time can still arrive: it is counted as
+//! waiting in that tier, not as lost. Only what can no longer arrive is lost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use rebound_kafka::{KafkaArgs, TopicScan, read_topic_to_end};
 use rebound_retry::contract;
 use rebound_schema::NoteCodec;
-use rebound_service::{SourceTopicArgs, TopicNamingArgs};
+use rebound_service::{SourceTopicArgs, TopologyArgs, parse_duration_flag};
 use rebound_sink_store::{
     DeliveryJournalSummary, SinkSpec, read_all_notes, read_delivered_versions, read_delivery_journal,
 };
@@ -30,9 +34,22 @@ pub struct AuditArgs {
     #[arg(long, env = "REBOUND_IDS_LOG")]
     pub ids_log: PathBuf,
 
-    /// The DLQ and the prefix of every topic name, shared with the services.
+    /// The tiers (only their names are used: versions waiting in them are not lost yet), the
+    /// DLQ and the prefix of every topic name, shared with the services.
     #[command(flatten)]
-    pub naming: TopicNamingArgs,
+    pub topology: TopologyArgs,
+
+    /// How long past its due time a version whose latest copy sits in a tier is still expected
+    /// back (the scheduler republishes it, the consumer applies it). Within it the version is
+    /// waiting; after it, lost.
+    #[arg(long, env = "REBOUND_AUDIT_DUE_GRACE", default_value = "30s", value_parser = parse_duration_flag)]
+    pub due_grace: Duration,
+
+    /// `text`: the accounting table; `json`: the report as one JSON object (schema in the
+    /// README); `progress`: one line for watching a run, which never calls a version lost
+    /// (the exit status still says whether every version is accounted for).
+    #[arg(long, env = "REBOUND_OUTPUT", value_enum, default_value_t = AuditOutput::Text)]
+    pub output: AuditOutput,
 
     /// Also report duplicates in the DLQ, redeliveries recorded by the sink's delivery journal
     /// (`rebound-consumer --sink-journal`), transient dead letters that skipped tiers, and the
@@ -51,8 +68,42 @@ pub struct AuditArgs {
     pub max_attempts: u32,
 }
 
-/// The audit's figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How `rebound audit` prints its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditOutput {
+    /// The accounting table, for people.
+    #[default]
+    Text,
+    /// One JSON object, for scripts.
+    Json,
+    /// One line: what is applied, dead-lettered, waiting in tiers and still on its way.
+    Progress,
+}
+
+/// One note version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct NoteVersion {
+    /// The note's id.
+    pub note_id: String,
+    /// Its version.
+    pub version: i64,
+}
+
+/// Versions waiting in one tier: neither applied nor dead-lettered, their latest copy in this
+/// tier, due (plus the grace) after the audit's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TierWait {
+    /// How many versions.
+    pub versions: usize,
+    /// The earliest due time among them, epoch ms.
+    pub next_due_ms: i64,
+    /// The latest due time among them, epoch ms.
+    pub last_due_ms: i64,
+}
+
+/// The audit's figures. Serialized (without `extended`, which `to_json` adds) it is the
+/// `--output json` object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditReport {
     /// Note versions the producer had acknowledged.
     pub produced_versions: usize,
@@ -68,11 +119,16 @@ pub struct AuditReport {
     pub stored_first_try: usize,
     /// Stored notes whose latest version was applied after a tier, by tier.
     pub stored_after_tier: BTreeMap<String, usize>,
-    /// Versions neither applied nor dead-lettered.
+    /// Versions that can still arrive, by tier (configured name, without the prefix).
+    pub waiting_in_tiers: BTreeMap<String, TierWait>,
+    /// Versions neither applied, nor dead-lettered, nor waiting in a tier.
     pub lost: usize,
     /// A few lost versions, for the error message.
-    pub lost_examples: Vec<(String, i64)>,
+    pub lost_examples: Vec<NoteVersion>,
+    /// When the audit judged what is waiting, epoch ms.
+    pub audited_at_ms: i64,
     /// The `--extended` figures, when asked for.
+    #[serde(skip)]
     pub extended: Option<ExtendedFigures>,
 }
 
@@ -100,7 +156,7 @@ pub struct ExtendedFigures {
 /// How late retried records came back: for every record on a source topic that carries
 /// `retry.due.timestamp`, its Kafka timestamp (set when the scheduler produced it) minus that
 /// due time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LatenessSummary {
     /// Republished records found on the source topics.
     pub republished: usize,
@@ -136,6 +192,63 @@ impl LatenessSummary {
             p99_ms: rank(99),
             max_ms: samples.last().copied(),
         }
+    }
+}
+
+impl AuditReport {
+    /// Versions waiting in tiers, all tiers together.
+    pub fn waiting(&self) -> usize {
+        self.waiting_in_tiers.values().map(|wait| wait.versions).sum()
+    }
+
+    /// Every version is applied or dead-lettered: nothing lost, nothing still waiting.
+    pub fn settled(&self) -> bool {
+        self.lost == 0 && self.waiting() == 0
+    }
+
+    /// Versions dead-lettered, all kinds together.
+    pub fn dead_lettered(&self) -> usize {
+        self.dead_lettered_by_kind.values().sum()
+    }
+
+    /// The `--output json` object: every field of the report, `settled`, and `extended` (null
+    /// without `--extended`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("settled".to_owned(), self.settled().into());
+            object.insert(
+                "extended".to_owned(),
+                self.extended
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, ExtendedFigures::to_json),
+            );
+        }
+        value
+    }
+}
+
+impl ExtendedFigures {
+    fn to_json(&self) -> serde_json::Value {
+        let journal = self.sink_deliveries.map(|journal| {
+            serde_json::json!({
+                "deliveries": journal.deliveries,
+                "distinct_versions": journal.distinct_versions,
+                "redelivered_versions": journal.redelivered_versions,
+                "extra_deliveries": journal.extra_deliveries,
+                "max_deliveries_of_one_version": journal.max_deliveries_of_one_version,
+                "changed_rows": journal.changed_rows,
+            })
+        });
+        serde_json::json!({
+            "dead_letter_records": self.dead_letter_records,
+            "dead_letter_duplicate_versions": self.dead_letter_duplicate_versions,
+            "dead_letter_extra_copies": self.dead_letter_extra_copies,
+            "transient_dead_letters_early": self.transient_dead_letters_early,
+            "sink_deliveries": journal,
+            "never_delivered": self.never_delivered,
+            "lateness": self.lateness,
+        })
     }
 }
 
@@ -183,6 +296,9 @@ impl AuditReport {
             "undecodable records in dlq".to_owned(),
             self.undecodable_dead_letters.to_string(),
         );
+        for (tier, wait) in &self.waiting_in_tiers {
+            row(format!("versions waiting in {tier}"), wait.versions.to_string());
+        }
         row("lost".to_owned(), self.lost.to_string());
         if let Some(extended) = &self.extended {
             row("dlq records".to_owned(), extended.dead_letter_records.to_string());
@@ -273,13 +389,15 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             None => report.stored_first_try += 1,
             Some(tier) => {
                 // Tiers are reported by their configured name, without the deployment's prefix.
-                let name = tier.strip_prefix(args.naming.topic_prefix.as_str()).unwrap_or(tier);
+                let name = tier
+                    .strip_prefix(args.topology.naming.topic_prefix.as_str())
+                    .unwrap_or(tier);
                 *report.stored_after_tier.entry(name.to_owned()).or_default() += 1;
             }
         }
     }
 
-    let dlq_topic = args.naming.dlq();
+    let dlq_topic = args.topology.naming.dlq();
     let dead_letters = read_topic_to_end(kafka, &dlq_topic, Duration::from_secs(120)).await?;
     let codec = NoteCodec::embedded();
     let mut in_dlq: HashMap<(String, i64), String> = HashMap::new();
@@ -309,18 +427,39 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             _ => report.undecodable_dead_letters += 1,
         }
     }
+    // Read after the sink and the DLQ: a version applied or dead-lettered in between is then
+    // still found waiting rather than lost.
+    let in_tiers = read_tier_copies(kafka, args, codec).await?;
+    report.audited_at_ms = epoch_ms_now();
+    let grace_ms = i64::try_from(args.due_grace.as_millis()).unwrap_or(i64::MAX);
     for (note_id, version) in &produced {
-        if let Some(kind) = in_dlq.get(&(note_id.clone(), *version)) {
+        let key = (note_id.clone(), *version);
+        if let Some(kind) = in_dlq.get(&key) {
             *report.dead_lettered_by_kind.entry(kind.clone()).or_default() += 1;
         } else if stored
             .get(note_id.as_str())
             .is_some_and(|stored_version| stored_version >= version)
         {
             report.applied_or_superseded += 1;
+        } else if let Some(copy) = in_tiers
+            .get(&key)
+            .filter(|copy| copy.due_ms.saturating_add(grace_ms) > report.audited_at_ms)
+        {
+            let wait = report.waiting_in_tiers.entry(copy.tier.clone()).or_insert(TierWait {
+                versions: 0,
+                next_due_ms: copy.due_ms,
+                last_due_ms: copy.due_ms,
+            });
+            wait.versions += 1;
+            wait.next_due_ms = wait.next_due_ms.min(copy.due_ms);
+            wait.last_due_ms = wait.last_due_ms.max(copy.due_ms);
         } else {
             report.lost += 1;
             if report.lost_examples.len() < 10 {
-                report.lost_examples.push((note_id.clone(), *version));
+                report.lost_examples.push(NoteVersion {
+                    note_id: note_id.clone(),
+                    version: *version,
+                });
             }
         }
     }
@@ -357,6 +496,73 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     Ok(report)
 }
 
+fn epoch_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A note version's latest copy in a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TierCopy {
+    /// The tier's configured name, without the prefix.
+    tier: String,
+    /// Its `retry.attempt`.
+    attempt: u32,
+    /// Its `retry.due.timestamp`, epoch ms.
+    due_ms: i64,
+}
+
+/// Reads every tier topic and keeps, per note version, the copy with the most attempts (the
+/// latest hop; ties go to the later due time). A tier topic that does not exist holds nothing;
+/// a record that is no note or has no due time is skipped (the scheduler dead-letters it).
+async fn read_tier_copies(
+    kafka: &KafkaArgs,
+    args: &AuditArgs,
+    codec: &NoteCodec,
+) -> anyhow::Result<HashMap<(String, i64), TierCopy>> {
+    let mut latest: HashMap<(String, i64), TierCopy> = HashMap::new();
+    for tier in args.topology.tier_names() {
+        let topic = args.topology.naming.prefixed(&tier);
+        let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? else {
+            continue;
+        };
+        while let Some(batch) = scan.next_batch().await? {
+            for record in batch {
+                let Some(due_ms) = record
+                    .headers
+                    .get_str(contract::DUE_TIMESTAMP)
+                    .and_then(|due| due.parse::<i64>().ok())
+                else {
+                    continue;
+                };
+                let Some(Ok(note)) = record.value.as_deref().map(|value| codec.decode(value)) else {
+                    continue;
+                };
+                let attempt = record
+                    .headers
+                    .get_str(contract::ATTEMPT)
+                    .and_then(|attempt| attempt.parse::<u32>().ok())
+                    .unwrap_or(0);
+                let copy = TierCopy {
+                    tier: tier.clone(),
+                    attempt,
+                    due_ms,
+                };
+                latest
+                    .entry((note.note_id, note.version))
+                    .and_modify(|kept| {
+                        if (copy.attempt, copy.due_ms) > (kept.attempt, kept.due_ms) {
+                            *kept = copy.clone();
+                        }
+                    })
+                    .or_insert(copy);
+            }
+        }
+    }
+    Ok(latest)
+}
+
 /// Scans the source topics for republished records (those carrying `retry.due.timestamp`) and
 /// takes each one's Kafka timestamp minus its due time. The scheduler republishes a record with
 /// its headers unchanged and lets the client stamp the produce time, so this measures when the
@@ -366,7 +572,7 @@ async fn measure_lateness(kafka: &KafkaArgs, args: &AuditArgs, codec: &NoteCodec
     let mut samples = Vec::new();
     let mut republished_versions: Vec<(String, i64, String)> = Vec::new();
     for topic in &args.sources.source_topics {
-        let topic = args.naming.prefixed(topic);
+        let topic = args.topology.naming.prefixed(topic);
         let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? else {
             anyhow::bail!("source topic {topic} does not exist");
         };

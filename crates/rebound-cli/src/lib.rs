@@ -4,17 +4,19 @@
 
 mod audit;
 mod dlq;
+mod progress;
 mod topics;
 
-pub use audit::{AuditArgs, AuditReport, audit};
+pub use audit::{AuditArgs, AuditOutput, AuditReport, NoteVersion, TierWait, audit};
 pub use dlq::{
     DeadLetter, DlqCommand, DlqFilter, DlqFilterArgs, DlqInspectArgs, DlqReplayArgs, DlqStats, DlqStatsArgs,
     DlqTopicArgs, DlqWatchArgs, OutputFormat, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, StatsGroup,
     UsageError, dlq_stats, inspect_dead_letters, replay_dead_letters, run_dlq_command, watch_dead_letters,
 };
+pub use progress::{describe_wait, render_progress_line};
 pub use topics::{
-    TopicDeletionReport, TopicsCreateArgs, TopicsDeleteArgs, create_pipeline_topics, delete_topics_with_prefix,
-    pipeline_topic_specs,
+    TopicCreationOutcome, TopicCreationReport, TopicDeletionReport, TopicsCreateArgs, TopicsDeleteArgs,
+    create_pipeline_topics, delete_topics_with_prefix, pipeline_topic_specs,
 };
 
 use anyhow::Context as _;
@@ -48,6 +50,17 @@ pub enum Command {
     /// Dead letters: statistics, inspection, and replay (redrive) once the cause is fixed.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Print the shell completion script of `rebound` for bash, zsh or fish (README: Shell
+    /// completions and man pages).
+    Completions(CompletionsArgs),
+}
+
+/// `rebound completions SHELL`
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish (elvish and powershell work too).
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `rebound topics …`
@@ -66,11 +79,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let outcomes = create_pipeline_topics(&cli.common.kafka, &args)
                 .await
                 .with_context(|| format!("no topics created on brokers {}", cli.common.kafka.brokers()))?;
-            for outcome in outcomes {
-                match outcome {
-                    rebound_kafka::TopicCreation::Created(name) => println!("created  {name}"),
-                    rebound_kafka::TopicCreation::AlreadyExisted(name) => println!("exists   {name}"),
-                }
+            let report = TopicCreationReport::from_outcomes(outcomes);
+            match args.output {
+                OutputFormat::Text => print!("{}", report.render_text()),
+                OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
             }
             Ok(())
         }
@@ -86,13 +98,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(args) => {
             let report = audit(&cli.common.kafka, &args).await?;
-            print!("{}", report.render_table());
+            match args.output {
+                AuditOutput::Text => print!("{}", report.render_table()),
+                AuditOutput::Json => println!("{}", report.to_json()),
+                AuditOutput::Progress => println!("{}", render_progress_line(&report)),
+            }
+            // A progress line is judged mid-run: what is not accounted for yet may still be on
+            // its way, so it is not called lost there either.
+            if args.output == AuditOutput::Progress && !report.settled() {
+                anyhow::bail!("not every note version is applied or dead-lettered yet");
+            }
             if report.lost > 0 {
                 anyhow::bail!("{} note versions are neither applied nor dead-lettered", report.lost);
+            }
+            if !report.settled() {
+                anyhow::bail!(
+                    "{} note versions are not applied yet but can still arrive: {}",
+                    report.waiting(),
+                    describe_wait(&report)
+                );
             }
             Ok(())
         }
         Command::Dlq(command) => run_dlq_command(&cli.common.kafka, command).await,
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(args.shell, &mut Cli::command(), "rebound", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

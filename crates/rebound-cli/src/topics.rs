@@ -56,6 +56,65 @@ pub struct TopicsCreateArgs {
     /// The broker wait.
     #[command(flatten)]
     pub broker_wait: crate::BrokerWaitArgs,
+
+    /// `text` for people (one `created  NAME` or `exists   NAME` line per topic), or `json`:
+    /// one object with each topic and what happened to it (schema in the README).
+    #[arg(long, env = "REBOUND_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// What `rebound topics create` did, topic by topic; its `--output json` form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicCreationReport {
+    /// Every topic of the pipeline, in creation order.
+    pub topics: Vec<TopicCreationOutcome>,
+    /// How many were created by this run.
+    pub created: usize,
+    /// How many existed already (left as they are).
+    pub existing: usize,
+}
+
+/// One topic of a [`TopicCreationReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicCreationOutcome {
+    /// The topic's full name, prefix included.
+    pub name: String,
+    /// `created` or `exists`.
+    pub outcome: &'static str,
+}
+
+impl TopicCreationReport {
+    /// The report of a create request's outcomes.
+    pub fn from_outcomes(outcomes: Vec<TopicCreation>) -> Self {
+        let topics: Vec<TopicCreationOutcome> = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                TopicCreation::Created(name) => TopicCreationOutcome {
+                    name,
+                    outcome: "created",
+                },
+                TopicCreation::AlreadyExisted(name) => TopicCreationOutcome {
+                    name,
+                    outcome: "exists",
+                },
+            })
+            .collect();
+        let created = topics.iter().filter(|topic| topic.outcome == "created").count();
+        Self {
+            existing: topics.len() - created,
+            created,
+            topics,
+        }
+    }
+
+    /// One `created  NAME` or `exists   NAME` line per topic, for people (and the scripts that
+    /// read these lines).
+    pub fn render_text(&self) -> String {
+        self.topics
+            .iter()
+            .map(|topic| format!("{:<8} {}\n", topic.outcome, topic.name))
+            .collect()
+    }
 }
 
 /// The topic specifications the flags describe, validated.

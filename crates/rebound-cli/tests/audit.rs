@@ -120,3 +120,72 @@ fn only_a_sqlite_sink_can_be_audited() {
         assert!(errors.contains(expected), "{sink}: {errors}");
     }
 }
+
+/// A tier copy of `note_id` version 1, due `due_in_ms` from now (negative: in the past).
+async fn tier_copy(topic: &str, note_id: &str, attempt: u32, due_in_ms: i64) {
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits");
+    let mut headers = RecordHeaders::new();
+    headers.set(contract::ERROR_KIND, "transient");
+    headers.set(contract::ATTEMPT, attempt.to_string());
+    headers.set(contract::DUE_TIMESTAMP, (now_ms + due_in_ms).to_string());
+    let value = NoteCodec::embedded().encode(&note(note_id, 1)).expect("encodes");
+    produce_raw(topic, Some(note_id.as_bytes()), Some(&value), headers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_can_still_come_back_from_a_tier_is_waiting_not_lost() {
+    let prefix = unique_prefix("audit-wait");
+    create_test_topics(&prefix, &["notes", "retry-5s", "retry-1m", "dlq"], 1).await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let database = directory.path().join("notes.db");
+    let sink = SqliteSink::open(&database).expect("opens");
+    let results = sink.apply_batch(vec![item("applied", 1, 0, None)]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    drop(sink);
+    // waiting: went through retry-5s, now in retry-1m and due in a minute. gone: its only copy
+    // was due five minutes ago, far past the grace, and it is nowhere else.
+    tier_copy(&format!("{prefix}retry-5s"), "waiting", 1, -55_000).await;
+    tier_copy(&format!("{prefix}retry-1m"), "waiting", 2, 60_000).await;
+    tier_copy(&format!("{prefix}retry-5s"), "gone", 1, -300_000).await;
+    let ids_log = directory.path().join("ids.log");
+    std::fs::write(&ids_log, "applied\t1\nwaiting\t1\ngone\t1\n").expect("writes the ids log");
+    let sink_url = format!("sqlite://{}", database.display());
+    let ids = ids_log.display().to_string();
+    let flags = ["--sink", &sink_url, "--ids-log", &ids, "--topic-prefix", &prefix];
+
+    let json = rebound_audit(&[&flags[..], &["--output", "json"]].concat());
+    assert_eq!(json.status.code(), Some(1), "{}", String::from_utf8_lossy(&json.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(report["produced_versions"], 3, "{report}");
+    assert_eq!(report["applied_or_superseded"], 1, "{report}");
+    assert_eq!(report["waiting_in_tiers"]["retry-1m"]["versions"], 1, "{report}");
+    assert!(report["waiting_in_tiers"].get("retry-5s").is_none(), "{report}");
+    assert_eq!(report["lost"], 1, "{report}");
+    assert_eq!(report["lost_examples"][0]["note_id"], "gone", "{report}");
+    assert_eq!(report["settled"], false, "{report}");
+
+    let table = rebound_audit(&flags);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(
+        row(&text, "versions waiting in retry-1m").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(row(&text, "lost").as_deref(), Some("1"), "{text}");
+
+    // Mid-run, the progress line says what waits and when it is due, and never `lost`.
+    let progress = rebound_audit(&[&flags[..], &["--output", "progress"]].concat());
+    let line = String::from_utf8_lossy(&progress.stdout);
+    assert_eq!(progress.status.code(), Some(1), "not settled: {line}");
+    assert!(
+        line.starts_with("applied 1/3 | dead-lettered 0 | in flight 1 | 1 note waits in retry-1m, due in "),
+        "{line}"
+    );
+    assert!(!line.contains("lost"), "{line}");
+}

@@ -42,6 +42,15 @@ async fn topics_create_twice_creates_then_leaves_existing_topics_alone() {
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     let second_output = String::from_utf8_lossy(&second.stdout).into_owned();
     assert_eq!(second_output.matches("exists   ").count(), 4, "{second_output}");
+    // The same answer for scripts: one JSON object.
+    let json_flags: Vec<&str> = flags.iter().copied().chain(["--output", "json"]).collect();
+    let third = rebound(&json_flags);
+    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&third.stdout).expect("one JSON object");
+    assert_eq!(report["created"], 0, "{report}");
+    assert_eq!(report["existing"], 4, "{report}");
+    assert_eq!(report["topics"][0]["name"], format!("{prefix}notes"), "{report}");
+    assert_eq!(report["topics"][0]["outcome"], "exists", "{report}");
 
     let topics: Vec<String> = ["notes", "retry-5s", "retry-1m", "dlq"]
         .iter()
@@ -79,6 +88,7 @@ async fn library_call_reports_created_and_existing_topics() {
         broker_wait: rebound_cli::BrokerWaitArgs {
             timeout: Duration::from_secs(30),
         },
+        output: rebound_cli::OutputFormat::Text,
     };
     let created = rebound_cli::create_pipeline_topics(&kafka_args(), &args)
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::apply_topic_prefix;
-use rebound_service::{CommonArgs, OperationalArgs, parse_duration_flag};
+use rebound_service::{CommonArgs, OperationalArgs, OutputFormat, parse_duration_flag};
 
 use crate::ProducerError;
 use crate::flags::FlagsSource;
@@ -128,6 +128,11 @@ pub struct SendArgs {
     /// outbox costs on the same input; do not use it to deliver notes.
     #[arg(long, env = "REBOUND_NO_OUTBOX")]
     pub no_outbox: bool,
+
+    /// `text`: one line saying how many notes Kafka acknowledged; `json`: one object with the
+    /// same figures (schema in the README). Printed on stdout once every note is acknowledged.
+    #[arg(long, env = "REBOUND_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 
     /// Outbox and resend.
     #[command(flatten)]
@@ -250,6 +255,8 @@ pub struct SendConfig {
     pub delivery: DeliveryConfig,
     /// The outbox, or `None` for `--no-outbox` (publish straight to Kafka).
     pub outbox: Option<OutboxConfig>,
+    /// How the result is printed.
+    pub output: OutputFormat,
 }
 
 /// The validated settings of `generate`.
@@ -337,6 +344,7 @@ impl SendArgs {
             timeout: self.timeout,
             delivery,
             outbox: (!self.no_outbox).then_some(outbox),
+            output: self.output,
         })
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rebound_kafka::{KafkaArgs, RecordProducer};
 use rebound_schema::NoteCodec;
-use rebound_service::{Shutdown, events, now_epoch_ms};
+use rebound_service::{OutputFormat, Shutdown, events, now_epoch_ms};
 
 use crate::config::{NdjsonInput, OutboxConfig, SendConfig};
 use crate::generate::{DirectRecord, publish_directly};
@@ -33,9 +33,53 @@ pub(crate) async fn run(
             reason: error.to_string(),
         })??;
     let producer = crate::create_producer(kafka, config.delivery.send_timeout)?;
-    match &config.outbox {
-        None => send_without_outbox(&producer, &topic, notes, config.timeout, &shutdown).await,
-        Some(outbox) => send_through_outbox(producer, topic, outbox, notes, config.timeout, &shutdown).await,
+    let notes_in_input = notes.len();
+    let acknowledged = match &config.outbox {
+        None => send_without_outbox(&producer, &topic, notes, config.timeout, &shutdown).await?,
+        Some(outbox) => send_through_outbox(producer, topic.clone(), outbox, notes, config.timeout, &shutdown).await?,
+    };
+    let report = SendReport {
+        notes: notes_in_input,
+        acknowledged,
+        earlier_pending: acknowledged.saturating_sub(notes_in_input),
+        outbox: config.outbox.is_some(),
+        topic,
+    };
+    // The command's result, on stdout; the log lines stay on stderr.
+    match config.output {
+        OutputFormat::Text => println!("{}", report.render_text()),
+        OutputFormat::Json => println!("{}", serde_json::json!(report)),
+    }
+    Ok(())
+}
+
+/// What `send` delivered; its `--output json` form.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SendReport {
+    /// Notes read from the input.
+    pub notes: usize,
+    /// Notes Kafka acknowledged in this run: the input's and those left pending by earlier runs.
+    pub acknowledged: usize,
+    /// Of those, notes an earlier run had left in the outbox.
+    pub earlier_pending: usize,
+    /// Whether the notes went through the durable outbox (false with `--no-outbox`).
+    pub outbox: bool,
+    /// The topic they were sent to.
+    pub topic: String,
+}
+
+impl SendReport {
+    /// One line for people.
+    pub fn render_text(&self) -> String {
+        let earlier = if self.earlier_pending > 0 {
+            format!(", {} of them left pending by an earlier run", self.earlier_pending)
+        } else {
+            String::new()
+        };
+        format!(
+            "sent {} notes to {}: {} acknowledged by Kafka{earlier}",
+            self.notes, self.topic, self.acknowledged
+        )
     }
 }
 
@@ -91,7 +135,7 @@ async fn send_through_outbox(
     notes: Vec<DirectRecord>,
     timeout: Duration,
     shutdown: &Shutdown,
-) -> Result<(), ProducerError> {
+) -> Result<usize, ProducerError> {
     let flush_producer = producer.clone();
     let (outbox, relay, _status) = start_outbox(producer, topic, config).await?;
     // Notes left pending by an earlier run are part of what this run delivers, so that
@@ -122,6 +166,7 @@ async fn send_through_outbox(
     let relay_task = tokio::spawn(relay.run(relay_shutdown.clone()));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut unsent = outbox.pending_up_to(last_seq).await?;
+    let to_deliver = unsent;
     while unsent > 0 && tokio::time::Instant::now() < deadline && !shutdown.is_triggered() {
         tokio::select! {
             () = shutdown.wait() => {}
@@ -149,7 +194,7 @@ async fn send_through_outbox(
         });
     }
     tracing::info!(notes = note_count, "every note acknowledged by kafka");
-    Ok(())
+    Ok(usize::try_from(to_deliver).unwrap_or(usize::MAX))
 }
 
 /// `send --no-outbox`: encodes and publishes the notes directly, as `generate` does, so the
@@ -160,7 +205,7 @@ async fn send_without_outbox(
     notes: Vec<DirectRecord>,
     timeout: Duration,
     shutdown: &Shutdown,
-) -> Result<(), ProducerError> {
+) -> Result<usize, ProducerError> {
     let total = notes.len() as u64;
     let records = notes.into_iter().map(Ok);
     let mut acknowledged = 0_u64;
@@ -185,5 +230,5 @@ async fn send_without_outbox(
         }
     }
     tracing::info!(notes = acknowledged, "every note acknowledged by kafka (no outbox)");
-    Ok(())
+    Ok(usize::try_from(acknowledged).unwrap_or(usize::MAX))
 }

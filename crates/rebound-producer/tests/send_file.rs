@@ -1,7 +1,8 @@
 //! `rebound-producer send`: exits 0 once Kafka acknowledged every note of the file; on timeout
 //! exits non-zero with a count and keeps the notes for the next run; a bad line, or a note too
 //! large for the producer's `message.max.bytes`, is refused whole with its line number; a note
-//! the topic refuses fails the run while the others are delivered.
+//! the topic refuses fails the run while the others are delivered. `--output json` prints the
+//! result as one object.
 
 use std::process::Command;
 
@@ -53,8 +54,22 @@ async fn send_times_out_with_a_count_then_a_second_run_delivers_everything() {
     // An empty input delivers what earlier runs left in the outbox.
     let empty = work.path().join("empty.ndjson");
     std::fs::write(&empty, "").expect("written");
-    let online = send(&broker(), &prefix, &empty, &outbox, "60s");
+    let online = Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
+        .args(["--brokers", &broker(), "--topic-prefix", &prefix, "send"])
+        .arg(&empty)
+        .arg("--outbox-dir")
+        .arg(&outbox)
+        .args(["--timeout", "60s", "--output", "json"])
+        .output()
+        .expect("producer runs");
     assert!(online.status.success(), "{}", String::from_utf8_lossy(&online.stderr));
+    // The result for scripts: one JSON object on stdout, the logs on stderr.
+    let report: serde_json::Value = serde_json::from_slice(&online.stdout).expect("one JSON object");
+    assert_eq!(report["notes"], 0, "{report}");
+    assert_eq!(report["acknowledged"], 300, "{report}");
+    assert_eq!(report["earlier_pending"], 300, "{report}");
+    assert_eq!(report["outbox"], true, "{report}");
+    assert_eq!(report["topic"], format!("{prefix}notes"), "{report}");
     let records = read_all(&format!("{prefix}notes")).await;
     let mut ids: Vec<Vec<u8>> = records.iter().filter_map(|record| record.key.clone()).collect();
     ids.sort();

@@ -4,6 +4,7 @@
 
 pub mod events;
 mod operational;
+mod output;
 mod producer_failure;
 pub mod redact;
 mod runtime;
@@ -14,11 +15,12 @@ mod topology;
 pub mod trace_context;
 
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
+pub use output::OutputFormat;
 pub use producer_failure::ProducerFailure;
 pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, stub_for_refused_copy};
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
-pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
+pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry, use_colour};
 pub use topology::{DEFAULT_TIERS, InvalidFlag, SourceTopicArgs, TierDelays, TopicNamingArgs, TopologyArgs};
 
 use rebound_kafka::KafkaArgs;

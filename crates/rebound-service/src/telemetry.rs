@@ -34,13 +34,23 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Whether log lines are coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>).
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// Installs the global log subscriber (and the span exporter when `otlp_endpoint` is given,
 /// e.g. `http://127.0.0.1:4318`). Logs go to stderr so that commands whose stdout is data stay
 /// pipeable. Calling it twice is harmless: the second call changes nothing.
 pub fn init_telemetry(format: LogFormat, otlp_endpoint: Option<&str>, service_name: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal; log files and pipes get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours only for a person at a terminal who has not asked for none; log files and pipes
+    // get plain text.
+    let ansi = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     // Log lines are events only. Every record has a span (for trace export), and formatting
     // each span's fields for the log layer, only to print them as context of the few events
     // inside it, cost a consumer about a fifth of its time per record; the events that matter
@@ -112,4 +122,22 @@ fn build_provider(endpoint: &str, service_name: &'static str) -> Result<SdkTrace
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR does not count"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+    }
 }

@@ -74,16 +74,8 @@ impl DlqTopicArgs {
     }
 }
 
-/// How results are printed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned text for people.
-    #[default]
-    #[value(alias = "table")]
-    Text,
-    /// JSON for scripts.
-    Json,
-}
+/// How results are printed: one definition for every command, shared with the producer.
+pub use rebound_service::OutputFormat;
 
 /// A flag value that is wrong in a way only visible once flags are combined (an empty time
 /// range, `--to` naming the DLQ). Reported like clap's own errors, with exit code 2.
