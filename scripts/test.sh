@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, alert-rule tests, and every unit and
-# integration test, the integration tests against a real Apache Kafka broker.
+# The project's test command: formatting, lints, alert-rule tests, the Helm chart's checks, and
+# every unit and integration test, the integration tests against a real Apache Kafka broker.
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
-# Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh) and
-# kcat (one bad-input test writes a record the Rust client cannot); .ci/run installs them.
+# Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh),
+# a Go toolchain (check-chart.sh builds helm and kubeconform with it) and kcat (one bad-input
+# test writes a record the Rust client cannot); .ci/run installs them.
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
@@ -49,6 +50,9 @@ cargo +"$msrv" check --workspace --all-targets --locked --target-dir target/msrv
 
 say "alert rules and alertmanager config (promtool, amtool)"
 scripts/check-alerts.sh
+
+say "Helm chart (helm lint, helm template | kubeconform -strict, PrometheusRule = alerts.yml)"
+scripts/check-chart.sh
 
 # Build everything before the broker starts, so its start-up wait does not include compiling.
 say "building tests"
