@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, alert-rule tests, and every unit and
-# integration test, the integration tests against a real Apache Kafka broker.
+# The project's test command: formatting, lints, alert-rule tests, the Helm chart's checks, and
+# every unit and integration test, the integration tests against a real Apache Kafka broker.
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
 # Installs what it needs first (scripts/lib/prereqs.sh --for test: a C toolchain and headers,
-# Java 17 and Maven for the local broker, kcat, Python 3, promtool/amtool), with apt-get or
-# Homebrew, saying what and why. Outside CI, missing promtool/amtool that cannot be installed skip
-# the alert checks with a warning; everything else missing stops it, naming the piece.
+# Java 17 and Maven for the local broker, kcat, Python 3, a Go toolchain for helm and
+# kubeconform, promtool/amtool), with apt-get or Homebrew, saying what and why. Outside CI,
+# missing promtool/amtool that cannot be installed skip the alert checks with a warning;
+# everything else missing stops it, naming the piece.
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
@@ -63,6 +64,9 @@ fi
 
 say "man pages and shell completions (scripts/man.sh)"
 scripts/man.sh >/dev/null
+
+say "Helm chart (helm lint, helm template | kubeconform -strict, PrometheusRule = alerts.yml)"
+scripts/check-chart.sh
 
 # Build everything before the broker starts, so its start-up wait does not include compiling.
 say "building tests"

@@ -23,6 +23,7 @@
 #   python3     Python 3 (the soak's load client, the benchmark harness)
 #   promtool    promtool (alert rule tests)
 #   amtool      amtool (Alertmanager configuration tests)
+#   go          a Go toolchain (builds helm and kubeconform for the Helm chart check)
 #   sqlite3     the sqlite3 shell (optional extras of the demo's progress line)
 # A new piece is one line in prereqs_piece (packages and purpose), when `command -v NAME` is not
 # the right check one prereqs_check_NAME function, and its name in prereqs_for.
@@ -50,8 +51,8 @@ prereqs_piece() {
   case $1 in
     rust) PIECE_WHY="builds rebound" PIECE_HINT="install Rust with rustup (https://rustup.rs), or run 'rustup update'" ;;
     rust-lint) PIECE_WHY="formatting and lint checks" PIECE_HINT="rustup component add rustfmt clippy" ;;
-    build) PIECE_APT="build-essential pkg-config libssl-dev zlib1g-dev" PIECE_BREW="pkg-config openssl@3"
-      PIECE_WHY="C toolchain and headers for the bundled librdkafka (TLS, compression)"
+    build) PIECE_APT="build-essential pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev" PIECE_BREW="pkg-config openssl@3"
+      PIECE_WHY="C toolchain and headers for the bundled librdkafka (TLS, compression, OIDC token requests)"
       PIECE_HINT="on macOS the C compiler comes with the Xcode command line tools: xcode-select --install" ;;
     java) PIECE_APT="openjdk-17-jre-headless|openjdk-21-jre-headless|default-jre-headless" PIECE_BREW="openjdk@17"
       PIECE_WHY="runs the local Kafka broker (Java 17 or newer)" ;;
@@ -62,18 +63,20 @@ prereqs_piece() {
       PIECE_WHY="alert rule tests (only the promtool command is used, not the server)" ;;
     amtool) PIECE_APT="prometheus-alertmanager" PIECE_BREW="alertmanager"
       PIECE_WHY="Alertmanager configuration tests (only the amtool command is used, not the server)" ;;
+    go) PIECE_APT="golang-go" PIECE_BREW="go"
+      PIECE_WHY="builds helm and kubeconform for the Helm chart check (scripts/lib/k8s-tools.sh)" ;;
     sqlite3) PIECE_APT="sqlite3" PIECE_BREW="sqlite" PIECE_WHY="the demo's progress line counts rows of the sink" ;;
     *) return 1 ;;
   esac
 }
-readonly PREREQS_PIECES=(rust rust-lint build java maven kcat python3 promtool amtool sqlite3)
+readonly PREREQS_PIECES=(rust rust-lint build java maven kcat python3 go promtool amtool sqlite3)
 
 # What each command needs, in one place (scripts/demo.sh, scripts/test.sh and .ci/run ask here).
 prereqs_for() { # demo|test
   case $1 in
     demo) echo rust build "$(prereqs_kafka_pieces)" ;;
     # promtool and amtool: a laptop without them skips the alert checks; CI may not.
-    test) echo rust rust-lint build kcat python3 promtool? amtool? "$(prereqs_kafka_pieces)" ;;
+    test) echo rust rust-lint build kcat python3 go promtool? amtool? "$(prereqs_kafka_pieces)" ;;
     *) return 1 ;;
   esac
 }
@@ -109,9 +112,10 @@ prereqs_check_build() {
     return 1
   # macOS ships zlib in its SDK and Homebrew's OpenSSL is found by openssl-sys without pkg-config.
   [[ $(uname -s) == Darwin ]] && return 0
-  pkg-config --exists openssl zlib
+  pkg-config --exists openssl zlib libcurl
 }
 prereqs_check_maven() { command -v mvn >/dev/null 2>&1; }
+prereqs_check_go() { command -v go >/dev/null 2>&1 || [[ -x /usr/local/go/bin/go ]]; }
 prereqs_check_java() {
   command -v java >/dev/null 2>&1 || return 1
   # `java -version` prints `openjdk version "17.0.12" ...` (or "1.8.0_402" for Java 8).

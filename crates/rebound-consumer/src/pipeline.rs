@@ -173,7 +173,7 @@ impl Pipeline<'_> {
             tokio::select! {
                 biased;
                 () = shutdown.wait() => return None,
-                // While no record arrives, assignment changes are still noticed (readiness).
+                // While no record arrives, assignment changes are still noticed (the partition count).
                 _ = idle_tick.tick() => self.log_assignment_events(),
                 received = self.runtime.consumer.recv() => match received {
                     Ok(record) => break record,

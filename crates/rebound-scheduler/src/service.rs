@@ -58,7 +58,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
             biased;
             () = shutdown.wait() => break,
             () = sleep_until_or_forever(next_release) => {}
-            // While no record arrives, assignment changes are still noticed (readiness).
+            // While no record arrives, assignment changes are still noticed (the partition count).
             _ = idle_tick.tick() => scheduler.apply_assignment_events(),
             received = scheduler.runtime.consumer.recv() => {
                 scheduler.take_received(received).await;

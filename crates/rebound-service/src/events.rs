@@ -171,6 +171,40 @@ pub fn producer_broker_reachable(reachable: bool) {
     metrics::gauge!(PRODUCER_BROKER_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
 }
 
+/// Gauge, always 1, whose `version` label is the running release (a dashboard counts versions
+/// across instances during a rolling update).
+pub const BUILD_INFO: &str = "rebound_build_info";
+
+/// A service started serving its operational endpoints: announces its version as a metric.
+pub fn build_info() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Refreshes the standard process metrics (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_open_fds`, `process_threads`, ...) from the operating
+/// system; called at each scrape, so they are as fresh as the scrape.
+pub fn process_state() {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
+}
+
+/// Gauge of the partitions a service's group member holds, by service. Zero is a normal state
+/// (more instances than partitions, or between a revocation and the next assignment), so it is
+/// a metric, not a readiness check: an unready idle instance would stall a rolling update.
+pub const ASSIGNED_PARTITIONS: &str = "rebound_assigned_partitions";
+
+/// The service's group member now holds `count` partitions.
+pub fn partitions_assigned(service: &'static str, count: usize) {
+    tracing::debug!(service, partitions = count, "partition count changed");
+    metrics::gauge!(ASSIGNED_PARTITIONS, "service" => service).set(count as f64);
+}
+
 /// Counter of records a service failed to receive from Kafka, by service.
 pub const KAFKA_RECEIVE_ERRORS_TOTAL: &str = "rebound_kafka_receive_errors_total";
 /// Counter of offsets a service failed to store for commit, by service.

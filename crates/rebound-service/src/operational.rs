@@ -1,6 +1,7 @@
 //! The operational HTTP endpoints every service can serve on `--metrics-listen`: `/metrics`
 //! (Prometheus text format), `/healthz` (the process is alive) and `/readyz` (every readiness
-//! check the service registered passes), plus the process-wide metrics recorder behind them.
+//! check the service registered passes), plus the process-wide metrics recorder behind them,
+//! which also holds `rebound_build_info` and the standard `process_*` metrics.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -94,6 +95,7 @@ pub async fn serve_operational_endpoints(
         metrics: metrics_handle(),
         readiness,
     };
+    crate::events::build_info();
     let app = axum::Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -112,6 +114,7 @@ pub async fn serve_operational_endpoints(
 }
 
 async fn render_metrics(State(state): State<EndpointState>) -> impl IntoResponse {
+    crate::events::process_state();
     ([("content-type", "text/plain; version=0.0.4")], state.metrics.render())
 }
 
@@ -161,6 +164,21 @@ mod tests {
             .await
             .expect("text");
         assert!(metrics_text.contains("rebound_test_requests_total 3"), "{metrics_text}");
+        assert!(
+            metrics_text.contains(&format!(
+                "rebound_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{metrics_text}"
+        );
+        let rss = metrics_text
+            .lines()
+            .find_map(|line| line.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|value| value.parse::<f64>().ok());
+        assert!(
+            rss.is_some_and(|bytes| bytes > 1_000_000.0),
+            "RSS of this process: {metrics_text}"
+        );
         assert_eq!(
             reqwest::get(format!("{base}/healthz")).await.expect("get").status(),
             200

@@ -1,6 +1,6 @@
 //! The runtime a consume-and-produce service (the consumer, the scheduler) stands on: start-up
 //! (topic check that a signal can cut short, the acknowledging producer, readiness and the
-//! operational endpoints, the group subscription), partition assignment as readiness and log
+//! operational endpoints, the group subscription), partition assignment as a metric and log
 //! lines, offset storing with its failure events, and the final commit-and-close, in which a
 //! producer's fatal error decides the outcome. Each service supplies only what it does with the
 //! records it receives.
@@ -97,7 +97,7 @@ impl Runtime {
             }
         })?;
         let readiness = Arc::new(Readiness::default());
-        readiness.set("kafka", false, "no partitions assigned yet");
+        readiness.set("kafka", false, "joining the consumer group");
         if let Some(listen) = spec.metrics_listen {
             serve_operational_endpoints(listen, Arc::clone(&readiness), shutdown.clone())
                 .await
@@ -110,6 +110,11 @@ impl Runtime {
             operation: "subscribe",
             source,
         })?;
+        // Ready once subscribed, with or without partitions: an instance beyond the partition
+        // count is healthy and waiting for a rebalance, and an orchestrator that waited for it to
+        // get partitions would stall a rolling update. The partition count is a metric instead.
+        readiness.set("kafka", true, "subscribed; no partitions assigned yet");
+        events::partitions_assigned(spec.service, 0);
         Ok(Some(Self {
             service: spec.service,
             producer,
@@ -119,14 +124,16 @@ impl Runtime {
         }))
     }
 
-    /// The assignment changes since the last call, logged and reflected in readiness; the
-    /// service applies them to its own per-partition state.
+    /// The assignment changes since the last call, logged and counted in
+    /// `rebound_assigned_partitions` (shown in `/readyz`'s report too, never making it fail);
+    /// the service applies them to its own per-partition state.
     pub fn take_assignment_changes(&self) -> Vec<PartitionAssignmentEvent> {
         let changes = self.consumer.take_assignment_events();
         if !changes.is_empty() {
             let assigned = self.consumer.assignment().len();
             self.readiness
-                .set("kafka", assigned > 0, format!("{assigned} partitions assigned"));
+                .set("kafka", true, format!("subscribed; {assigned} partitions assigned"));
+            events::partitions_assigned(self.service, assigned);
         }
         for change in &changes {
             match change {
