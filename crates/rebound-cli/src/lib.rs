@@ -123,8 +123,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => run_dlq_command(&cli.common.kafka, command).await,
         Command::Completions(args) => {
             use clap::CommandFactory as _;
-            clap_complete::generate(args.shell, &mut Cli::command(), "rebound", &mut std::io::stdout());
-            Ok(())
+            // Generated into memory first: clap_complete panics on a failed write, and a reader
+            // that stops early (`| head`) is no error.
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "rebound", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(error).context("writing the completion script to stdout failed"))
+                }
+                _ => Ok(()),
+            }
         }
     }
 }
