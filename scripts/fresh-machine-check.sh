@@ -16,6 +16,7 @@
 #
 # Environment:
 #   FRESH_KAFKA_PORT  client port of the broker inside (default 49092; +1 and +2 are used too)
+#   FRESH_NICE        niceness of the steps inside (default 0; 19 yields to everything else)
 #   RUSTUP_HOME, CARGO_HOME  the host's Rust installation (default ~/.rustup, ~/.cargo)
 set -euo pipefail
 
@@ -30,6 +31,8 @@ case ${1:-} in
 esac
 
 readonly KAFKA_PORT=${FRESH_KAFKA_PORT:-49092}
+readonly NICENESS=${FRESH_NICE:-0}
+[[ $NICENESS =~ ^[0-9]+$ ]] || die "FRESH_NICE must be a whole number from 0 to 19, not '$NICENESS'"
 readonly HOST_RUSTUP=${RUSTUP_HOME:-$HOME/.rustup}
 readonly HOST_CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
 [[ -d $HOST_RUSTUP && -x $HOST_CARGO_BIN/cargo ]] ||
@@ -67,7 +70,7 @@ step() { # name command...
   local name=$1 started=$SECONDS rc=0
   shift
   say "$name: $* (log $REL_DIR/$name.log)"
-  docker exec "$CONTAINER" bash -c "$*" >"$RUN_DIR/$name.log" 2>&1 || rc=$?
+  docker exec "$CONTAINER" nice -n "$NICENESS" bash -c "$*" >"$RUN_DIR/$name.log" 2>&1 || rc=$?
   local took=$((SECONDS - started))
   if ((rc == 0)); then
     RESULTS+=("$name: passed in $((took / 60))m$((took % 60))s")
