@@ -7,7 +7,9 @@
 #
 # Usage: scripts/fresh-machine-check.sh
 #
-# Host networking only. The container's broker uses its own port (FRESH_KAFKA_PORT), so a broker
+# Host networking only. The host's local CA certificates (/usr/local/share/ca-certificates, on a
+# network that inspects TLS) are mounted read-only where Debian's ca-certificates picks them up
+# when it is installed: a fresh machine on that network is given them too. The container's broker uses its own port (FRESH_KAFKA_PORT), so a broker
 # already running on the host is neither used nor disturbed. The container has no Docker engine,
 # so test.sh runs with REBOUND_TEST_DOCKER=0 (its dockerized stage is the host's to run). Slow:
 # everything is built from scratch inside (crates are downloaded into the container).
@@ -55,8 +57,11 @@ git -C "$REPO" archive HEAD | tar -x -C "$RUN_DIR/repo"
 
 # Nothing of the host but the toolchain (read-only) and the copy. CARGO_HOME is the container's
 # own, so the crates are downloaded as on a fresh machine; rustup and cargo come from the mount.
+local_ca=()
+compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null &&
+  local_ca=(-v /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro)
 say "starting $CONTAINER from $base (host network; Rust from $HOST_RUSTUP, read-only)"
-docker run -d --name "$CONTAINER" --network host \
+docker run -d --name "$CONTAINER" --network host ${local_ca[@]+"${local_ca[@]}"} \
   -v "$HOST_RUSTUP:/opt/rust/rustup:ro" -v "$HOST_CARGO_BIN:/opt/rust/bin:ro" \
   -v "$RUN_DIR/repo:/src" -w /src \
   -e RUSTUP_HOME=/opt/rust/rustup -e CARGO_HOME=/root/.cargo \
