@@ -2,7 +2,8 @@
 # docker-local.sh - a Docker engine and rebound's images on this machine, without a registry.
 #
 # Usage: scripts/docker-local.sh engine | engine-stop | base-image | kafka-image |
-#                                runtime-image [--profile release|dev] | images | sizes
+#                                runtime-image [--profile release|dev] [--no-cargo] | images | sizes |
+#                                compose-plugin | compose-config
 #
 #   engine          start a Docker engine unless one answers (Debian's docker.io is installed when
 #                   dockerd is missing); host networking only: no bridge, no iptables rules
@@ -15,9 +16,15 @@
 #                   Debian's JRE and the Maven Central jars of scripts/kafka/pom.xml
 #                   (deploy/docker/kafka/)
 #   runtime-image   build the rebound:local image (./Dockerfile) from the four binaries built on
-#                   this machine by cargo (default profile release), stripped; prints its name
+#                   this machine by cargo (default profile release), stripped; prints its name.
+#                   --no-cargo takes the binaries cargo left in target/ as they are
 #   images          base-image, kafka-image and runtime-image
 #   sizes           the stripped binaries' and the images' sizes, as the README lists them
+#   compose-plugin  make sure `docker compose` works: where it does not, build the Compose CLI
+#                   plugin (COMPOSE_VERSION) from the Go module proxy into ~/.docker/cli-plugins
+#                   (needs Go; a few minutes of compiling)
+#   compose-config  validate docker-compose.yml, alone and with the host-network override
+#                   deploy/docker/compose.host-network.yml, with `docker compose config`
 #
 # Progress goes to stderr; the image commands print the image's name alone on stdout.
 # Images stay in the engine, so a second run on the same machine only rebuilds what changed.
@@ -48,6 +55,10 @@ KAFKA_VERSION=$("$KAFKA_LOCAL" version)
 readonly KAFKA_VERSION
 readonly OFFICIAL_KAFKA_IMAGE=apache/kafka:$KAFKA_VERSION
 readonly LOCAL_KAFKA_IMAGE=rebound-kafka:$KAFKA_VERSION
+# The Compose CLI plugin built where none is installed; the last release series that still talks
+# to engines as old as Debian bookworm's docker.io (API 1.41).
+readonly COMPOSE_VERSION=v2.29.7
+readonly HOST_NETWORK_OVERRIDE=$REPO/deploy/docker/compose.host-network.yml
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -228,8 +239,8 @@ kafka_image() {
   echo "$image"
 }
 
-runtime_image() { # profile
-  local profile=$1 started=$SECONDS dir context exe
+runtime_image() { # profile run-cargo(1|0)
+  local profile=$1 run_cargo=$2 started=$SECONDS dir context exe
   case $profile in
     release) dir=release ;;
     dev) dir=debug ;;
@@ -239,11 +250,16 @@ runtime_image() { # profile
   base_image >/dev/null
   local -a bins=()
   for exe in "${BINARIES[@]}"; do bins+=(--bin "$exe"); done
-  say "building the binaries (cargo, profile $profile; log $BUILD_DIR/cargo-$profile.log)"
-  if ! (cd "$REPO" && cargo build --locked --profile "$profile" "${bins[@]}") >"$BUILD_DIR/cargo-$profile.log" 2>&1; then
-    tail -n 30 "$BUILD_DIR/cargo-$profile.log" >&2
-    die "cargo build failed"
+  if ((run_cargo)); then
+    say "building the binaries (cargo, profile $profile; log $BUILD_DIR/cargo-$profile.log)"
+    if ! (cd "$REPO" && cargo build --locked --profile "$profile" "${bins[@]}") >"$BUILD_DIR/cargo-$profile.log" 2>&1; then
+      tail -n 30 "$BUILD_DIR/cargo-$profile.log" >&2
+      die "cargo build failed"
+    fi
   fi
+  for exe in "${BINARIES[@]}"; do
+    [[ -x $REPO/target/$dir/$exe ]] || die "target/$dir/$exe is missing (build it, or leave out --no-cargo)"
+  done
   # Only the stripped binaries go to the engine: the build context stays a few tens of MB.
   context=$BUILD_DIR/runtime-context
   rm -rf "$context"
@@ -275,9 +291,38 @@ sizes() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Compose.
+
+compose_plugin() {
+  local started=$SECONDS plugins=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins gobin
+  if docker compose version >/dev/null 2>&1; then say "$(docker compose version)"; return 0; fi
+  command -v go >/dev/null || die "'docker compose' is missing and Go is not installed to build it (https://go.dev/dl/)"
+  gobin=$BUILD_DIR/compose-bin
+  say "building the Compose CLI plugin $COMPOSE_VERSION from the Go module proxy (log $BUILD_DIR/compose-build.log)"
+  if ! GOBIN=$gobin go install -ldflags "-X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
+      "github.com/docker/compose/v2/cmd@$COMPOSE_VERSION" >"$BUILD_DIR/compose-build.log" 2>&1; then
+    tail -n 20 "$BUILD_DIR/compose-build.log" >&2
+    die "building the Compose plugin failed"
+  fi
+  mkdir -p "$plugins"
+  install -m 0755 "$gobin/cmd" "$plugins/docker-compose"
+  docker compose version >/dev/null 2>&1 || die "docker compose does not work after installing $plugins/docker-compose"
+  say "installed $plugins/docker-compose ($COMPOSE_VERSION) in $(since "$started")"
+}
+
+compose_config() {
+  docker compose version >/dev/null 2>&1 || die "'docker compose' is missing; run '$0 compose-plugin'"
+  docker compose -f "$REPO/docker-compose.yml" config --quiet || die "docker-compose.yml is not valid"
+  say "docker-compose.yml is valid"
+  docker compose -f "$REPO/docker-compose.yml" -f "$HOST_NETWORK_OVERRIDE" config --quiet ||
+    die "docker-compose.yml with ${HOST_NETWORK_OVERRIDE#"$REPO"/} is not valid"
+  say "docker-compose.yml with ${HOST_NETWORK_OVERRIDE#"$REPO"/} is valid"
+}
+
+# ---------------------------------------------------------------------------------------------
 
 main() {
-  local cmd=${1:-} profile=release
+  local cmd=${1:-} profile=release run_cargo=1
   (($# > 0)) && shift
   case $cmd in
     runtime-image | images)
@@ -285,6 +330,7 @@ main() {
         case $1 in
           --profile) (($# >= 2)) || { usage; exit 2; }; profile=$2; shift 2 ;;
           --profile=*) profile=${1#--profile=}; shift ;;
+          --no-cargo) run_cargo=0; shift ;;
           *) warn "error: unexpected argument: $1"; usage; exit 2 ;;
         esac
       done ;;
@@ -294,7 +340,8 @@ main() {
   esac
   case $cmd in
     engine | engine-stop) ;;
-    base-image | kafka-image | runtime-image | images | sizes)
+    compose-plugin) mkdir -p "$BUILD_DIR" ;;
+    base-image | kafka-image | runtime-image | images | sizes | compose-config)
       engine_answers || die "no Docker engine answers; start one with '$0 engine'"
       mkdir -p "$BUILD_DIR" ;;
     *) warn "error: unknown command: $cmd"; usage; exit 2 ;;
@@ -304,9 +351,11 @@ main() {
     engine-stop) engine_stop ;;
     base-image) base_image ;;
     kafka-image) kafka_image ;;
-    runtime-image) runtime_image "$profile" ;;
-    images) base_image; kafka_image; runtime_image "$profile" ;;
+    runtime-image) runtime_image "$profile" "$run_cargo" ;;
+    images) base_image; kafka_image; runtime_image "$profile" "$run_cargo" ;;
     sizes) sizes ;;
+    compose-plugin) compose_plugin ;;
+    compose-config) compose_config ;;
   esac
 }
 
