@@ -5,7 +5,8 @@
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
 # Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh) and
-# kcat (one bad-input test writes a record the Rust client cannot); .ci/run installs them.
+# kcat (one bad-input test writes a record the Rust client cannot); .ci/run installs them. Its
+# last stage needs a Docker engine (scripts/docker-local.sh engine; .ci/run starts one).
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
@@ -71,4 +72,14 @@ cargo test --workspace --locked --no-fail-fast "$@"
 # Last, as it restarts the broker: the small chaos soak (about 2 minutes), lost = 0 or it fails.
 say "small chaos soak (scripts/soak.sh --small, broker $REBOUND_TEST_BROKERS)"
 scripts/soak.sh --small
+
+# A subset of the integration tests, the small soak and the demo once more against a broker in a
+# container, the demo's services in containers of the rebound image (about 7 minutes; images are
+# reused between runs). REBOUND_TEST_DOCKER=0 leaves it out, saying so.
+if [[ ${REBOUND_TEST_DOCKER:-1} == 0 ]]; then
+  say "REBOUND_TEST_DOCKER=0: the dockerized stage (scripts/test-docker.sh) is NOT run"
+else
+  say "dockerized stage (scripts/test-docker.sh)"
+  scripts/test-docker.sh
+fi
 say "all checks passed"
