@@ -74,8 +74,9 @@ say "small chaos soak (scripts/soak.sh --small, broker $REBOUND_TEST_BROKERS)"
 scripts/soak.sh --small
 
 # A subset of the integration tests, the small soak and the demo once more against a broker in a
-# container, the demo's services in containers of the rebound image (about 7 minutes; images are
-# reused between runs). REBOUND_TEST_DOCKER=0 leaves it out, saying so.
+# container, the demo's services in containers of the rebound image (about 7 minutes with the
+# images there; a fresh machine spends about 4 more making the base and Kafka images, which later
+# runs reuse). REBOUND_TEST_DOCKER=0 leaves it out, saying so.
 if [[ ${REBOUND_TEST_DOCKER:-1} == 0 ]]; then
   say "REBOUND_TEST_DOCKER=0: the dockerized stage (scripts/test-docker.sh) is NOT run"
 else
