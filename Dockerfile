@@ -1,10 +1,17 @@
-# syntax=docker/dockerfile:1
-#
 # One image for every rebound binary: rebound-consumer, rebound-scheduler, rebound-producer and
 # the admin CLI rebound. docker-compose.yml picks the binary per service with `command:`.
 #
 #   docker build -t rebound .
 #   docker run --rm rebound rebound-consumer --help
+#
+# Needs BuildKit (RUN --mount; a client with buildx, or DOCKER_BUILDKIT=1 before Docker 23). No
+# `# syntax=` line: BuildKit's built-in frontend is enough, and it needs no registry.
+#
+# The binaries come from the builder stage (default), or, with
+# `--build-arg REBOUND_BINARIES=prebuilt`, from prebuilt/ in the build context: binaries built
+# on the host, for machines where the Rust image cannot be pulled
+# (scripts/docker-local.sh runtime-image does that, stripped).
+ARG REBOUND_BINARIES=builder
 
 # ---------------------------------------------------------------------------------------------
 # Builder. rdkafka builds its bundled librdkafka with ./configure + make (not cmake, the
@@ -38,6 +45,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
           /out/
 
 # ---------------------------------------------------------------------------------------------
+# Prebuilt: the binaries of the build context's prebuilt/ folder. BuildKit builds only the stage
+# REBOUND_BINARIES names, so the Rust image is never pulled in this case.
+FROM scratch AS prebuilt
+COPY prebuilt/rebound prebuilt/rebound-consumer prebuilt/rebound-scheduler prebuilt/rebound-producer /out/
+
+FROM ${REBOUND_BINARIES} AS binaries
+
+# ---------------------------------------------------------------------------------------------
 # Runtime: the binaries link OpenSSL 3 (libssl3) dynamically; everything else is static or in
 # the base image. CA certificates are for TLS to brokers and to an https:// sink.
 FROM debian:bookworm-slim AS runtime
@@ -55,7 +70,7 @@ RUN groupadd --system --gid 10001 rebound \
     && mkdir -p /data \
     && chown rebound:rebound /data
 
-COPY --from=builder /out/rebound \
+COPY --from=binaries /out/rebound \
      /out/rebound-consumer \
      /out/rebound-scheduler \
      /out/rebound-producer \

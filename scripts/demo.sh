@@ -33,6 +33,9 @@
 #   DEMO_SEED       seed of the generator and the failure injector (default 1)
 #   DEMO_RATE       notes per second the producer sends (default 0: as fast as possible)
 #   DEMO_PROFILE    cargo profile of the binaries: dev (default) or release
+#   DEMO_IMAGE      run the four binaries in containers of this image (rebound:local from
+#                   scripts/docker-local.sh runtime-image) on the host network instead of building
+#                   them; the run folder is mounted at the same path, so files stay where they are
 #   REBOUND_KAFKA_PORT and the other REBOUND_KAFKA_* variables are passed to kafka-local.sh.
 set -euo pipefail
 
@@ -52,6 +55,7 @@ readonly NOTES=${DEMO_NOTES:-5000}
 readonly TIMEOUT=${DEMO_TIMEOUT:-150}
 readonly SEED=${DEMO_SEED:-1}
 readonly RATE=${DEMO_RATE:-0}
+readonly IMAGE=${DEMO_IMAGE:-}
 readonly FAILURES=transient=0.1,permanent=0.01
 readonly BROKERS=127.0.0.1:${REBOUND_KAFKA_PORT:-9092}
 readonly PROGRESS_EVERY=2   # seconds between progress updates
@@ -140,30 +144,50 @@ require_running() { # name pid log
 readonly T_START=$SECONDS
 say "run $RUN, files in $REL_DIR/"
 
-# Rust, a C toolchain and, unless a broker already answers or Docker runs it, Java and Maven:
-# installed here when missing (scripts/lib/prereqs.sh says what and why first).
-# shellcheck disable=SC2046 # the list is words
-prereqs_ensure $(prereqs_for demo)
-readonly PROFILE=${DEMO_PROFILE:-dev}
-case $PROFILE in
-  dev) PROFILE_DIR=debug ;;
-  release) PROFILE_DIR=release ;;
-  *) die "DEMO_PROFILE must be dev or release, not '$PROFILE'" ;;
-esac
-say "building the binaries, profile $PROFILE (the first build takes a few minutes; log: $REL_DIR/build.log)"
-t=$SECONDS
-if ! cargo build --profile "$PROFILE" --workspace --bins >"$RUN_DIR/build.log" 2>&1; then
-  tail -n 40 "$RUN_DIR/build.log" >&2
-  die "cargo build failed (full log: $REL_DIR/build.log)"
+# The command that runs binary $1 (in RUN_CMD): the built file, or a container of DEMO_IMAGE on the
+# host network, as this user, with the run folder at the same path. Signals reach the service
+# through `docker run` (it forwards them), so stopping works the same either way.
+run_cmd() { # binary
+  if [[ -n $IMAGE ]]; then
+    RUN_CMD=(docker run --rm --network host --user "$(id -u):$(id -g)" -v "$RUN_DIR:$RUN_DIR"
+      -e RUST_LOG --name "$RUN-$1-$((++CONTAINERS))" "$IMAGE" "$1")
+  else
+    RUN_CMD=("$BIN/$1")
+  fi
+}
+CONTAINERS=0
+
+if [[ -n $IMAGE ]]; then
+  docker image inspect "$IMAGE" >/dev/null 2>&1 ||
+    die "DEMO_IMAGE=$IMAGE is not here (scripts/docker-local.sh runtime-image builds rebound:local)"
+  BUILD_TIME="none (image $IMAGE)"
+  say "running the binaries in containers of $IMAGE"
+else
+  # Rust, a C toolchain and, unless a broker already answers or Docker runs it, Java and Maven:
+  # installed here when missing (scripts/lib/prereqs.sh says what and why first).
+  # shellcheck disable=SC2046 # the list is words
+  prereqs_ensure $(prereqs_for demo)
+  readonly PROFILE=${DEMO_PROFILE:-dev}
+  case $PROFILE in
+    dev) PROFILE_DIR=debug ;;
+    release) PROFILE_DIR=release ;;
+    *) die "DEMO_PROFILE must be dev or release, not '$PROFILE'" ;;
+  esac
+  say "building the binaries, profile $PROFILE (the first build takes a few minutes; log: $REL_DIR/build.log)"
+  t=$SECONDS
+  if ! cargo build --profile "$PROFILE" --workspace --bins >"$RUN_DIR/build.log" 2>&1; then
+    tail -n 40 "$RUN_DIR/build.log" >&2
+    die "cargo build failed (full log: $REL_DIR/build.log)"
+  fi
+  TARGET_DIR=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
+  readonly BIN=${TARGET_DIR:-$REPO/target}/$PROFILE_DIR
+  for exe in rebound rebound-producer rebound-consumer rebound-scheduler; do
+    [[ -x $BIN/$exe ]] || die "$BIN/$exe is missing after the build"
+  done
+  BUILD_TIME=$(since "$t")
+  say "built in $BUILD_TIME"
 fi
-TARGET_DIR=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
-readonly BIN=${TARGET_DIR:-$REPO/target}/$PROFILE_DIR
-for exe in rebound rebound-producer rebound-consumer rebound-scheduler; do
-  [[ -x $BIN/$exe ]] || die "$BIN/$exe is missing after the build"
-done
-BUILD_TIME=$(since "$t")
-say "built in $BUILD_TIME"
 
 t=$SECONDS
 if local_broker_running; then
@@ -184,7 +208,8 @@ else
   say "Kafka is up at $BROKERS ($KAFKA_TIME)"
 fi
 
-if ! "$BIN/rebound" --brokers "$BROKERS" topics create --topic-prefix "$PREFIX" \
+run_cmd rebound
+if ! "${RUN_CMD[@]}" --brokers "$BROKERS" topics create --topic-prefix "$PREFIX" \
     >"$RUN_DIR/topics.log" 2>&1; then
   cat "$RUN_DIR/topics.log" >&2
   die "creating the topics failed"
@@ -197,7 +222,8 @@ say "created topics: $(awk '$1 == "created" || $1 == "exists" { printf "%s%s", s
 
 say "producing $NOTES note versions (seed $SEED)"
 t=$SECONDS
-if ! RUST_LOG=info "$BIN/rebound-producer" --brokers "$BROKERS" --log-format json \
+run_cmd rebound-producer
+if ! RUST_LOG=info "${RUN_CMD[@]}" --brokers "$BROKERS" --log-format json \
     generate --count "$NOTES" --seed "$SEED" --rate "$RATE" --ids-log "$IDS" \
     --topic-prefix "$PREFIX" </dev/null >"$RUN_DIR/producer.log" 2>&1; then
   tail -n 20 "$RUN_DIR/producer.log" >&2
@@ -219,11 +245,13 @@ readonly SCHEDULER_LOG=$RUN_DIR/scheduler.log
 DETACH=()
 command -v setsid >/dev/null && DETACH=(setsid)
 T_PIPELINE=$SECONDS
-RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-consumer" --brokers "$BROKERS" --log-format json \
+run_cmd rebound-consumer
+RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "${RUN_CMD[@]}" --brokers "$BROKERS" --log-format json \
   --topic-prefix "$PREFIX" --group "${RUN}.consumer" --sink "sqlite://$DB" \
   --inject-failures "$FAILURES" --inject-seed "$SEED" </dev/null 2>"$CONSUMER_LOG" >&2 &
 CONSUMER_PID=$!
-RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-scheduler" --brokers "$BROKERS" --log-format json \
+run_cmd rebound-scheduler
+RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "${RUN_CMD[@]}" --brokers "$BROKERS" --log-format json \
   --topic-prefix "$PREFIX" --group "${RUN}.scheduler" </dev/null 2>"$SCHEDULER_LOG" >&2 &
 SCHEDULER_PID=$!
 say "started rebound-consumer (pid $CONSUMER_PID, failures $FAILURES) and rebound-scheduler" \
@@ -245,7 +273,8 @@ LAST_PRINTED=""      # what the last printed line said, without its clock and co
 
 # Runs the progress audit in the background; its line goes to progress.out.
 start_audit() {
-  RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
+  run_cmd rebound
+  RUST_LOG=warn "${RUN_CMD[@]}" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
     --topic-prefix "$PREFIX" --output progress </dev/null >"$RUN_DIR/progress.out.new" 2>"$RUN_DIR/audit.err.new" &
   AUDIT_PID=$!
   AUDIT_START=$SECONDS

@@ -20,6 +20,8 @@
 #   version               print the Kafka version these scripts run (scripts/kafka/pom.xml)
 #   probe                 exit 0 if a Kafka broker answers on REBOUND_KAFKA_PORT, whoever started it
 #                         (this script in another checkout, Docker, ...), 3 if none does
+#   jars                  fetch the Kafka jars once (Maven) and print the folder holding them; the
+#                         locally built Kafka image (scripts/docker-local.sh) is made from them
 #
 # Progress goes to stderr; `start`, `restart-broker` and `start-node` print the bootstrap address
 # alone on stdout, so `BOOTSTRAP=$(scripts/kafka-local.sh start)` works.
@@ -35,20 +37,23 @@
 #                            -X sasl.username=rebound -X sasl.password=rebound-secret
 # The 3-node cluster has PLAINTEXT listeners only.
 #
-# Modes: when `docker info` succeeds, `docker compose` exists and the repository has a
-# docker-compose.yml, the single broker runs as the compose service `kafka`. Otherwise (or with
-# REBOUND_KAFKA_MODE=jvm) the broker runs directly on the JVM from jars that Maven copies once
-# (scripts/kafka/pom.xml) into a cache folder outside the repository. REBOUND_KAFKA_MODE=docker
-# forces Docker. The 3-node cluster always runs on the JVM.
+# Modes: by default the broker runs directly on the JVM from jars that Maven copies once
+# (scripts/kafka/pom.xml) into a cache folder outside the repository. With
+# REBOUND_KAFKA_MODE=docker the single broker runs in a container named rebound-kafka-<port> on
+# the host network, from REBOUND_KAFKA_IMAGE: the official apache/kafka:<version> by default, or
+# the image scripts/docker-local.sh builds where no registry answers (`REBOUND_KAFKA_IMAGE=$(
+# scripts/docker-local.sh kafka-image)`). Its data lives in the container: `restart-broker` keeps
+# it, `stop` removes the container. Docker mode is never chosen on its own: an engine on the
+# machine does not mean its broker is wanted. The 3-node cluster always runs on the JVM.
 #
 # Environment:
-#   REBOUND_KAFKA_MODE           jvm | docker (default: detect)
+#   REBOUND_KAFKA_MODE           jvm | docker (default: jvm)
+#   REBOUND_KAFKA_IMAGE          image of Docker mode (default apache/kafka:<version>)
 #   REBOUND_KAFKA_PORT           client port of the single broker (default 9092; controller +1)
 #   REBOUND_KAFKA_STATE          runtime state (default <repo>/target/kafka-local)
 #   REBOUND_KAFKA_CACHE          jar cache (default ${XDG_CACHE_HOME:-~/.cache}/rebound/kafka-<version>)
 #   REBOUND_KAFKA_READY_TIMEOUT  seconds to wait for a broker to answer (default 90)
 #   REBOUND_KAFKA_JAVA_OPTS      extra JVM options for the brokers
-#   REBOUND_KAFKA_COMPOSE_FILE   compose file of Docker mode (default <repo>/docker-compose.yml)
 set -euo pipefail
 
 readonly PROG=kafka-local
@@ -56,7 +61,6 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
 readonly SCRIPT_DIR REPO
 readonly POM=$SCRIPT_DIR/kafka/pom.xml
-readonly COMPOSE_FILE=${REBOUND_KAFKA_COMPOSE_FILE:-$REPO/docker-compose.yml}
 
 KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\([^<]*\)</kafka\.version>.*:\1:p' "$POM" | head -n 1)
 readonly KAFKA_VERSION
@@ -84,7 +88,7 @@ usage: scripts/kafka-local.sh start|stop|status [--nodes 1|3]
        scripts/kafka-local.sh restart-broker
        scripts/kafka-local.sh stop-node N... | start-node N...   (N = 1..3, 3-node cluster)
        scripts/kafka-local.sh tool [--nodes 1|3] NAME [ARGS...]   (org.apache.kafka.tools.NAME)
-       scripts/kafka-local.sh version | probe
+       scripts/kafka-local.sh version | probe | jars
 EOF
 }
 
@@ -587,63 +591,104 @@ run_tool() { # nodes name [args...]
 }
 
 # ---------------------------------------------------------------------------------------------
-# Docker mode (single broker, compose service `kafka`).
+# Docker mode (single broker, one container on the host network).
 
-compose() { docker compose -f "$COMPOSE_FILE" "$@"; }
+# One container per client port, so brokers of different ports never meet.
+readonly CONTAINER=rebound-kafka-$PORT
+readonly DOCKER_IMAGE=${REBOUND_KAFKA_IMAGE:-apache/kafka:$KAFKA_VERSION}
 
-docker_usable() {
-  command -v docker >/dev/null && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1
+docker_usable() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+docker_running() { [[ $(docker inspect --format '{{.State.Running}}' "$CONTAINER" 2>/dev/null) == true ]]; }
+
+docker_fail() { # message
+  log "error: $1; last 50 lines of the container's log:"
+  docker logs --tail 50 "$CONTAINER" >&2 || true
+  docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
+  exit 1
 }
 
 docker_wait_ready() {
   local started=$1 deadline=$((SECONDS + READY_TIMEOUT))
   until kafka_answers "$HOST" "$PORT" && kafka_answers "$HOST" "$(sasl_port)"; do
-    if ((SECONDS >= deadline)); then
-      log "error: the kafka container does not answer on $HOST:$PORT after ${READY_TIMEOUT}s"
-      compose logs --tail 50 kafka >&2 || true
-      compose stop kafka >&2 || true
-      exit 1
-    fi
-    sleep 1
+    docker_running || docker_fail "the kafka container $CONTAINER exited during startup"
+    ((SECONDS < deadline)) || docker_fail "the kafka container does not answer on $HOST:$PORT after ${READY_TIMEOUT}s"
+    sleep 0.5
   done
   docker_add_scram_user
-  log "ready after $((SECONDS - started))s; logs: docker compose logs kafka"
+  log "ready after $((SECONDS - started))s; logs: docker logs $CONTAINER"
   log "bootstrap: $HOST:$PORT"
   echo "$HOST:$PORT"
 }
 
-# The image formats its storage itself, without SCRAM users, so the test user is added through
-# the admin API (idempotent: an existing credential is replaced).
+# Both images (the official one and deploy/docker/kafka) format their storage themselves, without
+# SCRAM users, so the test user is added through the admin API (idempotent: an existing
+# credential is replaced). The first requests may still find no active controller: retried.
 docker_add_scram_user() {
-  compose exec -T kafka /opt/kafka/bin/kafka-configs.sh --bootstrap-server localhost:9092 --alter \
-    --entity-type users --entity-name "$SASL_USER" \
-    --add-config "$SASL_MECHANISM=[iterations=8192,password=$SASL_PASSWORD]" >&2 ||
-    { compose stop kafka >&2 || true; die "could not create the SCRAM user $SASL_USER"; }
+  local attempt
+  mkdir -p "$STATE"
+  for attempt in 1 2 3 4 5; do
+    docker exec "$CONTAINER" /opt/kafka/bin/kafka-configs.sh --bootstrap-server "$HOST:$PORT" --alter \
+      --entity-type users --entity-name "$SASL_USER" \
+      --add-config "$SASL_MECHANISM=[iterations=8192,password=$SASL_PASSWORD]" >"$STATE/scram.log" 2>&1 && return 0
+    sleep "$attempt"
+  done
+  cat "$STATE/scram.log" >&2
+  docker_fail "could not create the SCRAM user $SASL_USER"
 }
 
+# The listeners of the JVM mode's single broker, as the images' KAFKA_* variables: PLAINTEXT on
+# PORT, the controller on PORT+1, SASL_PLAINTEXT/SCRAM on PORT+2, all on 127.0.0.1 of the host
+# network (no bridge, no published ports).
 docker_start() {
-  local started=$SECONDS
-  log "starting the compose service kafka ($COMPOSE_FILE)"
-  compose up -d kafka >&2
+  local started=$SECONDS cport=$((PORT + 1))
+  if docker_running; then log "$CONTAINER is already running"; echo "$HOST:$PORT"; return 0; fi
+  docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
+  require_free_ports single
+  docker image inspect "$DOCKER_IMAGE" >/dev/null 2>&1 ||
+    die "the image $DOCKER_IMAGE is not here (scripts/docker-local.sh kafka-image pulls or builds one; REBOUND_KAFKA_IMAGE selects it)"
+  mkdir -p "$STATE"
+  log "starting $CONTAINER from $DOCKER_IMAGE on the host network"
+  docker run -d --name "$CONTAINER" --network host --label rebound.kafka-local=1 \
+    -e CLUSTER_ID=oF3I0K92SQGn-DBG4cY2Xg -e KAFKA_NODE_ID=1 -e KAFKA_PROCESS_ROLES=broker,controller \
+    -e "KAFKA_LISTENERS=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$cport,SASL_PLAINTEXT://$HOST:$(sasl_port)" \
+    -e "KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://$HOST:$PORT,SASL_PLAINTEXT://$HOST:$(sasl_port)" \
+    -e KAFKA_LISTENER_SECURITY_PROTOCOL_MAP=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT \
+    -e "KAFKA_SASL_ENABLED_MECHANISMS=$SASL_MECHANISM" \
+    -e "KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG=org.apache.kafka.common.security.scram.ScramLoginModule required;" \
+    -e KAFKA_INTER_BROKER_LISTENER_NAME=PLAINTEXT -e KAFKA_CONTROLLER_LISTENER_NAMES=CONTROLLER \
+    -e "KAFKA_CONTROLLER_QUORUM_VOTERS=1@$HOST:$cport" -e KAFKA_LOG_DIRS=/var/lib/kafka/data \
+    -e KAFKA_NUM_PARTITIONS=3 -e KAFKA_DEFAULT_REPLICATION_FACTOR=1 -e KAFKA_MIN_INSYNC_REPLICAS=1 \
+    -e KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR=1 -e KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR=1 \
+    -e KAFKA_TRANSACTION_STATE_LOG_MIN_ISR=1 -e KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR=1 \
+    -e KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR=1 -e KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS=0 \
+    -e KAFKA_AUTO_CREATE_TOPICS_ENABLE=false -e KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS=30000 \
+    -e "KAFKA_HEAP_OPTS=-Xms256m -Xmx512m" \
+    "$DOCKER_IMAGE" >/dev/null || die "docker run of $DOCKER_IMAGE failed"
   docker_wait_ready "$started"
 }
 
+# Restarts the container: its data (and cluster id) stay, as with the JVM broker's restart.
 docker_restart() {
   local started=$SECONDS
-  compose restart kafka >&2
+  docker_running || die "$CONTAINER is not running"
+  log "restarting $CONTAINER"
+  docker restart --time "$STOP_TIMEOUT" "$CONTAINER" >/dev/null
   docker_wait_ready "$started"
 }
 
 docker_stop() {
-  compose stop kafka >&2
-  compose rm -f kafka >&2
+  if ! docker inspect "$CONTAINER" >/dev/null 2>&1; then log "$CONTAINER: nothing to stop"; return 0; fi
+  log "stopping $CONTAINER"
+  docker stop --time "$STOP_TIMEOUT" "$CONTAINER" >/dev/null || true
+  docker rm -f "$CONTAINER" >/dev/null
 }
 
 docker_status() {
-  if [[ -n $(compose ps --status running --quiet kafka 2>/dev/null) ]]; then
-    echo "kafka (docker compose, $HOST:$PORT): running"
+  if docker_running; then
+    echo "kafka (docker $CONTAINER, $HOST:$PORT, SASL $HOST:$(sasl_port)): running"
   else
-    echo "kafka (docker compose, $HOST:$PORT): stopped"
+    echo "kafka (docker $CONTAINER, $HOST:$PORT): stopped"
     return 1
   fi
 }
@@ -680,7 +725,7 @@ main() {
     tool)
       ((${#args[@]} > 0)) || { log "tool needs the name of a tool (TopicCommand, GetOffsetShell, ...)"; exit 2; }
       [[ ${args[0]} =~ ^[A-Za-z][A-Za-z0-9]*$ ]] || { log "not a tool name: '${args[0]}'"; exit 2; } ;;
-    version | probe) ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
+    version | probe | jars) ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
     start | stop | status | restart-broker)
       ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
     *) log "unknown command: $cmd"; usage; exit 2 ;;
@@ -689,6 +734,7 @@ main() {
   case $cmd in
     version) echo "$KAFKA_VERSION"; exit 0 ;;
     probe) if kafka_answers "$HOST" "$PORT"; then exit 0; else exit 3; fi ;;
+    jars) ensure_lib; echo "$LIB"; exit 0 ;;
     tool) run_tool "${nodes:-1}" "${args[@]}"; exit ;;
   esac
 
@@ -696,12 +742,11 @@ main() {
     jvm) mode=jvm ;;
     docker)
       mode=docker
-      docker_usable || die "REBOUND_KAFKA_MODE=docker, but the Docker engine or 'docker compose' is not available"
-      [[ -f $COMPOSE_FILE ]] || die "REBOUND_KAFKA_MODE=docker, but $COMPOSE_FILE does not exist" ;;
-    "") if [[ -f $COMPOSE_FILE ]] && docker_usable; then mode=docker; else mode=jvm; fi ;;
+      docker_usable || die "REBOUND_KAFKA_MODE=docker, but no Docker engine answers (scripts/docker-local.sh engine starts one)" ;;
+    "") mode=jvm ;;
     *) die "REBOUND_KAFKA_MODE must be jvm or docker, not '$REBOUND_KAFKA_MODE'" ;;
   esac
-  # The compose file has a single broker: the cluster and its node commands always use the JVM.
+  # Docker mode has a single broker: the cluster and its node commands always use the JVM.
   if [[ $nodes == 3 || $cmd == *-node ]]; then
     [[ ${REBOUND_KAFKA_MODE:-} != docker ]] || die "the 3-node cluster runs on the JVM only (REBOUND_KAFKA_MODE=jvm)"
     mode=jvm

@@ -9,6 +9,7 @@
 # kubeconform, promtool/amtool), with apt-get or Homebrew, saying what and why. Outside CI,
 # missing promtool/amtool that cannot be installed skip the alert checks with a warning;
 # everything else missing stops it, naming the piece.
+# Its last stage needs a Docker engine (scripts/docker-local.sh engine; .ci/run starts one).
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
@@ -89,4 +90,15 @@ cargo test --workspace --locked --no-fail-fast "$@"
 # Last, as it restarts the broker: the small chaos soak (about 2 minutes), lost = 0 or it fails.
 say "small chaos soak (scripts/soak.sh --small, broker $REBOUND_TEST_BROKERS)"
 scripts/soak.sh --small
+
+# A subset of the integration tests, the small soak and the demo once more against a broker in a
+# container, the demo's services in containers of the rebound image (about 7 minutes with the
+# images there; a fresh machine spends about 4 more making the base and Kafka images, which later
+# runs reuse). REBOUND_TEST_DOCKER=0 leaves it out, saying so.
+if [[ ${REBOUND_TEST_DOCKER:-1} == 0 ]]; then
+  say "REBOUND_TEST_DOCKER=0: the dockerized stage (scripts/test-docker.sh) is NOT run"
+else
+  say "dockerized stage (scripts/test-docker.sh)"
+  scripts/test-docker.sh
+fi
 say "all checks passed"

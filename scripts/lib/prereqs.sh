@@ -271,14 +271,11 @@ prereqs_have() { prereqs_check "$1"; }
 prereqs_skipped() { [[ " ${PREREQS_SKIPPED[*]-} " == *" $1 "* ]]; }
 
 # The pieces the local Kafka broker needs: none when a broker already answers or Docker runs it
-# (scripts/kafka-local.sh's own choice), Java and Maven otherwise.
+# (REBOUND_KAFKA_MODE=docker; scripts/kafka-local.sh never picks Docker by itself), Java and Maven
+# otherwise.
 prereqs_kafka_pieces() {
   local_broker_running && return 0
   [[ ${REBOUND_KAFKA_MODE:-} == docker ]] && return 0
-  if [[ -z ${REBOUND_KAFKA_MODE:-} ]] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 &&
-    docker compose version >/dev/null 2>&1; then
-    return 0
-  fi
   echo java maven
 }
 

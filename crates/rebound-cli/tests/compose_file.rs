@@ -514,3 +514,49 @@ fn dockerfile_builds_and_installs_every_binary_the_compose_file_runs() {
         );
     }
 }
+
+/// deploy/docker/compose.host-network.yml, the override for engines without a bridge network:
+/// every service it names exists in docker-compose.yml and runs on the host's network without
+/// published ports (which host networking cannot have), and each rebound service, with the
+/// override's command and variables merged over its own, is still accepted by its binary.
+#[test]
+fn host_network_override_keeps_every_service_valid_on_the_host_network() {
+    let base = compose_file();
+    let overlay = parse_compose(&read_repo_file("deploy/docker/compose.host-network.yml"));
+    let rebound = rebound_services(&base);
+    let mut problems = Vec::new();
+    for (name, changes) in services(&overlay) {
+        let name = name.as_str().expect("service names are strings");
+        let Some(original) = services(&base).get(name) else {
+            problems.push(format!(
+                "the override names service {name:?}, which docker-compose.yml lacks"
+            ));
+            continue;
+        };
+        if changes.get("network_mode").and_then(Value::as_str) != Some("host") {
+            problems.push(format!(
+                "service {name}: the override does not set `network_mode: host`"
+            ));
+        }
+        if original.get("ports").is_some() && changes.get("ports").is_none() {
+            problems.push(format!(
+                "service {name}: publishes ports, which the override does not reset"
+            ));
+        }
+        if !rebound.iter().any(|service| service == name) {
+            continue;
+        }
+        let argv = if changes.get("command").is_some() {
+            service_argv(changes)
+        } else {
+            service_argv(original)
+        };
+        let mut environment = service_environment(original);
+        for (key, value) in service_environment(changes) {
+            environment.retain(|(existing, _)| *existing != key);
+            environment.push((key, value));
+        }
+        problems.extend(service_problems(name, &argv, &environment));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
