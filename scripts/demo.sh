@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # demo.sh - rebound's end-to-end demo: the whole retry/DLQ pipeline on a real local Kafka.
 #
-# Usage: scripts/demo.sh
+# Usage: scripts/demo.sh [--sink postgres://USER:PASSWORD@HOST:PORT/DB]
+#
+#   --sink URL   apply the notes to this PostgreSQL database instead of the run's SQLite file
+#                (e.g. `--sink "$(scripts/postgres-local.sh start)"`); the notes table is
+#                created or migrated there, and note ids are unique per run, so runs can share it
 #
 # Builds the binaries (debug profile, shared with the tests; DEMO_PROFILE=release for
 # optimised ones), starts the local Kafka broker of scripts/kafka-local.sh unless a broker
@@ -34,10 +38,21 @@ readonly PROG=demo
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 
-case ${1:-} in
-  "") ;;
-  -h | --help) usage; exit 0 ;;
-  *) warn "error: unexpected argument: $1 (settings are DEMO_* variables, see the header)"; usage; exit 2 ;;
+SINK_URL=""
+while (($#)); do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --sink)
+      (($# >= 2)) || { warn "error: --sink needs a postgres:// URL"; usage; exit 2; }
+      SINK_URL=$2
+      shift 2
+      ;;
+    *) warn "error: unexpected argument: $1 (settings are DEMO_* variables, see the header)"; usage; exit 2 ;;
+  esac
+done
+case $SINK_URL in
+  "" | postgres://* | postgresql://*) ;;
+  *) warn "error: --sink must be a postgres:// or postgresql:// URL (the default is the run's SQLite file)"; exit 2 ;;
 esac
 
 readonly NOTES=${DEMO_NOTES:-5000}
@@ -64,6 +79,11 @@ unset_rebound_env
 
 make_run_dir demo
 readonly DB=$RUN_DIR/notes.db
+# The sink URL the consumer writes and the audit reads; the password of a PostgreSQL URL is
+# never printed (SINK_SHOWN).
+readonly SINK=${SINK_URL:-sqlite://$DB}
+SINK_SHOWN=$(sed -E 's#://[^@/]*@#://***@#' <<<"${SINK_URL:-$REL_DIR/notes.db}")
+readonly SINK_SHOWN
 readonly IDS=$RUN_DIR/ids.log
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +237,7 @@ DETACH=()
 command -v setsid >/dev/null && DETACH=(setsid)
 T_PIPELINE=$SECONDS
 RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-consumer" --brokers "$BROKERS" --log-format json \
-  --topic-prefix "$PREFIX" --group "${RUN}.consumer" --sink "sqlite://$DB" \
+  --topic-prefix "$PREFIX" --group "${RUN}.consumer" --sink "$SINK" \
   --inject-failures "$FAILURES" --inject-seed "$SEED" </dev/null 2>"$CONSUMER_LOG" >&2 &
 CONSUMER_PID=$!
 RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-scheduler" --brokers "$BROKERS" --log-format json \
@@ -242,7 +262,7 @@ LAST_PRINT=-1000
 
 # Runs the audit in the background; the output goes to audit.out / audit.err.
 start_audit() {
-  RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
+  RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "$SINK" --ids-log "$IDS" \
     --topic-prefix "$PREFIX" </dev/null >"$RUN_DIR/audit.out.new" 2>"$RUN_DIR/audit.err.new" &
   AUDIT_PID=$!
   AUDIT_START=$SECONDS
@@ -304,7 +324,9 @@ while :; do
   ((DONE)) && break
   ((SECONDS >= DEADLINE)) && break
   # The sink appears when the consumer has started; auditing before that cannot succeed.
-  if [[ -z $AUDIT_PID && -f $DB ]] && ((SECONDS - AUDIT_START >= AUDIT_EVERY)); then start_audit; fi
+  if [[ -z $AUDIT_PID ]] && [[ -n $SINK_URL || -f $DB ]] && ((SECONDS - AUDIT_START >= AUDIT_EVERY)); then
+    start_audit
+  fi
   sleep "$PROGRESS_EVERY"
 done
 end_progress_line
@@ -341,6 +363,6 @@ fi
 say "timings: build $BUILD_TIME, Kafka $KAFKA_TIME, produce $PRODUCE_TIME, consumer/scheduler" \
   "$PIPELINE_TIME, total $(since "$T_START")"
 say "logs: $REL_DIR/consumer.log, $REL_DIR/scheduler.log, $REL_DIR/producer.log (JSON lines);" \
-  "sink $REL_DIR/notes.db, ids $REL_DIR/ids.log; topics $PREFIX*"
+  "sink $SINK_SHOWN, ids $REL_DIR/ids.log; topics $PREFIX*"
 ((DONE)) || exit 1
 exit 0
