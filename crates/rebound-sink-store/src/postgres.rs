@@ -164,6 +164,26 @@ impl PostgresSinkSpec {
     pub fn redacted(&self) -> String {
         rebound_service::redact::redact_url(&self.url)
     }
+
+    /// `text` with the URL's user name and password replaced by `***`: the server names the
+    /// user in its answers ("password authentication failed for user ..."), and rebound shows
+    /// no part of a sink URL's credentials.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut scrubbed = text.to_owned();
+        let password = self
+            .config
+            .get_password()
+            .map(|password| String::from_utf8_lossy(password).into_owned());
+        for secret in [password, self.config.get_user().map(str::to_owned)]
+            .into_iter()
+            .flatten()
+        {
+            if !secret.is_empty() {
+                scrubbed = scrubbed.replace(&secret, "***");
+            }
+        }
+        scrubbed
+    }
 }
 
 /// How PostgreSQL connections are encrypted: `sslmode` in the URL says whether (`disable`,
@@ -231,7 +251,7 @@ pub async fn connect_postgres(spec: &PostgresSinkSpec, tls: &PostgresTlsArgs) ->
         .await
         .map_err(|error| SinkStoreError::OpenSink {
             sink: spec.redacted(),
-            reason: describe_postgres_error(&error),
+            reason: spec.scrub(&describe_postgres_error(&error)),
         })?;
     let sink = spec.redacted();
     tokio::spawn(async move {
@@ -277,7 +297,7 @@ pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
 fn read_error(spec: &PostgresSinkSpec, error: &tokio_postgres::Error) -> SinkStoreError {
     SinkStoreError::ReadSink {
         sink: spec.redacted(),
-        reason: describe_postgres_error(error),
+        reason: spec.scrub(&describe_postgres_error(error)),
     }
 }
 

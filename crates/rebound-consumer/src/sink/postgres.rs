@@ -93,7 +93,7 @@ impl PostgresSink {
         let sink = settings.spec.redacted();
         let open_error = |reason: String| ConsumerError::OpenSink {
             sink: sink.clone(),
-            reason,
+            reason: settings.spec.scrub(&reason),
         };
         let connector = postgres_tls_connector(&settings.tls).map_err(|error| open_error(error.to_string()))?;
         let manager = Manager::from_config(
