@@ -42,9 +42,9 @@ find_bin() { # name
     return
   fi
   local candidate
-  for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  while IFS= read -r candidate; do
     [[ -x $candidate/$1 ]] && { printf '%s\n' "$candidate/$1"; return; }
-  done
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
   die "$1 not found: install PostgreSQL (Debian: apt-get install postgresql)"
 }
 
