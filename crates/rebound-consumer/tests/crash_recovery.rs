@@ -3,13 +3,15 @@
 //! sink, SQLite and PostgreSQL (`for_each_database!`).
 
 mod common;
+#[path = "common/database.rs"]
+mod database;
 
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::database::Database;
 use common::start_scheduler;
+use database::Database;
 use rebound_schema::{Note, NoteCodec};
 use rebound_testkit::{broker, create_test_topics, note, produce_notes, read_all, unique_prefix, wait_for};
 use tokio::process::{Child, Command};

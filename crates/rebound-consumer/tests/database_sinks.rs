@@ -5,11 +5,13 @@
 //! batch commits. (A consumer killed mid-batch losing nothing: `crash_recovery.rs`.)
 
 mod common;
+#[path = "common/database.rs"]
+mod database;
 
 use std::time::Duration;
 
-use common::database::Database;
 use common::start_consumer;
+use database::Database;
 use rebound_kafka::{fetch_committed_offsets, fetch_topic_watermarks};
 use rebound_retry::contract;
 use rebound_schema::NoteCodec;

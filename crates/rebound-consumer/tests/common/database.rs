@@ -1,5 +1,9 @@
 //! The database sinks under test, SQLite and PostgreSQL, behind one type, so that every test
-//! body of a database sink runs against both ([`for_each_database!`]).
+//! body of a database sink runs against both ([`for_each_database!`]). Included as the module
+//! `database` by the test files that use it (not through `common`, which other crates' tests
+//! include without these dependencies).
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::path::PathBuf;
 
@@ -106,12 +110,12 @@ macro_rules! for_each_database {
         mod $body {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$body($crate::common::database::Database::sqlite()).await;
+                super::$body($crate::database::Database::sqlite()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$body($crate::common::database::Database::postgres(stringify!($body)).await).await;
+                super::$body($crate::database::Database::postgres(stringify!($body)).await).await;
             }
         }
     };

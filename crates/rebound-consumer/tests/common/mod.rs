@@ -3,8 +3,6 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-pub mod database;
-
 use clap::Parser as _;
 use rebound_consumer::ConsumerArgs;
 use rebound_scheduler::SchedulerArgs;
