@@ -22,13 +22,11 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt as _};
 
 use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord};
-use rebound_retry::{
-    Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, oversized_stub, parse_retry_context,
-};
+use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, parse_retry_context};
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms};
+use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure, open_sink};
 use crate::{ConsumerConfig, ConsumerError};
@@ -505,13 +503,11 @@ impl Pipeline<'_> {
         let sent = self
             .runtime
             .send_alone_or_stub(&copy_of(record, &dispatch), |error| {
-                let stub = Box::new(oversized_stub(
+                let stub = Box::new(stub_for_refused_copy(
                     &self.config.policy,
                     &dispatch,
-                    &record.headers,
-                    record.key.as_deref(),
-                    record.value.as_deref(),
-                    &error.to_string(),
+                    record,
+                    error,
                     &self.config.group,
                 ));
                 let stub_record = copy_of(record, &stub);
