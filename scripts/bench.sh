@@ -30,6 +30,9 @@
 #                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
 #                            at the webhook
 #   BENCH_SKIP_BUILD         1: use the binaries in target/release as they are
+#   BENCH_POSTGRES           0: leave the PostgreSQL sink out of the consumer phase (default 1:
+#                            measured on REBOUND_TEST_POSTGRES_URL's server, else on
+#                            scripts/postgres-local.sh's, started and stopped by the run if need be)
 #   REBOUND_KAFKA_PORT and the other REBOUND_KAFKA_* variables are passed to kafka-local.sh.
 set -euo pipefail
 
@@ -60,6 +63,8 @@ unset_rebound_env
 make_run_dir bench
 
 KAFKA_STARTED=0
+POSTGRES_STARTED=0
+POSTGRES_URL=${REBOUND_TEST_POSTGRES_URL:-}
 HARNESS_PID=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap (install_traps)
 cleanup() {
@@ -72,6 +77,10 @@ cleanup() {
     say "stopping the broker this run started"
     # A failed stop does not turn a finished benchmark into a failure; its log says why.
     stop_started_kafka --nodes 1 || true
+  fi
+  if ((POSTGRES_STARTED)); then
+    say "stopping the PostgreSQL cluster this run started"
+    "$SCRIPT_DIR/postgres-local.sh" stop 2>>"$RUN_DIR/postgres.log" || true
   fi
 }
 install_traps cleanup
@@ -100,8 +109,21 @@ else
   KAFKA_STARTED=1
 fi
 
+if [[ ${BENCH_POSTGRES:-1} == 1 && -z $POSTGRES_URL && ,${BENCH_PHASES:-consumer}, == *,consumer,* ]]; then
+  if POSTGRES_URL=$("$SCRIPT_DIR/postgres-local.sh" status 2>/dev/null); then
+    POSTGRES_URL=${POSTGRES_URL#running }
+  else
+    say "starting a PostgreSQL cluster for the PostgreSQL sink (scripts/postgres-local.sh)"
+    POSTGRES_STARTED=1
+    POSTGRES_URL=$("$SCRIPT_DIR/postgres-local.sh" start 2>>"$RUN_DIR/postgres.log") ||
+      die "PostgreSQL did not start; see target/bench/$RUN/postgres.log"
+  fi
+fi
+[[ ${BENCH_POSTGRES:-1} == 1 ]] || POSTGRES_URL=""
+
 started=$SECONDS
 python3 "$SCRIPT_DIR/bench/harness.py" \
+  --postgres-url "$POSTGRES_URL" \
   --repo "$REPO" \
   --bin-dir "$REPO/target/release" \
   --out "$RUN_DIR" \

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # demo.sh - rebound's end-to-end demo: the whole retry/DLQ pipeline on a real local Kafka.
 #
-# Usage: scripts/demo.sh
+# Usage: scripts/demo.sh [--sink postgres://USER:PASSWORD@HOST:PORT/DB]
+#
+#   --sink URL   apply the notes to this PostgreSQL database instead of the run's SQLite file
+#                (e.g. `--sink "$(scripts/postgres-local.sh start)"`); the notes table is
+#                created or migrated there, and note ids are unique per run, so runs can share it
 #
 # Builds the binaries (debug profile, shared with the tests; DEMO_PROFILE=release for
 # optimised ones), starts the local Kafka broker of scripts/kafka-local.sh unless a broker
@@ -45,10 +49,21 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=scripts/lib/prereqs.sh
 source "$SCRIPT_DIR/lib/prereqs.sh"
 
-case ${1:-} in
-  "") ;;
-  -h | --help) usage; exit 0 ;;
-  *) warn "error: unexpected argument: $1 (settings are DEMO_* variables, see the header)"; usage; exit 2 ;;
+SINK_URL=""
+while (($#)); do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --sink)
+      (($# >= 2)) || { warn "error: --sink needs a postgres:// URL"; usage; exit 2; }
+      SINK_URL=$2
+      shift 2
+      ;;
+    *) warn "error: unexpected argument: $1 (settings are DEMO_* variables, see the header)"; usage; exit 2 ;;
+  esac
+done
+case $SINK_URL in
+  "" | postgres://* | postgresql://*) ;;
+  *) warn "error: --sink must be a postgres:// or postgresql:// URL (the default is the run's SQLite file)"; exit 2 ;;
 esac
 
 readonly NOTES=${DEMO_NOTES:-5000}
@@ -76,6 +91,11 @@ unset_rebound_env
 
 make_run_dir demo
 readonly DB=$RUN_DIR/notes.db
+# The sink URL the consumer writes and the audit reads; the password of a PostgreSQL URL is
+# never printed (SINK_SHOWN).
+readonly SINK=${SINK_URL:-sqlite://$DB}
+SINK_SHOWN=$(sed -E 's#://[^@/]*@#://***@#' <<<"${SINK_URL:-$REL_DIR/notes.db}")
+readonly SINK_SHOWN
 readonly IDS=$RUN_DIR/ids.log
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +267,7 @@ command -v setsid >/dev/null && DETACH=(setsid)
 T_PIPELINE=$SECONDS
 run_cmd rebound-consumer
 RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "${RUN_CMD[@]}" --brokers "$BROKERS" --log-format json \
-  --topic-prefix "$PREFIX" --group "${RUN}.consumer" --sink "sqlite://$DB" \
+  --topic-prefix "$PREFIX" --group "${RUN}.consumer" --sink "$SINK" \
   --inject-failures "$FAILURES" --inject-seed "$SEED" </dev/null 2>"$CONSUMER_LOG" >&2 &
 CONSUMER_PID=$!
 run_cmd rebound-scheduler
@@ -274,7 +294,7 @@ LAST_PRINTED=""      # what the last printed line said, without its clock and co
 # Runs the progress audit in the background; its line goes to progress.out.
 start_audit() {
   run_cmd rebound
-  RUST_LOG=warn "${RUN_CMD[@]}" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
+  RUST_LOG=warn "${RUN_CMD[@]}" --brokers "$BROKERS" audit --sink "$SINK" --ids-log "$IDS" \
     --topic-prefix "$PREFIX" --output progress </dev/null >"$RUN_DIR/progress.out.new" 2>"$RUN_DIR/audit.err.new" &
   AUDIT_PID=$!
   AUDIT_START=$SECONDS
@@ -335,7 +355,9 @@ while :; do
   ((DONE)) && break
   ((SECONDS >= DEADLINE)) && break
   # The sink appears when the consumer has started; auditing before that cannot succeed.
-  if [[ -z $AUDIT_PID && -f $DB ]] && ((SECONDS - AUDIT_START >= AUDIT_EVERY)); then start_audit; fi
+  if [[ -z $AUDIT_PID ]] && [[ -n $SINK_URL || -f $DB ]] && ((SECONDS - AUDIT_START >= AUDIT_EVERY)); then
+    start_audit
+  fi
   sleep "$PROGRESS_EVERY"
 done
 end_progress_line
@@ -378,7 +400,7 @@ fi
 say "timings: build $BUILD_TIME, Kafka $KAFKA_TIME, produce $PRODUCE_TIME, consumer/scheduler" \
   "$PIPELINE_TIME, total $(since "$T_START")"
 say "logs: $REL_DIR/consumer.log, $REL_DIR/scheduler.log, $REL_DIR/producer.log (JSON lines);" \
-  "sink $REL_DIR/notes.db, ids $REL_DIR/ids.log; topics $PREFIX*"
+  "sink $SINK_SHOWN, ids $REL_DIR/ids.log; topics $PREFIX*"
 
 # What to try next, against the topics this run left (the binaries as built; `cargo install`, in
 # the README, puts them on the PATH).

@@ -3,14 +3,19 @@
 # killed, the broker restarts and a consumer freezes.
 #
 # Usage: scripts/soak.sh [--small] [--versions N] [--notes N] [--rate N] [--duration S]
-#                        [--timeout S] [--seed N]
+#                        [--timeout S] [--seed N] [--sink sqlite|postgres]
+#
+#   --sink postgres   the consumers share a PostgreSQL sink instead of the SQLite file: a
+#                     database of its own for the run, on the cluster REBOUND_TEST_POSTGRES_URL
+#                     names, else on scripts/postgres-local.sh's (started if it is not running,
+#                     and then stopped at the end)
 #
 # Builds the binaries (SOAK_PROFILE), uses the local broker of scripts/kafka-local.sh on
 # REBOUND_KAFKA_PORT if one runs there (it is left running) or starts one (stopped at the end),
 # and creates the topics under a fresh per-run prefix (`soak-<epoch>.`). Then it runs:
 #   - `rebound-producer serve` with a durable outbox, fed over HTTP by scripts/soak/load.py,
 #     which logs every version it got a 202 for (the accepted-ids log, NOTE_ID<TAB>VERSION);
-#   - two consumers in one group on one SQLite sink with its delivery journal on, injected
+#   - two consumers in one group on one SQLite (or PostgreSQL) sink with its delivery journal on, injected
 #     failures (10% transient, 1% permanent) and short tiers (retry-5s: 2 s, retry-1m: 5 s);
 #   - two retry schedulers in one group;
 # services run with session.timeout.ms=6000, so a dead member's partitions move quickly.
@@ -59,6 +64,7 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 
 
 SMALL=0
+SINK_KIND=sqlite
 for arg in "$@"; do [[ $arg == --small ]] && SMALL=1; done
 if ((SMALL)); then
   VERSIONS=${SOAK_VERSIONS:-5000} NOTES=${SOAK_NOTES:-250} RATE=${SOAK_RATE:-125}
@@ -73,6 +79,13 @@ if ((SMALL)); then FAULT_MAX=${SOAK_FAULT_MAX:-8}; else FAULT_MAX=${SOAK_FAULT_M
 while (($# > 0)); do
   case $1 in
     --small) shift ;;
+    --sink)
+      (($# >= 2)) || { warn "error: $1 needs a value"; usage; exit 2; }
+      case $2 in
+        sqlite | postgres) SINK_KIND=$2 ;;
+        *) warn "error: --sink must be sqlite or postgres, not '$2'"; usage; exit 2 ;;
+      esac
+      shift 2 ;;
     --versions | --notes | --rate | --duration | --timeout | --seed)
       (($# >= 2)) || { warn "error: $1 needs a value"; usage; exit 2; }
       case $1 in
@@ -89,7 +102,7 @@ for var in VERSIONS NOTES RATE DURATION TIMEOUT SEED FAULT_MIN FAULT_MAX; do
 done
 ((VERSIONS > 0 && NOTES > 0)) || { warn "error: versions and notes must be at least 1"; exit 2; }
 ((FAULT_MIN >= 1 && FAULT_MAX >= FAULT_MIN)) || { warn "error: need 1 <= SOAK_FAULT_MIN <= SOAK_FAULT_MAX"; exit 2; }
-readonly VERSIONS NOTES RATE DURATION TIMEOUT SEED FAULT_MIN FAULT_MAX SMALL
+readonly VERSIONS NOTES RATE DURATION TIMEOUT SEED FAULT_MIN FAULT_MAX SMALL SINK_KIND
 
 readonly PORT=${REBOUND_KAFKA_PORT:-9092}
 readonly BROKERS=127.0.0.1:$PORT
@@ -103,7 +116,9 @@ readonly GROUP_CONFIG=(-X session.timeout.ms=6000 -X heartbeat.interval.ms=1500)
 readonly FREEZE_SECONDS=10 # SIGSTOP length: well past the session timeout
 readonly AUDIT_EVERY=5
 
-# The soak names its topics, groups and files itself (see common.sh).
+# The soak names its topics, groups and files itself (see common.sh). A PostgreSQL server
+# named by the test command is kept.
+POSTGRES_BASE_URL=${REBOUND_TEST_POSTGRES_URL:-}
 unset_rebound_env
 export REBOUND_KAFKA_PORT=$PORT
 
@@ -112,6 +127,7 @@ export REBOUND_KAFKA_PORT=$PORT
 
 make_run_dir soak
 readonly DB=$RUN_DIR/notes.db
+SINK="sqlite://$DB"
 readonly IDS=$RUN_DIR/ids.log
 readonly FAULTS=$RUN_DIR/faults.log
 mkdir -p "$RUN_DIR/outbox"
@@ -129,6 +145,7 @@ FROZEN=""              # pid of a SIGSTOPped consumer, resumed by the cleanup if
 LOAD_PID=""
 AUDIT_PID=""
 KAFKA_STARTED=0
+POSTGRES_STARTED=0
 UNEXPECTED=0           # service exits nobody asked for
 BAD_STOPS=0            # services that did not stop cleanly at the end
 HTTP_PORT=""
@@ -147,8 +164,33 @@ cleanup() {
     say "stopping the Kafka broker the soak started"
     stop_started_kafka --nodes 1 || EXIT_STATUS=1
   fi
+  if ((POSTGRES_STARTED)); then
+    say "stopping the PostgreSQL cluster the soak started"
+    "$SCRIPT_DIR/postgres-local.sh" stop 2>>"$RUN_DIR/postgres.log" || EXIT_STATUS=1
+  fi
 }
 install_traps cleanup
+
+# The PostgreSQL sink: a database of the run's own, so the delivery journal counts this run only.
+if [[ $SINK_KIND == postgres ]]; then
+  if [[ -z $POSTGRES_BASE_URL ]]; then
+    if POSTGRES_BASE_URL=$("$SCRIPT_DIR/postgres-local.sh" status 2>/dev/null); then
+      POSTGRES_BASE_URL=${POSTGRES_BASE_URL#running }
+    else
+      say "starting a PostgreSQL cluster (scripts/postgres-local.sh)"
+      POSTGRES_STARTED=1
+      POSTGRES_BASE_URL=$("$SCRIPT_DIR/postgres-local.sh" start 2>>"$RUN_DIR/postgres.log") ||
+        die "PostgreSQL did not start (log: $REL_DIR/postgres.log)"
+    fi
+  fi
+  SOAK_DATABASE=$(tr -c 'a-z0-9\n' '_' <<<"${RUN,,}")
+  psql "$POSTGRES_BASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$SOAK_DATABASE\"" \
+    >>"$RUN_DIR/postgres.log" 2>&1 || die "cannot create database $SOAK_DATABASE (log: $REL_DIR/postgres.log)"
+  SINK="${POSTGRES_BASE_URL%%\?*}"
+  SINK="${SINK%/*}/$SOAK_DATABASE"
+  say "PostgreSQL sink: database $SOAK_DATABASE"
+fi
+readonly SINK
 
 # On Linux the services run in their own session, so Ctrl-C in the terminal reaches only this
 # script, whose trap then stops them.
@@ -171,7 +213,7 @@ start_instance() { # name
       # Each start draws other failures: a restarted consumer must not replay the same fates.
       RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-consumer" --brokers "$BROKERS" \
         "${GROUP_CONFIG[@]}" --log-format json --topic-prefix "$PREFIX" --group "$RUN.consumer" \
-        --sink "sqlite://$DB" --sink-journal --tier "${TIERS[0]}" --tier "${TIERS[1]}" \
+        --sink "$SINK" --sink-journal --tier "${TIERS[0]}" --tier "${TIERS[1]}" \
         --inject-failures "$FAILURES" --inject-seed "$((SEED * 1000 + n * 100 + starts))" \
         </dev/null >>"$log" 2>&1 &
       ;;
@@ -396,7 +438,7 @@ ACCEPTED=$(wc -l <"$IDS" | tr -d ' ')
 run_audit() { # output file, extra flags...
   local out=$1 rc=0
   shift
-  RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
+  RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "$SINK" --ids-log "$IDS" \
     --topic-prefix "$PREFIX" --max-attempts "$MAX_ATTEMPTS" "$@" </dev/null >"$out.new" 2>"$out.err" &
   AUDIT_PID=$!
   wait "$AUDIT_PID" || rc=$?

@@ -6,15 +6,17 @@
 #
 # Installs what it needs first (scripts/lib/prereqs.sh --for test: a C toolchain and headers,
 # Java 17 and Maven for the local broker, kcat, Python 3, a Go toolchain for helm and
-# kubeconform, promtool/amtool), with apt-get or Homebrew, saying what and why. Outside CI,
+# kubeconform, PostgreSQL's server binaries for the PostgreSQL sink's tests, promtool/amtool), with apt-get or Homebrew, saying what and why. Outside CI,
 # missing promtool/amtool that cannot be installed skip the alert checks with a warning;
 # everything else missing stops it, naming the piece.
 # Its last stage needs a Docker engine (scripts/docker-local.sh engine; .ci/run starts one).
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
-# started when done, whether the checks passed or not. Integration tests fail loudly when the
-# broker is unreachable; none is skipped.
+# started when done, whether the checks passed or not. Likewise a throwaway PostgreSQL cluster
+# with scripts/postgres-local.sh, unless REBOUND_TEST_POSTGRES_URL names one already, exported
+# as REBOUND_TEST_POSTGRES_URL. Integration tests fail loudly when the broker or the database is
+# unreachable; none is skipped.
 set -euo pipefail
 
 readonly PROG=test.sh SAY_FD=2
@@ -28,11 +30,16 @@ cd "$REPO"
 prereqs_ensure $(prereqs_for test)
 
 started_broker=0
+started_postgres=0
 stop_broker() {
   local status=$?
   if [[ $started_broker == 1 ]]; then
     say "stopping the broker this run started"
     scripts/kafka-local.sh stop >/dev/null || say "warning: stopping the broker failed"
+  fi
+  if [[ $started_postgres == 1 ]]; then
+    say "stopping the PostgreSQL cluster this run started"
+    scripts/postgres-local.sh stop 2>/dev/null || say "warning: stopping PostgreSQL failed"
   fi
   exit "$status"
 }
@@ -83,6 +90,13 @@ fi
 export REBOUND_TEST_BROKERS="127.0.0.1:${REBOUND_KAFKA_PORT:-9092}"
 # The broker's SASL_PLAINTEXT/SCRAM-SHA-512 listener (scripts/kafka-local.sh: client port + 2).
 export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((${REBOUND_KAFKA_PORT:-9092} + 2))"
+
+if [[ -z ${REBOUND_TEST_POSTGRES_URL:-} ]]; then
+  say "starting a throwaway PostgreSQL cluster"
+  started_postgres=1
+  REBOUND_TEST_POSTGRES_URL=$(scripts/postgres-local.sh start)
+fi
+export REBOUND_TEST_POSTGRES_URL
 
 say "cargo test (broker $REBOUND_TEST_BROKERS)"
 cargo test --workspace --locked --no-fail-fast "$@"

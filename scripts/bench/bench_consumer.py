@@ -1,5 +1,5 @@
-# bench_consumer.py - phase 2 of the benchmark: rebound-consumer's happy path (null and SQLite
-# sinks) against kcat reading the same topic.
+# bench_consumer.py - phase 2 of the benchmark: rebound-consumer's happy path (null, SQLite and,
+# with --postgres-url, PostgreSQL sinks) against kcat reading the same topic.
 
 import os
 import subprocess
@@ -45,6 +45,11 @@ class ConsumerPhase:
         sink = "null://"
         if variant == "sqlite":
             sink = "sqlite://" + os.path.join(self.work_dir, f"{name}.db")
+        if variant == "postgres":
+            # A database per run, so every run starts from an empty table as SQLite's does.
+            database = name.replace("-", "_").lower()
+            self.postgres_sql(f'CREATE DATABASE "{database}"')
+            sink = postgres_url_with_database(self.args.postgres_url, database)
         process = self.children.spawn(
             name, self.consumer_command(self.prefix, source_topic, f"{self.run_id}-{name}", sink, port)
         )
@@ -57,6 +62,8 @@ class ConsumerPhase:
         result["exit_code"] = code
         if result["outcomes"]["dead_lettered"]:
             raise BenchError(f"{name}: {result['outcomes']['dead_lettered']:.0f} records dead-lettered; see {process.bench_log}")
+        if variant == "postgres":
+            self.postgres_sql(f'DROP DATABASE IF EXISTS "{database}"')
         if variant == "sqlite":
             for suffix in ("", "-wal", "-shm"):
                 path = os.path.join(self.work_dir, f"{name}.db{suffix}")
@@ -64,8 +71,15 @@ class ConsumerPhase:
                     os.remove(path)
         return result
 
+    def postgres_sql(self, statement):
+        # psql, not a Python driver: the benchmark needs no package beyond the standard library.
+        subprocess.run(["psql", self.args.postgres_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", statement],
+                       check=True, stdout=subprocess.DEVNULL)
+
     def bench_consumer(self):
         variants = ["kcat", "null", "sqlite"]
+        if self.args.postgres_url:
+            variants.append("postgres")
         for size in ("small", "large"):
             # kcat wrote this topic; the consumer decoding all of it without a dead letter is a
             # second check that the payloads are what the Rust codec writes.
@@ -75,16 +89,20 @@ class ConsumerPhase:
                 self.produce_with_kcat(self.next_name(f"fill-{size}"), self.prefix + source_topic, self.datasets[size]["kcat"])
             runs = []
             for rep in range(self.args.runs):
-                order = variants[rep % 3:] + variants[:rep % 3]
+                order = variants[rep % len(variants):] + variants[:rep % len(variants)]
                 row = {"rep": rep}
                 for variant in order:
                     row[variant] = self.consumer_run(size, variant, rep, source_topic)
                 row["null_vs_kcat"] = row["null"]["notes_per_s"] / row["kcat"]["notes_per_s"]
                 row["sqlite_vs_kcat"] = row["sqlite"]["notes_per_s"] / row["kcat"]["notes_per_s"]
-                log(
+                message = (
                     f"consumer {size} rep {rep}: kcat -C {row['kcat']['notes_per_s']:.0f}/s, "
                     f"null sink {row['null']['notes_per_s']:.0f}/s, sqlite sink {row['sqlite']['notes_per_s']:.0f}/s"
                 )
+                if "postgres" in row:
+                    row["postgres_vs_null"] = row["postgres"]["notes_per_s"] / row["null"]["notes_per_s"]
+                    message += f", postgres sink {row['postgres']['notes_per_s']:.0f}/s"
+                log(message)
                 runs.append(row)
             self.results["runs"][f"consumer_{size}"] = runs
             summary = {"notes": self.datasets[size]["count"]}
@@ -94,5 +112,16 @@ class ConsumerPhase:
                 summary[f"{variant}_peak_rss_kib"] = max(run[variant]["rss_kib"] for run in runs)
             summary["null_vs_kcat"] = median(run["null_vs_kcat"] for run in runs)
             summary["sqlite_vs_kcat"] = median(run["sqlite_vs_kcat"] for run in runs)
+            if "postgres" in variants:
+                summary["postgres_vs_null"] = median(run["postgres_vs_null"] for run in runs)
             self.results["summary"][f"consumer_{size}"] = summary
             self.write_results()
+
+
+def postgres_url_with_database(url, database):
+    """The URL with its database replaced (the query, e.g. sslmode, kept)."""
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    replaced = f"{scheme}://{authority}/{database}"
+    return f"{replaced}?{query}" if query else replaced

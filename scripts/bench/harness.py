@@ -55,6 +55,8 @@ def main():
     parser.add_argument("--consumer-extra", default="", help="extra flags of every consumer (experiments)")
     parser.add_argument("--scheduler-extra", default="", help="extra flags of the timed scheduler (experiments)")
     parser.add_argument("--phases", default="producer,consumer,failure,scheduler,retry")
+    parser.add_argument("--postgres-url", default="",
+                        help="a PostgreSQL server for the consumer phase's PostgreSQL sink (none: not measured)")
     parser.add_argument("--command", default="scripts/bench.sh")
     args = parser.parse_args()
     bench = Bench(args)

@@ -110,6 +110,13 @@ def render_markdown(results):
                 f"{fmt_rate(consumer['kcat_notes_per_s'])}/s | {fmt_ratio(consumer['sqlite_vs_kcat'])} | "
                 f">= 150,000/s | {verdict(consumer['sqlite_notes_per_s'] >= 150000)} |"
             )
+            if "postgres_notes_per_s" in consumer:
+                # Compared with the null sink: what the database costs, the rest being equal.
+                lines.append(
+                    f"| consumer, PostgreSQL sink, {label} | {fmt_rate(consumer['postgres_notes_per_s'])}/s | "
+                    f"{fmt_rate(consumer['null_notes_per_s'])}/s (null sink) | "
+                    f"{fmt_ratio(consumer['postgres_vs_null'])} | | measured |"
+                )
     failure = summary.get("failure")
     if failure:
         lines.append(
@@ -154,6 +161,8 @@ def render_markdown(results):
         if consumer:
             rss_rows.append((f"rebound-consumer, null sink, {size}", consumer["null_peak_rss_kib"]))
             rss_rows.append((f"rebound-consumer, SQLite sink, {size}", consumer["sqlite_peak_rss_kib"]))
+            if "postgres_peak_rss_kib" in consumer:
+                rss_rows.append((f"rebound-consumer, PostgreSQL sink, {size}", consumer["postgres_peak_rss_kib"]))
             rss_rows.append((f"kcat -C (reference), {size}", consumer["kcat_peak_rss_kib"]))
     if failure:
         rss_rows.append(("rebound-consumer, failure path", failure["consumer_peak_rss_kib"]))

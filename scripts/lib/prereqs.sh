@@ -23,6 +23,8 @@
 #   python3     Python 3 (the soak's load client, the benchmark harness)
 #   promtool    promtool (alert rule tests)
 #   amtool      amtool (Alertmanager configuration tests)
+#   ps          the ps command (procps; the broker scripts check on their processes)
+#   postgres    PostgreSQL's server binaries (initdb, pg_ctl) for the PostgreSQL sink's tests
 #   go          a Go toolchain (builds helm and kubeconform for the Helm chart check)
 #   sqlite3     the sqlite3 shell (optional extras of the demo's progress line)
 # A new piece is one line in prereqs_piece (packages and purpose), when `command -v NAME` is not
@@ -65,18 +67,21 @@ prereqs_piece() {
       PIECE_WHY="Alertmanager configuration tests (only the amtool command is used, not the server)" ;;
     go) PIECE_APT="golang-go" PIECE_BREW="go"
       PIECE_WHY="builds helm and kubeconform for the Helm chart check (scripts/lib/k8s-tools.sh)" ;;
+    postgres) PIECE_APT="postgresql" PIECE_BREW="postgresql@16"
+      PIECE_WHY="a throwaway PostgreSQL server for the PostgreSQL sink's tests (scripts/postgres-local.sh)" ;;
+    ps) PIECE_APT="procps" PIECE_WHY="scripts/kafka-local.sh checks on the broker process with ps" ;;
     sqlite3) PIECE_APT="sqlite3" PIECE_BREW="sqlite" PIECE_WHY="the demo's progress line counts rows of the sink" ;;
     *) return 1 ;;
   esac
 }
-readonly PREREQS_PIECES=(rust rust-lint build java maven kcat python3 go promtool amtool sqlite3)
+readonly PREREQS_PIECES=(rust rust-lint build ps java maven kcat python3 go postgres promtool amtool sqlite3)
 
 # What each command needs, in one place (scripts/demo.sh, scripts/test.sh and .ci/run ask here).
 prereqs_for() { # demo|test
   case $1 in
-    demo) echo rust build "$(prereqs_kafka_pieces)" ;;
+    demo) echo rust build ps "$(prereqs_kafka_pieces)" ;;
     # promtool and amtool: a laptop without them skips the alert checks; CI may not.
-    test) echo rust rust-lint build kcat python3 go promtool? amtool? "$(prereqs_kafka_pieces)" ;;
+    test) echo rust rust-lint build ps kcat python3 go postgres promtool? amtool? "$(prereqs_kafka_pieces)" ;;
     *) return 1 ;;
   esac
 }
@@ -115,6 +120,9 @@ prereqs_check_build() {
   pkg-config --exists openssl zlib libcurl
 }
 prereqs_check_maven() { command -v mvn >/dev/null 2>&1; }
+prereqs_check_postgres() {
+  command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
 prereqs_check_go() { command -v go >/dev/null 2>&1 || [[ -x /usr/local/go/bin/go ]]; }
 prereqs_check_java() {
   command -v java >/dev/null 2>&1 || return 1

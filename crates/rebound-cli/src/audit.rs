@@ -1,5 +1,5 @@
 //! `rebound audit`: accounts for every note version a producer reported as acknowledged. Each
-//! version must be applied in the SQLite sink (the stored version is at least it) or sit in the
+//! version must be applied in the SQLite or PostgreSQL sink (the stored version is at least it) or sit in the
 //! DLQ; anything else is lost. Also tallies how the stored versions got there, and with
 //! `--extended` the figures a soak test needs: duplicates in the DLQ, redeliveries to the sink
 //! (from its delivery journal) and how late the scheduler brought retried records back.
@@ -18,16 +18,18 @@ use rebound_kafka::{KafkaArgs, TopicScan, read_topic_to_end};
 use rebound_retry::contract;
 use rebound_schema::NoteCodec;
 use rebound_service::{SourceTopicArgs, TopologyArgs, parse_duration_flag};
-use rebound_sink_store::{
-    DeliveryJournalSummary, SinkSpec, read_all_notes, read_delivered_versions, read_delivery_journal,
-};
+use rebound_sink_store::{DeliveryJournalSummary, PostgresTlsArgs, SinkReader, SinkSpec};
 
 /// Flags of `rebound audit`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuditArgs {
-    /// The consumer's SQLite sink, `sqlite://PATH`.
+    /// The consumer's sink: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
     #[arg(long, env = "REBOUND_SINK", hide_env_values = true)]
     pub sink: String,
+
+    /// TLS of a PostgreSQL sink, as the consumer's.
+    #[command(flatten)]
+    pub postgres_tls: PostgresTlsArgs,
 
     /// Log of acknowledged note versions, one `NOTE_ID<TAB>VERSION` line each (written by
     /// `rebound-producer --ids-log`).
@@ -357,9 +359,9 @@ impl AuditReport {
 
 /// Runs the audit.
 pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditReport> {
-    let SinkSpec::Sqlite(path) = args.sink.parse::<SinkSpec>()? else {
+    let Some(sink) = SinkReader::for_spec(&args.sink.parse::<SinkSpec>()?, &args.postgres_tls) else {
         anyhow::bail!(
-            "invalid --sink {}: the audit reads a sqlite:// sink",
+            "invalid --sink {}: the audit reads a sqlite:// or postgres:// sink",
             rebound_service::redact::redact_url(&args.sink)
         );
     };
@@ -377,7 +379,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
         produced.push((note_id.to_owned(), version));
     }
 
-    let rows = read_all_notes(&path)?;
+    let rows = sink.read_all_notes().await?;
     let stored: HashMap<&str, i64> = rows.iter().map(|row| (row.note_id.as_str(), row.version)).collect();
     let mut report = AuditReport {
         produced_versions: produced.len(),
@@ -469,7 +471,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
         // The journal shows which versions reached the sink at all; a version neither there nor
         // in the DLQ, and not lost, passed the check above only because a newer version was
         // applied.
-        let never_delivered = read_delivered_versions(&path)?.map(|delivered| {
+        let never_delivered = sink.read_delivered_versions().await?.map(|delivered| {
             produced
                 .iter()
                 .collect::<HashSet<_>>()
@@ -488,7 +490,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             dead_letter_duplicate_versions,
             dead_letter_extra_copies,
             transient_dead_letters_early: transient_early,
-            sink_deliveries: read_delivery_journal(&path)?,
+            sink_deliveries: sink.read_delivery_journal().await?,
             never_delivered,
             lateness: measure_lateness(kafka, args, codec).await?,
         });

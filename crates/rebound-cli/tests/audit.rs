@@ -1,13 +1,16 @@
-//! `rebound audit` against a real broker and a database written by the consumer's SQLite sink:
-//! every acknowledged note version is counted as applied (or superseded), dead-lettered or lost,
-//! `--extended` reads the sink's delivery journal, and a sink other than `sqlite://` is refused
-//! before anything is read.
+//! `rebound audit` against a real broker and a database written by the consumer's SQLite or
+//! PostgreSQL sink: every acknowledged note version is counted as applied (or superseded),
+//! dead-lettered or lost, `--extended` reads the sink's delivery journal, and a sink that keeps
+//! nothing to read is refused before anything is read.
 
 use std::process::{Command, Output};
 
-use rebound_consumer::sink::{ApplyItem, SqliteSink};
+use std::time::Duration;
+
+use rebound_consumer::sink::{ApplyItem, PostgresSink, PostgresSinkSettings, Sink, SqliteSink};
 use rebound_retry::{RecordHeaders, contract};
 use rebound_schema::NoteCodec;
+use rebound_sink_store::{PostgresSinkSpec, PostgresTlsArgs};
 use rebound_testkit::{broker, create_test_topics, note, produce_raw, unique_prefix};
 
 /// Runs `rebound audit ARGS` against the test broker.
@@ -37,13 +40,38 @@ fn row(table: &str, label: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_version_is_applied_dead_lettered_or_lost() {
-    let prefix = unique_prefix("audit");
-    create_test_topics(&prefix, &["notes", "dlq"], 1).await;
+async fn every_acknowledged_version_in_a_sqlite_sink_is_applied_dead_lettered_or_lost() {
     let directory = tempfile::tempdir().expect("tempdir");
     let database = directory.path().join("notes.db");
     let mut sink = SqliteSink::open(&database).expect("opens");
     sink.enable_delivery_journal().expect("journal");
+    every_acknowledged_version_is_applied_dead_lettered_or_lost(
+        Box::new(sink),
+        format!("sqlite://{}", database.display()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_version_in_a_postgres_sink_is_applied_dead_lettered_or_lost() {
+    let url = rebound_testkit::fresh_postgres_database("audit").await;
+    let sink = PostgresSink::open(PostgresSinkSettings {
+        spec: PostgresSinkSpec::parse(&url).expect("test url"),
+        tls: PostgresTlsArgs::default(),
+        pool_size: 1,
+        timeout: Duration::from_secs(30),
+        journal: true,
+    })
+    .await
+    .expect("opens");
+    every_acknowledged_version_is_applied_dead_lettered_or_lost(Box::new(sink), url).await;
+}
+
+/// The audit of what `sink` (reached at `sink_url`) was given, by either sink.
+async fn every_acknowledged_version_is_applied_dead_lettered_or_lost(sink: Box<dyn Sink>, sink_url: String) {
+    let prefix = unique_prefix("audit");
+    create_test_topics(&prefix, &["notes", "dlq"], 1).await;
+    let directory = tempfile::tempdir().expect("tempdir");
     let tier = format!("{prefix}retry-5s");
     // a: only version 2 reaches the sink (version 1 is superseded); b: applied after a tier and
     // delivered twice; c: dead-lettered; d: lost.
@@ -66,7 +94,6 @@ async fn every_acknowledged_version_is_applied_dead_lettered_or_lost() {
     let ids_log = directory.path().join("ids.log");
     std::fs::write(&ids_log, "a\t1\na\t2\nb\t1\nc\t1\nd\t1\n").expect("writes the ids log");
 
-    let sink_url = format!("sqlite://{}", database.display());
     let output = rebound_audit(&[
         "--sink",
         &sink_url,
@@ -109,10 +136,14 @@ async fn every_acknowledged_version_is_applied_dead_lettered_or_lost() {
 }
 
 #[test]
-fn only_a_sqlite_sink_can_be_audited() {
+fn only_a_database_sink_can_be_audited() {
     for (sink, expected) in [
-        ("http://127.0.0.1:9/notes", "the audit reads a sqlite:// sink"),
-        ("postgres://db", "expected sqlite://PATH"),
+        (
+            "http://127.0.0.1:9/notes",
+            "the audit reads a sqlite:// or postgres:// sink",
+        ),
+        ("postgres://db", "missing database name"),
+        ("mysql://db", "expected sqlite://PATH"),
     ] {
         let output = rebound_audit(&["--sink", sink, "--ids-log", "/nonexistent/ids.log"]);
         let errors = String::from_utf8_lossy(&output.stderr);

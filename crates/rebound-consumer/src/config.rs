@@ -8,7 +8,7 @@ use rebound_retry::TierPolicy;
 use rebound_service::{
     CommonArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs, parse_duration_flag,
 };
-use rebound_sink_store::{SinkSpec, SinkStoreError};
+use rebound_sink_store::{PostgresTlsArgs, SinkSpec, SinkStoreError};
 
 use crate::ConsumerError;
 use crate::sink::FailureInjection;
@@ -37,7 +37,8 @@ pub struct ConsumerArgs {
     #[command(flatten)]
     pub sources: SourceTopicArgs,
 
-    /// Where notes are applied: sqlite://PATH, http(s)://URL or null://.
+    /// Where notes are applied: sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DATABASE (also
+    /// postgresql://), http(s)://URL or null://.
     // An HTTP sink's URL may carry credentials or a token, so `--help` must not print the variable.
     #[arg(
         long,
@@ -47,8 +48,8 @@ pub struct ConsumerArgs {
     )]
     pub sink: String,
 
-    /// Record every delivery in a `deliveries` table of the SQLite sink, committed with its
-    /// batch, so redeliveries can be counted (soak tests; off by default).
+    /// Record every delivery in a `deliveries` table of the SQLite or PostgreSQL sink, committed
+    /// with its batch, so redeliveries can be counted (soak tests; off by default).
     #[arg(long, env = "REBOUND_SINK_JOURNAL")]
     pub sink_journal: bool,
 
@@ -83,6 +84,21 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_HTTP_BATCH_TIMEOUT", value_parser = parse_duration_flag)]
     pub http_batch_timeout: Option<Duration>,
 
+    /// TLS of a PostgreSQL sink (whom to trust; `sslmode` in the URL says whether).
+    #[command(flatten)]
+    pub postgres_tls: PostgresTlsArgs,
+
+    /// Most connections the PostgreSQL sink keeps open. A batch uses one; more let a broken
+    /// connection be replaced while another serves.
+    #[arg(long, env = "REBOUND_POSTGRES_POOL_SIZE", default_value_t = 2)]
+    pub postgres_pool_size: usize,
+
+    /// Longest time one batch may spend in the PostgreSQL sink, connecting included; a batch
+    /// that takes longer fails transiently as a whole (its transaction is rolled back). Must
+    /// stay below `max.poll.interval.ms`.
+    #[arg(long, env = "REBOUND_POSTGRES_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
+    pub postgres_timeout: Duration,
+
     /// The bound on shutdown.
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
@@ -99,7 +115,7 @@ pub struct ConsumerConfig {
     pub source_topics: Vec<String>,
     /// The sink.
     pub sink: SinkSpec,
-    /// Whether the SQLite sink keeps its delivery journal.
+    /// Whether the SQLite or PostgreSQL sink keeps its delivery journal.
     pub sink_journal: bool,
     /// Injected failures, if any, and their seed.
     pub failure_injection: Option<(FailureInjection, u64)>,
@@ -113,6 +129,12 @@ pub struct ConsumerConfig {
     pub http_timeout: Duration,
     /// Bound on one batch in the HTTP sink, below the consumer's poll interval.
     pub http_batch_timeout: Duration,
+    /// TLS of a PostgreSQL sink.
+    pub postgres_tls: PostgresTlsArgs,
+    /// Connections of the PostgreSQL sink's pool.
+    pub postgres_pool_size: usize,
+    /// Bound on one batch in the PostgreSQL sink.
+    pub postgres_timeout: Duration,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
@@ -149,11 +171,14 @@ impl ConsumerArgs {
             .sink
             .parse()
             .map_err(|error: SinkStoreError| invalid("--sink", error.to_string()))?;
-        if self.sink_journal && !matches!(sink, SinkSpec::Sqlite(_)) {
+        if self.sink_journal && !matches!(sink, SinkSpec::Sqlite(_) | SinkSpec::Postgres(_)) {
             return Err(invalid(
                 "--sink-journal",
-                "the delivery journal is kept by the sqlite:// sink only".to_owned(),
+                "the delivery journal is kept by the sqlite:// and postgres:// sinks only".to_owned(),
             ));
+        }
+        if self.postgres_pool_size == 0 {
+            return Err(invalid("--postgres-pool-size", "must be at least 1".to_owned()));
         }
         let max_poll_interval = max_poll_interval(&self.common.kafka)?;
         let http_batch_timeout = self.http_batch_timeout.unwrap_or(max_poll_interval / 2);
@@ -167,8 +192,21 @@ impl ConsumerArgs {
                 ),
             ));
         }
+        let postgres_sink = matches!(sink, SinkSpec::Postgres(_));
+        if postgres_sink && (self.postgres_timeout.is_zero() || self.postgres_timeout >= max_poll_interval) {
+            return Err(invalid(
+                "--postgres-timeout",
+                format!(
+                    "must be above 0 and below max.poll.interval.ms ({} ms)",
+                    max_poll_interval.as_millis()
+                ),
+            ));
+        }
         Ok(ConsumerConfig {
             sink,
+            postgres_tls: self.postgres_tls,
+            postgres_pool_size: self.postgres_pool_size,
+            postgres_timeout: self.postgres_timeout,
             sink_journal: self.sink_journal,
             kafka: self.common.kafka,
             metrics_listen: self.operational.metrics_listen,
@@ -257,7 +295,12 @@ mod tests {
 
     #[test]
     fn invalid_flags_are_named() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 11] = [
+            (&["--postgres-pool-size", "0"], "--postgres-pool-size"),
+            (
+                &["--sink", "postgres://u@h/db", "--postgres-timeout", "10m"],
+                "--postgres-timeout",
+            ),
             (&["--sink", "null://", "--sink-journal"], "--sink-journal"),
             (&["--tier", "retry-5s"], "--tier"),
             (&["--sink", "mysql://x"], "--sink"),

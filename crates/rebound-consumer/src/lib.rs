@@ -11,7 +11,7 @@ mod pipeline;
 pub mod sink;
 
 pub use config::{ConsumerArgs, ConsumerConfig};
-pub use pipeline::run;
+pub use pipeline::{run, run_with_sink};
 
 /// Everything that can stop the consumer.
 #[derive(Debug, thiserror::Error)]

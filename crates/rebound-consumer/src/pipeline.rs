@@ -28,7 +28,7 @@ use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
 use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
 
-use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
+use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure, open_sink};
 use crate::{ConsumerConfig, ConsumerError};
 
 /// Batches whose copies may be in flight at once. Beyond it the intake waits: this bounds the
@@ -41,9 +41,22 @@ pub const APPLIED_BATCHES_QUEUED: usize = 2;
 /// Longest pause between attempts to produce a copy that the broker refused.
 const MAX_PRODUCE_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs the consumer until `shutdown` triggers, then finishes the batch in hand, commits and
-/// returns. Returns an error only for problems that stop the service (bad topics, no client).
+/// Runs the consumer with the built-in sink `config.sink` names until `shutdown` triggers, then
+/// finishes the batch in hand, commits and returns. Returns an error only for problems that stop
+/// the service (bad topics, no client, a sink that cannot be opened).
 pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), ConsumerError> {
+    let sink = open_sink(&config).await?;
+    run_with_sink(config, sink, shutdown).await
+}
+
+/// Runs the consumer with `sink`, a user's own or a built-in one, until `shutdown` triggers, as
+/// [`run`] does; `config.sink` is then only what the logs show. `--inject-failures` wraps any
+/// sink. See `docs/sinks.md`.
+pub async fn run_with_sink(
+    config: ConsumerConfig,
+    sink: Box<dyn Sink>,
+    shutdown: Shutdown,
+) -> Result<(), ConsumerError> {
     // The effective configuration, for operators; its Debug form redacts secret Kafka
     // properties and the credentials of an HTTP sink's URL.
     tracing::info!(config = ?config, "effective configuration");
@@ -60,15 +73,10 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
         return Ok(());
     };
-    let mut sink = Sink::open(&config.sink, config.http_timeout, config.http_batch_timeout)?;
-    if config.sink_journal
-        && let Sink::Sqlite(sqlite) = &mut sink
-    {
-        sqlite.enable_delivery_journal()?;
-    }
-    if let Some((injection, seed)) = config.failure_injection {
-        sink = Sink::FailureInjecting(Box::new(FailureInjectingSink::new(sink, injection, seed)));
-    }
+    let sink: Box<dyn Sink> = match config.failure_injection {
+        Some((injection, seed)) => Box::new(FailureInjectingSink::new(sink, injection, seed)),
+        None => sink,
+    };
     runtime.readiness.set("sink", true, "no batch applied yet");
     events::consumer_in_flight(0);
     tracing::info!(
@@ -136,7 +144,7 @@ async fn publish_lag(lag_per_topic: LagPerTopic, source_topics: Vec<String>, shu
 struct Pipeline<'config> {
     config: &'config ConsumerConfig,
     codec: &'static NoteCodec,
-    sink: Sink,
+    sink: Box<dyn Sink>,
     /// The Kafka clients, readiness and the producer's fate.
     runtime: Runtime,
     /// Triggered by shutdown, or by the pipeline itself when the producer failed for good.
@@ -250,7 +258,12 @@ impl Pipeline<'_> {
         let previous_attempts: Vec<u32> = apply_items.iter().map(|item| item.previous_attempts).collect();
         let applying_count = apply_items.len();
         let sink_started = std::time::Instant::now();
-        let results = self.sink.apply_batch(apply_items).await;
+        let mut results = self.sink.apply_batch(apply_items).await;
+        // The trait promises one outcome per item; a sink that breaks it must not lose a record
+        // (a missing outcome would leave it without a fate) nor shift outcomes onto others.
+        results.resize_with(applying_count, || {
+            Err(SinkFailure::transient("the sink returned no outcome for this note"))
+        });
         if applying_count > 0 {
             events::consumer_sink_batch(sink_started.elapsed());
             let transient = results
@@ -276,7 +289,7 @@ impl Pipeline<'_> {
                     events::record_applied(record_ref(record, &record.key_for_display()), previous_attempts);
                     Fate::Safe
                 }
-                Err(SinkFailure { kind, message }) => {
+                Err(SinkFailure { kind, message, .. }) => {
                     // The record decoded, so its retry headers parsed; read them again rather
                     // than carry them through the sink call.
                     let previous = parse_retry_context(&record.headers).ok().flatten();

@@ -1,15 +1,18 @@
 //! A consumer process killed with SIGKILL in the middle of its work loses nothing: after a
-//! restart every produced note version is in the sink or in the DLQ.
+//! restart every produced note version is in the sink or in the DLQ. Runs once per database
+//! sink, SQLite and PostgreSQL (`for_each_database!`).
 
 mod common;
+#[path = "common/database.rs"]
+mod database;
 
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::start_scheduler;
+use database::Database;
 use rebound_schema::{Note, NoteCodec};
-use rebound_sink_store::read_all_notes;
 use rebound_testkit::{broker, create_test_topics, note, produce_notes, read_all, unique_prefix, wait_for};
 use tokio::process::{Child, Command};
 
@@ -37,9 +40,10 @@ fn spawn_consumer_process(prefix: &str, sink: &str) -> Child {
 }
 
 /// Note versions that are neither stored (at that version or newer) nor in the DLQ.
-async fn unaccounted(prefix: &str, database: &std::path::Path, produced: &[Note]) -> Vec<(String, i64)> {
-    let stored: HashMap<String, i64> = read_all_notes(database)
-        .unwrap_or_default()
+async fn unaccounted(prefix: &str, database: &Database, produced: &[Note]) -> Vec<(String, i64)> {
+    let stored: HashMap<String, i64> = database
+        .rows()
+        .await
         .into_iter()
         .map(|row| (row.note_id, row.version))
         .collect();
@@ -62,8 +66,7 @@ async fn unaccounted(prefix: &str, database: &std::path::Path, produced: &[Note]
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_consumer_loses_no_note_after_restart() {
+async fn killed_consumer_loses_no_note_after_restart(database: Database) {
     let prefix = unique_prefix("kill-consumer");
     create_test_topics(&prefix, &["notes", "retry-5s", "retry-1m", "dlq"], 3).await;
     // 400 notes with 5 versions each, produced in version order.
@@ -71,9 +74,7 @@ async fn killed_consumer_loses_no_note_after_restart() {
         .flat_map(|version| (0..400).map(move |index| note(&format!("crash-{index}"), version)))
         .collect();
     produce_notes(&format!("{prefix}notes"), &produced).await;
-    let directory = tempfile::tempdir().expect("tempdir");
-    let database = directory.path().join("notes.db");
-    let sink = format!("sqlite://{}", database.display());
+    let sink = database.sink_url();
     let scheduler = start_scheduler(&[
         "--topic-prefix",
         &prefix,
@@ -87,12 +88,7 @@ async fn killed_consumer_loses_no_note_after_restart() {
     wait_for(
         "the first consumer to apply some notes",
         Duration::from_secs(60),
-        || async {
-            read_all_notes(&database)
-                .ok()
-                .filter(|rows| !rows.is_empty())
-                .map(|_| ())
-        },
+        || async { (!database.rows().await.is_empty()).then_some(()) },
     )
     .await;
     first.start_kill().expect("SIGKILL sent");
@@ -119,3 +115,4 @@ async fn killed_consumer_loses_no_note_after_restart() {
     second.wait().await.expect("reaped");
     scheduler.stop().await;
 }
+for_each_database!(killed_consumer_loses_no_note_after_restart);

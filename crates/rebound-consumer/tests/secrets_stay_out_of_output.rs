@@ -1,7 +1,7 @@
 //! Secrets given to `rebound-consumer` never reach its output: not `--help` (which would print
 //! the values of environment variables), not the effective-configuration line at start-up, not
 //! the error it stops with. Covered: librdkafka secrets as `-X` flags, in a
-//! `--kafka-config-file` and in `REBOUND_KAFKA_CONFIG`; an HTTP sink URL's credentials and
+//! `--kafka-config-file` and in `REBOUND_KAFKA_CONFIG`; an HTTP or PostgreSQL sink URL's credentials and
 //! token; an OTLP endpoint's token. Each must appear as `***` where it is shown at all.
 
 use std::process::{Command, Output, Stdio};
@@ -113,4 +113,24 @@ fn an_invalid_sink_url_is_reported_without_its_credentials() {
     assert_eq!(output.status.code(), Some(2), "{shown}");
     assert!(shown.contains("invalid --sink"), "{shown}");
     assert!(shown.contains("https://***@host:99999999/?***"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_sink_that_refuses_the_password_is_reported_without_it() {
+    let prefix = unique_prefix("postgres-secret");
+    rebound_testkit::create_test_topics(&prefix, &["notes", "retry-5s", "retry-1m", "dlq"], 1).await;
+    let server = rebound_testkit::postgres_url();
+    let (_, host_and_database) = server.split_once('@').expect("the test URL has credentials");
+    let output = consumer()
+        .args(["--brokers", &broker(), "--topic-prefix", &prefix])
+        .args([
+            "--sink",
+            &format!("postgres://{SINK_USER}:{SINK_PASSWORD}@{host_and_database}"),
+        ])
+        .output()
+        .expect("runs");
+    let shown = assert_no_secret(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("failed to open sink postgres://***@"), "{shown}");
+    assert!(shown.contains("authentication failed"), "{shown}");
 }

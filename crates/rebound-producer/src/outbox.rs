@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rebound_migrate::{SqliteMigration, migrate_sqlite};
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ProducerError;
@@ -168,6 +169,31 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// The outbox's schema name, for migration messages.
+const OUTBOX_SCHEMA: &str = "the producer's outbox";
+
+/// The outbox's migrations, oldest first. Never edit one that shipped: add the next.
+const OUTBOX_MIGRATIONS: &[SqliteMigration] = &[SqliteMigration {
+    version: 1,
+    name: "outbox, rejected, traceparent",
+    apply: adopt_unversioned_outbox,
+}];
+
+/// Version 1: the tables as they were when versioning began, adopting the files made before
+/// (`user_version` 0) as they are. The oldest of those lack the `traceparent` column.
+fn adopt_unversioned_outbox(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
+    transaction.execute_batch(SCHEMA_SQL)?;
+    let has_traceparent: bool = transaction.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'traceparent'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_traceparent {
+        transaction.execute_batch("ALTER TABLE outbox ADD COLUMN traceparent TEXT")?;
+    }
+    Ok(())
+}
+
 fn open_connection(path: &Path) -> Result<Connection, ProducerError> {
     let fail = |error: rusqlite::Error| ProducerError::OpenOutbox {
         path: path.display().to_string(),
@@ -189,29 +215,15 @@ impl Outbox {
             reason: error.to_string(),
         })?;
         let path = directory.join("outbox.db");
-        let writer_connection = open_connection(&path)?;
-        writer_connection
-            .execute_batch(SCHEMA_SQL)
-            .map_err(|error| ProducerError::OpenOutbox {
+        let mut writer_connection = open_connection(&path)?;
+        let migrated = migrate_sqlite(&mut writer_connection, OUTBOX_SCHEMA, OUTBOX_MIGRATIONS).map_err(|error| {
+            ProducerError::OpenOutbox {
                 path: path.display().to_string(),
                 reason: error.to_string(),
-            })?;
-        // Outboxes written before trace context was stored lack its column.
-        let has_traceparent: bool = writer_connection
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = 'traceparent'",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|count| count > 0)
-            .unwrap_or(true);
-        if !has_traceparent {
-            writer_connection
-                .execute_batch("ALTER TABLE outbox ADD COLUMN traceparent TEXT")
-                .map_err(|error| ProducerError::OpenOutbox {
-                    path: path.display().to_string(),
-                    reason: error.to_string(),
-                })?;
+            }
+        })?;
+        if migrated.from != migrated.to {
+            tracing::info!(outbox = %path.display(), from = migrated.from, to = migrated.to, "outbox schema migrated");
         }
         let (pending_notes, pending_bytes): (i64, i64) = writer_connection
             .query_row(
@@ -754,6 +766,34 @@ mod tests {
         assert_eq!(pending[0].attempts, 1);
         assert_eq!(reopened.pending_notes(), 2);
         assert_eq!(reopened.oldest_accepted_at_ms().await.expect("reads"), Some(5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outbox_made_before_versioned_migrations_is_migrated_with_its_notes() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("outbox.db");
+        // The file exactly as the outbox made it before its schema was versioned.
+        {
+            let connection = Connection::open(&path).expect("creates");
+            connection.execute_batch(SCHEMA_SQL).expect("unversioned schema");
+            connection
+                .execute(
+                    "INSERT INTO outbox (note_id, version, value, accepted_at_ms, traceparent) \
+                     VALUES ('a', 1, x'0102', 5, NULL)",
+                    [],
+                )
+                .expect("pending note");
+        }
+        let outbox = Outbox::open(directory.path(), 1 << 20).expect("opens");
+        assert_eq!(outbox.pending_notes(), 1);
+        let pending = outbox.oldest_pending(10).await.expect("reads");
+        assert_eq!((pending[0].note_id.as_str(), pending[0].version), ("a", 1));
+        drop(outbox);
+        let version: u32 = Connection::open(&path)
+            .expect("opens")
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("reads");
+        assert_eq!(version, OUTBOX_MIGRATIONS.len() as u32);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,10 @@
-//! `--sink URL`: which sink the consumer applies notes to, and where `rebound audit` reads them.
+//! `--sink URL`: which built-in sink the consumer applies notes to, and where `rebound audit`
+//! reads them.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::SinkStoreError;
+use crate::{PostgresSinkSpec, SinkStoreError};
 
 /// Which sink to use, parsed from `--sink URL`.
 #[derive(Clone, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub enum SinkSpec {
     Sqlite(PathBuf),
     /// `http://…` or `https://…`: POST each note as JSON.
     Http(String),
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` or `postgresql://…`: one row per note.
+    Postgres(PostgresSinkSpec),
     /// `null://`: accept everything and keep nothing (benchmarks).
     Null,
 }
@@ -26,6 +29,7 @@ impl std::fmt::Debug for SinkSpec {
                 .debug_tuple("Http")
                 .field(&rebound_service::redact::redact_url(url))
                 .finish(),
+            SinkSpec::Postgres(spec) => formatter.debug_tuple("Postgres").field(&spec.redacted()).finish(),
             SinkSpec::Null => formatter.write_str("Null"),
         }
     }
@@ -50,10 +54,13 @@ impl FromStr for SinkSpec {
                 .map(|_| SinkSpec::Http(url.to_owned()))
                 .map_err(|error| fail(&error.to_string()));
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return PostgresSinkSpec::parse(url).map(SinkSpec::Postgres);
+        }
         if url == "null://" || url == "null:" {
             return Ok(SinkSpec::Null);
         }
-        Err(fail("expected sqlite://PATH, http(s)://URL or null://"))
+        Err(fail("expected sqlite://PATH, postgres://URL, http(s)://URL or null://"))
     }
 }
 
@@ -82,7 +89,8 @@ mod tests {
     fn bad_sink_urls_name_the_problem() {
         for (url, expected) in [
             ("sqlite://", "missing database path"),
-            ("postgres://db", "expected sqlite://PATH"),
+            ("mysql://db", "expected sqlite://PATH"),
+            ("postgres://db", "missing database name"),
             ("http://", "empty host"),
         ] {
             let error = url.parse::<SinkSpec>().expect_err(url).to_string();

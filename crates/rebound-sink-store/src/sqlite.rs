@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use rebound_migrate::{MigrateError, Migrated, SqliteMigration, migrate_sqlite};
 use rebound_schema::Note;
 use rusqlite::{CachedStatement, Connection, OpenFlags, params};
 
@@ -58,9 +59,21 @@ CREATE TABLE IF NOT EXISTS deliveries (
 const JOURNAL_INSERT_SQL: &str =
     "INSERT INTO deliveries (note_id, version, previous_attempts, changed) VALUES (?1, ?2, ?3, ?4)";
 
-/// Creates the `notes` table unless it exists.
-pub fn create_notes_table(connection: &Connection) -> Result<(), rusqlite::Error> {
-    connection.execute_batch(NOTES_SCHEMA_SQL)
+/// The name of the SQLite sink's schema, for migration messages.
+pub const SQLITE_NOTES_SCHEMA: &str = "the sqlite sink's notes";
+
+/// The SQLite sink's migrations, oldest first. Never edit one that shipped: add the next.
+/// Version 1 is the table as it was before versioning began (`CREATE TABLE IF NOT EXISTS`), so a
+/// file made then (`user_version` 0) is adopted as it is.
+pub const SQLITE_NOTES_MIGRATIONS: &[SqliteMigration] = &[SqliteMigration {
+    version: 1,
+    name: "notes table",
+    apply: |transaction| transaction.execute_batch(NOTES_SCHEMA_SQL),
+}];
+
+/// Creates the `notes` table or migrates it to the latest schema.
+pub fn migrate_notes_table(connection: &mut Connection) -> Result<Migrated, MigrateError> {
+    migrate_sqlite(connection, SQLITE_NOTES_SCHEMA, SQLITE_NOTES_MIGRATIONS)
 }
 
 /// Creates the delivery journal's `deliveries` table unless it exists.
@@ -151,6 +164,25 @@ pub struct DeliveryJournalSummary {
     pub changed_rows: u64,
 }
 
+impl DeliveryJournalSummary {
+    /// The summary of the journal's groups: per note version, its deliveries and how many of
+    /// them changed the stored row.
+    pub fn from_groups(groups: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let mut summary = Self::default();
+        for (deliveries, changed) in groups {
+            summary.deliveries += deliveries;
+            summary.distinct_versions += 1;
+            summary.changed_rows += changed;
+            if deliveries > 1 {
+                summary.redelivered_versions += 1;
+                summary.extra_deliveries += deliveries - 1;
+            }
+            summary.max_deliveries_of_one_version = summary.max_deliveries_of_one_version.max(deliveries);
+        }
+        summary
+    }
+}
+
 /// One stored note, as the accounting tools read it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedNoteRow {
@@ -219,19 +251,8 @@ pub fn read_delivery_journal(path: &Path) -> Result<Option<DeliveryJournalSummar
     let groups = statement
         .query_map([], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
         .map_err(fail)?;
-    let mut summary = DeliveryJournalSummary::default();
-    for group in groups {
-        let (deliveries, changed) = group.map_err(fail)?;
-        summary.deliveries += deliveries;
-        summary.distinct_versions += 1;
-        summary.changed_rows += changed;
-        if deliveries > 1 {
-            summary.redelivered_versions += 1;
-            summary.extra_deliveries += deliveries - 1;
-        }
-        summary.max_deliveries_of_one_version = summary.max_deliveries_of_one_version.max(deliveries);
-    }
-    Ok(Some(summary))
+    let groups = groups.collect::<Result<Vec<_>, _>>().map_err(fail)?;
+    Ok(Some(DeliveryJournalSummary::from_groups(groups)))
 }
 
 /// The sink as a URL, for error messages.
@@ -288,7 +309,7 @@ mod tests {
     /// Writes the notes in one transaction, as the sink does.
     fn write(path: &Path, journal: bool, notes: &[(Note, u32, Option<&str>)]) {
         let mut connection = Connection::open(path).expect("opens");
-        create_notes_table(&connection).expect("creates notes");
+        migrate_notes_table(&mut connection).expect("creates notes");
         if journal {
             create_delivery_journal(&connection).expect("creates the journal");
         }
@@ -370,6 +391,46 @@ mod tests {
                 changed_rows: 1,
             })
         );
+    }
+
+    /// The `notes` table exactly as files were made before migrations were versioned.
+    const UNVERSIONED_NOTES_DDL: &str = "
+        CREATE TABLE IF NOT EXISTS notes (
+            note_id TEXT PRIMARY KEY NOT NULL, user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+            version INTEGER NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL,
+            tags_json TEXT NOT NULL, updated_at_ms INTEGER NOT NULL, deleted INTEGER NOT NULL,
+            pinned INTEGER NOT NULL, applied_attempt INTEGER NOT NULL, applied_tier TEXT
+        ) WITHOUT ROWID;";
+
+    #[test]
+    fn a_file_made_before_versioned_migrations_is_adopted_with_its_rows() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("notes.db");
+        {
+            let connection = Connection::open(&path).expect("opens");
+            connection.execute_batch(UNVERSIONED_NOTES_DDL).expect("old schema");
+            connection
+                .execute(
+                    "INSERT INTO notes VALUES ('old', 'u', 'd', 3, 'kept', '', '[]', 1, 0, 0, 0, NULL)",
+                    [],
+                )
+                .expect("old row");
+        }
+        let mut connection = Connection::open(&path).expect("opens");
+        let migrated = migrate_notes_table(&mut connection).expect("migrates");
+        assert_eq!((migrated.from, migrated.to), (0, SQLITE_NOTES_MIGRATIONS.len() as u32));
+        let version: u32 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("reads");
+        assert_eq!(version, migrated.to);
+        drop(connection);
+        write(&path, false, &[(note("old", 2), 0, None), (note("new", 1), 0, None)]);
+        let rows = read_all_notes(&path).expect("reads");
+        let versions: Vec<(&str, i64, &str)> = rows
+            .iter()
+            .map(|row| (row.note_id.as_str(), row.version, row.title.as_str()))
+            .collect();
+        assert_eq!(versions, vec![("new", 1, "new v1"), ("old", 3, "kept")]);
     }
 
     #[test]

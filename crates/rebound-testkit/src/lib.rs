@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
 
 mod http_sink;
+mod postgres;
 mod service;
 
 mod records;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub use http_sink::{ScriptedHttpSink, SinkRequest};
+pub use postgres::{POSTGRES_ENV, fresh_postgres_database, postgres_url};
 use rebound_kafka::{
     ConsumedRecord, KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer, TopicSpec, create_topics,
     read_topic_to_end,

@@ -196,6 +196,7 @@ fn every_rust_file_starts_with_a_doc_line_saying_what_it_is_for() {
     let root = workspace_root();
     let mut files = rust_files(&root.join("crates"));
     files.extend(rust_files(&root.join("fuzz")));
+    files.extend(rust_files(&root.join("examples")));
     assert!(files.len() > 50, "found {} files", files.len());
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();

@@ -22,7 +22,7 @@ use futures::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION};
 
-use super::{ApplyItem, SinkFailure};
+use super::{ApplyBatchFuture, ApplyItem, Sink, SinkFailure};
 use crate::ConsumerError;
 
 /// How many POSTs of one batch run at once.
@@ -128,6 +128,12 @@ impl HttpSink {
             .await
             .map_err(|error| SinkFailure::transient(format!("http request failed: {}", describe(&error))))?;
         classify_response(response.status(), response.headers())
+    }
+}
+
+impl Sink for HttpSink {
+    fn apply_batch(&self, items: Vec<ApplyItem>) -> ApplyBatchFuture<'_> {
+        Box::pin(async move { HttpSink::apply_batch(self, &items).await })
     }
 }
 

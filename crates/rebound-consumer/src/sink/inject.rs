@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 
-use super::{ApplyItem, Sink, SinkFailure};
+use super::{ApplyBatchFuture, ApplyItem, Sink, SinkFailure};
 use crate::ConsumerError;
 
 /// Probabilities of injected failures, each between 0 and 1, summing to at most 1.
@@ -61,14 +61,14 @@ impl FromStr for FailureInjection {
 /// A sink that fails notes at random before they reach the inner sink.
 #[derive(Debug)]
 pub struct FailureInjectingSink {
-    inner: Sink,
+    inner: Box<dyn Sink>,
     injection: FailureInjection,
     random: Mutex<SmallRng>,
 }
 
 impl FailureInjectingSink {
     /// Wraps `inner`; the same seed gives the same sequence of draws.
-    pub fn new(inner: Sink, injection: FailureInjection, seed: u64) -> Self {
+    pub fn new(inner: Box<dyn Sink>, injection: FailureInjection, seed: u64) -> Self {
         Self {
             inner,
             injection,
@@ -118,6 +118,12 @@ impl FailureInjectingSink {
                     .unwrap_or_else(|| Err(SinkFailure::transient("sink returned too few results"))),
             })
             .collect()
+    }
+}
+
+impl Sink for FailureInjectingSink {
+    fn apply_batch(&self, items: Vec<ApplyItem>) -> ApplyBatchFuture<'_> {
+        Box::pin(FailureInjectingSink::apply_batch(self, items))
     }
 }
 
@@ -176,7 +182,7 @@ mod tests {
         let run = |seed| {
             let items = items.clone();
             async move {
-                FailureInjectingSink::new(Sink::Null, injection, seed)
+                FailureInjectingSink::new(Box::new(crate::sink::NullSink), injection, seed)
                     .apply_batch(items)
                     .await
                     .into_iter()

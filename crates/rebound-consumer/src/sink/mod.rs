@@ -1,91 +1,47 @@
-//! Sinks: where decoded notes are applied. Every sink answers per note with success or a
-//! classified failure, so one bad note never fails its whole batch.
+//! The built-in sinks (SQLite, PostgreSQL, HTTP, null, failure injection), each an
+//! implementation of `rebound_sink_store`'s [`Sink`] trait, and [`open_sink`], which opens the
+//! one `--sink` names. Every sink answers per note with success or a classified failure, so one
+//! bad note never fails its whole batch. A user's own sink implements the same trait and runs
+//! through [`crate::run_with_sink`].
 
 mod http;
 mod inject;
+mod postgres;
 mod sqlite;
-
-use std::time::Duration;
 
 pub use http::HttpSink;
 pub use inject::{FailureInjectingSink, FailureInjection};
+pub use postgres::{PostgresSink, PostgresSinkSettings};
+pub use rebound_sink_store::{ApplyBatchFuture, ApplyItem, ApplyOutcome, NullSink, Sink, SinkFailure};
 pub use sqlite::SqliteSink;
 
-use rebound_retry::ErrorKind;
-use rebound_schema::Note;
 use rebound_sink_store::SinkSpec;
 
-use crate::ConsumerError;
+use crate::{ConsumerConfig, ConsumerError};
 
-/// One note to apply, with where it stands in its retry history.
-#[derive(Debug, Clone)]
-pub struct ApplyItem {
-    /// The decoded note.
-    pub note: Note,
-    /// Failed attempts before this one (0 on the first try).
-    pub previous_attempts: u32,
-    /// The tier the record last went through, if it was retried.
-    pub last_tier: Option<String>,
-}
-
-/// Why a sink could not apply one note.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkFailure {
-    /// Transient (retry later) or permanent (dead-letter now).
-    pub kind: ErrorKind,
-    /// What went wrong, for the `retry.error.message` header.
-    pub message: String,
-}
-
-impl SinkFailure {
-    /// A failure that may succeed when tried again later.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Transient,
-            message: message.into(),
+/// Opens the built-in sink `config.sink` names, with its options (the SQLite or PostgreSQL
+/// delivery journal, the HTTP timeouts, the PostgreSQL pool and TLS). Failure injection is not
+/// added here: [`crate::run_with_sink`] adds it to any sink.
+pub async fn open_sink(config: &ConsumerConfig) -> Result<Box<dyn Sink>, ConsumerError> {
+    Ok(match &config.sink {
+        SinkSpec::Sqlite(path) => {
+            let mut sink = SqliteSink::open(path)?;
+            if config.sink_journal {
+                sink.enable_delivery_journal()?;
+            }
+            Box::new(sink)
         }
-    }
-
-    /// A failure that will not succeed however often it is tried.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Permanent,
-            message: message.into(),
+        SinkSpec::Postgres(spec) => {
+            let settings = PostgresSinkSettings {
+                spec: spec.clone(),
+                tls: config.postgres_tls.clone(),
+                pool_size: config.postgres_pool_size,
+                timeout: config.postgres_timeout,
+                journal: config.sink_journal,
+            };
+            Box::new(PostgresSink::open(settings).await?)
         }
-    }
-}
-
-/// A sink ready to apply notes.
-#[derive(Debug)]
-pub enum Sink {
-    /// Embedded SQLite database.
-    Sqlite(SqliteSink),
-    /// HTTP webhook.
-    Http(HttpSink),
-    /// Accepts everything.
-    Null,
-    /// Another sink behind random injected failures.
-    FailureInjecting(Box<FailureInjectingSink>),
-}
-
-impl Sink {
-    /// Opens the sink a spec names; an HTTP sink bounds each request by `http_timeout` and each
-    /// batch by `http_batch_timeout`.
-    pub fn open(spec: &SinkSpec, http_timeout: Duration, http_batch_timeout: Duration) -> Result<Self, ConsumerError> {
-        Ok(match spec {
-            SinkSpec::Sqlite(path) => Sink::Sqlite(SqliteSink::open(path)?),
-            SinkSpec::Http(url) => Sink::Http(HttpSink::new(url, http_timeout, http_batch_timeout)?),
-            SinkSpec::Null => Sink::Null,
-        })
-    }
-
-    /// Applies a batch; the result has one entry per item, in order.
-    pub async fn apply_batch(&self, items: Vec<ApplyItem>) -> Vec<Result<(), SinkFailure>> {
-        match self {
-            Sink::Sqlite(sink) => sink.apply_batch(items).await,
-            Sink::Http(sink) => sink.apply_batch(&items).await,
-            Sink::Null => items.iter().map(|_| Ok(())).collect(),
-            Sink::FailureInjecting(sink) => Box::pin(sink.apply_batch(items)).await,
-        }
-    }
+        SinkSpec::Http(url) => Box::new(HttpSink::new(url, config.http_timeout, config.http_batch_timeout)?),
+        SinkSpec::Null => Box::new(NullSink),
+    })
 }

@@ -12,10 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rebound_sink_store::{NoteWrites, create_delivery_journal, create_notes_table};
+use rebound_sink_store::{NoteWrites, create_delivery_journal, migrate_notes_table};
 use rusqlite::Connection;
 
-use super::{ApplyItem, SinkFailure};
+use super::{ApplyBatchFuture, ApplyItem, Sink, SinkFailure};
 use crate::ConsumerError;
 
 /// The SQLite sink. Writes run on a blocking thread, one transaction per batch.
@@ -27,10 +27,10 @@ pub struct SqliteSink {
 }
 
 impl SqliteSink {
-    /// Opens (creating if needed) the database and its table.
+    /// Opens (creating if needed) the database, and creates or migrates its table.
     pub fn open(path: &Path) -> Result<Self, ConsumerError> {
         let fail = |error: rusqlite::Error| sink_error(path, &error);
-        let connection = Connection::open(path).map_err(fail)?;
+        let mut connection = Connection::open(path).map_err(fail)?;
         // WAL with synchronous=FULL: a committed batch survives a crash of the process and of
         // the machine, and readers (the accounting tools) never block the writer. An 8 MiB page
         // cache (the default is 2 MiB) keeps the upper levels of the note index in memory once
@@ -41,7 +41,13 @@ impl SqliteSink {
                  PRAGMA cache_size = -8192;",
             )
             .map_err(fail)?;
-        create_notes_table(&connection).map_err(fail)?;
+        let migrated = migrate_notes_table(&mut connection).map_err(|error| ConsumerError::OpenSink {
+            sink: format!("sqlite://{}", path.display()),
+            reason: error.to_string(),
+        })?;
+        if migrated.from != migrated.to {
+            tracing::info!(sink = %path.display(), from = migrated.from, to = migrated.to, "sink schema migrated");
+        }
         Ok(Self {
             path: path.to_owned(),
             connection: Arc::new(Mutex::new(connection)),
@@ -94,6 +100,12 @@ impl SqliteSink {
 }
 
 /// The error of any operation on the sink's database, naming the sink.
+impl Sink for SqliteSink {
+    fn apply_batch(&self, items: Vec<ApplyItem>) -> ApplyBatchFuture<'_> {
+        Box::pin(SqliteSink::apply_batch(self, items))
+    }
+}
+
 fn sink_error(path: &Path, error: &rusqlite::Error) -> ConsumerError {
     ConsumerError::OpenSink {
         sink: format!("sqlite://{}", path.display()),
