@@ -35,6 +35,8 @@ pub struct SinkFailure {
     pub kind: ErrorKind,
     /// What went wrong, for the `retry.error.message` header.
     pub message: String,
+    /// For a transient failure, how long the sink asked to be left alone (HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl SinkFailure {
@@ -43,6 +45,15 @@ impl SinkFailure {
         Self {
             kind: ErrorKind::Transient,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A transient failure with the wait the sink asked for.
+    pub fn transient_retry_after(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self {
+            retry_after,
+            ..Self::transient(message)
         }
     }
 
@@ -51,6 +62,7 @@ impl SinkFailure {
         Self {
             kind: ErrorKind::Permanent,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
