@@ -513,6 +513,7 @@ impl Pipeline<'_> {
             }
         }
         // librdkafka's pause outlives the outage; resume whatever is assigned now.
+        self.runtime.consumer.set_pause_new_assignments(false);
         self.runtime.resume_partitions(&self.runtime.consumer.assignment());
         events::consumer_paused(0);
         events::consumer_breaker_held(applied.held_count());
@@ -521,6 +522,9 @@ impl Pipeline<'_> {
     /// Pauses every partition assigned now. Called again after every assignment change while
     /// the breaker is open, because librdkafka resumes a partition when it is assigned.
     fn pause_assigned(&self) {
+        // Partitions assigned from now on start paused in the rebalance callback, before their
+        // first fetch; pausing only after the assignment event would let their records in.
+        self.runtime.consumer.set_pause_new_assignments(true);
         let assigned: Vec<TopicPartition> = self.runtime.consumer.assignment();
         events::consumer_paused(self.runtime.pause_partitions(&assigned));
     }
