@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use rebound_kafka::{KafkaArgs, TopicScan, read_topic_to_end};
 use rebound_retry::contract;
 use rebound_schema::NoteCodec;
-use rebound_service::TopicNamingArgs;
+use rebound_service::{SourceTopicArgs, TopicNamingArgs};
 use rebound_sink_store::{
     DeliveryJournalSummary, SinkSpec, read_all_notes, read_delivered_versions, read_delivery_journal,
 };
@@ -40,14 +40,9 @@ pub struct AuditArgs {
     #[arg(long, env = "REBOUND_AUDIT_EXTENDED")]
     pub extended: bool,
 
-    /// Source topics whose republished records `--extended` measures (prefix applied).
-    #[arg(
-        long = "source-topic",
-        env = "REBOUND_SOURCE_TOPICS",
-        value_delimiter = ',',
-        default_value = "notes"
-    )]
-    pub source_topics: Vec<String>,
+    /// The source topics, whose republished records `--extended` measures.
+    #[command(flatten)]
+    pub sources: SourceTopicArgs,
 
     /// Processing attempts a transiently failing record gets before the DLQ: one plus the
     /// attempts of every tier (3 with the default tiers). With `--extended`, a transient dead
@@ -370,7 +365,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
 async fn measure_lateness(kafka: &KafkaArgs, args: &AuditArgs, codec: &NoteCodec) -> anyhow::Result<LatenessSummary> {
     let mut samples = Vec::new();
     let mut republished_versions: Vec<(String, i64, String)> = Vec::new();
-    for topic in &args.source_topics {
+    for topic in &args.sources.source_topics {
         let topic = args.naming.prefixed(topic);
         let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? else {
             anyhow::bail!("source topic {topic} does not exist");

@@ -95,3 +95,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => run_dlq_command(&cli.common.kafka, command).await,
     }
 }
+
+/// How long a command waits for the broker before giving up: one flag, one meaning, for every
+/// `rebound` command that talks to Kafka.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerWaitArgs {
+    /// How long to wait for the broker (metadata, topic creation or deletion, reads to the end of
+    /// a topic) before giving up.
+    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = rebound_service::parse_duration_flag)]
+    pub timeout: std::time::Duration,
+}

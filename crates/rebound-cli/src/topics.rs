@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics, delete_topics, list_topics};
-use rebound_service::{TopologyArgs, parse_duration_flag};
+use rebound_service::{SourceTopicArgs, TopologyArgs, parse_duration_flag};
 use serde::Serialize;
 
 use crate::{OutputFormat, UsageError};
@@ -15,14 +15,9 @@ use crate::{OutputFormat, UsageError};
 /// Flags of `rebound topics create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopicsCreateArgs {
-    /// Source topic (repeatable).
-    #[arg(
-        long = "source-topic",
-        env = "REBOUND_SOURCE_TOPICS",
-        value_delimiter = ',',
-        default_value = "notes"
-    )]
-    pub source_topics: Vec<String>,
+    /// The source topics.
+    #[command(flatten)]
+    pub sources: SourceTopicArgs,
 
     /// Tiers, DLQ and topic prefix, shared with the services (only the tiers' names are used).
     #[command(flatten)]
@@ -58,9 +53,9 @@ pub struct TopicsCreateArgs {
     #[arg(long, env = "REBOUND_DLQ_RETENTION", default_value = "28d", value_parser = parse_duration_flag)]
     pub dlq_retention: Duration,
 
-    /// How long to wait for the broker to create the topics.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub timeout: Duration,
+    /// The broker wait.
+    #[command(flatten)]
+    pub broker_wait: crate::BrokerWaitArgs,
 }
 
 /// The topic specifications the flags describe, validated.
@@ -104,6 +99,7 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
         }
     };
     let mut specs: Vec<TopicSpec> = args
+        .sources
         .source_topics
         .iter()
         .map(|topic| spec(topic, args.partitions, retention))
@@ -122,7 +118,7 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
 /// Creates the pipeline's topics that do not exist yet.
 pub async fn create_pipeline_topics(kafka: &KafkaArgs, args: &TopicsCreateArgs) -> anyhow::Result<Vec<TopicCreation>> {
     let specs = pipeline_topic_specs(args)?;
-    Ok(create_topics(kafka, &specs, args.timeout).await?)
+    Ok(create_topics(kafka, &specs, args.broker_wait.timeout).await?)
 }
 
 /// Flags of `rebound topics delete`.
@@ -142,9 +138,9 @@ pub struct TopicsDeleteArgs {
     #[arg(long, env = "REBOUND_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// How long to wait for the broker to list and delete the topics.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub timeout: Duration,
+    /// The broker wait.
+    #[command(flatten)]
+    pub broker_wait: crate::BrokerWaitArgs,
 }
 
 /// An empty prefix would match every topic of the cluster.
@@ -190,7 +186,7 @@ pub async fn delete_topics_with_prefix(
     args: &TopicsDeleteArgs,
 ) -> anyhow::Result<TopicDeletionReport> {
     parse_delete_prefix(&args.prefix).map_err(UsageError)?;
-    let timeout = args.timeout;
+    let timeout = args.broker_wait.timeout;
     let topics: Vec<String> = list_topics(kafka, timeout)
         .await
         .with_context(|| format!("cannot list the topics on brokers {}", kafka.brokers()))?

@@ -59,7 +59,9 @@ async fn topics_create_twice_creates_then_leaves_existing_topics_alone() {
 async fn library_call_reports_created_and_existing_topics() {
     let prefix = unique_prefix("topics-lib");
     let args = rebound_cli::TopicsCreateArgs {
-        source_topics: vec!["notes".to_owned()],
+        sources: rebound_service::SourceTopicArgs {
+            source_topics: vec!["notes".to_owned()],
+        },
         topology: rebound_service::TopologyArgs {
             tiers: vec!["retry-5s:5s".to_owned()],
             backoff_factor: 2.0,
@@ -77,7 +79,9 @@ async fn library_call_reports_created_and_existing_topics() {
         min_insync_replicas: Some(1),
         retention: Duration::from_secs(24 * 60 * 60),
         dlq_retention: Duration::from_secs(7 * 24 * 60 * 60),
-        timeout: Duration::from_secs(30),
+        broker_wait: rebound_cli::BrokerWaitArgs {
+            timeout: Duration::from_secs(30),
+        },
     };
     let created = rebound_cli::create_pipeline_topics(&kafka_args(), &args)
         .await

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::{BreakerSettings, TierPolicy};
-use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs, parse_duration_flag};
+use rebound_service::{
+    CommonArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs, parse_duration_flag,
+};
 use rebound_sink_store::{SinkSpec, SinkStoreError};
 
 use crate::ConsumerError;
@@ -31,14 +33,9 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_GROUP", default_value = "rebound-consumer")]
     pub group: String,
 
-    /// Source topic to consume (repeatable).
-    #[arg(
-        long = "source-topic",
-        env = "REBOUND_SOURCE_TOPICS",
-        value_delimiter = ',',
-        default_value = "notes"
-    )]
-    pub source_topics: Vec<String>,
+    /// The source topics.
+    #[command(flatten)]
+    pub sources: SourceTopicArgs,
 
     /// Where notes are applied: sqlite://PATH, http(s)://URL or null://.
     // An HTTP sink's URL may carry credentials or a token, so `--help` must not print the variable.
@@ -114,9 +111,9 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_HTTP_BATCH_TIMEOUT", value_parser = parse_duration_flag)]
     pub http_batch_timeout: Option<Duration>,
 
-    /// How long shutdown may take to finish the batch in hand and commit.
-    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub shutdown_timeout: Duration,
+    /// The bound on shutdown.
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 /// Whether the consumer's circuit breaker runs.
@@ -171,29 +168,11 @@ impl ConsumerArgs {
         let policy = self
             .topology
             .tier_policy(TierDelays::Required)
-            .map_err(|error| match error {
-                ServiceError::InvalidTopology { flag, reason } => invalid(flag, reason),
-                other => invalid("--tier", other.to_string()),
-            })?;
-        if self.source_topics.is_empty() {
-            return Err(invalid(
-                "--source-topic",
-                "at least one source topic is needed".to_owned(),
-            ));
-        }
-        let source_topics: Vec<String> = self
-            .source_topics
-            .iter()
-            .map(|topic| self.topology.naming.prefixed(topic))
-            .collect();
-        for topic in &source_topics {
-            if policy.tier_by_topic(topic).is_some() || topic == policy.dead_letter_topic() {
-                return Err(invalid(
-                    "--source-topic",
-                    format!("{topic:?} is also a tier or the DLQ; records would loop"),
-                ));
-            }
-        }
+            .map_err(|error| invalid(error.flag, error.reason))?;
+        let source_topics = self
+            .sources
+            .prefixed(&self.topology.naming, &policy)
+            .map_err(|error| invalid(error.flag, error.reason))?;
         if self.batch_size == 0 {
             return Err(invalid("--batch-size", "must be at least 1".to_owned()));
         }
@@ -270,7 +249,7 @@ impl ConsumerArgs {
             batch_linger: self.batch_linger,
             http_timeout: self.http_timeout,
             http_batch_timeout,
-            shutdown_timeout: self.shutdown_timeout,
+            shutdown_timeout: self.shutdown.shutdown_timeout,
         })
     }
 }

@@ -24,12 +24,12 @@ use futures::{FutureExt as _, StreamExt as _};
 use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, TopicPartition};
 use rebound_retry::{
     BreakerState, CircuitBreaker, Dispatch, DueTiming, ErrorKind, Failure, RetryContext, Route, SinkAttempt,
-    failure_dispatch, oversized_stub, parse_retry_context,
+    failure_dispatch, parse_retry_context,
 };
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms};
+use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure};
 use crate::{ConsumerConfig, ConsumerError};
@@ -722,13 +722,11 @@ impl Pipeline<'_> {
         let sent = self
             .runtime
             .send_alone_or_stub(&copy_of(record, &dispatch), |error| {
-                let stub = Box::new(oversized_stub(
+                let stub = Box::new(stub_for_refused_copy(
                     &self.config.policy,
                     &dispatch,
-                    &record.headers,
-                    record.key.as_deref(),
-                    record.value.as_deref(),
-                    &error.to_string(),
+                    record,
+                    error,
                     &self.config.group,
                 ));
                 let stub_record = copy_of(record, &stub);

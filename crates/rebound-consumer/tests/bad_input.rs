@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start_consumer, start_scheduler};
+use common::start_consumer;
 use rebound_kafka::{
     ConsumedRecord, KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer, fetch_committed_offsets,
 };
@@ -15,44 +15,15 @@ use rebound_retry::{RecordHeaders, contract};
 use rebound_schema::NoteCodec;
 use rebound_sink_store::read_all_notes;
 use rebound_testkit::{
-    ScriptedHttpSink, broker, create_test_topics, create_test_topics_with_config, incompressible_bytes, kafka_args,
-    note, produce_notes, produce_raw, read_all, unique_prefix, wait_for, wait_for_records,
+    ScriptedHttpSink, assert_history_headers_at_most_once, broker, create_test_topics, create_test_topics_with_config,
+    foreign_headers, incompressible_bytes, kafka_args, note, produce_notes, produce_raw, read_all, record_keyed,
+    required_header as header, unique_prefix, wait_for, wait_for_records,
 };
 
 const TOPICS: [&str; 4] = ["notes", "retry-5s", "retry-1m", "dlq"];
 const SHORT_TIERS: [&str; 4] = ["--tier", "retry-5s:1s", "--tier", "retry-1m:2s"];
 /// librdkafka's default `message.max.bytes`: the largest record a default producer sends.
 const CLIENT_MESSAGE_LIMIT: usize = 1_000_000;
-
-fn header<'record>(record: &'record ConsumedRecord, key: &str) -> &'record str {
-    record.headers.get_str(key).unwrap_or_else(|| {
-        panic!(
-            "header {key} missing from {:?}",
-            record.headers.get(contract::ERROR_MESSAGE)
-        )
-    })
-}
-
-fn by_key<'records>(records: &'records [ConsumedRecord], key: &str) -> &'records ConsumedRecord {
-    records
-        .iter()
-        .find(|record| record.key.as_deref() == Some(key.as_bytes()))
-        .unwrap_or_else(|| panic!("no record keyed {key}"))
-}
-
-/// The headers a copy must carry over unchanged: all but the contract's and `traceparent`, which
-/// every hop replaces.
-fn foreign_headers(headers: &RecordHeaders) -> Vec<(String, Option<Vec<u8>>)> {
-    headers
-        .iter()
-        .filter(|header| {
-            !contract::FAILURE_HISTORY_KEYS.contains(&header.key.as_str())
-                && !contract::DLQ_KEYS.contains(&header.key.as_str())
-                && header.key != "traceparent"
-        })
-        .map(|header| (header.key.clone(), header.value.clone()))
-        .collect()
-}
 
 fn header_bytes(record: &ConsumedRecord) -> usize {
     record
@@ -77,9 +48,7 @@ fn assert_is_stub(letter: &ConsumedRecord, value_len: usize, refused_by: &str) {
         "a stub is small: {} header bytes",
         header_bytes(letter)
     );
-    for key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
-        assert!(letter.headers.count(key) <= 1, "{key} at most once");
-    }
+    assert_history_headers_at_most_once(letter, "the stub");
 }
 
 /// A sqlite sink in a temporary directory: the directory guard and the `--sink` value.
@@ -174,8 +143,8 @@ async fn dead_letter_refused_by_the_dlq_topic_size_limit_becomes_a_stub_and_smal
     consumer.stop().await;
 
     assert_eq!(dead_letters.len(), 2);
-    assert_is_stub(by_key(&dead_letters, "big"), big.len(), &format!("{prefix}dlq"));
-    let small_letter = by_key(&dead_letters, "small");
+    assert_is_stub(record_keyed(&dead_letters, "big"), big.len(), &format!("{prefix}dlq"));
+    let small_letter = record_keyed(&dead_letters, "small");
     assert_eq!(small_letter.value.as_deref(), Some(small.as_slice()), "byte for byte");
     assert!(small_letter.headers.get(contract::DROPPED_VALUE_BYTES).is_none());
     assert_committed_to(&group, &topic, 3).await;
@@ -266,74 +235,6 @@ async fn value_over_the_consumers_fetch_limit_is_still_consumed_and_dead_lettere
     assert_committed_to(&group, &topic, 2).await;
 }
 
-/// Foreign headers a rogue or careless writer might attach: a 256 KiB value, binary values that
-/// are not UTF-8, a null value and a duplicated key.
-fn awkward_foreign_headers() -> RecordHeaders {
-    let mut headers = RecordHeaders::new();
-    headers.push("blob", Some(incompressible_bytes(256 * 1024, 5)));
-    headers.push("binary", Some(vec![0xFF, 0xFE, 0x00, 0x80, 0xC3, 0x28]));
-    headers.push("null-value", None);
-    headers.push("repeated", Some(b"first".to_vec()));
-    headers.push("repeated", Some(vec![0xE2, 0x82]));
-    headers
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_and_non_utf8_foreign_headers_are_carried_byte_exact_to_the_tier_and_the_dlq() {
-    let prefix = unique_prefix("foreign-headers");
-    create_test_topics(&prefix, &TOPICS, 1).await;
-    let topic = format!("{prefix}notes");
-    let foreign = awkward_foreign_headers();
-    produce_raw(&topic, Some(b"poison"), Some(b"not avro"), foreign.clone()).await;
-    let flaky_value = NoteCodec::embedded().encode(&note("flaky", 1)).expect("encodes");
-    produce_raw(&topic, Some(b"flaky"), Some(&flaky_value), foreign.clone()).await;
-
-    let sink =
-        ScriptedHttpSink::start(|note_id, attempt| if note_id == "flaky" && attempt == 1 { 503 } else { 200 }).await;
-    let sink_url = sink.url();
-    let mut flags = vec!["--topic-prefix", prefix.as_str()];
-    flags.extend_from_slice(&SHORT_TIERS);
-    let mut consumer_flags = flags.clone();
-    consumer_flags.extend_from_slice(&["--sink", &sink_url]);
-    let consumer = start_consumer(&consumer_flags);
-    let scheduler = start_scheduler(&flags);
-    wait_for(
-        "flaky applied on its second attempt",
-        Duration::from_secs(60),
-        || async { (sink.requests_for("flaky").len() == 2).then_some(()) },
-    )
-    .await;
-    let dead_letters = wait_for_records(&format!("{prefix}dlq"), 1, Duration::from_secs(30)).await;
-    consumer.stop().await;
-    scheduler.stop().await;
-
-    let expected = foreign_headers(&foreign);
-    let letter = by_key(&dead_letters, "poison");
-    assert_eq!(
-        foreign_headers(&letter.headers),
-        expected,
-        "DLQ copy keeps them byte for byte, in order"
-    );
-    assert_eq!(letter.value.as_deref(), Some(b"not avro".as_slice()));
-    let tier_copy = &read_all(&format!("{prefix}retry-5s")).await[0];
-    assert_eq!(
-        foreign_headers(&tier_copy.headers),
-        expected,
-        "tier copy keeps them too"
-    );
-    assert_eq!(tier_copy.value.as_deref(), Some(flaky_value.as_slice()));
-    let republished = read_all(&topic)
-        .await
-        .into_iter()
-        .find(|record| record.offset == 2)
-        .expect("the scheduler republished flaky");
-    assert_eq!(
-        foreign_headers(&republished.headers),
-        expected,
-        "and the republished copy"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_foreign_headers_are_carried_over_in_order_without_stalling_the_partition() {
     let prefix = unique_prefix("many-headers");
@@ -356,9 +257,7 @@ async fn thousands_of_foreign_headers_are_carried_over_in_order_without_stalling
     let letter = &dead_letters[0];
     assert_eq!(foreign_headers(&letter.headers), foreign_headers(&many));
     assert_eq!(header(letter, contract::ERROR_KIND), "poison");
-    for key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
-        assert!(letter.headers.count(key) <= 1, "{key} at most once");
-    }
+    assert_history_headers_at_most_once(letter, "the dead letter");
     assert_committed_to(&group, &topic, 2).await;
 }
 
@@ -427,7 +326,7 @@ async fn duplicated_conflicting_and_non_utf8_contract_headers_make_the_record_po
 
     assert_eq!(dead_letters.len(), cases.len());
     for (((key, _, culprit), value), offset) in cases.iter().zip(&values).zip(0..) {
-        let letter = by_key(&dead_letters, key);
+        let letter = record_keyed(&dead_letters, key);
         assert_eq!(
             letter.value.as_deref(),
             Some(value.as_slice()),
@@ -445,12 +344,7 @@ async fn duplicated_conflicting_and_non_utf8_contract_headers_make_the_record_po
             letter.headers.get(contract::TIER).is_none(),
             "{key}: the garbled tier is gone"
         );
-        for history_key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
-            assert!(
-                letter.headers.count(history_key) <= 1,
-                "{key}: {history_key} at most once"
-            );
-        }
+        assert_history_headers_at_most_once(letter, key);
         assert_eq!(
             letter.headers.get("binary").and_then(|header| header.value.as_deref()),
             Some([0x80, 0x81].as_slice()),
@@ -460,7 +354,7 @@ async fn duplicated_conflicting_and_non_utf8_contract_headers_make_the_record_po
     // The replay count is not part of a failure history: a poison record keeps it as it came,
     // and `rebound dlq replay` refuses a dead letter whose count is unreadable.
     assert_eq!(
-        by_key(&dead_letters, "replay-count-twice")
+        record_keyed(&dead_letters, "replay-count-twice")
             .headers
             .count(contract::REPLAY_COUNT),
         2
@@ -508,7 +402,7 @@ async fn header_key_that_is_not_utf8_is_replaced_by_a_stand_in_instead_of_crashi
     wait_for_applied(&database, "after-odd-key").await;
     consumer.stop().await;
 
-    let letter = by_key(&dead_letters, "odd-key");
+    let letter = record_keyed(&dead_letters, "odd-key");
     assert_eq!(header(letter, contract::ERROR_KIND), "poison");
     assert_eq!(
         foreign_headers(&letter.headers),

@@ -1,40 +1,22 @@
-//! The consumer against a real broker: first-try success, transient failures through the tiers,
-//! permanent failures and poison records straight to the DLQ, with the header contract intact.
+//! The consumer alone against a real broker: first-try success, permanent failures and poison
+//! records straight to the DLQ with the header contract intact, and the version rule on
+//! redelivery. The walk through the tiers needs the scheduler too: `rebound-e2e`'s `tier_walk`.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{start_consumer, start_scheduler};
-use rebound_kafka::{ConsumedRecord, fetch_committed_offsets, fetch_topic_watermarks};
+use common::start_consumer;
+use rebound_kafka::{fetch_committed_offsets, fetch_topic_watermarks};
 use rebound_retry::{RecordHeaders, contract};
 use rebound_schema::NoteCodec;
 use rebound_sink_store::read_all_notes;
 use rebound_testkit::{
-    ScriptedHttpSink, create_test_topics, kafka_args, note, produce_notes, produce_raw, read_all, unique_prefix,
-    wait_for, wait_for_records,
+    ScriptedHttpSink, create_test_topics, kafka_args, note, produce_notes, produce_raw, read_all,
+    required_header as header, unique_prefix, wait_for, wait_for_records,
 };
 
 const TOPICS: [&str; 4] = ["notes", "retry-5s", "retry-1m", "dlq"];
-const SHORT_TIERS: [&str; 4] = ["--tier", "retry-5s:1s", "--tier", "retry-1m:2s"];
-
-fn header<'record>(record: &'record ConsumedRecord, key: &str) -> &'record str {
-    record
-        .headers
-        .get_str(key)
-        .unwrap_or_else(|| panic!("header {key} missing from {:?}", record.headers))
-}
-
-async fn produce_note_with_user_header(topic: &str, note_id: &str) -> Vec<u8> {
-    let value = NoteCodec::embedded().encode(&note(note_id, 1)).expect("encodes");
-    let mut headers = RecordHeaders::new();
-    headers.push(
-        "traceparent",
-        Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec()),
-    );
-    produce_raw(topic, Some(note_id.as_bytes()), Some(&value), headers).await;
-    value
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notes_applied_on_first_try_are_stored_and_their_offsets_committed() {
@@ -79,137 +61,6 @@ async fn notes_applied_on_first_try_are_stored_and_their_offsets_committed() {
         }
     }
     assert!(read_all(&format!("{prefix}dlq")).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_failure_is_applied_after_first_tier() {
-    let prefix = unique_prefix("transient-once");
-    create_test_topics(&prefix, &TOPICS, 2).await;
-    let sink =
-        ScriptedHttpSink::start(|note_id, attempt| if note_id == "flaky" && attempt == 1 { 503 } else { 200 }).await;
-    let original_value = produce_note_with_user_header(&format!("{prefix}notes"), "flaky").await;
-    let mut flags = vec!["--topic-prefix", prefix.as_str()];
-    flags.extend_from_slice(&SHORT_TIERS);
-    let sink_url = sink.url();
-    let mut consumer_flags = flags.clone();
-    consumer_flags.extend_from_slice(&["--sink", &sink_url]);
-    let consumer = start_consumer(&consumer_flags);
-    let scheduler = start_scheduler(&flags);
-
-    let requests = wait_for(
-        "flaky applied on its second attempt",
-        Duration::from_secs(60),
-        || async {
-            let requests = sink.requests_for("flaky");
-            (requests.len() == 2).then_some(requests)
-        },
-    )
-    .await;
-    consumer.stop().await;
-    scheduler.stop().await;
-
-    assert_eq!(requests[0].status, 503);
-    assert_eq!(requests[1].status, 200);
-    assert_eq!(requests[1].idempotency_key, "flaky:1");
-    let waited_ms = requests[1].received_at_ms - requests[0].received_at_ms;
-    assert!(
-        waited_ms >= 1000,
-        "redelivered after {waited_ms} ms, before the 1 s tier delay"
-    );
-
-    let tier_records = read_all(&format!("{prefix}retry-5s")).await;
-    assert_eq!(tier_records.len(), 1);
-    let copy = &tier_records[0];
-    assert_eq!(copy.key.as_deref(), Some(b"flaky".as_slice()));
-    assert_eq!(
-        copy.value.as_deref(),
-        Some(original_value.as_slice()),
-        "value is byte for byte the original"
-    );
-    assert!(
-        header(copy, "traceparent").starts_with("00-4bf92f"),
-        "user headers are preserved"
-    );
-    assert_eq!(header(copy, contract::ATTEMPT), "1");
-    assert_eq!(header(copy, contract::TIER), format!("{prefix}retry-5s"));
-    assert_eq!(header(copy, contract::ORIGINAL_TOPIC), format!("{prefix}notes"));
-    assert_eq!(header(copy, contract::ORIGINAL_OFFSET), "0");
-    assert_eq!(header(copy, contract::ERROR_KIND), "transient");
-    assert!(header(copy, contract::ERROR_MESSAGE).contains("503"));
-    let first_failure: i64 = header(copy, contract::FIRST_FAILURE_TIMESTAMP).parse().expect("number");
-    let due: i64 = header(copy, contract::DUE_TIMESTAMP).parse().expect("number");
-    // The tier's 1 s, spread upwards by up to the default jitter of 20%, never below it.
-    assert!(
-        (1000..=1200).contains(&(due - first_failure)),
-        "{}",
-        due - first_failure
-    );
-    assert!(read_all(&format!("{prefix}retry-1m")).await.is_empty());
-    assert!(read_all(&format!("{prefix}dlq")).await.is_empty());
-    // The republished copy went back to the source topic with the history on it.
-    let source = read_all(&format!("{prefix}notes")).await;
-    assert_eq!(source.len(), 2);
-    assert_eq!(
-        source
-            .iter()
-            .filter(|record| record.headers.get(contract::ATTEMPT).is_some())
-            .count(),
-        1
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn always_transient_walks_both_tiers_then_dead_letters_with_full_headers() {
-    let prefix = unique_prefix("always-transient");
-    create_test_topics(&prefix, &TOPICS, 2).await;
-    let sink = ScriptedHttpSink::start(|note_id, _| if note_id == "doomed" { 503 } else { 200 }).await;
-    let original_value = produce_note_with_user_header(&format!("{prefix}notes"), "doomed").await;
-    let mut flags = vec!["--topic-prefix", prefix.as_str()];
-    flags.extend_from_slice(&SHORT_TIERS);
-    let sink_url = sink.url();
-    let group = format!("{prefix}consumers");
-    let mut consumer_flags = flags.clone();
-    consumer_flags.extend_from_slice(&["--sink", &sink_url, "--group", &group]);
-    let consumer = start_consumer(&consumer_flags);
-    let scheduler = start_scheduler(&flags);
-
-    let dead_letters = wait_for_records(&format!("{prefix}dlq"), 1, Duration::from_secs(60)).await;
-    consumer.stop().await;
-    scheduler.stop().await;
-
-    assert_eq!(dead_letters.len(), 1);
-    let requests = sink.requests_for("doomed");
-    assert_eq!(requests.len(), 3, "first try, after retry-5s, after retry-1m");
-    assert!(
-        requests[2].received_at_ms - requests[1].received_at_ms >= 2000,
-        "retry-1m waited its 2 s"
-    );
-    assert_eq!(read_all(&format!("{prefix}retry-5s")).await.len(), 1);
-    assert_eq!(read_all(&format!("{prefix}retry-1m")).await.len(), 1);
-
-    let letter = &dead_letters[0];
-    assert_eq!(letter.key.as_deref(), Some(b"doomed".as_slice()));
-    assert_eq!(letter.value.as_deref(), Some(original_value.as_slice()));
-    assert!(header(letter, "traceparent").starts_with("00-4bf92f"));
-    assert_eq!(header(letter, contract::ATTEMPT), "3");
-    assert_eq!(header(letter, contract::TIER), format!("{prefix}retry-1m"));
-    assert_eq!(header(letter, contract::ORIGINAL_TOPIC), format!("{prefix}notes"));
-    assert_eq!(header(letter, contract::ORIGINAL_OFFSET), "0");
-    assert_eq!(header(letter, contract::ERROR_KIND), "transient");
-    assert!(header(letter, contract::ERROR_MESSAGE).contains("503"));
-    assert!(letter.headers.get(contract::DUE_TIMESTAMP).is_none());
-    header(letter, contract::ORIGINAL_PARTITION);
-    header(letter, contract::ORIGINAL_TIMESTAMP);
-    header(letter, contract::FIRST_FAILURE_TIMESTAMP);
-    assert_eq!(header(letter, contract::DLQ_ERRORS_TOPIC), format!("{prefix}notes"));
-    assert_eq!(header(letter, contract::DLQ_ERRORS_OFFSET), "0");
-    assert_eq!(header(letter, contract::DLQ_ERRORS_GROUP), group);
-    assert_eq!(header(letter, contract::DLQ_ERRORS_DELIVERY_COUNT), "3");
-    assert!(header(letter, contract::DLQ_ERRORS_MESSAGE).contains("503"));
-    header(letter, contract::DLQ_ERRORS_PARTITION);
-    for key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
-        assert!(letter.headers.count(key) <= 1, "{key} appears at most once");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

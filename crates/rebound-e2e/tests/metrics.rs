@@ -10,18 +10,9 @@ use std::time::Duration;
 
 use common::{start_consumer, start_scheduler};
 use rebound_testkit::{
-    ScriptedHttpSink, create_test_topics, free_local_port, note, produce_notes, unique_prefix, wait_for,
+    ScriptedHttpSink, create_test_topics, free_local_port, metric_sample, note, produce_notes, unique_prefix, wait_for,
     wait_for_http_ok,
 };
-
-/// The value of the first sample whose line starts with `series` (name plus labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
 
 async fn scrape(url: &str) -> String {
     reqwest::get(url).await.expect("scraped").text().await.expect("text")
@@ -74,15 +65,15 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
         Duration::from_secs(60),
         || async {
             let metrics = scrape(&format!("{consumer_url}/metrics")).await;
-            let applied_first = sample(
+            let applied_first = metric_sample(
                 &metrics,
                 "rebound_consumer_records_total{outcome=\"applied\",after=\"first_try\"}",
             );
-            let applied_retry = sample(
+            let applied_retry = metric_sample(
                 &metrics,
                 "rebound_consumer_records_total{outcome=\"applied\",after=\"retry\"}",
             );
-            let dead = sample(
+            let dead = metric_sample(
                 &metrics,
                 "rebound_consumer_records_total{outcome=\"dead_lettered\",kind=\"permanent\"}",
             );
@@ -90,27 +81,31 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
         },
     )
     .await;
-    assert_eq!(sample(&metrics, &retried_series), Some(1.0), "{metrics}");
+    assert_eq!(metric_sample(&metrics, &retried_series), Some(1.0), "{metrics}");
     assert!(
         metrics.contains("rebound_consumer_sink_duration_seconds_bucket"),
         "{metrics}"
     );
-    assert_eq!(sample(&metrics, "rebound_consumer_in_flight_records"), Some(0.0));
+    assert_eq!(metric_sample(&metrics, "rebound_consumer_in_flight_records"), Some(0.0));
 
     let scheduler_metrics = scrape(&format!("{scheduler_url}/metrics")).await;
     let republished = format!("rebound_scheduler_republished_total{{tier=\"{prefix}retry-5s\"}}");
     assert_eq!(
-        sample(&scheduler_metrics, &republished),
+        metric_sample(&scheduler_metrics, &republished),
         Some(1.0),
         "{scheduler_metrics}"
     );
     let lag_count = format!("rebound_scheduler_retry_lag_seconds_count{{tier=\"{prefix}retry-5s\"}}");
-    assert_eq!(sample(&scheduler_metrics, &lag_count), Some(1.0), "{scheduler_metrics}");
+    assert_eq!(
+        metric_sample(&scheduler_metrics, &lag_count),
+        Some(1.0),
+        "{scheduler_metrics}"
+    );
     // Lag of the source topic reaches 0 once everything is committed (statistics every 5 s).
     let lag_series = format!("rebound_consumer_lag_records{{topic=\"{prefix}notes\"}}");
     wait_for("the consumer lag gauge at 0", Duration::from_secs(30), || async {
         let metrics = scrape(&format!("{consumer_url}/metrics")).await;
-        (sample(&metrics, &lag_series) == Some(0.0)).then_some(())
+        (metric_sample(&metrics, &lag_series) == Some(0.0)).then_some(())
     })
     .await;
     consumer.stop().await;

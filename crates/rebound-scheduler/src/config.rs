@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::TierPolicy;
-use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs, parse_duration_flag};
+use rebound_service::{CommonArgs, OperationalArgs, ShutdownArgs, TierDelays, TopologyArgs, parse_duration_flag};
 
 use crate::SchedulerError;
 use crate::holdings::ReadAhead;
@@ -56,9 +56,9 @@ pub struct SchedulerArgs {
     #[arg(long, env = "REBOUND_MAX_DUE_AHEAD", default_value = "30d", value_parser = parse_duration_flag)]
     pub max_due_ahead: Duration,
 
-    /// How long shutdown may take to commit.
-    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub shutdown_timeout: Duration,
+    /// The bound on shutdown.
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 /// The scheduler's validated configuration.
@@ -91,10 +91,7 @@ impl SchedulerArgs {
         let policy = self
             .topology
             .tier_policy(TierDelays::FallbackOnly)
-            .map_err(|error| match error {
-                ServiceError::InvalidTopology { flag, reason } => invalid(flag, reason),
-                other => invalid("--tier", other.to_string()),
-            })?;
+            .map_err(|error| invalid(error.flag, error.reason))?;
         if self.read_ahead == 0 {
             return Err(invalid("--read-ahead", "must be at least 1".to_owned()));
         }
@@ -120,7 +117,7 @@ impl SchedulerArgs {
             kafka: self.common.kafka,
             group: self.group,
             policy,
-            shutdown_timeout: self.shutdown_timeout,
+            shutdown_timeout: self.shutdown.shutdown_timeout,
         })
     }
 }

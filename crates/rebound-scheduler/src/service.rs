@@ -5,12 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rebound_kafka::{ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionAssignmentEvent, TopicPartition};
-use rebound_retry::{
-    Dispatch, ErrorKind, Failure, RetryContext, dead_letter_dispatch, oversized_stub, parse_retry_context,
-};
+use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, dead_letter_dispatch, parse_retry_context};
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms};
+use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
 use tokio::time::Instant;
 
 use crate::holdings::{DueDecision, FetchDecision, HeldRecord, Holdings, ReleaseAction, due_decision, release_at};
@@ -587,13 +585,11 @@ impl Scheduler<'_> {
                         dispatch
                     }
                 };
-                let stub = ReleaseAction::DeadLetter(Box::new(oversized_stub(
+                let stub = ReleaseAction::DeadLetter(Box::new(stub_for_refused_copy(
                     &self.config.policy,
                     &refused,
-                    &record.headers,
-                    record.key.as_deref(),
-                    record.value.as_deref(),
-                    &error.to_string(),
+                    record,
+                    error,
                     &self.config.group,
                 )));
                 let stub_record = outgoing_of_action(record, &stub);

@@ -3,16 +3,17 @@
 //! non-UTF-8 foreign headers, and a record too large for the topic it goes back to. Whatever
 //! arrives, it is republished or dead-lettered by the documented rules, and the partition flows.
 
+mod common;
+
 use std::time::Duration;
 
-use clap::Parser as _;
+use common::{scheduler_group, start_scheduler};
 use rebound_kafka::{ConsumedRecord, OutgoingRecord, fetch_committed_offsets};
 use rebound_retry::{RecordHeaders, contract};
-use rebound_scheduler::SchedulerArgs;
 use rebound_service::now_epoch_ms;
 use rebound_testkit::{
-    RunningService, broker, create_test_topics, create_test_topics_with_config, incompressible_bytes, kafka_args,
-    producer, read_all, unique_prefix, wait_for, wait_for_records,
+    RunningService, assert_history_headers_at_most_once, create_test_topics, create_test_topics_with_config,
+    incompressible_bytes, kafka_args, producer, read_all, record_keyed, unique_prefix, wait_for, wait_for_records,
 };
 
 struct RunningScheduler {
@@ -22,23 +23,9 @@ struct RunningScheduler {
 
 impl RunningScheduler {
     fn start(prefix: &str) -> Self {
-        let broker = broker();
-        let group = format!("{prefix}scheduler");
-        let argv = vec![
-            "rebound-scheduler",
-            "--brokers",
-            &broker,
-            "--topic-prefix",
-            prefix,
-            "--group",
-            &group,
-            "--tier",
-            "retry-5s:5s",
-        ];
-        let config = SchedulerArgs::parse_from(argv).into_config().expect("valid flags");
         Self {
-            service: RunningService::spawn("scheduler", |shutdown| rebound_scheduler::run(config, shutdown)),
-            group,
+            service: start_scheduler(prefix, "retry-5s:5s", &[]),
+            group: scheduler_group(prefix),
         }
     }
 
@@ -74,13 +61,6 @@ async fn produce_tier_record(prefix: &str, key: &str, value: &[u8], headers: Rec
         })
         .await
         .expect("acknowledged");
-}
-
-fn by_key<'records>(records: &'records [ConsumedRecord], key: &str) -> &'records ConsumedRecord {
-    records
-        .iter()
-        .find(|record| record.key.as_deref() == Some(key.as_bytes()))
-        .unwrap_or_else(|| panic!("no record keyed {key}"))
 }
 
 /// Waits until every key is in the topic; returns the topic's records.
@@ -121,7 +101,7 @@ async fn due_timestamps_before_the_epoch_are_republished_at_once_without_a_panic
     scheduler.stop_with_committed(&prefix, 4).await;
 
     for (key, due_ms) in cases {
-        let record = by_key(&republished, key);
+        let record = record_keyed(&republished, key);
         assert_eq!(record.value.as_deref(), Some(key.as_bytes()));
         assert_eq!(
             record.headers.get_str(contract::DUE_TIMESTAMP),
@@ -171,17 +151,12 @@ async fn duplicated_conflicting_and_non_utf8_contract_headers_dead_letter_a_tier
 
     assert_eq!(dead_letters.len(), cases.len());
     for (key, _, culprit) in &cases {
-        let letter = by_key(&dead_letters, key);
+        let letter = record_keyed(&dead_letters, key);
         assert_eq!(letter.value.as_deref(), Some(key.as_bytes()), "{key}: bytes untouched");
         assert_eq!(letter.headers.get_str(contract::ERROR_KIND), Some("poison"), "{key}");
         let message = letter.headers.get_str(contract::ERROR_MESSAGE).unwrap_or_default();
         assert!(message.contains(culprit), "{key}: {message}");
-        for history_key in contract::FAILURE_HISTORY_KEYS.iter().chain(contract::DLQ_KEYS.iter()) {
-            assert!(
-                letter.headers.count(history_key) <= 1,
-                "{key}: {history_key} at most once"
-            );
-        }
+        assert_history_headers_at_most_once(letter, key);
         assert_eq!(
             letter.headers.get("binary").and_then(|header| header.value.as_deref()),
             Some([0x80, 0x00, 0xFF].as_slice()),
@@ -209,7 +184,7 @@ async fn huge_and_non_utf8_foreign_headers_are_republished_byte_exact() {
     let republished = wait_for_keys(&format!("{prefix}notes"), &["awkward"]).await;
     scheduler.stop_with_committed(&prefix, 1).await;
 
-    let copy = by_key(&republished, "awkward");
+    let copy = record_keyed(&republished, "awkward");
     let without_trace = |headers: &RecordHeaders| -> Vec<(String, Option<Vec<u8>>)> {
         headers
             .iter()
@@ -239,7 +214,7 @@ async fn tier_record_too_large_for_its_source_topic_is_dead_lettered_as_a_stub_a
     scheduler.stop_with_committed(&prefix, 2).await;
 
     assert_eq!(dead_letters.len(), 1);
-    let stub = by_key(&dead_letters, "big");
+    let stub = record_keyed(&dead_letters, "big");
     assert_eq!(stub.value, None, "the stub carries no value");
     assert_eq!(
         stub.headers.get_str(contract::DROPPED_VALUE_BYTES),
@@ -257,7 +232,7 @@ async fn tier_record_too_large_for_its_source_topic_is_dead_lettered_as_a_stub_a
         Some(format!("{prefix}retry-5s").as_str())
     );
     assert_eq!(
-        by_key(&republished, "small").value.as_deref(),
+        record_keyed(&republished, "small").value.as_deref(),
         Some(b"small".as_slice()),
         "a small record in the same batch goes back whole"
     );

@@ -1,16 +1,17 @@
 //! The retry scheduler against a real broker: never early, never blocked by another partition,
 //! nothing stuck after a rebalance, and unroutable tier records dead-lettered as poison.
 
+mod common;
+
 use std::time::Duration;
 
-use clap::Parser as _;
+use common::start_scheduler;
 use rebound_kafka::{ConsumedRecord, OutgoingRecord, alter_topic_config, fetch_committed_offsets};
 use rebound_retry::{RecordHeaders, contract};
-use rebound_scheduler::SchedulerArgs;
 use rebound_service::now_epoch_ms;
 use rebound_testkit::{
-    RunningService, broker, create_test_topics, create_test_topics_with_config, kafka_args, producer, read_all,
-    unique_prefix, wait_for, wait_for_records,
+    RunningService, create_test_topics, create_test_topics_with_config, kafka_args, producer, read_all, unique_prefix,
+    wait_for, wait_for_records,
 };
 
 struct RunningScheduler(RunningService);
@@ -22,24 +23,7 @@ impl RunningScheduler {
 
     /// Starts a scheduler serving one tier given as `--tier` takes it (`NAME` or `NAME:DELAY`).
     fn start_serving(prefix: &str, tier: &str, extra_flags: &[&str]) -> Self {
-        let broker = broker();
-        let group = format!("{prefix}scheduler");
-        let mut argv = vec![
-            "rebound-scheduler",
-            "--brokers",
-            &broker,
-            "--topic-prefix",
-            prefix,
-            "--group",
-            &group,
-            "--tier",
-            tier,
-        ];
-        argv.extend_from_slice(extra_flags);
-        let config = SchedulerArgs::parse_from(argv).into_config().expect("valid flags");
-        Self(RunningService::spawn("scheduler", |shutdown| {
-            rebound_scheduler::run(config, shutdown)
-        }))
+        Self(start_scheduler(prefix, tier, extra_flags))
     }
 
     async fn stop(self) {

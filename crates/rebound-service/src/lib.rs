@@ -15,25 +15,17 @@ pub mod trace_context;
 
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
 pub use producer_failure::ProducerFailure;
-pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone};
+pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, stub_for_refused_copy};
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry};
-pub use topology::{DEFAULT_TIERS, TierDelays, TopicNamingArgs, TopologyArgs};
+pub use topology::{DEFAULT_TIERS, InvalidFlag, SourceTopicArgs, TierDelays, TopicNamingArgs, TopologyArgs};
 
 use rebound_kafka::KafkaArgs;
 
 /// What can go wrong in the shared plumbing: a flag, start-up, or the runtime's Kafka clients.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// A topology flag (`--tier`, `--dlq-topic`, `--topic-prefix`) does not make a pipeline.
-    #[error("invalid {flag}: {reason}")]
-    InvalidTopology {
-        /// The flag, or flags, at fault.
-        flag: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
     /// A topic the service reads or writes does not exist.
     #[error("failed to find topic {topic}: {reason} (create the topics with `rebound topics create`)")]
     FindTopic {

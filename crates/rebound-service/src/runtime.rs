@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rebound_kafka::{
-    ConsumerSettings, KafkaArgs, KafkaError, OutgoingRecord, PartitionAssignmentEvent, ProducerSettings,
-    RecordConsumer, RecordProducer, TopicPartition, fetch_partition_counts,
+    ConsumedRecord, ConsumerSettings, KafkaArgs, KafkaError, OutgoingRecord, PartitionAssignmentEvent,
+    ProducerSettings, RecordConsumer, RecordProducer, TopicPartition, fetch_partition_counts,
 };
+
+use rebound_retry::{Dispatch, TierPolicy, oversized_stub};
 
 use crate::{ProducerFailure, Readiness, ServiceError, Shutdown, events, serve_operational_endpoints};
 
@@ -237,4 +239,34 @@ impl Runtime {
             source,
         })
     }
+}
+
+/// The bound on a consume-and-produce service's shutdown, one flag for the consumer and the
+/// scheduler.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShutdownArgs {
+    /// How long shutdown may take to finish the work in hand (the consumer's batch), flush the
+    /// producer and commit.
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = crate::parse_duration_flag)]
+    pub shutdown_timeout: Duration,
+}
+
+/// The bounded dead-letter stub of `record`, whose copy `refused` Kafka refused as too large even
+/// alone (`error`): what both services pass to [`Runtime::send_alone_or_stub`]'s `make_stub`.
+pub fn stub_for_refused_copy(
+    policy: &TierPolicy,
+    refused: &Dispatch,
+    record: &ConsumedRecord,
+    error: &KafkaError,
+    consumer_group: &str,
+) -> Dispatch {
+    oversized_stub(
+        policy,
+        refused,
+        &record.headers,
+        record.key.as_deref(),
+        record.value.as_deref(),
+        &error.to_string(),
+        consumer_group,
+    )
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rebound_retry::{Backoff, Tier, TierPolicy, apply_topic_prefix, parse_tier_spec};
 
-use crate::{ServiceError, parse_duration_flag};
+use crate::parse_duration_flag;
 
 /// The tiers every binary uses unless told otherwise.
 pub const DEFAULT_TIERS: [&str; 2] = ["retry-5s:5s", "retry-1m:1m"];
@@ -34,6 +34,44 @@ impl TopicNamingArgs {
     /// The dead-letter topic's full name.
     pub fn dlq(&self) -> String {
         self.prefixed(&self.dlq_topic)
+    }
+}
+
+/// The pipeline's source topics: the consumer reads them, the scheduler's records go back to
+/// them, `rebound topics create` creates them and `rebound audit` measures them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceTopicArgs {
+    /// Source topic of the pipeline (repeatable; the topic prefix applies).
+    #[arg(
+        long = "source-topic",
+        env = "REBOUND_SOURCE_TOPICS",
+        value_delimiter = ',',
+        default_value = "notes"
+    )]
+    pub source_topics: Vec<String>,
+}
+
+impl SourceTopicArgs {
+    /// The source topics' full names, with the prefix; at least one, and none that is also a
+    /// tier or the DLQ of `policy` (its records would loop).
+    pub fn prefixed(&self, naming: &TopicNamingArgs, policy: &TierPolicy) -> Result<Vec<String>, InvalidFlag> {
+        let invalid = |reason: String| InvalidFlag {
+            flag: "--source-topic",
+            reason,
+        };
+        if self.source_topics.is_empty() {
+            return Err(invalid("at least one source topic is needed".to_owned()));
+        }
+        let topics: Vec<String> = self.source_topics.iter().map(|topic| naming.prefixed(topic)).collect();
+        if let Some(topic) = topics
+            .iter()
+            .find(|topic| policy.tier_by_topic(topic).is_some() || topic.as_str() == policy.dead_letter_topic())
+        {
+            return Err(invalid(format!(
+                "{topic:?} is also a tier or the DLQ; records would loop"
+            )));
+        }
+        Ok(topics)
     }
 }
 
@@ -82,11 +120,22 @@ pub enum TierDelays {
     FallbackOnly,
 }
 
+/// A flag whose value does not make a pipeline: which flag, and what is wrong. Each service maps
+/// it into its own error enum with one `map_err`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {flag}: {reason}")]
+pub struct InvalidFlag {
+    /// The flag, or flags, at fault.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
 impl TopologyArgs {
     /// The validated tier policy: tiers in order, distinct from each other and from the DLQ,
     /// every name prefixed.
-    pub fn tier_policy(&self, delays: TierDelays) -> Result<TierPolicy, ServiceError> {
-        let invalid = |flag: &'static str, reason: String| ServiceError::InvalidTopology { flag, reason };
+    pub fn tier_policy(&self, delays: TierDelays) -> Result<TierPolicy, InvalidFlag> {
+        let invalid = |flag: &'static str, reason: String| InvalidFlag { flag, reason };
         let tiers: Vec<Tier> = self
             .tiers
             .iter()
@@ -106,14 +155,14 @@ impl TopologyArgs {
     }
 
     /// The validated backoff inside a tier, the error naming the flag at fault.
-    pub fn backoff(&self) -> Result<Backoff, ServiceError> {
+    pub fn backoff(&self) -> Result<Backoff, InvalidFlag> {
         Backoff::new(self.backoff_factor, self.backoff_max, self.backoff_jitter).map_err(|error| {
             let flag = if Backoff::new(self.backoff_factor, self.backoff_max, 0.0).is_err() {
                 "--backoff-factor"
             } else {
                 "--backoff-jitter"
             };
-            ServiceError::InvalidTopology {
+            InvalidFlag {
                 flag,
                 reason: error.to_string(),
             }
@@ -165,10 +214,7 @@ mod tests {
         let policy = topology.tier_policy(TierDelays::FallbackOnly).expect("valid");
         assert_eq!(policy.tiers()[0].delay.as_secs(), 0);
         let error = topology.tier_policy(TierDelays::Required).expect_err("needs a delay");
-        assert!(
-            matches!(error, ServiceError::InvalidTopology { flag: "--tier", .. }),
-            "{error}"
-        );
+        assert!(error.flag == "--tier", "{error}");
         assert_eq!(topology.tier_names(), vec!["retry-5s", "retry-1m"]);
     }
 
@@ -191,7 +237,7 @@ mod tests {
         ] {
             let error = parse(&argv).tier_policy(TierDelays::Required).expect_err(flag);
             assert!(
-                matches!(&error, ServiceError::InvalidTopology { flag: named, .. } if *named == flag),
+                matches!(&error, InvalidFlag { flag: named, .. } if *named == flag),
                 "{error}"
             );
         }
@@ -211,15 +257,6 @@ mod tests {
         let error = parse(&["--tier", "dlq:5s"])
             .tier_policy(TierDelays::Required)
             .expect_err("loops");
-        assert!(
-            matches!(
-                error,
-                ServiceError::InvalidTopology {
-                    flag: "--tier/--dlq-topic",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert_eq!(error.flag, "--tier/--dlq-topic", "{error}");
     }
 }

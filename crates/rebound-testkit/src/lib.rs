@@ -10,6 +10,9 @@
 mod http_sink;
 mod service;
 
+mod records;
+pub use records::{assert_history_headers_at_most_once, foreign_headers, metric_sample, record_keyed, required_header};
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::ToSocketAddrs as _;

@@ -12,7 +12,6 @@ mod stats;
 mod watch;
 
 use std::io::IsTerminal as _;
-use std::time::Duration;
 
 use anyhow::Context as _;
 pub use filter::{DlqFilter, DlqFilterArgs};
@@ -21,7 +20,7 @@ pub use letter::DeadLetter;
 use rebound_kafka::{KafkaArgs, TopicScan, read_replay_ledger};
 use rebound_retry::ReplayLedger;
 use rebound_schema::NoteCodec;
-use rebound_service::{TopicNamingArgs, parse_duration_flag};
+use rebound_service::TopicNamingArgs;
 pub use replay::{DlqReplayArgs, Rate, RefusedDeadLetter, ReplayEvent, ReplayReport, replay_dead_letters};
 use serde_json::json;
 pub use stats::{DlqStats, DlqStatsArgs, StatsGroup, dlq_stats};
@@ -55,9 +54,9 @@ pub struct DlqTopicArgs {
     #[arg(long, env = "REBOUND_DLQ_LEDGER_TOPIC")]
     pub ledger_topic: Option<String>,
 
-    /// How long to wait for the broker before giving up.
-    #[arg(long, env = "REBOUND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
-    pub timeout: Duration,
+    /// The broker wait.
+    #[command(flatten)]
+    pub broker_wait: crate::BrokerWaitArgs,
 }
 
 impl DlqTopicArgs {
@@ -106,7 +105,7 @@ pub(crate) fn resolve_filter(args: &DlqFilterArgs, topics: &DlqTopicArgs, now_ms
 /// Opens a scan of the DLQ, with an error that names the topic and the brokers.
 pub(crate) async fn open_dlq_scan(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> anyhow::Result<TopicScan> {
     let dlq = topics.dlq();
-    TopicScan::open_if_exists(kafka, &dlq, topics.timeout)
+    TopicScan::open_if_exists(kafka, &dlq, topics.broker_wait.timeout)
         .await
         .with_context(|| format!("cannot read dead-letter topic {dlq} on brokers {}", kafka.brokers()))?
         .with_context(|| {
@@ -121,7 +120,7 @@ pub(crate) async fn open_dlq_scan(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> a
 /// Reads the replay ledger of the DLQ; one that does not exist yet is empty.
 pub(crate) async fn read_ledger(kafka: &KafkaArgs, topics: &DlqTopicArgs) -> anyhow::Result<ReplayLedger> {
     let ledger = topics.ledger();
-    read_replay_ledger(kafka, &ledger, &topics.dlq(), topics.timeout)
+    read_replay_ledger(kafka, &ledger, &topics.dlq(), topics.broker_wait.timeout)
         .await
         .with_context(|| format!("cannot read the replay ledger {ledger} on brokers {}", kafka.brokers()))
 }

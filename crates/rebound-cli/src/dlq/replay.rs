@@ -271,7 +271,7 @@ pub async fn replay_dead_letters(
         ))
         .into());
     }
-    let timeout = args.topics.timeout;
+    let timeout = args.topics.broker_wait.timeout;
     let mut scan = open_dlq_scan(kafka, &args.topics).await?;
     let mut target_exists: HashMap<String, bool> = HashMap::new();
     if let Some(target) = &target {

@@ -111,7 +111,7 @@ pub async fn watch_dead_letters(kafka: &KafkaArgs, args: &DlqWatchArgs, shutdown
             () = shutdown.wait() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        let backlog = match fetch_dlq_backlog(kafka, &dlq, &ledger, args.topics.timeout).await {
+        let backlog = match fetch_dlq_backlog(kafka, &dlq, &ledger, args.topics.broker_wait.timeout).await {
             Ok(backlog) => backlog,
             Err(error) => {
                 readiness.set("kafka", false, error.to_string());
