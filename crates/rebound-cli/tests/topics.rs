@@ -73,6 +73,9 @@ async fn library_call_reports_created_and_existing_topics() {
         },
         topology: rebound_service::TopologyArgs {
             tiers: vec!["retry-5s:5s".to_owned()],
+            backoff_factor: 2.0,
+            backoff_max: Duration::from_secs(600),
+            backoff_jitter: 0.2,
             naming: rebound_service::TopicNamingArgs {
                 dlq_topic: "dlq".to_owned(),
                 topic_prefix: prefix.clone(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
-use rebound_retry::TierPolicy;
+use rebound_retry::{BreakerSettings, TierPolicy};
 use rebound_service::{
     CommonArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs, parse_duration_flag,
 };
@@ -65,6 +65,34 @@ pub struct ConsumerArgs {
     #[command(flatten)]
     pub topology: TopologyArgs,
 
+    /// Circuit breaker: `on` pauses the source partitions while the sink fails transiently
+    /// (records wait in Kafka instead of walking the tiers into the DLQ); `off` routes every
+    /// failure to the tiers.
+    #[arg(long, env = "REBOUND_BREAKER", value_enum, default_value_t = BreakerMode::On)]
+    pub breaker: BreakerMode,
+
+    /// The breaker opens when at least this share of the recent sink attempts (the last 200,
+    /// none older than 30 s) failed transiently...
+    #[arg(long, env = "REBOUND_BREAKER_FAILURE_RATIO", default_value_t = 0.5)]
+    pub breaker_failure_ratio: f64,
+
+    /// ...out of at least this many attempts.
+    #[arg(long, env = "REBOUND_BREAKER_MIN_ATTEMPTS", default_value_t = 20)]
+    pub breaker_min_attempts: u32,
+
+    /// The breaker also opens after this many transient failures in a row.
+    #[arg(long, env = "REBOUND_BREAKER_CONSECUTIVE", default_value_t = 10)]
+    pub breaker_consecutive: u32,
+
+    /// While open, one held record is tried this long after opening; each failed probe doubles
+    /// the wait up to `--breaker-probe-max`, spread by ±20%.
+    #[arg(long, env = "REBOUND_BREAKER_PROBE_INTERVAL", default_value = "5s", value_parser = parse_duration_flag)]
+    pub breaker_probe_interval: Duration,
+
+    /// Longest wait between two probes of an open breaker (at least the probe interval).
+    #[arg(long, env = "REBOUND_BREAKER_PROBE_MAX", default_value = "60s", value_parser = parse_duration_flag)]
+    pub breaker_probe_max: Duration,
+
     /// Most records processed as one batch (one sink transaction).
     #[arg(long, env = "REBOUND_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
@@ -104,6 +132,15 @@ pub struct ConsumerArgs {
     pub shutdown: ShutdownArgs,
 }
 
+/// Whether the consumer's circuit breaker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BreakerMode {
+    /// Open on a failing sink: pause, hold, probe.
+    On,
+    /// Route every failure to the tiers, as without a breaker.
+    Off,
+}
+
 /// The consumer's validated configuration.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -121,6 +158,8 @@ pub struct ConsumerConfig {
     pub failure_injection: Option<(FailureInjection, u64)>,
     /// Tiers and DLQ, prefix applied.
     pub policy: TierPolicy,
+    /// The circuit breaker's settings; `None` with `--breaker off`.
+    pub breaker: Option<BreakerSettings>,
     /// Largest batch.
     pub batch_size: usize,
     /// Longest wait to fill a batch.
@@ -180,6 +219,35 @@ impl ConsumerArgs {
         if self.postgres_pool_size == 0 {
             return Err(invalid("--postgres-pool-size", "must be at least 1".to_owned()));
         }
+        let breaker = match self.breaker {
+            BreakerMode::Off => None,
+            BreakerMode::On => Some(
+                BreakerSettings {
+                    failure_ratio: self.breaker_failure_ratio,
+                    min_attempts: self.breaker_min_attempts,
+                    consecutive: self.breaker_consecutive,
+                    probe_interval: self.breaker_probe_interval,
+                    max_probe_interval: self.breaker_probe_max,
+                    ..BreakerSettings::default()
+                }
+                .validate()
+                .map_err(|error| {
+                    let text = error.to_string();
+                    let flag = if text.contains("ratio") {
+                        "--breaker-failure-ratio"
+                    } else if text.contains("consecutive") {
+                        "--breaker-consecutive"
+                    } else if text.contains("longest probe interval") {
+                        "--breaker-probe-max"
+                    } else if text.contains("probe") {
+                        "--breaker-probe-interval"
+                    } else {
+                        "--breaker-min-attempts"
+                    };
+                    invalid(flag, text)
+                })?,
+            ),
+        };
         let max_poll_interval = max_poll_interval(&self.common.kafka)?;
         let http_batch_timeout = self.http_batch_timeout.unwrap_or(max_poll_interval / 2);
         if http_batch_timeout.is_zero() || http_batch_timeout >= max_poll_interval {
@@ -214,6 +282,7 @@ impl ConsumerArgs {
             source_topics,
             failure_injection,
             policy,
+            breaker,
             batch_size: self.batch_size,
             batch_linger: self.batch_linger,
             http_timeout: self.http_timeout,
@@ -294,13 +363,46 @@ mod tests {
     }
 
     #[test]
+    fn the_breaker_is_on_with_the_documented_thresholds_unless_turned_off() {
+        let config = ConsumerArgs::parse_from(["rebound-consumer"])
+            .into_config()
+            .expect("valid");
+        let breaker = config.breaker.expect("on by default");
+        assert_eq!(
+            (breaker.failure_ratio, breaker.min_attempts, breaker.consecutive),
+            (0.5, 20, 10)
+        );
+        assert_eq!(breaker.probe_interval, Duration::from_secs(5));
+        assert_eq!(breaker.max_probe_interval, Duration::from_secs(60));
+        let config = ConsumerArgs::parse_from(["rebound-consumer", "--breaker", "off"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.breaker, None);
+        let config = ConsumerArgs::parse_from(["rebound-consumer", "--breaker-probe-max", "2m"])
+            .into_config()
+            .expect("valid");
+        let breaker = config.breaker.expect("on");
+        assert_eq!(breaker.max_probe_interval, Duration::from_secs(120));
+    }
+
+    #[test]
     fn invalid_flags_are_named() {
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 18] = [
             (&["--postgres-pool-size", "0"], "--postgres-pool-size"),
             (
                 &["--sink", "postgres://u@h/db", "--postgres-timeout", "10m"],
                 "--postgres-timeout",
             ),
+            (
+                &["--breaker-probe-interval", "10s", "--breaker-probe-max", "5s"],
+                "--breaker-probe-max",
+            ),
+            (&["--breaker", "maybe"], "--breaker"),
+            (&["--breaker-failure-ratio", "0"], "--breaker-failure-ratio"),
+            (&["--breaker-failure-ratio", "1.5"], "--breaker-failure-ratio"),
+            (&["--breaker-min-attempts", "0"], "--breaker-min-attempts"),
+            (&["--breaker-consecutive", "0"], "--breaker-consecutive"),
+            (&["--breaker-probe-interval", "0s"], "--breaker-probe-interval"),
             (&["--sink", "null://", "--sink-journal"], "--sink-journal"),
             (&["--tier", "retry-5s"], "--tier"),
             (&["--sink", "mysql://x"], "--sink"),

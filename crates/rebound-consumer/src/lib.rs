@@ -10,7 +10,7 @@ mod config;
 mod pipeline;
 pub mod sink;
 
-pub use config::{ConsumerArgs, ConsumerConfig};
+pub use config::{BreakerMode, ConsumerArgs, ConsumerConfig};
 pub use pipeline::{run, run_with_sink};
 
 /// Everything that can stop the consumer.

@@ -21,8 +21,11 @@ use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 
-use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord};
-use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, Route, failure_dispatch, parse_retry_context};
+use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, TopicPartition};
+use rebound_retry::{
+    BreakerState, CircuitBreaker, Dispatch, DueTiming, ErrorKind, Failure, RetryContext, Route, SinkAttempt,
+    failure_dispatch, parse_retry_context,
+};
 use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
@@ -79,6 +82,7 @@ pub async fn run_with_sink(
     };
     runtime.readiness.set("sink", true, "no batch applied yet");
     events::consumer_in_flight(0);
+    events::consumer_breaker_started(config.breaker.is_some());
     tracing::info!(
         group = %config.group,
         topics = ?config.source_topics,
@@ -99,6 +103,7 @@ pub async fn run_with_sink(
         sink,
         runtime,
         stop: stop.clone(),
+        clock_origin: tokio::time::Instant::now(),
     };
     let stop = stop.triggered_by({
         let shutdown = shutdown.clone();
@@ -107,9 +112,15 @@ pub async fn run_with_sink(
     let (applied_sender, applied_receiver) = tokio::sync::mpsc::channel(APPLIED_BATCHES_QUEUED);
     let intake = {
         let (pipeline, shutdown) = (&pipeline, &stop);
+        let mut breaker = config.breaker.map(CircuitBreaker::new);
         async move {
             while let Some(batch) = pipeline.next_batch(shutdown).await {
-                let applied = pipeline.apply_batch(batch).await;
+                let mut applied = pipeline.apply_batch(batch, breaker.as_mut()).await;
+                if let Some(breaker) = breaker.as_mut()
+                    && breaker.state() != BreakerState::Closed
+                {
+                    pipeline.ride_out_outage(&mut applied, breaker, shutdown).await;
+                }
                 if applied_sender.send(applied).await.is_err() {
                     break;
                 }
@@ -149,6 +160,37 @@ struct Pipeline<'config> {
     runtime: Runtime,
     /// Triggered by shutdown, or by the pipeline itself when the producer failed for good.
     stop: Shutdown,
+    /// The origin of the breaker's time.
+    clock_origin: tokio::time::Instant,
+}
+
+/// What a sink call is, for the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkCall {
+    /// Records as they flow, breaker closed.
+    Flow,
+    /// One held record while the breaker is open.
+    Probe,
+    /// The small batch of held records while half-open.
+    HalfOpen,
+}
+
+/// A uniform random number in `[-1, 1]`, spreading due times and probe waits.
+fn jitter_sample() -> f64 {
+    rand::random::<f64>() * 2.0 - 1.0
+}
+
+/// The span of one record's processing, continuing the trace the record carries.
+fn record_span(record: &ConsumedRecord) -> tracing::Span {
+    let span = tracing::info_span!(
+        "consumer.process",
+        messaging.source = %record.topic,
+        messaging.partition = record.partition,
+        messaging.offset = record.offset,
+        outcome = tracing::field::Empty,
+    );
+    continue_trace(&span, &record.headers);
+    span
 }
 
 /// A batch after the sink: what became of each record, and the records' spans.
@@ -156,6 +198,32 @@ struct AppliedBatch {
     batch: Vec<ConsumedRecord>,
     fates: Vec<Option<Fate>>,
     spans: Vec<tracing::Span>,
+}
+
+impl AppliedBatch {
+    /// The indexes of the records held by the breaker, in the order they were read.
+    fn held_indexes(&self) -> Vec<usize> {
+        self.fates
+            .iter()
+            .enumerate()
+            .filter(|(_, fate)| matches!(fate, Some(Fate::Held)))
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    fn held_count(&self) -> usize {
+        self.fates
+            .iter()
+            .filter(|fate| matches!(fate, Some(Fate::Held)))
+            .count()
+    }
+
+    /// Takes a record that arrived while the breaker is open: held like the batch's own.
+    fn hold(&mut self, record: ConsumedRecord) {
+        self.spans.push(record_span(&record));
+        self.batch.push(record);
+        self.fates.push(Some(Fate::Held));
+    }
 }
 
 /// A batch whose copies are delivered: which records are safe.
@@ -170,6 +238,8 @@ enum Fate {
     Safe,
     /// Must go to a tier or the DLQ; not safe until the copy is acknowledged.
     Route(Box<Dispatch>),
+    /// Failed transiently while the breaker is open: held in memory, not safe, not routed.
+    Held,
 }
 
 impl Pipeline<'_> {
@@ -222,38 +292,57 @@ impl Pipeline<'_> {
         self.runtime.take_assignment_changes();
     }
 
-    /// Decodes and applies a batch, and decides the fate of each record.
-    async fn apply_batch(&self, mut batch: Vec<ConsumedRecord>) -> AppliedBatch {
+    /// Decodes and applies a batch, and decides the fate of each record. With the breaker on,
+    /// the sink's answers feed it; once it is open, transient failures are held, not routed.
+    async fn apply_batch(&self, batch: Vec<ConsumedRecord>, breaker: Option<&mut CircuitBreaker>) -> AppliedBatch {
         // One span per record, continuing the trace the record carries and living as long as
         // the record's processing; copies sent to a tier or the DLQ carry this span onwards.
-        let spans: Vec<tracing::Span> = batch
-            .iter()
-            .map(|record| {
-                let span = tracing::info_span!(
-                    "consumer.process",
-                    messaging.source = %record.topic,
-                    messaging.partition = record.partition,
-                    messaging.offset = record.offset,
-                    outcome = tracing::field::Empty,
-                );
-                continue_trace(&span, &record.headers);
-                span
-            })
-            .collect();
-        let mut fates: Vec<Option<Fate>> = Vec::with_capacity(batch.len());
+        let spans: Vec<tracing::Span> = batch.iter().map(record_span).collect();
+        let mut applied = AppliedBatch {
+            fates: (0..batch.len()).map(|_| None).collect(),
+            batch,
+            spans,
+        };
+        let all: Vec<usize> = (0..applied.batch.len()).collect();
+        self.apply_records(&mut applied, &all, breaker, SinkCall::Flow).await;
+        applied
+    }
+
+    /// Applies the records at `indexes` of `applied` to the sink in one call and decides their
+    /// fates: applied records are safe, permanent failures and poison are routed, transient
+    /// failures are routed to their tier, or held while the breaker is not closed. A probe or a
+    /// half-open batch never routes a transient failure, so it spends none of the record's
+    /// tier attempts.
+    async fn apply_records(
+        &self,
+        applied: &mut AppliedBatch,
+        indexes: &[usize],
+        breaker: Option<&mut CircuitBreaker>,
+        call: SinkCall,
+    ) {
         let mut apply_items = Vec::new();
         let mut applying = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
+        for &index in indexes {
+            let record = &applied.batch[index];
             match self.prepare(record) {
                 Ok(item) => {
                     apply_items.push(item);
                     applying.push(index);
-                    fates.push(None);
                 }
                 Err((previous, failure)) => {
-                    fates.push(Some(self.route(record, previous.as_ref(), &failure, &spans[index])));
+                    let fate = self.route(
+                        record,
+                        previous.as_ref(),
+                        &failure,
+                        &applied.spans[index],
+                        DueTiming::default(),
+                    );
+                    applied.fates[index] = Some(fate);
                 }
             }
+        }
+        if apply_items.is_empty() {
+            return;
         }
         let previous_attempts: Vec<u32> = apply_items.iter().map(|item| item.previous_attempts).collect();
         let applying_count = apply_items.len();
@@ -264,32 +353,81 @@ impl Pipeline<'_> {
         results.resize_with(applying_count, || {
             Err(SinkFailure::transient("the sink returned no outcome for this note"))
         });
-        if applying_count > 0 {
-            events::consumer_sink_batch(sink_started.elapsed());
-            let transient = results
+        events::consumer_sink_batch(sink_started.elapsed());
+        let attempts: Vec<SinkAttempt> = results
+            .iter()
+            .map(|result| match result {
+                Err(failure) if failure.kind == ErrorKind::Transient => SinkAttempt::FailedTransiently,
+                _ => SinkAttempt::Answered,
+            })
+            .collect();
+        let transient = attempts
+            .iter()
+            .filter(|attempt| **attempt == SinkAttempt::FailedTransiently)
+            .count();
+        // A sink that fails a whole batch transiently is most likely down.
+        if transient == applying_count {
+            self.runtime
+                .readiness
+                .set("sink", false, "the last batch failed transiently as a whole");
+        } else {
+            self.runtime
+                .readiness
+                .set("sink", true, "the last batch reached the sink");
+        }
+        let mut transitions = Vec::new();
+        let mut hold_transient = call != SinkCall::Flow;
+        if let Some(breaker) = breaker {
+            let now = self.clock_origin.elapsed();
+            let transition = match call {
+                SinkCall::Flow => breaker.record(now, attempts.iter().copied(), jitter_sample()),
+                SinkCall::Probe => {
+                    let attempt = attempts[0];
+                    let transition = breaker.record_probe(now, attempt, jitter_sample());
+                    let next_probe_in = breaker.next_probe_at().map(|at| at.saturating_sub(now));
+                    events::consumer_breaker_probe(attempt == SinkAttempt::Answered, next_probe_in);
+                    transition
+                }
+                SinkCall::HalfOpen => breaker.record_half_open(now, attempts.iter().copied(), jitter_sample()),
+            };
+            transitions.extend(transition);
+            // A sink that asks for a longer pause than a record's next tier would give it is
+            // left alone by the breaker rather than have records skip tiers.
+            let longest_wait = applying
                 .iter()
-                .filter(|result| matches!(result, Err(failure) if failure.kind == ErrorKind::Transient))
-                .count();
-            // A sink that fails a whole batch transiently is most likely down.
-            if transient == applying_count {
-                self.runtime
-                    .readiness
-                    .set("sink", false, "the last batch failed transiently as a whole");
-            } else {
-                self.runtime
-                    .readiness
-                    .set("sink", true, "the last batch reached the sink");
+                .zip(&results)
+                .filter_map(|(index, result)| match result {
+                    Err(failure) if failure.kind == ErrorKind::Transient => failure
+                        .retry_after
+                        .filter(|wait| *wait > self.next_tier_delay(&applied.batch[*index])),
+                    _ => None,
+                })
+                .max();
+            if let Some(wait) = longest_wait {
+                let reason = format!(
+                    "the sink asked to be retried after {}",
+                    humantime::format_duration(wait)
+                );
+                transitions.extend(breaker.hold_for(now, wait, reason));
             }
+            hold_transient |= breaker.state() != BreakerState::Closed;
         }
         for ((index, result), previous_attempts) in applying.into_iter().zip(results).zip(previous_attempts) {
-            let record = &batch[index];
-            fates[index] = Some(match result {
+            let record = &applied.batch[index];
+            let span = &applied.spans[index];
+            applied.fates[index] = Some(match result {
                 Ok(()) => {
-                    spans[index].record("outcome", "applied");
+                    span.record("outcome", "applied");
                     events::record_applied(record_ref(record, &record.key_for_display()), previous_attempts);
                     Fate::Safe
                 }
-                Err(SinkFailure { kind, message, .. }) => {
+                Err(SinkFailure { kind, .. }) if kind == ErrorKind::Transient && hold_transient => Fate::Held,
+                Err(SinkFailure {
+                    kind,
+                    message,
+                    retry_after,
+                    ..
+                }) => {
                     // The record decoded, so its retry headers parsed; read them again rather
                     // than carry them through the sink call.
                     let previous = parse_retry_context(&record.headers).ok().flatten();
@@ -298,19 +436,111 @@ impl Pipeline<'_> {
                         message,
                         failed_at_ms: now_epoch_ms(),
                     };
-                    self.route(record, previous.as_ref(), &failure, &spans[index])
+                    let timing = DueTiming {
+                        jitter_sample: jitter_sample(),
+                        retry_after,
+                    };
+                    self.route(record, previous.as_ref(), &failure, span, timing)
                 }
             });
         }
         // Records already safe only need their place for the offsets; their bytes go now.
-        for (record, fate) in batch.iter_mut().zip(&fates) {
-            if matches!(fate, Some(Fate::Safe)) {
+        for &index in indexes {
+            if matches!(applied.fates[index], Some(Fate::Safe)) {
+                let record = &mut applied.batch[index];
                 record.key = None;
                 record.value = None;
                 record.headers = rebound_retry::RecordHeaders::new();
             }
         }
-        AppliedBatch { batch, fates, spans }
+        let held = applied.held_count();
+        for transition in &transitions {
+            events::consumer_breaker_transition(transition, held);
+        }
+    }
+
+    /// The delay of the tier a record's next transient failure would send it to; zero when
+    /// its tiers are used up.
+    fn next_tier_delay(&self, record: &ConsumedRecord) -> Duration {
+        let previous = parse_retry_context(&record.headers).ok().flatten();
+        let attempt = previous.map_or(0, |context| context.attempt).saturating_add(1);
+        match self.config.policy.route_after_failure(attempt, ErrorKind::Transient) {
+            Route::Tier { index } => self.config.policy.tiers()[index].delay,
+            Route::DeadLetter => Duration::ZERO,
+        }
+    }
+
+    /// Rides out a sink outage: called when the breaker is no longer closed after a batch, it
+    /// pauses every assigned source partition (and every partition assigned later), keeps
+    /// polling so the group stays healthy, holds the records in hand and any that still
+    /// arrive, probes one held record per probe interval, tries a small batch once a probe
+    /// reached the sink, and once closed applies what is still held as usual and resumes.
+    /// Held records are not safe: their offsets (and later ones of their partitions) are not
+    /// stored until they are applied or routed, so a crash or shutdown meanwhile loses nothing.
+    async fn ride_out_outage(&self, applied: &mut AppliedBatch, breaker: &mut CircuitBreaker, shutdown: &Shutdown) {
+        self.pause_assigned();
+        // Probes go round the held records, so one record that fails on its own cannot stand
+        // for the whole sink.
+        let mut probe_from = 0_usize;
+        let mut assignment_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let held = applied.held_indexes();
+            events::consumer_breaker_held(held.len());
+            if held.is_empty() {
+                if breaker.state() != BreakerState::Closed {
+                    let transition = breaker.close("no record left to hold".to_owned());
+                    events::consumer_breaker_transition(&transition, 0);
+                }
+                break;
+            }
+            match breaker.state() {
+                BreakerState::Closed => {
+                    self.apply_records(applied, &held, Some(&mut *breaker), SinkCall::Flow)
+                        .await;
+                }
+                BreakerState::HalfOpen => {
+                    let chosen: Vec<usize> = held.iter().copied().take(breaker.half_open_batch()).collect();
+                    self.apply_records(applied, &chosen, Some(&mut *breaker), SinkCall::HalfOpen)
+                        .await;
+                }
+                BreakerState::Open => {
+                    let due = self.clock_origin + breaker.next_probe_at().unwrap_or_default();
+                    tokio::select! {
+                        biased;
+                        () = shutdown.wait() => break,
+                        () = tokio::time::sleep_until(due) => {
+                            let chosen = held.iter().copied().find(|index| *index >= probe_from).unwrap_or(held[0]);
+                            probe_from = chosen + 1;
+                            self.apply_records(applied, &[chosen], Some(&mut *breaker), SinkCall::Probe).await;
+                        }
+                        _ = assignment_tick.tick() => {
+                            if !self.runtime.take_assignment_changes().is_empty() {
+                                self.pause_assigned();
+                            }
+                        }
+                        received = self.runtime.consumer.recv() => match received {
+                            Ok(record) => applied.hold(record),
+                            Err(error) => events::kafka_receive_failed("consumer", &error),
+                        },
+                    }
+                }
+            }
+        }
+        // librdkafka's pause outlives the outage; resume whatever is assigned now.
+        self.runtime.consumer.set_pause_new_assignments(false);
+        self.runtime.resume_partitions(&self.runtime.consumer.assignment());
+        events::consumer_paused(0);
+        events::consumer_breaker_held(applied.held_count());
+    }
+
+    /// Pauses every partition assigned now. Called again after every assignment change while
+    /// the breaker is open, because librdkafka resumes a partition when it is assigned.
+    fn pause_assigned(&self) {
+        // Partitions assigned from now on start paused in the rebalance callback, before their
+        // first fetch; pausing only after the assignment event would let their records in.
+        self.runtime.consumer.set_pause_new_assignments(true);
+        let assigned: Vec<TopicPartition> = self.runtime.consumer.assignment();
+        events::consumer_paused(self.runtime.pause_partitions(&assigned));
     }
 
     /// The delivery stage: takes applied batches in order, keeps the copies of up to
@@ -387,6 +617,7 @@ impl Pipeline<'_> {
         previous: Option<&RetryContext>,
         failure: &Failure,
         span: &tracing::Span,
+        timing: DueTiming,
     ) -> Fate {
         let mut dispatch = failure_dispatch(
             &self.config.policy,
@@ -395,6 +626,7 @@ impl Pipeline<'_> {
             &record.location(),
             failure,
             &self.config.group,
+            timing,
         );
         span.record(
             "outcome",
@@ -422,7 +654,8 @@ impl Pipeline<'_> {
             match fate {
                 Some(Fate::Safe) => safe[index] = true,
                 Some(Fate::Route(dispatch)) => pending.push((index, dispatch)),
-                None => {}
+                // Held at shutdown, or never decided: not safe, read again after a restart.
+                Some(Fate::Held) | None => {}
             }
         }
         let mut backoff = Duration::from_millis(100);

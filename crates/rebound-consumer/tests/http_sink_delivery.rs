@@ -209,6 +209,10 @@ async fn a_sink_that_never_answers_hands_its_batch_to_the_tiers_within_the_poll_
         "max.poll.interval.ms=10000",
         "-X",
         "session.timeout.ms=6000",
+        // A sink that never answers would open the circuit breaker and hold the batch; this
+        // test is about the batch deadline handing it to the tiers in time.
+        "--breaker",
+        "off",
     ]);
 
     // Every note is handed to the first tier as transient and the source offsets are committed

@@ -4,6 +4,7 @@
 //! librdkafka's habit of keeping an application pause across a re-assignment.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +80,8 @@ pub type LagPerTopic = Arc<Mutex<BTreeMap<String, i64>>>;
 struct AssignmentContext {
     events: Mutex<Sender<PartitionAssignmentEvent>>,
     lag_per_topic: LagPerTopic,
+    /// Set while the owner keeps every partition paused: new assignments start paused.
+    pause_new_assignments: Arc<AtomicBool>,
 }
 
 impl ClientContext for AssignmentContext {
@@ -103,6 +106,14 @@ impl ClientContext for AssignmentContext {
 impl ConsumerContext for AssignmentContext {
     fn post_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let event = match rebalance {
+            Rebalance::Assign(assigned) if self.pause_new_assignments.load(Ordering::SeqCst) => {
+                // The owner keeps everything paused (a consumer whose sink is down): pause here,
+                // before the first fetch, or the partitions' records would be read again.
+                if let Err(error) = base_consumer.pause(assigned) {
+                    tracing::warn!(%error, "failed to pause newly assigned partitions");
+                }
+                PartitionAssignmentEvent::Assigned(topic_partitions(assigned))
+            }
             Rebalance::Assign(assigned) => {
                 // librdkafka remembers an application pause across revoke and re-assign. Nothing
                 // from these partitions has reached the application yet, so nothing can be
@@ -140,6 +151,7 @@ pub struct RecordConsumer {
     inner: Arc<StreamConsumer<AssignmentContext>>,
     assignment_events: Mutex<Receiver<PartitionAssignmentEvent>>,
     lag_per_topic: LagPerTopic,
+    pause_new_assignments: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RecordConsumer {
@@ -180,9 +192,11 @@ impl RecordConsumer {
         config.set("enable.auto.offset.store", "false");
         let (sender, receiver) = channel();
         let lag_per_topic = LagPerTopic::default();
+        let pause_new_assignments = Arc::new(AtomicBool::new(false));
         let context = AssignmentContext {
             events: Mutex::new(sender),
             lag_per_topic: Arc::clone(&lag_per_topic),
+            pause_new_assignments: Arc::clone(&pause_new_assignments),
         };
         let inner: StreamConsumer<AssignmentContext> =
             config
@@ -200,6 +214,7 @@ impl RecordConsumer {
             inner: Arc::new(inner),
             assignment_events: Mutex::new(receiver),
             lag_per_topic,
+            pause_new_assignments,
         })
     }
 
@@ -243,6 +258,13 @@ impl RecordConsumer {
     /// Stops fetching from a partition until [`RecordConsumer::resume`].
     pub fn pause(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
         self.pause_or_resume("pause", topic, partition)
+    }
+
+    /// While `true`, partitions assigned by a rebalance start paused, in the rebalance callback
+    /// itself, before librdkafka fetches from them; while `false` (the default) they start
+    /// resumed, whatever pause librdkafka remembered.
+    pub fn set_pause_new_assignments(&self, pause: bool) {
+        self.pause_new_assignments.store(pause, Ordering::SeqCst);
     }
 
     /// Resumes fetching from a paused partition.

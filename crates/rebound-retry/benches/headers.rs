@@ -9,7 +9,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rebound_retry::{
-    ErrorKind, Failure, RecordHeaders, RecordLocation, RetryContext, TierPolicy, failure_dispatch, parse_retry_context,
+    DueTiming, ErrorKind, Failure, RecordHeaders, RecordLocation, RetryContext, TierPolicy, failure_dispatch,
+    parse_retry_context,
 };
 
 const GROUP: &str = "rebound-consumer";
@@ -58,6 +59,7 @@ fn after_failures(policy: &TierPolicy, failures: u32) -> (RecordHeaders, Option<
             &location(&topic, 1000 + i64::from(attempt)),
             &transient(1_764_300_000_100 + i64::from(attempt) * 5000),
             GROUP,
+            DueTiming::default(),
         );
         headers = dispatch.headers;
         previous = parse_retry_context(&headers).expect("written headers parse");
@@ -94,6 +96,7 @@ fn dispatch(criterion: &mut Criterion) {
                     black_box(&location),
                     black_box(&failure),
                     GROUP,
+                    DueTiming::default(),
                 )
             });
         });

@@ -2,6 +2,8 @@
 //! carries there. Consumer and scheduler both route through here, so the header contract is
 //! written in exactly one place.
 
+use std::time::Duration;
+
 use crate::headers::contract;
 use crate::{ErrorKind, Failure, RecordHeaders, RetryContext, Route, TierPolicy, truncate_error_message};
 
@@ -72,6 +74,16 @@ impl Dispatch {
     }
 }
 
+/// What decides a tier copy's due time besides its tier: the random sample that spreads it,
+/// and how long the sink asked to wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DueTiming {
+    /// A uniform random number in `[-1, 1]`, spreading the delay by the policy's jitter.
+    pub jitter_sample: f64,
+    /// The sink's `Retry-After`, when it gave one.
+    pub retry_after: Option<Duration>,
+}
+
 /// Longest key a dead-letter stub keeps; a longer one is dropped and its size recorded.
 pub const STUB_MAX_KEY_BYTES: usize = 1024;
 /// Most bytes (keys plus values) of other headers a stub keeps, in order; the rest are dropped
@@ -84,6 +96,11 @@ const STUB_MAX_CONTRACT_VALUE_BYTES: usize = 1024;
 ///
 /// `previous` is the record's parsed retry history (`None` for a first failure, or when its
 /// headers were garbled and the failure is therefore poison).
+///
+/// A tier copy is due after the tier's delay grown by the policy's backoff for the record's
+/// attempt within the tier and spread by `timing.jitter_sample`, never before the tier's delay.
+/// A `Retry-After` longer than the tier's delay skips to the first later tier whose delay
+/// covers it (the last tier if none does), and the copy is never due before it.
 pub fn failure_dispatch(
     policy: &TierPolicy,
     incoming_headers: &RecordHeaders,
@@ -91,9 +108,24 @@ pub fn failure_dispatch(
     location: &RecordLocation,
     failure: &Failure,
     consumer_group: &str,
+    timing: DueTiming,
 ) -> Dispatch {
-    let attempt = previous.map_or(0, |context| context.attempt).saturating_add(1);
-    let route = policy.route_after_failure(attempt, failure.kind);
+    let mut attempt = previous.map_or(0, |context| context.attempt).saturating_add(1);
+    let mut route = policy.route_after_failure(attempt, failure.kind);
+    if let (Route::Tier { index }, Some(wait)) = (&route, timing.retry_after) {
+        let index = *index;
+        if wait > policy.tiers()[index].delay {
+            let covering = policy.tiers()[index..]
+                .iter()
+                .position(|tier| tier.delay >= wait)
+                .map_or(policy.tiers().len() - 1, |offset| index + offset);
+            if covering > index {
+                // Attempt counts only grow: the skipped tiers' attempts count as spent.
+                attempt = attempt.max(policy.first_attempt_of_tier(covering));
+                route = Route::Tier { index: covering };
+            }
+        }
+    }
     build_dispatch(
         policy,
         incoming_headers,
@@ -103,6 +135,7 @@ pub fn failure_dispatch(
         consumer_group,
         attempt,
         route,
+        timing,
     )
 }
 
@@ -126,6 +159,7 @@ pub fn dead_letter_dispatch(
         consumer_group,
         attempt,
         Route::DeadLetter,
+        DueTiming::default(),
     )
 }
 
@@ -142,6 +176,7 @@ fn build_dispatch(
     consumer_group: &str,
     attempt: u32,
     route: Route,
+    timing: DueTiming,
 ) -> Dispatch {
     // The first failure fixes where the record came from; later hops keep it. A history
     // without an original topic is not trusted for the rest of its location either.
@@ -185,7 +220,15 @@ fn build_dispatch(
     let (topic, due_timestamp_ms) = match route {
         Route::Tier { index } => {
             let tier = &policy.tiers()[index];
-            let delay_ms = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
+            let delay = policy
+                .backoff()
+                .delay(
+                    tier.delay,
+                    policy.attempt_within_tier(attempt, index),
+                    timing.jitter_sample,
+                )
+                .max(timing.retry_after.unwrap_or_default());
+            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             let due = failure.failed_at_ms.saturating_add(delay_ms);
             headers.set(contract::TIER, tier.topic.as_str());
             headers.set(contract::DUE_TIMESTAMP, due.to_string());
@@ -368,6 +411,7 @@ mod tests {
             &location("notes", 7),
             &transient(10_000),
             "g",
+            DueTiming::default(),
         );
         assert_eq!(dispatch.topic, "retry-5s");
         assert_eq!(dispatch.attempt, 1);
@@ -397,6 +441,7 @@ mod tests {
             &location("notes", 7),
             &transient(10_000),
             "g",
+            DueTiming::default(),
         );
         let history = parse_retry_context(&first.headers).expect("valid").expect("present");
         // The scheduler republished it to `notes` at a new offset; it fails again.
@@ -407,6 +452,7 @@ mod tests {
             &location("notes", 99),
             &transient(16_000),
             "g",
+            DueTiming::default(),
         );
         assert_eq!(second.topic, "retry-1m");
         assert_eq!(second.headers.get_str(contract::ORIGINAL_OFFSET), Some("7"));
@@ -420,6 +466,7 @@ mod tests {
             &location("notes", 150),
             &transient(77_000),
             "group-a",
+            DueTiming::default(),
         );
         assert_eq!(third.topic, "dlq");
         assert_eq!(third.route, Route::DeadLetter);
@@ -442,6 +489,107 @@ mod tests {
         assert_eq!(headers.len(), first.headers.len() + 6 - 1 /* due timestamp */);
     }
 
+    fn three_tiers() -> TierPolicy {
+        let tier = |topic: &str, seconds: u64, attempts: u32| crate::Tier {
+            topic: topic.to_owned(),
+            delay: Duration::from_secs(seconds),
+            attempts,
+        };
+        TierPolicy::new(
+            vec![
+                tier("retry-5s", 5, 1),
+                tier("retry-1m", 60, 3),
+                tier("retry-10m", 600, 1),
+            ],
+            "dlq",
+            "",
+        )
+        .expect("valid")
+    }
+
+    fn dispatch_after(policy: &TierPolicy, previous_attempt: u32, timing: DueTiming) -> Dispatch {
+        let mut headers = user_headers();
+        let history = (previous_attempt > 0).then(|| {
+            headers.set(contract::ATTEMPT, previous_attempt.to_string());
+            headers.set(contract::ORIGINAL_TOPIC, "notes");
+            parse_retry_context(&headers).expect("valid").expect("present")
+        });
+        failure_dispatch(
+            policy,
+            &headers,
+            history.as_ref(),
+            &location("notes", 7),
+            &transient(0),
+            "g",
+            timing,
+        )
+    }
+
+    #[test]
+    fn due_times_grow_inside_a_tier_and_are_spread_never_below_its_delay() {
+        let policy =
+            three_tiers().with_backoff(crate::Backoff::new(2.0, Duration::from_secs(150), 0.2).expect("valid"));
+        let due = |previous_attempt: u32, sample: f64| {
+            let timing = DueTiming {
+                jitter_sample: sample,
+                retry_after: None,
+            };
+            let dispatch = dispatch_after(&policy, previous_attempt, timing);
+            (dispatch.topic, dispatch.due_timestamp_ms.expect("tier"))
+        };
+        // retry-1m takes attempts 2, 3 and 4: 60 s, 120 s, then capped at 150 s.
+        assert_eq!(due(1, 0.0), ("retry-1m".to_owned(), 60_000));
+        assert_eq!(due(2, 0.0), ("retry-1m".to_owned(), 120_000));
+        assert_eq!(due(3, 0.0), ("retry-1m".to_owned(), 150_000));
+        // The next tier starts again from its own delay.
+        assert_eq!(due(4, 0.0), ("retry-10m".to_owned(), 600_000));
+        // Spread: never below the tier's delay, up to +20%; later attempts also below.
+        assert_eq!(due(1, -1.0).1, 60_000);
+        assert_eq!(due(1, 1.0).1, 72_000);
+        assert_eq!(due(2, -1.0).1, 96_000);
+        assert_eq!(due(3, 1.0).1, 180_000);
+    }
+
+    #[test]
+    fn a_long_retry_after_skips_to_the_first_tier_that_covers_it() {
+        let policy = three_tiers();
+        let with_retry_after = |previous_attempt: u32, seconds: u64| {
+            let timing = DueTiming {
+                jitter_sample: 0.0,
+                retry_after: Some(Duration::from_secs(seconds)),
+            };
+            let dispatch = dispatch_after(&policy, previous_attempt, timing);
+            (
+                dispatch.topic,
+                dispatch.attempt,
+                dispatch.due_timestamp_ms.expect("tier"),
+            )
+        };
+        // Shorter than the tier's delay: the tier as usual.
+        assert_eq!(with_retry_after(0, 3), ("retry-5s".to_owned(), 1, 5_000));
+        // 30 s: retry-5s is too short, retry-1m covers it; the skipped attempts count as spent.
+        assert_eq!(with_retry_after(0, 30), ("retry-1m".to_owned(), 2, 60_000));
+        // 5 min: only retry-10m covers it.
+        assert_eq!(with_retry_after(0, 300), ("retry-10m".to_owned(), 5, 600_000));
+        // An hour: nothing covers it; the last tier, due no earlier than asked.
+        assert_eq!(with_retry_after(2, 3600), ("retry-10m".to_owned(), 5, 3_600_000));
+        // Already in the last tier, the attempt count stays (it never goes back).
+        let last = dispatch_after(
+            &policy,
+            5,
+            DueTiming {
+                jitter_sample: 0.0,
+                retry_after: Some(Duration::from_secs(3600)),
+            },
+        );
+        assert_eq!(
+            last.route,
+            Route::DeadLetter,
+            "attempts used up: the DLQ, as without it"
+        );
+        assert_eq!(last.attempt, 6);
+    }
+
     #[test]
     fn permanent_failure_goes_straight_to_dlq() {
         let failure = Failure {
@@ -449,7 +597,15 @@ mod tests {
             message: "rejected".to_owned(),
             failed_at_ms: 5,
         };
-        let dispatch = failure_dispatch(&policy(), &user_headers(), None, &location("notes", 1), &failure, "g");
+        let dispatch = failure_dispatch(
+            &policy(),
+            &user_headers(),
+            None,
+            &location("notes", 1),
+            &failure,
+            "g",
+            DueTiming::default(),
+        );
         assert_eq!(dispatch.topic, "dlq");
         assert_eq!(dispatch.headers.get_str(contract::ERROR_KIND), Some("permanent"));
         assert!(dispatch.headers.get(contract::TIER).is_none());
@@ -491,7 +647,15 @@ mod tests {
         let mut incoming = user_headers();
         incoming.push("big", Some(vec![0xAB; STUB_MAX_OTHER_HEADER_BYTES]));
         incoming.push("after-big", Some(b"small".to_vec()));
-        let tier_copy = failure_dispatch(&policy, &incoming, None, &location("notes", 7), &transient(10_000), "g");
+        let tier_copy = failure_dispatch(
+            &policy,
+            &incoming,
+            None,
+            &location("notes", 7),
+            &transient(10_000),
+            "g",
+            DueTiming::default(),
+        );
         assert_eq!(tier_copy.topic, "retry-5s");
         let value = vec![0u8; 1_000_000];
         let stub = oversized_stub(
@@ -602,7 +766,15 @@ mod tests {
             message: "rejected".to_owned(),
             failed_at_ms: 5,
         };
-        let refused = failure_dispatch(&policy, &user_headers(), None, &location("notes", 1), &permanent, "g");
+        let refused = failure_dispatch(
+            &policy,
+            &user_headers(),
+            None,
+            &location("notes", 1),
+            &permanent,
+            "g",
+            DueTiming::default(),
+        );
         let stub = oversized_stub(
             &policy,
             &refused,
@@ -612,7 +784,15 @@ mod tests {
             "too large",
             "g",
         );
-        let again = failure_dispatch(&policy, &stub.headers, None, &location("notes", 9), &permanent, "g");
+        let again = failure_dispatch(
+            &policy,
+            &stub.headers,
+            None,
+            &location("notes", 9),
+            &permanent,
+            "g",
+            DueTiming::default(),
+        );
         assert!(again.headers.get(contract::DROPPED_VALUE_BYTES).is_none());
         assert!(!again.is_stub());
     }
@@ -631,6 +811,7 @@ mod tests {
             &location("notes", 1),
             &failure,
             "g",
+            DueTiming::default(),
         );
         assert_eq!(
             dispatch.headers.get_str(contract::ERROR_MESSAGE).map(str::len),

@@ -5,6 +5,8 @@
 //! current time and the record's headers in, and get topics and headers out. That keeps every
 //! routing rule unit-testable and identical in the consumer, the scheduler and the admin CLI.
 
+mod backoff;
+mod breaker;
 mod classification;
 mod dispatch;
 mod dlq;
@@ -12,10 +14,12 @@ mod headers;
 mod policy;
 mod replay_ledger;
 
+pub use backoff::Backoff;
+pub use breaker::{BreakerSettings, BreakerState, BreakerTransition, CircuitBreaker, SinkAttempt};
 pub use classification::{ErrorKind, Failure, MAX_ERROR_MESSAGE_BYTES, truncate_error_message};
 pub use dispatch::{
-    Carries, Dispatch, RecordLocation, STUB_MAX_KEY_BYTES, STUB_MAX_OTHER_HEADER_BYTES, dead_letter_dispatch,
-    failure_dispatch, oversized_stub,
+    Carries, Dispatch, DueTiming, RecordLocation, STUB_MAX_KEY_BYTES, STUB_MAX_OTHER_HEADER_BYTES,
+    dead_letter_dispatch, failure_dispatch, oversized_stub,
 };
 pub use dlq::{ErrorFingerprint, ReplayPlan, ReplayRefusal, TimeBound, error_fingerprint, plan_replay};
 pub use headers::{Header, RecordHeaders, RetryContext, contract, parse_retry_context};
@@ -39,6 +43,19 @@ pub enum RetryError {
         /// The text as given.
         input: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The backoff inside a tier (`--backoff-factor`, `--backoff-max`, `--backoff-jitter`) is
+    /// not usable.
+    #[error("failed to build backoff: {reason}")]
+    BuildBackoff {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The circuit breaker's thresholds or timings are not usable.
+    #[error("failed to build circuit breaker: {reason}")]
+    BuildBreaker {
+        /// What is wrong with them.
         reason: String,
     },
     /// The tiers and DLQ topic do not form a usable policy.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{ErrorKind, RetryError};
+use crate::{Backoff, ErrorKind, RetryError};
 
 /// One retry tier: records wait in `topic` for `delay` before they are tried again, and the tier
 /// takes up to `attempts` consecutive failures before the next tier (or the DLQ) takes over.
@@ -34,6 +34,7 @@ pub enum Route {
 pub struct TierPolicy {
     tiers: Vec<Tier>,
     dead_letter_topic: String,
+    backoff: Backoff,
 }
 
 impl TierPolicy {
@@ -76,7 +77,37 @@ impl TierPolicy {
         Ok(Self {
             tiers,
             dead_letter_topic,
+            backoff: Backoff::fixed(),
         })
+    }
+
+    /// The policy with delays growing inside each tier as `backoff` says (a new policy has
+    /// [`Backoff::fixed`]: every attempt waits the tier's delay).
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How delays grow inside a tier.
+    pub fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    /// The attempt count of a record's first failure in the tier at `index` (1 for the first
+    /// tier): the failures every earlier tier absorbs, plus one.
+    pub fn first_attempt_of_tier(&self, index: usize) -> u32 {
+        let before: u64 = self.tiers[..index.min(self.tiers.len())]
+            .iter()
+            .map(|tier| u64::from(tier.attempts))
+            .sum();
+        u32::try_from(before.saturating_add(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Which of its tier's attempts the `failed_attempts`-th failure is, from 0, when it is
+    /// routed to the tier at `index`: what the backoff grows with.
+    pub fn attempt_within_tier(&self, failed_attempts: u32, index: usize) -> u32 {
+        failed_attempts.saturating_sub(self.first_attempt_of_tier(index))
     }
 
     /// The default policy: `retry-5s` (5 s), then `retry-1m` (1 min), then `dlq`.
@@ -275,6 +306,22 @@ mod tests {
                 Route::DeadLetter
             ]
         );
+    }
+
+    #[test]
+    fn attempts_are_counted_within_their_tier() {
+        let policy = TierPolicy::new(vec![tier("a", 1, 2), tier("b", 1, 3)], "dlq", "").expect("valid");
+        assert_eq!(policy.first_attempt_of_tier(0), 1);
+        assert_eq!(policy.first_attempt_of_tier(1), 3);
+        let within: Vec<u32> = (1..=5)
+            .map(
+                |attempt| match policy.route_after_failure(attempt, ErrorKind::Transient) {
+                    Route::Tier { index } => policy.attempt_within_tier(attempt, index),
+                    Route::DeadLetter => u32::MAX,
+                },
+            )
+            .collect();
+        assert_eq!(within, vec![0, 1, 0, 1, 2]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Metric names follow Prometheus conventions; labels are bounded (tier and DLQ topic names come
 //! from configuration, error kinds from a fixed set), never keys or messages.
 
-use rebound_retry::ErrorKind;
+use rebound_retry::{BreakerState, BreakerTransition, ErrorKind};
 
 /// Identifies the record an event is about, for the log line.
 #[derive(Debug, Clone, Copy)]
@@ -382,4 +382,94 @@ pub fn scheduler_due_too_far_ahead(record: RecordRef<'_>, due_ms: i64, latest_ac
 pub fn scheduler_held_bytes(bytes: usize) {
     #[expect(clippy::cast_precision_loss, reason = "held bytes are far below 2^52")]
     metrics::gauge!(SCHEDULER_HELD_BYTES).set(bytes as f64);
+}
+
+/// Consumer gauge of the circuit breaker's state: 0 closed, 1 half-open, 2 open.
+pub const CONSUMER_BREAKER_STATE: &str = "rebound_consumer_breaker_state";
+/// Consumer counter of the circuit breaker's state changes, labelled `to`.
+pub const CONSUMER_BREAKER_TRANSITIONS_TOTAL: &str = "rebound_consumer_breaker_transitions_total";
+/// Consumer counter of probes while the breaker is open, labelled `outcome` (`answered`,
+/// `failed`).
+pub const CONSUMER_BREAKER_PROBES_TOTAL: &str = "rebound_consumer_breaker_probes_total";
+/// Consumer gauge of records held in memory, not yet safe, while the breaker is not closed.
+pub const CONSUMER_BREAKER_HELD_RECORDS: &str = "rebound_consumer_breaker_held_records";
+/// Consumer gauge of source partitions paused by the circuit breaker.
+pub const CONSUMER_PAUSED: &str = "rebound_consumer_paused";
+/// Counter of pause or resume calls librdkafka refused, by service and action.
+pub const PAUSE_RESUME_FAILURES_TOTAL: &str = "rebound_pause_resume_failures_total";
+
+/// The consumer's breaker at start-up (closed, or off) and nothing paused, so the series exist
+/// before the first outage and an alert on them can tell "never opened" from "not scraped".
+pub fn consumer_breaker_started(enabled: bool) {
+    metrics::gauge!(CONSUMER_BREAKER_STATE).set(f64::from(BreakerState::Closed.gauge_value()));
+    metrics::gauge!(CONSUMER_PAUSED).set(0.0);
+    metrics::gauge!(CONSUMER_BREAKER_HELD_RECORDS).set(0.0);
+    for to in [BreakerState::Closed, BreakerState::HalfOpen, BreakerState::Open] {
+        metrics::counter!(CONSUMER_BREAKER_TRANSITIONS_TOTAL, "to" => to.as_str()).increment(0);
+    }
+    tracing::info!(enabled, "circuit breaker ready");
+}
+
+/// The consumer's circuit breaker changed state. Opening is a warning: the sink is failing and
+/// the consumer stops feeding it (records wait in Kafka, lag grows, nothing is dead-lettered).
+pub fn consumer_breaker_transition(transition: &BreakerTransition, held_records: usize) {
+    let next_probe_ms = transition.next_probe_in.map(|wait| wait.as_millis());
+    match transition.to {
+        BreakerState::Open => tracing::warn!(
+            from = transition.from.as_str(),
+            to = transition.to.as_str(),
+            reason = %transition.reason,
+            held_records,
+            next_probe_ms,
+            "circuit breaker open: source partitions paused, records held until the sink answers"
+        ),
+        BreakerState::HalfOpen | BreakerState::Closed => tracing::info!(
+            from = transition.from.as_str(),
+            to = transition.to.as_str(),
+            reason = %transition.reason,
+            held_records,
+            "circuit breaker {}",
+            if transition.to == BreakerState::Closed { "closed: source partitions resumed" } else { "half-open" }
+        ),
+    }
+    metrics::gauge!(CONSUMER_BREAKER_STATE).set(f64::from(transition.to.gauge_value()));
+    metrics::counter!(CONSUMER_BREAKER_TRANSITIONS_TOTAL, "to" => transition.to.as_str()).increment(1);
+}
+
+/// A probe (one held record tried while the breaker is open) reached the sink or failed
+/// transiently; `next_probe_in` is the wait before the next one after a failure.
+pub fn consumer_breaker_probe(answered: bool, next_probe_in: Option<std::time::Duration>) {
+    if answered {
+        tracing::info!("circuit breaker probe reached the sink");
+    } else {
+        let next_probe_ms = next_probe_in.map(|wait| wait.as_millis());
+        tracing::info!(next_probe_ms, "circuit breaker probe failed; sink still down");
+    }
+    let outcome = if answered { "answered" } else { "failed" };
+    metrics::counter!(CONSUMER_BREAKER_PROBES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Records held in memory while the breaker is not closed.
+pub fn consumer_breaker_held(held_records: usize) {
+    #[expect(clippy::cast_precision_loss, reason = "held records are far below 2^52")]
+    metrics::gauge!(CONSUMER_BREAKER_HELD_RECORDS).set(held_records as f64);
+}
+
+/// Source partitions the consumer has paused (by its circuit breaker).
+pub fn consumer_paused(partitions: usize) {
+    tracing::debug!(partitions, "paused source partitions");
+    #[expect(clippy::cast_precision_loss, reason = "partition counts are far below 2^52")]
+    metrics::gauge!(CONSUMER_PAUSED).set(partitions as f64);
+}
+
+/// librdkafka refused to pause or resume a partition.
+pub fn pause_or_resume_failed(
+    service: &'static str,
+    action: &'static str,
+    topic: &str,
+    partition: i32,
+    error: &dyn std::error::Error,
+) {
+    tracing::error!(service, action, topic, partition, %error, "failed to pause or resume partition");
+    metrics::counter!(PAUSE_RESUME_FAILURES_TOTAL, "service" => service, "action" => action).increment(1);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rebound_kafka::{
     ConsumedRecord, ConsumerSettings, KafkaArgs, KafkaError, OutgoingRecord, PartitionAssignmentEvent,
-    ProducerSettings, RecordConsumer, RecordProducer, fetch_partition_counts,
+    ProducerSettings, RecordConsumer, RecordProducer, TopicPartition, fetch_partition_counts,
 };
 
 use rebound_retry::{Dispatch, TierPolicy, oversized_stub};
@@ -156,6 +156,47 @@ impl Runtime {
             Ok(true) => {}
             Ok(false) => tracing::debug!(topic, partition, "offset not stored: partition no longer assigned"),
             Err(error) => events::offset_store_failed(self.service, topic, partition, &error),
+        }
+    }
+
+    /// Pauses fetching from `partitions` (librdkafka pause: the member stays in its group and
+    /// keeps polling, so it is not evicted, and nothing past the last stored offset is
+    /// committed). Returns how many were paused; a failure is an event and the partition is
+    /// left fetching, which only means its records arrive and wait in memory.
+    pub fn pause_partitions(&self, partitions: &[TopicPartition]) -> usize {
+        partitions
+            .iter()
+            .filter(
+                |topic_partition| match self.consumer.pause(&topic_partition.topic, topic_partition.partition) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        events::pause_or_resume_failed(
+                            self.service,
+                            "pause",
+                            &topic_partition.topic,
+                            topic_partition.partition,
+                            &error,
+                        );
+                        false
+                    }
+                },
+            )
+            .count()
+    }
+
+    /// Resumes fetching from `partitions` after [`Runtime::pause_partitions`]. A failure is an
+    /// event; librdkafka also resumes a partition whenever it is assigned again.
+    pub fn resume_partitions(&self, partitions: &[TopicPartition]) {
+        for topic_partition in partitions {
+            if let Err(error) = self.consumer.resume(&topic_partition.topic, topic_partition.partition) {
+                events::pause_or_resume_failed(
+                    self.service,
+                    "resume",
+                    &topic_partition.topic,
+                    topic_partition.partition,
+                    &error,
+                );
+            }
         }
     }
 

@@ -3,7 +3,11 @@
 //! admin CLI read the same flags with the same defaults, so a deployment names its topics once
 //! (in `REBOUND_TIERS`, `REBOUND_DLQ_TOPIC`, `REBOUND_TOPIC_PREFIX`) for all of them.
 
-use rebound_retry::{Tier, TierPolicy, apply_topic_prefix, parse_tier_spec};
+use std::time::Duration;
+
+use rebound_retry::{Backoff, Tier, TierPolicy, apply_topic_prefix, parse_tier_spec};
+
+use crate::parse_duration_flag;
 
 /// The tiers every binary uses unless told otherwise.
 pub const DEFAULT_TIERS: [&str; 2] = ["retry-5s:5s", "retry-1m:1m"];
@@ -86,6 +90,21 @@ pub struct TopologyArgs {
     )]
     pub tiers: Vec<String>,
 
+    /// Growth of the delay per attempt inside a tier: a tier `retry-1m:1m:4` waits 1m, 2m, 4m,
+    /// 8m with the default of 2 (1 keeps every attempt at the tier's delay). Used by the
+    /// consumer, which writes each copy's due time.
+    #[arg(long, env = "REBOUND_BACKOFF_FACTOR", default_value_t = 2.0)]
+    pub backoff_factor: f64,
+
+    /// Cap of a grown delay inside a tier (a tier whose own delay is longer keeps its delay).
+    #[arg(long, env = "REBOUND_BACKOFF_MAX", default_value = "10m", value_parser = parse_duration_flag)]
+    pub backoff_max: Duration,
+
+    /// Spread of each due time, as a fraction of the delay (0.2: ±20%), so records that failed
+    /// together do not come back together; never below the tier's delay.
+    #[arg(long, env = "REBOUND_BACKOFF_JITTER", default_value_t = 0.2)]
+    pub backoff_jitter: f64,
+
     /// The DLQ and the prefix.
     #[command(flatten)]
     pub naming: TopicNamingArgs,
@@ -129,8 +148,25 @@ impl TopologyArgs {
         if tiers.is_empty() {
             return Err(invalid("--tier", "at least one tier is needed".to_owned()));
         }
+        let backoff = self.backoff()?;
         TierPolicy::new(tiers, &self.naming.dlq_topic, &self.naming.topic_prefix)
+            .map(|policy| policy.with_backoff(backoff))
             .map_err(|error| invalid("--tier/--dlq-topic", error.to_string()))
+    }
+
+    /// The validated backoff inside a tier, the error naming the flag at fault.
+    pub fn backoff(&self) -> Result<Backoff, InvalidFlag> {
+        Backoff::new(self.backoff_factor, self.backoff_max, self.backoff_jitter).map_err(|error| {
+            let flag = if Backoff::new(self.backoff_factor, self.backoff_max, 0.0).is_err() {
+                "--backoff-factor"
+            } else {
+                "--backoff-jitter"
+            };
+            InvalidFlag {
+                flag,
+                reason: error.to_string(),
+            }
+        })
     }
 
     /// The tiers' names, without delays or prefix, in order.
@@ -180,6 +216,31 @@ mod tests {
         let error = topology.tier_policy(TierDelays::Required).expect_err("needs a delay");
         assert!(error.flag == "--tier", "{error}");
         assert_eq!(topology.tier_names(), vec!["retry-5s", "retry-1m"]);
+    }
+
+    #[test]
+    fn the_backoff_defaults_to_doubling_up_to_ten_minutes_spread_by_a_fifth() {
+        let policy = parse(&[]).tier_policy(TierDelays::Required).expect("valid");
+        assert_eq!(policy.backoff(), Backoff::default());
+        let policy = parse(&["--backoff-factor", "3", "--backoff-max", "1h", "--backoff-jitter", "0"])
+            .tier_policy(TierDelays::Required)
+            .expect("valid");
+        let expected = Backoff::new(3.0, Duration::from_secs(3600), 0.0).expect("valid");
+        assert_eq!(policy.backoff(), expected);
+    }
+
+    #[test]
+    fn a_bad_backoff_is_refused_naming_its_flag() {
+        for (argv, flag) in [
+            (["--backoff-factor", "0.5"], "--backoff-factor"),
+            (["--backoff-jitter", "1.5"], "--backoff-jitter"),
+        ] {
+            let error = parse(&argv).tier_policy(TierDelays::Required).expect_err(flag);
+            assert!(
+                matches!(&error, InvalidFlag { flag: named, .. } if *named == flag),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -10,23 +10,34 @@
 //! the same origin (a note is not sent to a host the operator did not name). Any other 3xx is a
 //! permanent failure naming the status and the `Location`.
 //!
+//! `Retry-After`: a 429 or 503 may say how long to leave the receiver alone, in seconds or as
+//! an HTTP date. The wait (capped at [`MAX_RETRY_AFTER`]) travels with the transient failure:
+//! the consumer's circuit breaker holds the records at least that long, or, with the breaker
+//! off, the record skips to the first tier whose delay covers it.
+//!
 //! Order: the versions of one note id in a batch are posted one after the other, in version
 //! order, never two at once; different notes stay concurrent. A batch as a whole is bounded in
 //! time (`batch_deadline`), so a receiver that accepts connections and never answers cannot hold
 //! the consumer past its poll interval: what has not answered by then is a transient failure.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt as _;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, LOCATION};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
+
+use rebound_retry::ErrorKind;
 
 use super::{ApplyBatchFuture, ApplyItem, Sink, SinkFailure};
 use crate::ConsumerError;
 
 /// How many POSTs of one batch run at once.
 const CONCURRENT_REQUESTS: usize = 16;
+
+/// Longest `Retry-After` honoured: a receiver asking for days would otherwise park records past
+/// what the scheduler accepts as a due time, or keep the breaker from ever probing.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Most same-origin 307/308 redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -187,7 +198,32 @@ pub(crate) fn classify_response(status: StatusCode, headers: &HeaderMap) -> Resu
              redirects are followed, since others would turn the POST into a GET without the note"
         )));
     }
-    classify_status(status)
+    classify_status(status).map_err(|failure| {
+        let asked_wait = matches!(status.as_u16(), 429 | 503)
+            .then(|| retry_after(headers, SystemTime::now()))
+            .flatten();
+        match asked_wait {
+            Some(wait) if failure.kind == ErrorKind::Transient => {
+                SinkFailure::transient_retry_after(failure.message, wait)
+            }
+            _ => failure,
+        }
+    })
+}
+
+/// The wait a `Retry-After` header asks for at `now`: a whole number of seconds, or an HTTP
+/// date (the time left until it; a date in the past means no wait). Capped at
+/// [`MAX_RETRY_AFTER`]; absent or unreadable, `None` (the tiers' own delays apply).
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        // Too many digits for a u64 is far beyond the cap anyway.
+        Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let date = httpdate::parse_http_date(text).ok()?;
+        date.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// The classification rule for a response status.
@@ -230,6 +266,49 @@ mod tests {
         classify_status(StatusCode::from_u16(code).expect("valid status"))
             .err()
             .map(|failure| failure.kind)
+    }
+
+    fn headers_with_retry_after(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, value.parse().expect("header value"));
+        headers
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_an_http_date_and_capped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let read = |value: &str| retry_after(&headers_with_retry_after(value), now);
+        assert_eq!(read("120"), Some(Duration::from_secs(120)));
+        assert_eq!(read(" 0 "), Some(Duration::ZERO));
+        // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+        assert_eq!(read("Tue, 14 Nov 2023 22:14:50 GMT"), Some(Duration::from_secs(90)));
+        assert_eq!(
+            read("Tue, 14 Nov 2023 22:00:00 GMT"),
+            Some(Duration::ZERO),
+            "in the past"
+        );
+        assert_eq!(read("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(read("99999999999999999999999"), Some(MAX_RETRY_AFTER));
+        for unreadable in ["soon", "-5", "1.5", ""] {
+            assert_eq!(read(unreadable), None, "{unreadable:?}");
+        }
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn only_429_and_503_carry_their_retry_after() {
+        let headers = headers_with_retry_after("30");
+        for (code, expected) in [
+            (429, Some(Duration::from_secs(30))),
+            (503, Some(Duration::from_secs(30))),
+            (500, None),
+            (502, None),
+        ] {
+            let status = StatusCode::from_u16(code).expect("valid status");
+            let failure = classify_response(status, &headers).expect_err("fails");
+            assert_eq!(failure.kind, ErrorKind::Transient);
+            assert_eq!(failure.retry_after, expected, "{code}");
+        }
     }
 
     #[test]
