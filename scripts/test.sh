@@ -5,7 +5,8 @@
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
 # Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh) and
-# kcat (one bad-input test writes a record the Rust client cannot); .ci/run installs them.
+# kcat (one bad-input test writes a record the Rust client cannot) and openssl (the broker's
+# throwaway TLS certificates); .ci/run installs them.
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
@@ -62,8 +63,17 @@ else
   scripts/kafka-local.sh start >/dev/null
 fi
 export REBOUND_TEST_BROKERS="127.0.0.1:${REBOUND_KAFKA_PORT:-9092}"
-# The broker's SASL_PLAINTEXT/SCRAM-SHA-512 listener (scripts/kafka-local.sh: client port + 2).
-export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((${REBOUND_KAFKA_PORT:-9092} + 2))"
+# The broker's further listeners (scripts/kafka-local.sh: client port + 2 SASL_PLAINTEXT with
+# SCRAM-SHA-512, + 3 SSL, + 4 SASL_SSL, + 5 SSL requiring a client certificate) and the folder of
+# its CA and client certificate. A broker started without them fails the TLS tests loudly.
+client_port=${REBOUND_KAFKA_PORT:-9092}
+export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((client_port + 2))"
+export REBOUND_TEST_SSL_BROKERS="127.0.0.1:$((client_port + 3))"
+export REBOUND_TEST_SASL_SSL_BROKERS="127.0.0.1:$((client_port + 4))"
+export REBOUND_TEST_MTLS_BROKERS="127.0.0.1:$((client_port + 5))"
+REBOUND_TEST_KAFKA_TLS_DIR=$(scripts/kafka-local.sh tls-dir) ||
+  die "the running broker has no TLS files; stop it and let this script start it (scripts/kafka-local.sh stop)"
+export REBOUND_TEST_KAFKA_TLS_DIR
 
 say "cargo test (broker $REBOUND_TEST_BROKERS)"
 cargo test --workspace --locked --no-fail-fast "$@"
