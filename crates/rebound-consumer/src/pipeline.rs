@@ -62,7 +62,7 @@ pub async fn run(config: ConsumerConfig, shutdown: Shutdown) -> Result<(), Consu
     let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
         return Ok(());
     };
-    let mut sink = Sink::open(&config.sink, config.http_timeout, config.http_batch_timeout)?;
+    let mut sink = Sink::open(&config.sink, &config.http)?;
     if config.sink_journal
         && let Sink::Sqlite(sqlite) = &mut sink
     {

@@ -2,13 +2,15 @@
 //! classified failure, so one bad note never fails its whole batch.
 
 mod http;
+mod http_options;
 mod inject;
+mod signature;
 mod sqlite;
 
-use std::time::Duration;
-
 pub use http::HttpSink;
+pub use http_options::{DEFAULT_CONCURRENCY, HeaderText, HttpSinkSettings, SecretHeader, TrustedCa, signer_from_file};
 pub use inject::{FailureInjectingSink, FailureInjection};
+pub use signature::{MIN_SECRET_BYTES, SIGNATURE_HEADER, WebhookSigner};
 pub use sqlite::SqliteSink;
 
 use rebound_retry::ErrorKind;
@@ -69,12 +71,11 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Opens the sink a spec names; an HTTP sink bounds each request by `http_timeout` and each
-    /// batch by `http_batch_timeout`.
-    pub fn open(spec: &SinkSpec, http_timeout: Duration, http_batch_timeout: Duration) -> Result<Self, ConsumerError> {
+    /// Opens the sink a spec names; an HTTP sink sends as `http` says.
+    pub fn open(spec: &SinkSpec, http: &HttpSinkSettings) -> Result<Self, ConsumerError> {
         Ok(match spec {
             SinkSpec::Sqlite(path) => Sink::Sqlite(SqliteSink::open(path)?),
-            SinkSpec::Http(url) => Sink::Http(HttpSink::new(url, http_timeout, http_batch_timeout)?),
+            SinkSpec::Http(url) => Sink::Http(HttpSink::new(url, http)?),
             SinkSpec::Null => Sink::Null,
         })
     }
