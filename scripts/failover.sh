@@ -2,7 +2,12 @@
 # failover.sh - rebound across a broker failure: the whole pipeline on the local three-broker
 # cluster while the leader of a busy partition is stopped mid-stream and started again later.
 #
-# Usage: scripts/failover.sh
+# Usage: scripts/failover.sh [--sasl]
+#
+#   --sasl   every client (services, topic creation, audit) authenticates with SCRAM-SHA-512 on the
+#            nodes' SASL_PLAINTEXT listeners (ports 19094, 29094, 39094) of
+#            `scripts/kafka-local.sh start --nodes 3 --sasl`; a cluster already running without
+#            them is refused. The Kafka tools the script runs itself use the plain listeners.
 #
 # Builds the binaries (debug profile, shared with the tests), starts the 3-node KRaft cluster of
 # `scripts/kafka-local.sh start --nodes 3` (ports 19092, 29092, 39092) unless it already runs,
@@ -45,11 +50,15 @@ readonly PROG=failover
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 
+SASL=0
 case ${1:-} in
   "") ;;
+  --sasl) SASL=1 ;;
   -h | --help) usage; exit 0 ;;
   *) warn "error: unexpected argument: $1 (settings are FAILOVER_* variables, see the header)"; usage; exit 2 ;;
 esac
+(($# <= 1)) || { warn "error: unexpected argument: $2"; usage; exit 2; }
+readonly SASL
 
 readonly RATE=${FAILOVER_RATE:-200}
 readonly SEND_SECONDS=${FAILOVER_SECONDS:-60}
@@ -59,7 +68,13 @@ readonly TIMEOUT=${FAILOVER_TIMEOUT:-120}
 readonly SEED=${FAILOVER_SEED:-1}
 readonly FAILURES=transient=0.05,permanent=0.005
 readonly TIERS=retry-2s:2s,retry-8s:8s
-readonly BROKERS=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
+# The clients' listeners: PLAINTEXT on each node's client port, or SASL_PLAINTEXT on port + 2.
+if ((SASL)); then
+  readonly CLIENT_PORT_OFFSET=2 CLIENT_SECURITY="SASL_PLAINTEXT, SCRAM-SHA-512"
+else
+  readonly CLIENT_PORT_OFFSET=0 CLIENT_SECURITY=PLAINTEXT
+fi
+readonly BROKERS=127.0.0.1:$((19092 + CLIENT_PORT_OFFSET)),127.0.0.1:$((29092 + CLIENT_PORT_OFFSET)),127.0.0.1:$((39092 + CLIENT_PORT_OFFSET))
 
 for var in RATE SEND_SECONDS STOP_AFTER DOWN_FOR TIMEOUT SEED; do
   [[ ${!var} =~ ^[0-9]+$ ]] || { warn "error: $var must be a whole number, not '${!var}'"; exit 2; }
@@ -74,6 +89,21 @@ make_run_dir failover
 readonly DB=$RUN_DIR/notes.db
 readonly IDS=$RUN_DIR/ids.log
 readonly NOTES_TOPIC=${PREFIX}notes
+
+# The connection flags of every rebound command. With --sasl the SCRAM credentials (the test user
+# of kafka-local.sh) go in a properties file, which keeps them off the command lines.
+KAFKA=(--brokers "$BROKERS")
+if ((SASL)); then
+  cat >"$RUN_DIR/kafka-client.properties" <<'EOF'
+# librdkafka settings of every client of a failover.sh --sasl run.
+security.protocol=SASL_PLAINTEXT
+sasl.mechanisms=SCRAM-SHA-512
+sasl.username=rebound
+sasl.password=rebound-secret
+EOF
+  KAFKA+=(--kafka-config-file "$RUN_DIR/kafka-client.properties")
+fi
+readonly KAFKA
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup.
@@ -118,8 +148,8 @@ require_running() { # name pid log
   fi
 }
 
-# Client port of cluster node N (kafka-local.sh: N * 10000 + 9092).
-node_label_port() { echo "127.0.0.1:$(($1 * 10000 + 9092))"; }
+# The clients' port of cluster node N (kafka-local.sh: N * 10000 + 9092, SASL + 2).
+node_label_port() { echo "127.0.0.1:$(($1 * 10000 + 9092 + CLIENT_PORT_OFFSET))"; }
 
 # Runs a Kafka command line tool (org.apache.kafka.tools.NAME) against the cluster; kafka-local.sh
 # knows where its jars and client settings are.
@@ -195,16 +225,23 @@ LIBRDKAFKA_VERSION=$(awk '/^name = "rdkafka-sys"/ { getline; print $3; exit }' C
 JAVA_VERSION=$(java -version 2>&1 | head -n 1 | sed 's/.*version "\([^"]*\)".*/\1/')
 readonly KAFKA_VERSION LIBRDKAFKA_VERSION JAVA_VERSION
 
-if "$KAFKA_LOCAL" status --nodes 3 >/dev/null 2>&1; then
+if CLUSTER_STATUS=$("$KAFKA_LOCAL" status --nodes 3 2>/dev/null); then
+  # Each node's status line names its SASL listener when it has one.
+  if ((SASL)) && [[ $CLUSTER_STATUS != *SASL* ]]; then
+    die "the 3-node cluster runs without SASL listeners; stop it (scripts/kafka-local.sh stop --nodes 3) and run again"
+  fi
   say "using the 3-node cluster that is already running"
 else
   say "starting the 3-node cluster (log: $REL_DIR/kafka-start.log)"
   CLUSTER_STARTED=1
-  REBOUND_KAFKA_MODE=jvm "$KAFKA_LOCAL" start --nodes 3 >/dev/null 2>"$RUN_DIR/kafka-start.log" ||
+  start_flags=(--nodes 3)
+  ((SASL)) && start_flags+=(--sasl)
+  REBOUND_KAFKA_MODE=jvm "$KAFKA_LOCAL" start "${start_flags[@]}" >/dev/null 2>"$RUN_DIR/kafka-start.log" ||
     { tail -n 30 "$RUN_DIR/kafka-start.log" >&2; die "the cluster did not start"; }
 fi
+say "clients connect with $CLIENT_SECURITY ($BROKERS)"
 
-"$BIN/rebound" --brokers "$BROKERS" topics create --topic-prefix "$PREFIX" --tier "$TIERS" \
+"$BIN/rebound" "${KAFKA[@]}" topics create --topic-prefix "$PREFIX" --tier "$TIERS" \
   --partitions 6 --replication-factor 3 --min-insync-replicas 2 >"$RUN_DIR/topics.log" 2>&1 ||
   { cat "$RUN_DIR/topics.log" >&2; die "creating the topics failed"; }
 for topic in notes retry-2s retry-8s dlq; do
@@ -222,17 +259,17 @@ say "topics ${PREFIX}{notes,retry-2s,retry-8s,dlq}: replication factor 3, min.in
 readonly SERVICE_LOG="info,rebound_service::events=debug"
 DETACH=()
 command -v setsid >/dev/null && DETACH=(setsid)
-RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-consumer" --brokers "$BROKERS" --log-format json \
+RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-consumer" "${KAFKA[@]}" --log-format json \
   --topic-prefix "$PREFIX" --group "$RUN.consumer" --sink "sqlite://$DB" --tier "$TIERS" \
   --inject-failures "$FAILURES" --inject-seed "$SEED" </dev/null 2>"$RUN_DIR/consumer.log" >&2 &
 CONSUMER_PID=$!
-RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-scheduler" --brokers "$BROKERS" --log-format json \
+RUST_LOG=$SERVICE_LOG ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-scheduler" "${KAFKA[@]}" --log-format json \
   --topic-prefix "$PREFIX" --group "$RUN.scheduler" --tier retry-2s:2s --tier retry-8s:8s \
   </dev/null 2>"$RUN_DIR/scheduler.log" >&2 &
 SCHEDULER_PID=$!
 readonly COUNT=$((RATE * SEND_SECONDS))
 T_PRODUCE=$(now)
-RUST_LOG=info ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-producer" --brokers "$BROKERS" --log-format json \
+RUST_LOG=info ${DETACH[@]+"${DETACH[@]}"} "$BIN/rebound-producer" "${KAFKA[@]}" --log-format json \
   generate --count "$COUNT" --seed "$SEED" --rate "$RATE" --ids-log "$IDS" --topic-prefix "$PREFIX" \
   </dev/null >"$RUN_DIR/producer.log" 2>&1 &
 PRODUCER_PID=$!
@@ -301,7 +338,7 @@ while :; do
   require_running rebound-consumer "$CONSUMER_PID" "$RUN_DIR/consumer.log"
   require_running rebound-scheduler "$SCHEDULER_PID" "$RUN_DIR/scheduler.log"
   audit_rc=0
-  RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
+  RUST_LOG=warn "$BIN/rebound" "${KAFKA[@]}" audit --sink "sqlite://$DB" --ids-log "$IDS" \
     --topic-prefix "$PREFIX" </dev/null >"$RUN_DIR/audit.out" 2>"$RUN_DIR/audit.err" || audit_rc=$?
   LOST=$(awk '$1 == "lost" && NF == 2 { print $2 }' "$RUN_DIR/audit.out")
   [[ $audit_rc == 0 && $LOST == 0 ]] && break
@@ -330,6 +367,7 @@ APPLIED_EVENTS=$(grep -c -F '"message":"applied"' "$RUN_DIR/consumer.log" || tru
 {
   echo "run                         $RUN"
   echo "versions                    Kafka $KAFKA_VERSION (3 KRaft nodes on the JVM, Java $JAVA_VERSION), librdkafka $LIBRDKAFKA_VERSION"
+  echo "clients                     $CLIENT_SECURITY"
   echo "topics                      replication factor 3, min.insync.replicas=2, acks=all idempotent producers"
   echo "load                        $COUNT notes at $RATE/s; failures $FAILURES; tiers $TIERS"
   echo "stopped broker              $LEADER (leader of ${NOTES_TOPIC}[0]) at +$(elapsed "$T_PRODUCE" "$T_STOP") s, down for $(elapsed "$T_STOP" "$T_START_NODE") s"

@@ -2,9 +2,11 @@
 # kafka-local.sh - run a real local Apache Kafka 4.x broker (or a 3-node KRaft cluster) for
 # rebound's development and integration tests.
 #
-# Usage: scripts/kafka-local.sh COMMAND [--nodes 1|3]
+# Usage: scripts/kafka-local.sh COMMAND [--nodes 1|3] [--sasl]
 #
-#   start [--nodes 1|3]   start a fresh broker or cluster (data of the previous run is wiped)
+#   start [--nodes 1|3] [--sasl]
+#                         start a fresh broker or cluster (data of the previous run is wiped);
+#                         --sasl gives the 3-node cluster SCRAM listeners too (see below)
 #   stop  [--nodes 1|3]   stop what this script started (no --nodes: everything)
 #   status [--nodes 1|3]  print running/stopped per node; exit 0 if running (the cluster: all
 #                         three nodes), 3 if not
@@ -18,6 +20,8 @@
 #                         --command-config are added. Options go before NAME; everything after
 #                         it is the tool's. Its output and exit status are the tool's.
 #   version               print the Kafka version these scripts run (scripts/kafka/pom.xml)
+#   tls-dir               print the folder of the single broker's TLS files (see below); exit 3
+#                         if this state folder has none
 #   probe                 exit 0 if a Kafka broker answers on REBOUND_KAFKA_PORT, whoever started it
 #                         (this script in another checkout, Docker, ...), 3 if none does
 #   jars                  fetch the Kafka jars once (Maven) and print the folder holding them; the
@@ -35,7 +39,26 @@
 #                            sends the data itself unencrypted. A client connects with
 #                            -X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=SCRAM-SHA-512
 #                            -X sasl.username=rebound -X sasl.password=rebound-secret
-# The 3-node cluster has PLAINTEXT listeners only.
+#   REBOUND_KAFKA_PORT + 3   SSL: TLS with the broker's certificate, no client certificate
+#                            -X security.protocol=SSL -X ssl.ca.location=TLS_DIR/ca.crt
+#   REBOUND_KAFKA_PORT + 4   SASL_SSL: SCRAM-SHA-512 (the user above) over TLS
+#                            -X security.protocol=SASL_SSL -X ssl.ca.location=TLS_DIR/ca.crt
+#                            -X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username=rebound
+#                            -X sasl.password=rebound-secret
+#   REBOUND_KAFKA_PORT + 5   SSL with mutual TLS: a client certificate signed by the CA is required
+#                            -X security.protocol=SSL -X ssl.ca.location=TLS_DIR/ca.crt
+#                            -X ssl.certificate.location=TLS_DIR/client.crt
+#                            -X ssl.key.location=TLS_DIR/client.key
+# The TLS listeners exist in JVM mode only. TLS_DIR is $REBOUND_KAFKA_STATE/tls (printed by
+# `tls-dir`): a throwaway CA made with openssl at `start` (ca.crt), the broker's certificate for
+# 127.0.0.1 and localhost signed by it (broker.p12, password rebound-tls), a client certificate
+# (client.crt, client.key, CN=rebound-client) for mutual TLS, and untrusted-ca.crt, a second CA
+# that signed nothing here, for testing a client that trusts the wrong CA. `restart-broker` keeps
+# them; `start` makes new ones.
+# The 3-node cluster has PLAINTEXT listeners only; with `start --nodes 3 --sasl` every node also
+# has a SASL_PLAINTEXT listener with SCRAM-SHA-512 on its client port + 2 (19094, 29094, 39094),
+# with the same user. Later commands (start-node, ...) need no --sasl: the nodes' configuration
+# is kept in the state folder.
 #
 # Modes: by default the broker runs directly on the JVM from jars that Maven copies once
 # (scripts/kafka/pom.xml) into a cache folder outside the repository. With
@@ -78,17 +101,23 @@ readonly CLUSTER_SIZE=3
 readonly SASL_USER=rebound
 readonly SASL_PASSWORD=rebound-secret
 readonly SASL_MECHANISM=SCRAM-SHA-512
+# The password of the broker's PKCS#12 key store (a throwaway certificate for tests).
+readonly TLS_STORE_PASSWORD=rebound-tls
+readonly TLS_DIR=$STATE/tls
+# Days the throwaway certificates are valid.
+readonly TLS_DAYS=825
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
   cat >&2 <<EOF
-usage: scripts/kafka-local.sh start|stop|status [--nodes 1|3]
+usage: scripts/kafka-local.sh start [--nodes 1|3] [--sasl]
+       scripts/kafka-local.sh stop|status [--nodes 1|3]
        scripts/kafka-local.sh restart-broker
        scripts/kafka-local.sh stop-node N... | start-node N...   (N = 1..3, 3-node cluster)
        scripts/kafka-local.sh tool [--nodes 1|3] NAME [ARGS...]   (org.apache.kafka.tools.NAME)
-       scripts/kafka-local.sh version | probe | jars
+       scripts/kafka-local.sh version | probe | jars | tls-dir
 EOF
 }
 
@@ -98,11 +127,34 @@ EOF
 
 node_dir() { if [[ $1 == single ]]; then echo "$STATE"; else echo "$STATE/node-$1"; fi; }
 node_port() { if [[ $1 == single ]]; then echo "$PORT"; else echo "$(($1 * 10000 + 9092))"; fi; }
-# The SASL_PLAINTEXT listener's port; only the single broker has one.
-sasl_port() { echo "$((PORT + 2))"; }
+# The SASL_PLAINTEXT listener's port: the single broker always has one, a cluster node when the
+# cluster was started with --sasl.
+sasl_port() { echo "$(($(node_port "${1:-single}") + 2))"; }
+# The single broker's TLS listeners: SSL, SASL_SSL, and SSL with client certificates required.
+ssl_port() { echo "$((PORT + 3))"; }
+sasl_ssl_port() { echo "$((PORT + 4))"; }
+mtls_port() { echo "$((PORT + 5))"; }
+# The ports a node listens on besides its client port and controller port.
+extra_ports() { # node
+  if [[ $1 == single ]]; then
+    echo "$(sasl_port) $(ssl_port) $(sasl_ssl_port) $(mtls_port)"
+  elif node_has_sasl "$1"; then
+    sasl_port "$1"
+  fi
+}
+# Whether a cluster node is configured with a SASL listener (start --nodes 3 --sasl).
+node_has_sasl() { [[ $1 == single ]] || grep -q '^sasl.enabled.mechanisms=' "$(node_dir "$1")/server.properties" 2>/dev/null; }
+# Whether the node is configured with the TLS listeners (a broker started by an older version of
+# this script and restarted with restart-broker is not).
+node_has_tls() { [[ $1 == single ]] && grep -q '^listeners=.*MTLS://' "$(node_dir "$1")/server.properties" 2>/dev/null; }
 node_label() {
-  if [[ $1 == single ]]; then echo "kafka ($HOST:$(node_port "$1"), SASL $HOST:$(sasl_port))"
-  else echo "kafka node $1 ($HOST:$(node_port "$1"))"; fi
+  if [[ $1 == single ]]; then
+    echo "kafka ($HOST:$(node_port "$1"), SASL $HOST:$(sasl_port), SSL $HOST:$(ssl_port), SASL_SSL $HOST:$(sasl_ssl_port), mTLS $HOST:$(mtls_port))"
+  elif node_has_sasl "$1"; then
+    echo "kafka node $1 ($HOST:$(node_port "$1"), SASL $HOST:$(sasl_port "$1"))"
+  else
+    echo "kafka node $1 ($HOST:$(node_port "$1"))"
+  fi
 }
 cluster_nodes() { seq 1 "$CLUSTER_SIZE"; }
 cluster_bootstrap() {
@@ -201,24 +253,42 @@ kafka_tool() {
 # ---------------------------------------------------------------------------------------------
 # Broker configuration.
 
-write_node_config() { # node
-  local node=$1 dir port cport id voters rf isr sasl_listener="" sasl_advertised="" sasl_map="" sasl_config=""
+write_node_config() { # node [sasl: 1 gives a cluster node a SCRAM listener]
+  local node=$1 sasl=${2:-0} dir port cport id voters rf isr extra_listeners="" extra_map="" extra_config=""
   dir=$(node_dir "$node")
   port=$(node_port "$node")
   cport=$((port + 1))
   if [[ $node == single ]]; then
-    id=1 voters="1@$HOST:$cport" rf=1 isr=1
-    # A second client listener that requires SCRAM, next to the unauthenticated one the tests and
-    # the demo use. Brokers talk to each other and to the controller over PLAINTEXT.
-    sasl_listener=",SASL_PLAINTEXT://$HOST:$(sasl_port)"
-    sasl_advertised=$sasl_listener
-    sasl_map=",SASL_PLAINTEXT:SASL_PLAINTEXT"
-    sasl_config="sasl.enabled.mechanisms=$SASL_MECHANISM
-listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    id=1 voters="1@$HOST:$cport" rf=1 isr=1 sasl=1
   else
     id=$node rf=3 isr=2 voters=""
     local n
     for n in $(cluster_nodes); do voters+="${voters:+,}$n@$HOST:$(($(node_port "$n") + 1))"; done
+  fi
+  # Further client listeners next to the unauthenticated one the tests and the demo use: one that
+  # requires SCRAM, and on the single broker three TLS ones (see the header). Brokers talk to each
+  # other and to the controller over PLAINTEXT.
+  local scram_login="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  if ((sasl)); then
+    extra_listeners+=",SASL_PLAINTEXT://$HOST:$(sasl_port "$node")"
+    extra_map+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+    extra_config+="sasl.enabled.mechanisms=$SASL_MECHANISM
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=$scram_login
+"
+  fi
+  if [[ $node == single ]]; then
+    extra_listeners+=",SSL://$HOST:$(ssl_port),SASL_SSL://$HOST:$(sasl_ssl_port),MTLS://$HOST:$(mtls_port)"
+    extra_map+=",SSL:SSL,SASL_SSL:SASL_SSL,MTLS:SSL"
+    extra_config+="listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram_login
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/broker.p12
+ssl.keystore.password=$TLS_STORE_PASSWORD
+ssl.key.password=$TLS_STORE_PASSWORD
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.crt
+ssl.client.auth=none
+listener.name.mtls.ssl.client.auth=required
+"
   fi
   mkdir -p "$dir"
   cat >"$dir/server.properties" <<EOF
@@ -226,12 +296,12 @@ listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.com
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://$HOST:$port,CONTROLLER://$HOST:$cport$sasl_listener
-advertised.listeners=PLAINTEXT://$HOST:$port$sasl_advertised
+listeners=PLAINTEXT://$HOST:$port,CONTROLLER://$HOST:$cport$extra_listeners
+advertised.listeners=PLAINTEXT://$HOST:$port$extra_listeners
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$sasl_map
-${sasl_config}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$extra_map
+${extra_config}
 log.dirs=$dir/data
 num.partitions=3
 default.replication.factor=$rf
@@ -262,15 +332,60 @@ logger.authorizer.level = WARN
 EOF
 }
 
+# Makes the single broker's throwaway TLS files in $TLS_DIR (see the header): a CA, the broker's
+# certificate for 127.0.0.1 and localhost in a PKCS#12 key store, a client certificate for mutual
+# TLS, and a second CA that signed nothing. Written to a new folder that replaces the old one
+# only when complete, so a failed openssl call never leaves a mix of old and new files.
+make_tls_files() {
+  command -v openssl >/dev/null || die "openssl not found (needed to make the broker's TLS certificates)"
+  local new=$TLS_DIR.new
+  rm -rf "$new"
+  mkdir -p "$new"
+  if ! (
+    set -e
+    umask 077
+    cd "$new"
+    ca() { # name subject
+      openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days "$TLS_DAYS" -subj "$2" \
+        -keyout "$1.key" -out "$1.crt" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    }
+    signed() { # name subject extension...
+      local name=$1 subject=$2
+      shift 2
+      openssl req -newkey rsa:2048 -nodes -sha256 -subj "$subject" -keyout "$name.key" -out "$name.csr"
+      printf '%s\n' "$@" >"$name.ext"
+      openssl x509 -req -sha256 -days "$TLS_DAYS" -in "$name.csr" -CA ca.crt -CAkey ca.key \
+        -set_serial "0x$(openssl rand -hex 16)" -extfile "$name.ext" -out "$name.crt"
+      rm -f "$name.csr" "$name.ext"
+    }
+    ca ca "/CN=rebound local test CA"
+    ca untrusted-ca "/CN=rebound untrusted test CA"
+    rm -f untrusted-ca.key
+    signed broker "/CN=localhost" subjectAltName=IP:127.0.0.1,DNS:localhost extendedKeyUsage=serverAuth
+    signed client "/CN=rebound-client" extendedKeyUsage=clientAuth
+    openssl pkcs12 -export -name broker -in broker.crt -inkey broker.key -certfile ca.crt \
+      -passout "pass:$TLS_STORE_PASSWORD" -out broker.p12
+    rm -f broker.key
+    # Certificates are public; the client key is for the tests of this checkout's user.
+    chmod 644 ca.crt untrusted-ca.crt broker.crt client.crt
+  ) >"$STATE/tls.log" 2>&1; then
+    cat "$STATE/tls.log" >&2
+    die "making the TLS certificates in $new failed (see $STATE/tls.log)"
+  fi
+  rm -rf "$TLS_DIR"
+  mv "$new" "$TLS_DIR"
+}
+
 # Formats the node's empty data dir with the given cluster id. The quorum is static
 # (controller.quorum.voters), so no --standalone / --initial-controllers.
-# The single broker's SCRAM user is written into the metadata log at format time, so it exists
-# before the broker accepts its first connection.
+# The SCRAM user of a node with a SASL listener is written into the metadata log at format time,
+# so it exists before the broker accepts its first connection.
 format_node() { # node cluster_id
   local dir
   local -a scram=()
   dir=$(node_dir "$1")
-  [[ $1 == single ]] && scram=(--add-scram "$SASL_MECHANISM=[name=$SASL_USER,password=$SASL_PASSWORD]")
+  node_has_sasl "$1" && scram=(--add-scram "$SASL_MECHANISM=[name=$SASL_USER,password=$SASL_PASSWORD]")
   rm -rf "$dir/data"
   kafka_tool kafka.tools.StorageTool format -t "$2" -c "$dir/server.properties" ${scram[@]+"${scram[@]}"} \
     >"$dir/format.log" 2>&1 ||
@@ -278,15 +393,17 @@ format_node() { # node cluster_id
 }
 
 require_free_ports() { # node...
-  local node port
+  local node port extra
   for node in "$@"; do
     port=$(node_port "$node")
     if port_open "$HOST" "$port" || port_open "$HOST" "$((port + 1))"; then
       die "port $port or $((port + 1)) of $(node_label "$node") is already in use by another process"
     fi
-    if [[ $node == single ]] && port_open "$HOST" "$(sasl_port)"; then
-      die "port $(sasl_port) (SASL listener) of $(node_label "$node") is already in use by another process"
-    fi
+    for extra in $(extra_ports "$node"); do
+      if port_open "$HOST" "$extra"; then
+        die "port $extra of $(node_label "$node") is already in use by another process"
+      fi
+    done
   done
 }
 
@@ -326,7 +443,7 @@ launch_node() { # node
 # Waits until every given node answers and the cluster reports all of them as live brokers.
 # On timeout or an early exit of a broker: print its log tail, stop the given nodes, exit 1.
 wait_ready() { # node...
-  local deadline=$((SECONDS + READY_TIMEOUT)) node pending bootstrap expected
+  local deadline=$((SECONDS + READY_TIMEOUT)) node pending bootstrap expected extra
   local -a targets=("$@") addrs=()
   for node in "${targets[@]}"; do addrs+=("$HOST:$(node_port "$node")"); done
   bootstrap=$(IFS=,; echo "${addrs[*]}")
@@ -341,8 +458,12 @@ wait_ready() { # node...
     for node in "${targets[@]}"; do
       node_running "$node" || fail_start "$(node_label "$node") exited during startup" "${targets[@]}"
       kafka_answers "$HOST" "$(node_port "$node")" || pending=1
-      # ApiVersions is answered before authentication, so this probes the SASL listener too.
-      if [[ $node == single ]]; then kafka_answers "$HOST" "$(sasl_port)" || pending=1; fi
+      # ApiVersions is answered before authentication, so this probes a SASL listener too; a TLS
+      # listener only takes connections until it is up (a Kafka request is no TLS handshake).
+      if node_has_sasl "$node"; then kafka_answers "$HOST" "$(sasl_port "$node")" || pending=1; fi
+      if node_has_tls "$node"; then
+        for extra in $(ssl_port) $(sasl_ssl_port) $(mtls_port); do port_open "$HOST" "$extra" || pending=1; done
+      fi
     done
     if ((pending == 0)) && kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" \
         --command-config "$STATE/tools-client.properties" --list >/dev/null 2>&1 &&
@@ -455,6 +576,7 @@ jvm_start_single() {
   write_tools_config
   [[ -f $STATE/server.log ]] && mv -f "$STATE/server.log" "$STATE/server.log.prev"
   rm -f "$STATE/stdout.log"
+  make_tls_files
   write_node_config single
   format_node single "$(kafka_tool kafka.tools.StorageTool random-uuid)"
   log "starting $(node_label single) from $LIB"
@@ -476,12 +598,15 @@ jvm_restart_single() {
   ready_message "$started" "$HOST:$PORT" single
 }
 
-jvm_start_cluster() {
-  local started=$SECONDS node cluster_id pid
+jvm_start_cluster() { # sasl (0|1)
+  local sasl=$1 started=$SECONDS node cluster_id pid
   local -a up=()
   lock_state
   for node in $(cluster_nodes); do node_running "$node" && up+=("$node"); done
   if ((${#up[@]} == CLUSTER_SIZE)); then
+    if ((sasl)) && ! node_has_sasl 1; then
+      die "the $CLUSTER_SIZE-node cluster is already running without SASL listeners; stop --nodes 3 first"
+    fi
     log "the $CLUSTER_SIZE-node cluster is already running, logs in $STATE/node-*/server.log"
     cluster_bootstrap
     return 0
@@ -499,7 +624,7 @@ jvm_start_cluster() {
     mkdir -p "$dir"
     [[ -f $dir/server.log ]] && mv -f "$dir/server.log" "$dir/server.log.prev"
     rm -f "$dir/stdout.log"
-    write_node_config "$node"
+    write_node_config "$node" "$sasl"
   done
   # Format the three data dirs in parallel (each format is a JVM start).
   local -a formats=()
@@ -696,7 +821,7 @@ docker_status() {
 # ---------------------------------------------------------------------------------------------
 
 main() {
-  local cmd="" nodes="" mode node
+  local cmd="" nodes="" mode node sasl=0
   local -a args=()
   while (($# > 0)); do
     # Everything after a tool's name is the tool's own arguments.
@@ -704,6 +829,7 @@ main() {
     case $1 in
       --nodes) (($# >= 2)) || { usage; exit 2; }; nodes=$2; shift 2 ;;
       --nodes=*) nodes=${1#--nodes=}; shift ;;
+      --sasl) sasl=1; shift ;;
       -h | --help | help) usage; exit 0 ;;
       -*) log "unknown option: $1"; usage; exit 2 ;;
       *)
@@ -713,6 +839,10 @@ main() {
   done
   [[ -n $cmd ]] || { usage; exit 2; }
   [[ -z $nodes || $nodes == 1 || $nodes == 3 ]] || { log "--nodes must be 1 or 3"; exit 2; }
+  # The single broker always has its SASL listener; --sasl is for the cluster.
+  if ((sasl)) && [[ $cmd != start || $nodes != 3 ]]; then
+    log "--sasl goes with start --nodes 3 (the single broker always has its SASL listener)"; exit 2
+  fi
   case $cmd in
     start-node | stop-node)
       ((${#args[@]} > 0)) || { log "$cmd needs node numbers 1..$CLUSTER_SIZE"; exit 2; }
@@ -725,7 +855,7 @@ main() {
     tool)
       ((${#args[@]} > 0)) || { log "tool needs the name of a tool (TopicCommand, GetOffsetShell, ...)"; exit 2; }
       [[ ${args[0]} =~ ^[A-Za-z][A-Za-z0-9]*$ ]] || { log "not a tool name: '${args[0]}'"; exit 2; } ;;
-    version | probe | jars) ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
+    version | probe | jars | tls-dir) ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
     start | stop | status | restart-broker)
       ((${#args[@]} == 0)) || { log "unexpected argument: ${args[0]}"; usage; exit 2; } ;;
     *) log "unknown command: $cmd"; usage; exit 2 ;;
@@ -735,6 +865,9 @@ main() {
     version) echo "$KAFKA_VERSION"; exit 0 ;;
     probe) if kafka_answers "$HOST" "$PORT"; then exit 0; else exit 3; fi ;;
     jars) ensure_lib; echo "$LIB"; exit 0 ;;
+    tls-dir)
+      [[ -f $TLS_DIR/ca.crt ]] || { log "no TLS files in $TLS_DIR; 'start' the single broker (JVM mode) first"; exit 3; }
+      echo "$TLS_DIR"; exit 0 ;;
     tool) run_tool "${nodes:-1}" "${args[@]}"; exit ;;
   esac
 
@@ -763,7 +896,7 @@ main() {
         if node_running "$node"; then jvm_stop single $(cluster_nodes); break; fi
       done ;;
     docker:status) if docker_status; then exit 0; else exit 3; fi ;;
-    jvm:start) if [[ $nodes == 3 ]]; then jvm_start_cluster; else jvm_start_single; fi ;;
+    jvm:start) if [[ $nodes == 3 ]]; then jvm_start_cluster "$sasl"; else jvm_start_single; fi ;;
     jvm:restart-broker)
       [[ $nodes != 3 ]] || die "restart-broker is for the single broker; use stop-node N / start-node N"
       jvm_restart_single ;;

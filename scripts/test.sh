@@ -6,7 +6,7 @@
 #
 # Installs what it needs first (scripts/lib/prereqs.sh --for test: a C toolchain and headers,
 # Java 17 and Maven for the local broker, kcat, Python 3, a Go toolchain for helm and
-# kubeconform, PostgreSQL's server binaries for the PostgreSQL sink's tests, promtool/amtool), with apt-get or Homebrew, saying what and why. Outside CI,
+# kubeconform, PostgreSQL's server binaries for the PostgreSQL sink's tests, promtool/amtool, openssl for the broker's throwaway TLS certificates), with apt-get or Homebrew, saying what and why. Outside CI,
 # missing promtool/amtool that cannot be installed skip the alert checks with a warning;
 # everything else missing stops it, naming the piece.
 # Its last stage needs a Docker engine (scripts/docker-local.sh engine; .ci/run starts one).
@@ -88,8 +88,17 @@ else
   scripts/kafka-local.sh start >/dev/null
 fi
 export REBOUND_TEST_BROKERS="127.0.0.1:${REBOUND_KAFKA_PORT:-9092}"
-# The broker's SASL_PLAINTEXT/SCRAM-SHA-512 listener (scripts/kafka-local.sh: client port + 2).
-export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((${REBOUND_KAFKA_PORT:-9092} + 2))"
+# The broker's further listeners (scripts/kafka-local.sh: client port + 2 SASL_PLAINTEXT with
+# SCRAM-SHA-512, + 3 SSL, + 4 SASL_SSL, + 5 SSL requiring a client certificate) and the folder of
+# its CA and client certificate. A broker started without them fails the TLS tests loudly.
+client_port=${REBOUND_KAFKA_PORT:-9092}
+export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((client_port + 2))"
+export REBOUND_TEST_SSL_BROKERS="127.0.0.1:$((client_port + 3))"
+export REBOUND_TEST_SASL_SSL_BROKERS="127.0.0.1:$((client_port + 4))"
+export REBOUND_TEST_MTLS_BROKERS="127.0.0.1:$((client_port + 5))"
+REBOUND_TEST_KAFKA_TLS_DIR=$(scripts/kafka-local.sh tls-dir) ||
+  die "the running broker has no TLS files; stop it and let this script start it (scripts/kafka-local.sh stop)"
+export REBOUND_TEST_KAFKA_TLS_DIR
 
 if [[ -z ${REBOUND_TEST_POSTGRES_URL:-} ]]; then
   say "starting a throwaway PostgreSQL cluster"

@@ -24,6 +24,7 @@
 #   promtool    promtool (alert rule tests)
 #   amtool      amtool (Alertmanager configuration tests)
 #   ps          the ps command (procps; the broker scripts check on their processes)
+#   openssl     the openssl command (the local broker's throwaway TLS certificates)
 #   postgres    PostgreSQL's server binaries (initdb, pg_ctl) for the PostgreSQL sink's tests
 #   go          a Go toolchain (builds helm and kubeconform for the Helm chart check)
 #   sqlite3     the sqlite3 shell (optional extras of the demo's progress line)
@@ -69,19 +70,21 @@ prereqs_piece() {
       PIECE_WHY="builds helm and kubeconform for the Helm chart check (scripts/lib/k8s-tools.sh)" ;;
     postgres) PIECE_APT="postgresql" PIECE_BREW="postgresql@16"
       PIECE_WHY="a throwaway PostgreSQL server for the PostgreSQL sink's tests (scripts/postgres-local.sh)" ;;
+    openssl) PIECE_APT="openssl" PIECE_BREW="openssl@3"
+      PIECE_WHY="makes the local broker's throwaway CA and certificates for the TLS listener tests" ;;
     ps) PIECE_APT="procps" PIECE_WHY="scripts/kafka-local.sh checks on the broker process with ps" ;;
     sqlite3) PIECE_APT="sqlite3" PIECE_BREW="sqlite" PIECE_WHY="the demo's progress line counts rows of the sink" ;;
     *) return 1 ;;
   esac
 }
-readonly PREREQS_PIECES=(rust rust-lint build ps java maven kcat python3 go postgres promtool amtool sqlite3)
+readonly PREREQS_PIECES=(rust rust-lint build ps openssl java maven kcat python3 go postgres promtool amtool sqlite3)
 
 # What each command needs, in one place (scripts/demo.sh, scripts/test.sh and .ci/run ask here).
 prereqs_for() { # demo|test
   case $1 in
     demo) echo rust build ps "$(prereqs_kafka_pieces)" ;;
     # promtool and amtool: a laptop without them skips the alert checks; CI may not.
-    test) echo rust rust-lint build ps kcat python3 go postgres promtool? amtool? "$(prereqs_kafka_pieces)" ;;
+    test) echo rust rust-lint build ps openssl kcat python3 go postgres promtool? amtool? "$(prereqs_kafka_pieces)" ;;
     *) return 1 ;;
   esac
 }

@@ -1,6 +1,7 @@
 //! The consumer's command-line flags and the validated configuration they turn into before any
 //! work starts.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
@@ -11,7 +12,9 @@ use rebound_service::{
 use rebound_sink_store::{PostgresTlsArgs, SinkSpec, SinkStoreError};
 
 use crate::ConsumerError;
-use crate::sink::FailureInjection;
+use crate::sink::{
+    DEFAULT_CONCURRENCY, FailureInjection, HeaderText, HttpSinkSettings, SecretHeader, TrustedCa, signer_from_file,
+};
 
 /// Flags of `rebound-consumer`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -112,6 +115,30 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_HTTP_BATCH_TIMEOUT", value_parser = parse_duration_flag)]
     pub http_batch_timeout: Option<Duration>,
 
+    /// Most HTTP sink requests of one batch in flight at once.
+    #[arg(long, env = "REBOUND_HTTP_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    pub http_concurrency: usize,
+
+    /// File holding one `Name: value` header sent with every HTTP sink request, e.g.
+    /// `Authorization: Bearer ...`; the value is never logged.
+    #[arg(long, env = "REBOUND_HTTP_HEADER_FILE", conflicts_with = "http_header")]
+    pub http_header_file: Option<PathBuf>,
+
+    /// The same header given directly (`Name: value`); prefer the environment variable or the
+    /// file, since command lines are visible to every user of the host.
+    #[arg(long, env = "REBOUND_HTTP_HEADER", hide_env_values = true)]
+    pub http_header: Option<HeaderText>,
+
+    /// PEM file of CA certificates the HTTP sink trusts in addition to the bundled and the
+    /// system roots (a receiver with a private CA).
+    #[arg(long, env = "REBOUND_HTTP_CA_FILE")]
+    pub http_ca_file: Option<PathBuf>,
+
+    /// File holding the secret that signs every HTTP sink request (`X-Rebound-Signature`);
+    /// at least 16 bytes, surrounding whitespace ignored.
+    #[arg(long, env = "REBOUND_HTTP_SIGNING_SECRET_FILE")]
+    pub http_signing_secret_file: Option<PathBuf>,
+
     /// TLS of a PostgreSQL sink (whom to trust; `sslmode` in the URL says whether).
     #[command(flatten)]
     pub postgres_tls: PostgresTlsArgs,
@@ -164,10 +191,9 @@ pub struct ConsumerConfig {
     pub batch_size: usize,
     /// Longest wait to fill a batch.
     pub batch_linger: Duration,
-    /// HTTP sink request timeout.
-    pub http_timeout: Duration,
-    /// Bound on one batch in the HTTP sink, below the consumer's poll interval.
-    pub http_batch_timeout: Duration,
+    /// How the HTTP sink sends: timeouts (the batch bound below the consumer's poll interval),
+    /// concurrency, header, trusted CAs, signing.
+    pub http: HttpSinkSettings,
     /// TLS of a PostgreSQL sink.
     pub postgres_tls: PostgresTlsArgs,
     /// Connections of the PostgreSQL sink's pool.
@@ -270,6 +296,37 @@ impl ConsumerArgs {
                 ),
             ));
         }
+        if self.http_concurrency == 0 {
+            return Err(invalid("--http-concurrency", "must be at least 1".to_owned()));
+        }
+        let header = match (&self.http_header_file, &self.http_header) {
+            (Some(path), _) => {
+                Some(SecretHeader::from_file(path).map_err(|reason| invalid("--http-header-file", reason))?)
+            }
+            (None, Some(text)) => {
+                Some(SecretHeader::parse(text.expose()).map_err(|reason| invalid("--http-header", reason))?)
+            }
+            (None, None) => None,
+        };
+        let trusted_ca = self
+            .http_ca_file
+            .as_deref()
+            .map(TrustedCa::from_file)
+            .transpose()
+            .map_err(|reason| invalid("--http-ca-file", reason))?;
+        let signer = self
+            .http_signing_secret_file
+            .as_deref()
+            .map(signer_from_file)
+            .transpose()
+            .map_err(|reason| invalid("--http-signing-secret-file", reason))?;
+        let http = HttpSinkSettings {
+            concurrency: self.http_concurrency,
+            header,
+            trusted_ca,
+            signer,
+            ..HttpSinkSettings::new(self.http_timeout, http_batch_timeout)
+        };
         Ok(ConsumerConfig {
             sink,
             postgres_tls: self.postgres_tls,
@@ -285,8 +342,7 @@ impl ConsumerArgs {
             breaker,
             batch_size: self.batch_size,
             batch_linger: self.batch_linger,
-            http_timeout: self.http_timeout,
-            http_batch_timeout,
+            http,
             shutdown_timeout: self.shutdown.shutdown_timeout,
         })
     }
@@ -355,11 +411,43 @@ mod tests {
         let config = ConsumerArgs::parse_from(["rebound-consumer"])
             .into_config()
             .expect("valid");
-        assert_eq!(config.http_batch_timeout, Duration::from_secs(150));
+        assert_eq!(config.http.batch_deadline, Duration::from_secs(150));
         let config = ConsumerArgs::parse_from(["rebound-consumer", "-X", "max.poll.interval.ms=10000"])
             .into_config()
             .expect("valid");
-        assert_eq!(config.http_batch_timeout, Duration::from_secs(5));
+        assert_eq!(config.http.batch_deadline, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn http_sink_options_default_to_16_requests_unsigned_without_header_or_extra_ca() {
+        let config = ConsumerArgs::parse_from(["rebound-consumer"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.http.concurrency, 16);
+        assert!(config.http.header.is_none() && config.http.trusted_ca.is_none() && config.http.signer.is_none());
+    }
+
+    #[test]
+    fn the_http_header_and_signing_secret_never_appear_in_debug_output() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let secret = directory.path().join("secret");
+        std::fs::write(&secret, "signing-secret-5e1f-0123456789\n").expect("write");
+        let args = ConsumerArgs::parse_from([
+            "rebound-consumer",
+            "--http-header",
+            "Authorization: Bearer header-token-77aa",
+            "--http-signing-secret-file",
+            &secret.display().to_string(),
+        ]);
+        let shown_args = format!("{args:?}");
+        let config = args.into_config().expect("valid");
+        let shown_config = format!("{config:?}");
+        for shown in [shown_args, shown_config.clone()] {
+            assert!(!shown.contains("header-token-77aa"), "{shown}");
+            assert!(!shown.contains("signing-secret-5e1f"), "{shown}");
+        }
+        assert!(shown_config.contains("authorization: ***"), "{shown_config}");
+        assert!(shown_config.contains("WebhookSigner(***)"), "{shown_config}");
     }
 
     #[test]
@@ -387,7 +475,7 @@ mod tests {
 
     #[test]
     fn invalid_flags_are_named() {
-        let cases: [(&[&str], &str); 18] = [
+        let cases: [(&[&str], &str); 21] = [
             (&["--postgres-pool-size", "0"], "--postgres-pool-size"),
             (
                 &["--sink", "postgres://u@h/db", "--postgres-timeout", "10m"],
@@ -412,6 +500,9 @@ mod tests {
             (&["--http-batch-timeout", "later"], "--http-batch-timeout"),
             (&["--shutdown-timeout", "a while"], "--shutdown-timeout"),
             (&["--http-batch-timeout", "5m"], "below max.poll.interval.ms"),
+            (&["--http-concurrency", "0"], "--http-concurrency"),
+            (&["--http-header", "no colon"], "--http-header"),
+            (&["--http-ca-file", "/nonexistent/ca.pem"], "--http-ca-file"),
         ];
         for (flags, expected) in cases {
             let mut argv = vec!["rebound-consumer"];

@@ -120,10 +120,21 @@ pub enum KafkaError {
         /// What went wrong.
         reason: String,
     },
-    /// The brokers refused the credentials (SASL) or the TLS handshake failed.
+    /// The brokers refused the SASL credentials.
     #[error("failed to authenticate with kafka: {reason}")]
     Authenticate {
         /// librdkafka's report, which names the mechanism and never the secret.
+        reason: String,
+    },
+    /// The TLS handshake with a broker failed: its certificate is not signed by a CA in
+    /// `ssl.ca.location` (or the system store), does not name the host, or the broker refused
+    /// the client certificate or its absence.
+    #[error(
+        "TLS handshake with kafka failed (check ssl.ca.location, and ssl.certificate.location / \
+         ssl.key.location if the listener requires a client certificate): {reason}"
+    )]
+    TlsHandshake {
+        /// librdkafka's report, which names the TLS failure.
         reason: String,
     },
     /// librdkafka rejected the client configuration.

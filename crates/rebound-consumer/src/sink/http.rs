@@ -19,21 +19,24 @@
 //! order, never two at once; different notes stay concurrent. A batch as a whole is bounded in
 //! time (`batch_deadline`), so a receiver that accepts connections and never answers cannot hold
 //! the consumer past its poll interval: what has not answered by then is a transient failure.
+//!
+//! Options (`http_options.rs`): how many requests run at once, a secret header sent with every
+//! request, CA certificates trusted on top of the bundled and system roots, and a signature
+//! (`signature.rs`) over the exact bytes of every body.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt as _;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 
 use rebound_retry::ErrorKind;
 
+use super::http_options::HttpSinkSettings;
+use super::signature::{SIGNATURE_HEADER, WebhookSigner};
 use super::{ApplyBatchFuture, ApplyItem, Sink, SinkFailure};
 use crate::ConsumerError;
-
-/// How many POSTs of one batch run at once.
-const CONCURRENT_REQUESTS: usize = 16;
 
 /// Longest `Retry-After` honoured: a receiver asking for days would otherwise park records past
 /// what the scheduler accepts as a due time, or keep the breaker from ever probing.
@@ -48,6 +51,8 @@ pub struct HttpSink {
     url: String,
     client: reqwest::Client,
     batch_deadline: Duration,
+    concurrency: usize,
+    signer: Option<WebhookSigner>,
 }
 
 /// The URL may carry credentials or a token: show it redacted.
@@ -61,24 +66,14 @@ impl std::fmt::Debug for HttpSink {
 }
 
 impl HttpSink {
-    /// A sink posting to `url`, each request bounded by `timeout` and a whole batch by
-    /// `batch_deadline`.
-    pub fn new(url: &str, timeout: Duration, batch_deadline: Duration) -> Result<Self, ConsumerError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::custom(
-                follow_only_method_keeping_same_origin,
-            ))
-            .build()
-            .map_err(|error| ConsumerError::OpenSink {
-                sink: rebound_service::redact::redact_url(url),
-                reason: error.to_string(),
-            })?;
+    /// A sink posting to `url` as `settings` say.
+    pub fn new(url: &str, settings: &HttpSinkSettings) -> Result<Self, ConsumerError> {
         Ok(Self {
             url: url.to_owned(),
-            client,
-            batch_deadline,
+            client: build_client(url, settings)?,
+            batch_deadline: settings.batch_deadline,
+            concurrency: settings.concurrency.max(1),
+            signer: settings.signer.clone(),
         })
     }
 
@@ -93,7 +88,7 @@ impl HttpSink {
             .into_iter()
             .map(|indexes| self.post_in_order(items, indexes))
             .collect();
-        let mut finished = futures::stream::iter(chains).buffer_unordered(CONCURRENT_REQUESTS);
+        let mut finished = futures::stream::iter(chains).buffer_unordered(self.concurrency);
         let deadline = tokio::time::sleep(self.batch_deadline);
         tokio::pin!(deadline);
         loop {
@@ -129,12 +124,8 @@ impl HttpSink {
     }
 
     async fn post(&self, item: &ApplyItem) -> Result<(), SinkFailure> {
-        let idempotency_key = format!("{}:{}", item.note.note_id, item.note.version);
         let response = self
-            .client
-            .post(&self.url)
-            .header("Idempotency-Key", idempotency_key)
-            .json(&item.note)
+            .request(item)?
             .send()
             .await
             .map_err(|error| SinkFailure::transient(format!("http request failed: {}", describe(&error))))?;
@@ -146,6 +137,57 @@ impl Sink for HttpSink {
     fn apply_batch(&self, items: Vec<ApplyItem>) -> ApplyBatchFuture<'_> {
         Box::pin(async move { HttpSink::apply_batch(self, &items).await })
     }
+}
+
+impl HttpSink {
+    /// The POST of one note: its JSON body, its idempotency key, and the signature of exactly
+    /// the bytes sent.
+    fn request(&self, item: &ApplyItem) -> Result<reqwest::RequestBuilder, SinkFailure> {
+        let body = serde_json::to_vec(&item.note)
+            .map_err(|error| SinkFailure::permanent(format!("cannot encode the note as JSON: {error}")))?;
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(
+                "Idempotency-Key",
+                format!("{}:{}", item.note.note_id, item.note.version),
+            );
+        if let Some(signer) = &self.signer {
+            // A clock before 1970 signs with t=0, which every receiver's replay window refuses:
+            // a visible failure rather than a guess.
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            request = request.header(SIGNATURE_HEADER, signer.signature(now, &body));
+        }
+        Ok(request.body(body))
+    }
+}
+
+/// The sink's HTTP client: timeouts, the redirect rule, the configured header on every request,
+/// and the extra trusted CA certificates.
+fn build_client(url: &str, settings: &HttpSinkSettings) -> Result<reqwest::Client, ConsumerError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::custom(
+            follow_only_method_keeping_same_origin,
+        ));
+    if let Some(header) = &settings.header {
+        let mut headers = HeaderMap::new();
+        headers.insert(header.name().clone(), header.value().clone());
+        builder = builder.default_headers(headers);
+    }
+    if let Some(trusted) = &settings.trusted_ca {
+        for certificate in trusted.certificates() {
+            builder = builder.add_root_certificate(certificate.clone());
+        }
+    }
+    builder.build().map_err(|error| ConsumerError::OpenSink {
+        sink: rebound_service::redact::redact_url(url),
+        reason: error.to_string(),
+    })
 }
 
 /// The items' indexes grouped by note id, each group in version order (then batch order).
@@ -241,7 +283,8 @@ pub(crate) fn classify_status(status: StatusCode) -> Result<(), SinkFailure> {
 }
 
 /// reqwest's Display hides the cause (timeout, refused); name it, without the URL's query,
-/// which may carry a token.
+/// which may carry a token. The whole chain of causes is shown: a TLS failure ("invalid peer
+/// certificate: UnknownIssuer") sits two levels below the connect error.
 fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
@@ -250,10 +293,14 @@ fn describe(error: &reqwest::Error) -> String {
     } else {
         "transport error"
     };
-    match std::error::Error::source(error) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_owned(),
+    let mut described = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        described.push_str(": ");
+        described.push_str(&cause.to_string());
+        source = cause.source();
     }
+    described
 }
 
 #[cfg(test)]

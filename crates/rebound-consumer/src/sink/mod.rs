@@ -5,14 +5,18 @@
 //! through [`crate::run_with_sink`].
 
 mod http;
+mod http_options;
 mod inject;
 mod postgres;
+mod signature;
 mod sqlite;
 
 pub use http::HttpSink;
+pub use http_options::{DEFAULT_CONCURRENCY, HeaderText, HttpSinkSettings, SecretHeader, TrustedCa, signer_from_file};
 pub use inject::{FailureInjectingSink, FailureInjection};
 pub use postgres::{PostgresSink, PostgresSinkSettings};
 pub use rebound_sink_store::{ApplyBatchFuture, ApplyItem, ApplyOutcome, NullSink, Sink, SinkFailure};
+pub use signature::{MIN_SECRET_BYTES, SIGNATURE_HEADER, WebhookSigner};
 pub use sqlite::SqliteSink;
 
 use rebound_sink_store::SinkSpec;
@@ -41,7 +45,7 @@ pub async fn open_sink(config: &ConsumerConfig) -> Result<Box<dyn Sink>, Consume
             };
             Box::new(PostgresSink::open(settings).await?)
         }
-        SinkSpec::Http(url) => Box::new(HttpSink::new(url, config.http_timeout, config.http_batch_timeout)?),
+        SinkSpec::Http(url) => Box::new(HttpSink::new(url, &config.http)?),
         SinkSpec::Null => Box::new(NullSink),
     })
 }
