@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
+use rebound_registry::{NoteDecoder, RegistryArgs, RegistryClient, RegistryConfig, RegistryError};
 use rebound_retry::TierPolicy;
+use rebound_schema::NoteCodec;
 use rebound_service::{CommonArgs, OperationalArgs, ServiceError, TierDelays, TopologyArgs, parse_duration_flag};
 use rebound_sink_store::{SinkSpec, SinkStoreError};
 
@@ -89,6 +91,10 @@ pub struct ConsumerArgs {
     /// How long shutdown may take to finish the batch in hand and commit.
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
     pub shutdown_timeout: Duration,
+
+    /// Schema registry, for Confluent-framed records (single-object ones need none).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// The consumer's validated configuration.
@@ -120,6 +126,27 @@ pub struct ConsumerConfig {
     pub shutdown_timeout: Duration,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The schema registry of Confluent-framed records, if configured.
+    pub registry: Option<RegistryConfig>,
+}
+
+/// The decoder of both wire formats, with the registry client if one is configured; warns about
+/// every compiled-in writer schema the direct reader cannot read.
+pub(crate) fn note_decoder(config: &ConsumerConfig) -> Result<NoteDecoder, ConsumerError> {
+    let codec = NoteCodec::embedded();
+    for fingerprint in codec.writer_schemas_read_generically() {
+        rebound_service::events::schema_read_generically("compiled-in schema", &fingerprint.to_string());
+    }
+    let registry = config
+        .registry
+        .as_ref()
+        .map(RegistryClient::new)
+        .transpose()
+        .map_err(|error| ConsumerError::InvalidFlag {
+            flag: "--schema-registry-ca-file".to_owned(),
+            reason: error.to_string(),
+        })?;
+    Ok(NoteDecoder::new(codec, registry))
 }
 
 impl ConsumerArgs {
@@ -188,7 +215,12 @@ impl ConsumerArgs {
                 ),
             ));
         }
+        let registry = self.registry.into_config().map_err(|error| match error {
+            RegistryError::InvalidFlag { flag, reason } => invalid(flag, reason),
+            other => invalid("--schema-registry-url", other.to_string()),
+        })?;
         Ok(ConsumerConfig {
+            registry,
             sink,
             sink_journal: self.sink_journal,
             kafka: self.common.kafka,

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
 
 mod http_sink;
+mod registry;
 mod service;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use rebound_kafka::{
 };
 use rebound_retry::RecordHeaders;
 use rebound_schema::{Note, NoteCodec};
+pub use registry::{PYTHON_ENV, REGISTRY_URL_ENV, confluent_python, registry_url, run_confluent_python};
 pub use service::{RunningService, STOP_DEADLINE};
 
 /// The environment variable naming the test broker.
