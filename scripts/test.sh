@@ -4,13 +4,16 @@
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
-# Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh) and
-# kcat (one bad-input test writes a record the Rust client cannot); .ci/run installs them.
+# Needs Java 17 and Maven (the local broker), promtool/amtool (installed by check-alerts.sh),
+# kcat (one bad-input test writes a record the Rust client cannot), curl and unzip (the schema
+# registry) and python3 with venv (Confluent's Python client); .ci/run installs them.
 #
 # Starts the local broker with scripts/kafka-local.sh unless one already runs (then it is used
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
-# started when done, whether the checks passed or not. Integration tests fail loudly when the
-# broker is unreachable; none is skipped.
+# started when done, whether the checks passed or not. Likewise the schema registry
+# (scripts/registry-local.sh, REBOUND_TEST_REGISTRY_URL), and the Python virtualenv with
+# Confluent's client is built under target/ (scripts/python-venv.sh, REBOUND_TEST_PYTHON).
+# Integration tests fail loudly when the broker or the registry is unreachable; none is skipped.
 set -euo pipefail
 
 readonly PROG=test.sh SAY_FD=2
@@ -19,8 +22,13 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$REPO"
 
 started_broker=0
+started_registry=0
 stop_broker() {
   local status=$?
+  if [[ $started_registry == 1 ]]; then
+    say "stopping the schema registry this run started"
+    scripts/registry-local.sh stop 2>/dev/null || say "warning: stopping the schema registry failed"
+  fi
   if [[ $started_broker == 1 ]]; then
     say "stopping the broker this run started"
     scripts/kafka-local.sh stop >/dev/null || say "warning: stopping the broker failed"
@@ -65,7 +73,21 @@ export REBOUND_TEST_BROKERS="127.0.0.1:${REBOUND_KAFKA_PORT:-9092}"
 # The broker's SASL_PLAINTEXT/SCRAM-SHA-512 listener (scripts/kafka-local.sh: client port + 2).
 export REBOUND_TEST_SASL_BROKERS="127.0.0.1:$((${REBOUND_KAFKA_PORT:-9092} + 2))"
 
-say "cargo test (broker $REBOUND_TEST_BROKERS)"
+# The schema registry interoperability tests: a real registry (about 10 s to start) and
+# Confluent's own Python client (installed once into target/python-venv).
+if registry_status=$(scripts/registry-local.sh status 2>/dev/null); then
+  say "using the schema registry that is already running"
+  REBOUND_TEST_REGISTRY_URL=${registry_status#running }
+else
+  say "starting the schema registry"
+  started_registry=1
+  REBOUND_TEST_REGISTRY_URL=$(scripts/registry-local.sh start)
+fi
+export REBOUND_TEST_REGISTRY_URL
+REBOUND_TEST_PYTHON=$(scripts/python-venv.sh)
+export REBOUND_TEST_PYTHON
+
+say "cargo test (broker $REBOUND_TEST_BROKERS, registry $REBOUND_TEST_REGISTRY_URL)"
 cargo test --workspace --locked --no-fail-fast "$@"
 
 # Last, as it restarts the broker: the small chaos soak (about 2 minutes), lost = 0 or it fails.
