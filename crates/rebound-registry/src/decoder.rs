@@ -125,3 +125,63 @@ impl NoteDecoder {
             .then(|| format!("{reason} (not asked again within {UNAVAILABLE_HOLD:?})"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RegistryArgs;
+
+    fn decoder_of_a_registry_that_is_down() -> NoteDecoder {
+        // Port 1 on loopback: nothing listens, every connection is refused.
+        let config = RegistryArgs {
+            schema_registry_url: Some("http://127.0.0.1:1/apis/ccompat/v7".to_owned()),
+            schema_registry_basic_auth: None,
+            schema_registry_basic_auth_file: None,
+            schema_registry_bearer_token: None,
+            schema_registry_bearer_token_file: None,
+            schema_registry_ca_file: None,
+            schema_registry_timeout: Duration::from_secs(1),
+        }
+        .into_config()
+        .expect("valid")
+        .expect("a registry");
+        NoteDecoder::new(
+            NoteCodec::embedded(),
+            Some(RegistryClient::new(&config).expect("client")),
+        )
+    }
+
+    fn confluent_record(schema_id: u32) -> Vec<u8> {
+        let mut record = vec![0];
+        record.extend_from_slice(&schema_id.to_be_bytes());
+        record.extend_from_slice(b"\x02a");
+        record
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registry_that_is_down_is_transient_and_not_asked_again_for_a_while() {
+        let decoder = decoder_of_a_registry_that_is_down();
+        let first = decoder.decode(&confluent_record(7)).await.expect_err("registry down");
+        assert_eq!(first.kind, ErrorKind::Transient, "{first:?}");
+        assert!(first.message.contains("after 3 attempts"), "{first:?}");
+        // Within the hold: failed at once, without a request.
+        let held = decoder.decode(&confluent_record(8)).await.expect_err("still down");
+        assert_eq!(held.kind, ErrorKind::Transient);
+        assert!(held.message.contains("not asked again"), "{held:?}");
+        tokio::time::advance(UNAVAILABLE_HOLD + Duration::from_millis(1)).await;
+        let asked = decoder.decode(&confluent_record(8)).await.expect_err("still down");
+        assert!(asked.message.contains("after 3 attempts"), "asked again: {asked:?}");
+    }
+
+    #[tokio::test]
+    async fn without_a_registry_a_confluent_record_is_poison_and_single_object_ones_decode() {
+        let decoder = NoteDecoder::new(NoteCodec::embedded(), None);
+        let failure = decoder.decode(&confluent_record(7)).await.expect_err("no registry");
+        assert_eq!(failure.kind, ErrorKind::Poison);
+        assert!(failure.message.contains("schema id 7"), "{failure:?}");
+        let garbage = decoder.decode(b"{}").await.expect_err("not avro");
+        assert_eq!(garbage.kind, ErrorKind::Poison);
+        assert!(decoder.decode(&[]).await.is_err());
+        assert!(decoder.decode(&[0, 1]).await.is_err());
+    }
+}

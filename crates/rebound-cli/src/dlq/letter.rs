@@ -281,6 +281,41 @@ mod tests {
     }
 
     #[test]
+    fn both_wire_formats_show_their_writer_schema() {
+        let codec = NoteCodec::embedded();
+        let note = rebound_schema::Note {
+            note_id: "note-1".to_owned(),
+            user_id: "u".to_owned(),
+            device_id: "d".to_owned(),
+            version: 1,
+            title: "t".to_owned(),
+            body: "b".to_owned(),
+            tags: Vec::new(),
+            updated_at: 1,
+            deleted: false,
+            pinned: false,
+        };
+        let single_object = codec.encode(&note).expect("encodes");
+        let json = DeadLetter::new(record(Some(single_object), RecordHeaders::new()), false).to_json(codec);
+        let label = json["writer_schema"].as_str().expect("a label");
+        assert!(label.starts_with("single-object, fingerprint "), "{label}");
+        assert_eq!(json["note"]["note_id"], "note-1");
+        // Without a registry a Confluent record is not decoded, but its schema id is shown.
+        let confluent = codec.encode_confluent(&note, 42).expect("encodes");
+        let letter = DeadLetter::new(record(Some(confluent), RecordHeaders::new()), false);
+        let json = letter.to_json(codec);
+        assert_eq!(json["writer_schema"], "confluent, schema id 42");
+        assert!(
+            json["decode_error"]
+                .as_str()
+                .is_some_and(|error| error.contains("no schema registry")),
+            "{json}"
+        );
+        let text = letter.render_text(codec);
+        assert!(text.contains("schema id 42"), "{text}");
+    }
+
+    #[test]
     fn a_note_is_decoded_and_every_header_is_shown() {
         let codec = NoteCodec::embedded();
         let note = rebound_schema::Note {
