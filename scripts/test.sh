@@ -6,7 +6,8 @@
 #
 # Installs what it needs first (scripts/lib/prereqs.sh --for test: a C toolchain and headers,
 # Java 17 and Maven for the local broker, kcat, Python 3, a Go toolchain for helm and
-# kubeconform, PostgreSQL's server binaries for the PostgreSQL sink's tests, promtool/amtool, openssl for the broker's throwaway TLS certificates), with apt-get or Homebrew, saying what and why. Outside CI,
+# kubeconform, PostgreSQL's server binaries for the PostgreSQL sink's tests, promtool/amtool, openssl for the broker's throwaway TLS certificates, curl and unzip for the schema registry,
+# python3 with venv for Confluent's Python client), with apt-get or Homebrew, saying what and why. Outside CI,
 # missing promtool/amtool that cannot be installed skip the alert checks with a warning;
 # everything else missing stops it, naming the piece.
 # Its last stage needs a Docker engine (scripts/docker-local.sh engine; .ci/run starts one).
@@ -15,8 +16,10 @@
 # and left running), points the tests at it through REBOUND_TEST_BROKERS, and stops the broker it
 # started when done, whether the checks passed or not. Likewise a throwaway PostgreSQL cluster
 # with scripts/postgres-local.sh, unless REBOUND_TEST_POSTGRES_URL names one already, exported
-# as REBOUND_TEST_POSTGRES_URL. Integration tests fail loudly when the broker or the database is
-# unreachable; none is skipped.
+# as REBOUND_TEST_POSTGRES_URL; the schema registry (scripts/registry-local.sh,
+# REBOUND_TEST_REGISTRY_URL), and the Python virtualenv with Confluent's client is built under
+# target/ (scripts/python-venv.sh, REBOUND_TEST_PYTHON). Integration tests fail loudly when the
+# broker, the database or the registry is unreachable; none is skipped.
 set -euo pipefail
 
 readonly PROG=test.sh SAY_FD=2
@@ -31,8 +34,13 @@ prereqs_ensure $(prereqs_for test)
 
 started_broker=0
 started_postgres=0
+started_registry=0
 stop_broker() {
   local status=$?
+  if [[ $started_registry == 1 ]]; then
+    say "stopping the schema registry this run started"
+    scripts/registry-local.sh stop 2>/dev/null || say "warning: stopping the schema registry failed"
+  fi
   if [[ $started_broker == 1 ]]; then
     say "stopping the broker this run started"
     scripts/kafka-local.sh stop >/dev/null || say "warning: stopping the broker failed"
@@ -107,7 +115,21 @@ if [[ -z ${REBOUND_TEST_POSTGRES_URL:-} ]]; then
 fi
 export REBOUND_TEST_POSTGRES_URL
 
-say "cargo test (broker $REBOUND_TEST_BROKERS)"
+# The schema registry interoperability tests: a real registry (about 10 s to start) and
+# Confluent's own Python client (installed once into target/python-venv).
+if registry_status=$(scripts/registry-local.sh status 2>/dev/null); then
+  say "using the schema registry that is already running"
+  REBOUND_TEST_REGISTRY_URL=${registry_status#running }
+else
+  say "starting the schema registry"
+  started_registry=1
+  REBOUND_TEST_REGISTRY_URL=$(scripts/registry-local.sh start)
+fi
+export REBOUND_TEST_REGISTRY_URL
+REBOUND_TEST_PYTHON=$(scripts/python-venv.sh)
+export REBOUND_TEST_PYTHON
+
+say "cargo test (broker $REBOUND_TEST_BROKERS, registry $REBOUND_TEST_REGISTRY_URL)"
 cargo test --workspace --locked --no-fail-fast "$@"
 
 # Last, as it restarts the broker: the small chaos soak (about 2 minutes), lost = 0 or it fails.

@@ -24,6 +24,8 @@
 #   promtool    promtool (alert rule tests)
 #   amtool      amtool (Alertmanager configuration tests)
 #   ps          the ps command (procps; the broker scripts check on their processes)
+#   curl, unzip fetch and unpack the schema registry (Apicurio, from Maven Central)
+#   python3-venv  a virtualenv for Confluent's Python client (interoperability tests)
 #   openssl     the openssl command (the local broker's throwaway TLS certificates)
 #   postgres    PostgreSQL's server binaries (initdb, pg_ctl) for the PostgreSQL sink's tests
 #   go          a Go toolchain (builds helm and kubeconform for the Helm chart check)
@@ -72,19 +74,22 @@ prereqs_piece() {
       PIECE_WHY="a throwaway PostgreSQL server for the PostgreSQL sink's tests (scripts/postgres-local.sh)" ;;
     openssl) PIECE_APT="openssl" PIECE_BREW="openssl@3"
       PIECE_WHY="makes the local broker's throwaway CA and certificates for the TLS listener tests" ;;
+    curl) PIECE_APT="curl" PIECE_BREW="curl" PIECE_WHY="fetches the schema registry's zip from Maven Central once" ;;
+    unzip) PIECE_APT="unzip" PIECE_BREW="unzip" PIECE_WHY="unpacks the schema registry's zip" ;;
+    python3-venv) PIECE_APT="python3-venv" PIECE_WHY="a virtualenv under target/ for Confluent's Python client (the interoperability tests)" ;;
     ps) PIECE_APT="procps" PIECE_WHY="scripts/kafka-local.sh checks on the broker process with ps" ;;
     sqlite3) PIECE_APT="sqlite3" PIECE_BREW="sqlite" PIECE_WHY="the demo's progress line counts rows of the sink" ;;
     *) return 1 ;;
   esac
 }
-readonly PREREQS_PIECES=(rust rust-lint build ps openssl java maven kcat python3 go postgres promtool amtool sqlite3)
+readonly PREREQS_PIECES=(rust rust-lint build ps openssl curl unzip python3-venv java maven kcat python3 go postgres promtool amtool sqlite3)
 
 # What each command needs, in one place (scripts/demo.sh, scripts/test.sh and .ci/run ask here).
 prereqs_for() { # demo|test
   case $1 in
     demo) echo rust build ps "$(prereqs_kafka_pieces)" ;;
     # promtool and amtool: a laptop without them skips the alert checks; CI may not.
-    test) echo rust rust-lint build ps openssl kcat python3 go postgres promtool? amtool? "$(prereqs_kafka_pieces)" ;;
+    test) echo rust rust-lint build ps openssl curl unzip kcat python3 python3-venv go postgres promtool? amtool? "$(prereqs_kafka_pieces)" ;;
     *) return 1 ;;
   esac
 }
@@ -126,6 +131,7 @@ prereqs_check_maven() { command -v mvn >/dev/null 2>&1; }
 prereqs_check_postgres() {
   command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
+prereqs_check_python3-venv() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
 prereqs_check_go() { command -v go >/dev/null 2>&1 || [[ -x /usr/local/go/bin/go ]]; }
 prereqs_check_java() {
   command -v java >/dev/null 2>&1 || return 1

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
+use rebound_registry::{NoteDecoder, RegistryArgs, RegistryClient, RegistryConfig, RegistryError};
 use rebound_retry::{BreakerSettings, TierPolicy};
+use rebound_schema::NoteCodec;
 use rebound_service::{
     CommonArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs, parse_duration_flag,
 };
@@ -157,6 +159,10 @@ pub struct ConsumerArgs {
     /// The bound on shutdown.
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+
+    /// Schema registry, for Confluent-framed records (single-object ones need none).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Whether the consumer's circuit breaker runs.
@@ -204,6 +210,27 @@ pub struct ConsumerConfig {
     pub shutdown_timeout: Duration,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The schema registry of Confluent-framed records, if configured.
+    pub registry: Option<RegistryConfig>,
+}
+
+/// The decoder of both wire formats, with the registry client if one is configured; warns about
+/// every compiled-in writer schema the direct reader cannot read.
+pub(crate) fn note_decoder(config: &ConsumerConfig) -> Result<NoteDecoder, ConsumerError> {
+    let codec = NoteCodec::embedded();
+    for fingerprint in codec.writer_schemas_read_generically() {
+        rebound_service::events::schema_read_generically("compiled-in schema", &fingerprint.to_string());
+    }
+    let registry = config
+        .registry
+        .as_ref()
+        .map(RegistryClient::new)
+        .transpose()
+        .map_err(|error| ConsumerError::InvalidFlag {
+            flag: "--schema-registry-ca-file".to_owned(),
+            reason: error.to_string(),
+        })?;
+    Ok(NoteDecoder::new(codec, registry))
 }
 
 impl ConsumerArgs {
@@ -327,7 +354,12 @@ impl ConsumerArgs {
             signer,
             ..HttpSinkSettings::new(self.http_timeout, http_batch_timeout)
         };
+        let registry = self.registry.into_config().map_err(|error| match error {
+            RegistryError::InvalidFlag { flag, reason } => invalid(flag, reason),
+            other => invalid("--schema-registry-url", other.to_string()),
+        })?;
         Ok(ConsumerConfig {
+            registry,
             sink,
             postgres_tls: self.postgres_tls,
             postgres_pool_size: self.postgres_pool_size,

@@ -22,11 +22,11 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt as _};
 
 use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, TopicPartition};
+use rebound_registry::NoteDecoder;
 use rebound_retry::{
     BreakerState, CircuitBreaker, Dispatch, DueTiming, ErrorKind, Failure, RetryContext, Route, SinkAttempt,
     failure_dispatch, parse_retry_context,
 };
-use rebound_schema::NoteCodec;
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
 use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
@@ -99,7 +99,7 @@ pub async fn run_with_sink(
     let stop = Shutdown::new();
     let pipeline = Pipeline {
         config: &config,
-        codec: NoteCodec::embedded(),
+        decoder: crate::config::note_decoder(&config)?,
         sink,
         runtime,
         stop: stop.clone(),
@@ -154,7 +154,8 @@ async fn publish_lag(lag_per_topic: LagPerTopic, source_topics: Vec<String>, shu
 
 struct Pipeline<'config> {
     config: &'config ConsumerConfig,
-    codec: &'static NoteCodec,
+    /// Both wire formats; Confluent-framed records' writer schemas come from the registry.
+    decoder: NoteDecoder,
     sink: Box<dyn Sink>,
     /// The Kafka clients, readiness and the producer's fate.
     runtime: Runtime,
@@ -324,7 +325,7 @@ impl Pipeline<'_> {
         let mut applying = Vec::new();
         for &index in indexes {
             let record = &applied.batch[index];
-            match self.prepare(record) {
+            match self.prepare(record).await {
                 Ok(item) => {
                     apply_items.push(item);
                     applying.push(index);
@@ -586,28 +587,30 @@ impl Pipeline<'_> {
     }
 
     /// Decodes a record into a sink item, or explains why it is poison.
-    fn prepare(&self, record: &ConsumedRecord) -> Result<ApplyItem, (Option<RetryContext>, Failure)> {
-        let poison = |previous: Option<RetryContext>, message: String| {
+    /// A registry that is down makes it a transient failure (to the tiers), never poison.
+    async fn prepare(&self, record: &ConsumedRecord) -> Result<ApplyItem, (Option<RetryContext>, Failure)> {
+        let failed = |kind: ErrorKind, previous: Option<RetryContext>, message: String| {
             (
                 previous,
                 Failure {
-                    kind: ErrorKind::Poison,
+                    kind,
                     message,
                     failed_at_ms: now_epoch_ms(),
                 },
             )
         };
+        let poison = |previous, message| failed(ErrorKind::Poison, previous, message);
         let previous = parse_retry_context(&record.headers).map_err(|error| poison(None, error.to_string()))?;
         let Some(value) = record.value.as_deref() else {
             return Err(poison(previous, "record has no value".to_owned()));
         };
-        match self.codec.decode(value) {
+        match self.decoder.decode(value).await {
             Ok(note) => Ok(ApplyItem {
                 note,
                 previous_attempts: previous.as_ref().map_or(0, |context| context.attempt),
                 last_tier: previous.and_then(|context| context.tier),
             }),
-            Err(error) => Err(poison(previous, error.to_string())),
+            Err(failure) => Err(failed(failure.kind, previous, failure.message)),
         }
     }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
+use rebound_registry::{RegistryError, WireFormatArgs, WriterConfig};
 use rebound_retry::apply_topic_prefix;
 use rebound_service::{CommonArgs, OperationalArgs, OutputFormat, parse_duration_flag};
 
@@ -34,6 +35,11 @@ pub struct ProducerArgs {
     /// Prefix applied to the topic name.
     #[arg(long, env = "REBOUND_TOPIC_PREFIX", default_value = "", global = true)]
     pub topic_prefix: String,
+
+    /// Wire format and schema registry (the flags are shared with the consumer and defined in
+    /// rebound-registry).
+    #[command(flatten)]
+    pub wire: WireFormatArgs,
 
     /// The mode to run.
     #[command(subcommand)]
@@ -176,6 +182,8 @@ pub struct ProducerConfig {
     pub topic: String,
     /// The mode to run and its settings.
     pub mode: ModeConfig,
+    /// The wire format notes are written in, and the registry it needs.
+    pub writer: WriterConfig,
 }
 
 /// The validated settings of one mode.
@@ -295,7 +303,12 @@ impl ProducerArgs {
             ProducerMode::Send(send) => ModeConfig::Send(send.into_config(record_limit)?),
             ProducerMode::Generate(generate) => ModeConfig::Generate(generate.into_config()),
         };
+        let writer = self.wire.into_config().map_err(|error| match error {
+            RegistryError::InvalidFlag { flag, reason } => invalid(flag, reason),
+            other => invalid("--schema-registry-url", other.to_string()),
+        })?;
         Ok(ProducerConfig {
+            writer,
             kafka: self.common.kafka,
             topic: apply_topic_prefix(&self.topic_prefix, &self.topic),
             mode,

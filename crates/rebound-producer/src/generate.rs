@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use rebound_kafka::{KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer};
+use rebound_registry::NoteEncoder;
 use rebound_retry::RecordHeaders;
 use rebound_schema::NoteCodec;
 use rebound_service::{Shutdown, now_epoch_ms};
@@ -31,6 +32,7 @@ pub(crate) async fn run(
     kafka: &KafkaArgs,
     topic: &str,
     config: &GenerateConfig,
+    encoder: NoteEncoder,
     shutdown: &Shutdown,
 ) -> Result<(), ProducerError> {
     // `generate` has no --send-timeout: librdkafka gets the shared default.
@@ -70,19 +72,19 @@ pub(crate) async fn run(
             value,
         })
     });
-    let acknowledged =
-        publish_directly(
-            &producer,
-            topic,
-            records,
-            config.rate,
-            shutdown,
-            |note_id, version| match ids_log.as_mut() {
-                Some(log) => writeln!(log, "{note_id}\t{version}").map_err(write_failed),
-                None => Ok(()),
-            },
-        )
-        .await?;
+    let acknowledged = publish_directly(
+        &producer,
+        topic,
+        encoder,
+        records,
+        config.rate,
+        shutdown,
+        |note_id, version| match ids_log.as_mut() {
+            Some(log) => writeln!(log, "{note_id}\t{version}").map_err(write_failed),
+            None => Ok(()),
+        },
+    )
+    .await?;
     if let Some(mut log) = ids_log {
         log.flush().map_err(write_failed)?;
     }
@@ -101,6 +103,7 @@ pub(crate) async fn run(
 pub(crate) async fn publish_directly(
     producer: &RecordProducer,
     topic: &str,
+    encoder: NoteEncoder,
     records: impl Iterator<Item = Result<DirectRecord, ProducerError>> + Send,
     rate: u64,
     shutdown: &Shutdown,
@@ -125,7 +128,7 @@ pub(crate) async fn publish_directly(
                 topic: topic.to_owned(),
                 partition: None,
                 key: Some(record.note_id.clone().into_bytes()),
-                value: Some(record.value),
+                value: Some(encoder.frame_outbox_value(record.value)),
                 headers: RecordHeaders::new(),
             };
             let (note_id, version) = (record.note_id, record.version);

@@ -26,11 +26,20 @@ pub use config::{
 };
 pub use generator::NoteGenerator;
 use rebound_kafka::{KafkaArgs, ProducerSettings, RecordProducer};
+use rebound_registry::NoteEncoder;
 use rebound_service::Shutdown;
 
 /// Everything that can stop the producer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
+    /// The wire format could not be set up: the registry refused the note schema, does not
+    /// have it registered (without `--auto-register`), or did not answer.
+    #[error("failed to set up the confluent wire format: {source}")]
+    ResolveWireFormat {
+        /// What the registry client reported.
+        #[source]
+        source: rebound_registry::RegistryError,
+    },
     /// A flag has an invalid value.
     #[error("invalid {flag}: {reason}")]
     InvalidFlag {
@@ -151,11 +160,20 @@ pub enum ProducerError {
 
 /// Runs the configured mode until it is done or `shutdown` triggers.
 pub async fn run(config: ProducerConfig, shutdown: Shutdown) -> Result<(), ProducerError> {
-    let ProducerConfig { kafka, topic, mode } = config;
+    let ProducerConfig {
+        kafka,
+        topic,
+        mode,
+        writer,
+    } = config;
+    // Before any note is taken: with the Confluent format, the note schema's registry id.
+    let encoder = NoteEncoder::resolve(&writer, &topic)
+        .await
+        .map_err(|source| ProducerError::ResolveWireFormat { source })?;
     match mode {
-        ModeConfig::Serve(serve) => serve::run(&kafka, topic, serve, shutdown).await,
-        ModeConfig::Send(send) => send::run(&kafka, topic, send, shutdown).await,
-        ModeConfig::Generate(generate) => generate::run(&kafka, &topic, &generate, &shutdown).await,
+        ModeConfig::Serve(serve) => serve::run(&kafka, topic, serve, encoder, shutdown).await,
+        ModeConfig::Send(send) => send::run(&kafka, topic, send, encoder, shutdown).await,
+        ModeConfig::Generate(generate) => generate::run(&kafka, &topic, &generate, encoder, &shutdown).await,
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use rebound_kafka::{OutgoingRecord, RecordProducer};
+use rebound_registry::NoteEncoder;
 use rebound_retry::RecordHeaders;
 use rebound_service::trace_context::{continue_trace, headers_with_traceparent, inject_trace};
 use rebound_service::{Shutdown, events};
@@ -88,6 +89,8 @@ pub struct Relay {
     /// Most bytes of note values loaded and in flight per round (a larger note still goes,
     /// alone): what bounds the relay's memory, whatever the size of the notes.
     pub window_bytes: u64,
+    /// The wire format notes leave in; the outbox holds them single-object encoded.
+    pub encoder: NoteEncoder,
 }
 
 impl Relay {
@@ -214,7 +217,7 @@ impl Relay {
             topic: self.topic.clone(),
             partition: None,
             key: Some(entry.note_id.into_bytes()),
-            value: Some(entry.value),
+            value: Some(self.encoder.frame_outbox_value(entry.value)),
             headers,
         };
         self.producer.send(&record).instrument(span).await
@@ -307,6 +310,7 @@ struct WindowOutcome {
 pub(crate) async fn start_outbox(
     producer: RecordProducer,
     topic: String,
+    encoder: NoteEncoder,
     config: &OutboxConfig,
 ) -> Result<(Outbox, Relay, Arc<RelayStatus>), ProducerError> {
     let outbox = Outbox::open(&config.dir, config.max_bytes)?;
@@ -323,6 +327,7 @@ pub(crate) async fn start_outbox(
         outbox: outbox.clone(),
         producer,
         topic,
+        encoder,
         flags,
         status: Arc::clone(&status),
         first_fresh_seq,

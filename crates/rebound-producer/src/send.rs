@@ -6,6 +6,7 @@ use std::io::BufRead as _;
 use std::time::Duration;
 
 use rebound_kafka::{KafkaArgs, RecordProducer};
+use rebound_registry::NoteEncoder;
 use rebound_schema::NoteCodec;
 use rebound_service::{OutputFormat, Shutdown, events, now_epoch_ms};
 
@@ -22,6 +23,7 @@ pub(crate) async fn run(
     kafka: &KafkaArgs,
     topic: String,
     config: SendConfig,
+    encoder: NoteEncoder,
     shutdown: Shutdown,
 ) -> Result<(), ProducerError> {
     let input = config.input.clone();
@@ -35,8 +37,19 @@ pub(crate) async fn run(
     let producer = crate::create_producer(kafka, config.delivery.send_timeout)?;
     let notes_in_input = notes.len();
     let acknowledged = match &config.outbox {
-        None => send_without_outbox(&producer, &topic, notes, config.timeout, &shutdown).await?,
-        Some(outbox) => send_through_outbox(producer, topic.clone(), outbox, notes, config.timeout, &shutdown).await?,
+        None => send_without_outbox(&producer, &topic, encoder, notes, config.timeout, &shutdown).await?,
+        Some(outbox) => {
+            send_through_outbox(
+                producer,
+                topic.clone(),
+                encoder,
+                outbox,
+                notes,
+                config.timeout,
+                &shutdown,
+            )
+            .await?
+        }
     };
     let report = SendReport {
         notes: notes_in_input,
@@ -131,13 +144,14 @@ fn read_ndjson_notes(input: &NdjsonInput, record_limit: RecordSizeLimit) -> Resu
 async fn send_through_outbox(
     producer: RecordProducer,
     topic: String,
+    encoder: NoteEncoder,
     config: &OutboxConfig,
     notes: Vec<DirectRecord>,
     timeout: Duration,
     shutdown: &Shutdown,
 ) -> Result<usize, ProducerError> {
     let flush_producer = producer.clone();
-    let (outbox, relay, _status) = start_outbox(producer, topic, config).await?;
+    let (outbox, relay, _status) = start_outbox(producer, topic, encoder, config).await?;
     // Notes left pending by an earlier run are part of what this run delivers, so that
     // `send` of an empty input is the way to flush a leftover outbox.
     let mut last_seq = relay.first_fresh_seq - 1;
@@ -202,6 +216,7 @@ async fn send_through_outbox(
 async fn send_without_outbox(
     producer: &RecordProducer,
     topic: &str,
+    encoder: NoteEncoder,
     notes: Vec<DirectRecord>,
     timeout: Duration,
     shutdown: &Shutdown,
@@ -211,7 +226,7 @@ async fn send_without_outbox(
     let mut acknowledged = 0_u64;
     let sent = tokio::time::timeout(
         timeout,
-        publish_directly(producer, topic, records, 0, shutdown, |_, _| {
+        publish_directly(producer, topic, encoder, records, 0, shutdown, |_, _| {
             acknowledged += 1;
             Ok(())
         }),

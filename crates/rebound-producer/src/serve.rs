@@ -18,11 +18,12 @@ pub(crate) async fn run(
     kafka: &KafkaArgs,
     topic: String,
     config: ServeConfig,
+    encoder: rebound_registry::NoteEncoder,
     shutdown: Shutdown,
 ) -> Result<(), ProducerError> {
     let producer: RecordProducer = crate::create_producer(kafka, config.delivery.send_timeout)?;
     let flush_producer = producer.clone();
-    let (outbox, relay, status) = start_outbox(producer, topic, &config.outbox).await?;
+    let (outbox, relay, status) = start_outbox(producer, topic, encoder, &config.outbox).await?;
     let flags = relay.flags.clone();
     let readiness = Arc::new(Readiness::default());
     readiness.set("outbox", true, format!("open at {}", outbox.path().display()));

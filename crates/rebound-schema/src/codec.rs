@@ -10,7 +10,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 
 use crate::direct_reader::DirectReader;
-use crate::{Note, SchemaError};
+use crate::{Note, SchemaError, WireFraming};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_schemas.rs"));
 
@@ -21,7 +21,7 @@ pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 pub const SINGLE_OBJECT_HEADER_LEN: usize = 10;
 
 /// File name of the current note schema; older versions are named `note.vN.avsc`.
-const CURRENT_NOTE_SCHEMA_FILE: &str = "note.avsc";
+pub(crate) const CURRENT_NOTE_SCHEMA_FILE: &str = "note.avsc";
 
 /// The CRC-64-AVRO fingerprint of a schema's parsing canonical form, as the 8 bytes that follow
 /// the marker on the wire (little-endian).
@@ -96,6 +96,7 @@ impl fmt::Display for SchemaFingerprint {
 /// Encodes notes with the current schema and decodes notes written with any known version.
 pub struct NoteCodec {
     current_schema: &'static Schema,
+    current_schema_json: String,
     current_header: [u8; SINGLE_OBJECT_HEADER_LEN],
     writer: GenericDatumWriter<'static>,
     readers_by_fingerprint: HashMap<SchemaFingerprint, WriterSchemaReader>,
@@ -104,9 +105,19 @@ pub struct NoteCodec {
 /// How to read records of one writer schema: directly when a plan exists for it, otherwise with
 /// apache-avro's generic reader (kept for every schema, as the reference the direct reader is
 /// tested against).
-struct WriterSchemaReader {
-    generic: GenericDatumReader<'static>,
-    direct: Option<DirectReader>,
+pub(crate) struct WriterSchemaReader {
+    pub(crate) generic: GenericDatumReader<'static>,
+    pub(crate) direct: Option<DirectReader>,
+}
+
+impl WriterSchemaReader {
+    /// Reads one body, directly when a plan exists.
+    pub(crate) fn read(&self, body: &[u8]) -> Result<Note, SchemaError> {
+        match &self.direct {
+            Some(direct) => direct.read(body),
+            None => NoteCodec::decode_body_generically(&self.generic, body),
+        }
+    }
 }
 
 impl fmt::Debug for NoteCodec {
@@ -150,6 +161,11 @@ impl NoteCodec {
                 })?;
             parsed.push((file, Box::leak(Box::new(schema)), fingerprint));
         }
+        let current_schema_json = files
+            .iter()
+            .find(|(file, _)| *file == CURRENT_NOTE_SCHEMA_FILE)
+            .map(|(_, text)| (*text).to_owned())
+            .unwrap_or_default();
         let (current_schema, current_fingerprint) = parsed
             .iter()
             .find(|(file, _, _)| *file == CURRENT_NOTE_SCHEMA_FILE)
@@ -192,6 +208,7 @@ impl NoteCodec {
         current_header[2..].copy_from_slice(&current_fingerprint.0);
         Ok(Self {
             current_schema,
+            current_schema_json,
             current_header,
             writer,
             readers_by_fingerprint,
@@ -208,6 +225,60 @@ impl NoteCodec {
     /// The schema notes are written with and read into.
     pub fn current_schema(&self) -> &Schema {
         self.current_schema
+    }
+
+    /// The current schema as the JSON text of its file: what a registry is given to register.
+    pub fn current_schema_json(&self) -> &str {
+        &self.current_schema_json
+    }
+
+    /// The current schema's full name, such as `dev.rebound.notes.Note` (for subject names).
+    pub fn current_record_full_name(&self) -> String {
+        match self.current_schema {
+            Schema::Record(record) => record.name.fullname(None),
+            other => format!("{other:?}"),
+        }
+    }
+
+    pub(crate) fn current_schema_static(&self) -> &'static Schema {
+        self.current_schema
+    }
+
+    pub(crate) fn has_writer_schema(&self, fingerprint: SchemaFingerprint) -> bool {
+        self.readers_by_fingerprint.contains_key(&fingerprint)
+    }
+
+    pub(crate) fn reads_fingerprint_directly(&self, fingerprint: SchemaFingerprint) -> bool {
+        self.readers_by_fingerprint
+            .get(&fingerprint)
+            .is_some_and(|reader| reader.direct.is_some())
+    }
+
+    pub(crate) fn decode_body_of_fingerprint(
+        &self,
+        fingerprint: SchemaFingerprint,
+        body: &[u8],
+    ) -> Result<Note, SchemaError> {
+        self.readers_by_fingerprint
+            .get(&fingerprint)
+            .ok_or_else(|| SchemaError::DecodeUnknownFingerprint {
+                fingerprint: fingerprint.to_string(),
+            })?
+            .read(body)
+    }
+
+    /// The fingerprints of the compiled-in writer schemas that the direct reader cannot read, so
+    /// that their records go through apache-avro's generic reader (about ten times slower per
+    /// note). Services warn about each at start-up; a schema change should keep this empty.
+    pub fn writer_schemas_read_generically(&self) -> Vec<SchemaFingerprint> {
+        let mut fingerprints: Vec<SchemaFingerprint> = self
+            .readers_by_fingerprint
+            .iter()
+            .filter(|(_, reader)| reader.direct.is_none())
+            .map(|(fingerprint, _)| *fingerprint)
+            .collect();
+        fingerprints.sort_by_key(|fingerprint| fingerprint.0);
+        fingerprints
     }
 
     /// How many schema versions this codec can read.
@@ -233,12 +304,7 @@ impl NoteCodec {
     ///
     /// Any input, however malformed, yields either a note or a typed error; it never panics.
     pub fn decode(&self, record: &[u8]) -> Result<Note, SchemaError> {
-        let reader = self.reader_for(record)?;
-        let body = &record[SINGLE_OBJECT_HEADER_LEN..];
-        match &reader.direct {
-            Some(direct) => direct.read(body),
-            None => Self::decode_body_generically(&reader.generic, body),
-        }
+        self.reader_for(record)?.read(&record[SINGLE_OBJECT_HEADER_LEN..])
     }
 
     /// Decodes like [`NoteCodec::decode`], but always with apache-avro's generic reader: the
@@ -249,7 +315,10 @@ impl NoteCodec {
         Self::decode_body_generically(&reader.generic, &record[SINGLE_OBJECT_HEADER_LEN..])
     }
 
-    fn decode_body_generically(reader: &GenericDatumReader<'static>, mut body: &[u8]) -> Result<Note, SchemaError> {
+    pub(crate) fn decode_body_generically(
+        reader: &GenericDatumReader<'static>,
+        mut body: &[u8],
+    ) -> Result<Note, SchemaError> {
         let value = reader.read_value(&mut body).map_err(|source| SchemaError::DecodeBody {
             source: Box::new(source),
         })?;
@@ -263,17 +332,13 @@ impl NoteCodec {
 
     /// Finds the reader prepared for the writer schema named by a record's single-object header.
     fn reader_for(&self, record: &[u8]) -> Result<&WriterSchemaReader, SchemaError> {
-        if record.len() < SINGLE_OBJECT_HEADER_LEN {
-            return Err(SchemaError::DecodeTooShort { len: record.len() });
-        }
-        if record[..2] != SINGLE_OBJECT_MARKER {
-            return Err(SchemaError::DecodeMarker {
-                found: format!("{:02x} {:02x}", record[0], record[1]),
-            });
-        }
-        let mut fingerprint = [0_u8; 8];
-        fingerprint.copy_from_slice(&record[2..SINGLE_OBJECT_HEADER_LEN]);
-        let fingerprint = SchemaFingerprint(fingerprint);
+        let fingerprint = match WireFraming::parse(record)? {
+            WireFraming::SingleObject { fingerprint, .. } => fingerprint,
+            // Its writer schema is known only to a registry; `rebound-registry` reads these.
+            WireFraming::Confluent { schema_id, .. } => {
+                return Err(SchemaError::DecodeNeedsRegistry { schema_id });
+            }
+        };
         self.readers_by_fingerprint
             .get(&fingerprint)
             .ok_or_else(|| SchemaError::DecodeUnknownFingerprint {

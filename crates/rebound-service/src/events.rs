@@ -473,3 +473,52 @@ pub fn pause_or_resume_failed(
     tracing::error!(service, action, topic, partition, %error, "failed to pause or resume partition");
     metrics::counter!(PAUSE_RESUME_FAILURES_TOTAL, "service" => service, "action" => action).increment(1);
 }
+
+/// Counter of schema registry failures, by what they mean for records (`unavailable`:
+/// transient, the records go to the retry tiers; `refused`: the id is unknown or its schema
+/// unreadable, the records are poison).
+pub const SCHEMA_REGISTRY_ERRORS_TOTAL: &str = "rebound_schema_registry_errors_total";
+/// Counter of writer schemas fetched from a schema registry (once per id and process).
+pub const SCHEMA_REGISTRY_FETCHES_TOTAL: &str = "rebound_schema_registry_fetches_total";
+/// Counter of writer schemas that the direct reader cannot read, so their records go through
+/// apache-avro's generic reader (about ten times slower per note).
+pub const SCHEMA_GENERIC_READER_SCHEMAS_TOTAL: &str = "rebound_schema_generic_reader_schemas_total";
+
+/// A writer schema was fetched from the registry and prepared (cached from now on).
+pub fn schema_registry_schema_fetched(schema_id: u32, fingerprint: &str, read_directly: bool) {
+    tracing::info!(
+        schema_id,
+        fingerprint,
+        read_directly,
+        "writer schema fetched from the schema registry"
+    );
+    metrics::counter!(SCHEMA_REGISTRY_FETCHES_TOTAL).increment(1);
+    if !read_directly {
+        schema_read_generically(&format!("registry schema id {schema_id}"), fingerprint);
+    }
+}
+
+/// The registry did not answer usefully after its bounded retry: records that need it are a
+/// transient failure.
+pub fn schema_registry_unavailable(error: &dyn std::error::Error) {
+    tracing::warn!(%error, "schema registry unavailable; records that need it go to the retry tiers");
+    metrics::counter!(SCHEMA_REGISTRY_ERRORS_TOTAL, "kind" => "unavailable").increment(1);
+}
+
+/// The registry does not know a schema id, or its schema cannot be read into the note schema:
+/// records that name it are poison.
+pub fn schema_registry_refused_schema(schema_id: u32, error: &dyn std::error::Error) {
+    tracing::error!(schema_id, %error, "writer schema unusable; its records are poison");
+    metrics::counter!(SCHEMA_REGISTRY_ERRORS_TOTAL, "kind" => "refused").increment(1);
+}
+
+/// A writer schema falls back to apache-avro's generic reader: records still decode, ten times
+/// slower. A schema change that does this should extend the direct reader (docs/schemas.md).
+pub fn schema_read_generically(source: &str, fingerprint: &str) {
+    tracing::warn!(
+        source,
+        fingerprint,
+        "the direct reader cannot read this writer schema; its records use the generic reader (about 10x slower)"
+    );
+    metrics::counter!(SCHEMA_GENERIC_READER_SCHEMAS_TOTAL).increment(1);
+}

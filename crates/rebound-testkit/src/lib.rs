@@ -9,6 +9,7 @@
 
 mod http_sink;
 mod postgres;
+mod registry;
 mod service;
 
 mod records;
@@ -29,6 +30,7 @@ use rebound_kafka::{
 };
 use rebound_retry::RecordHeaders;
 use rebound_schema::{Note, NoteCodec};
+pub use registry::{PYTHON_ENV, REGISTRY_URL_ENV, confluent_python, registry_url, run_confluent_python};
 pub use service::{RunningService, STOP_DEADLINE};
 
 /// The environment variable naming the test broker.

@@ -24,6 +24,11 @@ pub struct DlqInspectArgs {
     /// `text` for people, or `json`: one JSON object per line, for scripts.
     #[arg(long, env = "REBOUND_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// Schema registry, to decode Confluent-framed dead letters (their schema id is shown
+    /// without it).
+    #[command(flatten)]
+    pub registry: Box<rebound_registry::RegistryArgs>,
 }
 
 /// Calls `emit` with each selected dead letter, in offset order within each partition, and

@@ -89,7 +89,7 @@ impl DeadLetter {
 
     /// One JSON object with everything about the dead letter: position, failure story, every
     /// header, and the decoded note or the value in hex.
-    pub fn to_json(&self, codec: &NoteCodec) -> Value {
+    pub fn to_json(&self, codec: &impl ReadNote) -> Value {
         let record = &self.record;
         let headers: Vec<Value> = record
             .headers
@@ -135,13 +135,15 @@ impl DeadLetter {
                 object["value_hex"] = Value::Null;
                 object["decode_error"] = json!("no value");
             }
-            Some(value) => match codec.decode(value) {
+            Some(value) => match codec.read_note(value) {
                 Ok(note) => {
+                    object["writer_schema"] = json!(writer_schema_label(value));
                     object["note"] = serde_json::to_value(&note).unwrap_or(Value::Null);
                 }
                 Err(error) => {
                     object["note"] = Value::Null;
                     object["value_hex"] = json!(hex::encode(value));
+                    object["writer_schema"] = json!(writer_schema_label(value));
                     object["decode_error"] = json!(error.to_string());
                 }
             },
@@ -150,7 +152,7 @@ impl DeadLetter {
     }
 
     /// A few aligned lines for a person reading a terminal.
-    pub fn render_text(&self, codec: &NoteCodec) -> String {
+    pub fn render_text(&self, codec: &impl ReadNote) -> String {
         let record = &self.record;
         let mut text = String::new();
         let _ = writeln!(
@@ -198,8 +200,11 @@ impl DeadLetter {
             None => {
                 let _ = writeln!(text, "  value     (none)");
             }
-            Some(value) => match codec.decode(value) {
+            Some(value) => match codec.read_note(value) {
                 Ok(note) => {
+                    if let Some(label) = writer_schema_label(value) {
+                        let _ = writeln!(text, "  schema    {label}");
+                    }
                     let _ = writeln!(text, "  note      {}", serde_json::to_string(&note).unwrap_or_default());
                 }
                 Err(error) => {
@@ -233,6 +238,30 @@ pub fn format_age(age_ms: i64) -> String {
     humantime::format_duration(Duration::from_secs(seconds)).to_string()
 }
 
+/// Reads a note from a record value: the compiled-in codec (single-object records only), or
+/// the codec with a schema registry (both wire formats).
+pub trait ReadNote {
+    /// The note, or why the value is not one.
+    fn read_note(&self, value: &[u8]) -> Result<rebound_schema::Note, String>;
+}
+
+impl ReadNote for NoteCodec {
+    fn read_note(&self, value: &[u8]) -> Result<rebound_schema::Note, String> {
+        self.decode(value).map_err(|error| error.to_string())
+    }
+}
+
+/// The value's wire format and writer schema, `single-object, fingerprint <hex>` or
+/// `confluent, schema id <n>`, when its header can be read.
+fn writer_schema_label(value: &[u8]) -> Option<String> {
+    let framing = rebound_schema::WireFraming::parse(value).ok()?;
+    let format = match framing {
+        rebound_schema::WireFraming::SingleObject { .. } => "single-object",
+        rebound_schema::WireFraming::Confluent { .. } => "confluent",
+    };
+    Some(format!("{format}, {}", framing.writer_schema_label()))
+}
+
 #[cfg(test)]
 mod tests {
     use rebound_retry::RecordHeaders;
@@ -249,6 +278,41 @@ mod tests {
             value,
             headers,
         }
+    }
+
+    #[test]
+    fn both_wire_formats_show_their_writer_schema() {
+        let codec = NoteCodec::embedded();
+        let note = rebound_schema::Note {
+            note_id: "note-1".to_owned(),
+            user_id: "u".to_owned(),
+            device_id: "d".to_owned(),
+            version: 1,
+            title: "t".to_owned(),
+            body: "b".to_owned(),
+            tags: Vec::new(),
+            updated_at: 1,
+            deleted: false,
+            pinned: false,
+        };
+        let single_object = codec.encode(&note).expect("encodes");
+        let json = DeadLetter::new(record(Some(single_object), RecordHeaders::new()), false).to_json(codec);
+        let label = json["writer_schema"].as_str().expect("a label");
+        assert!(label.starts_with("single-object, fingerprint "), "{label}");
+        assert_eq!(json["note"]["note_id"], "note-1");
+        // Without a registry a Confluent record is not decoded, but its schema id is shown.
+        let confluent = codec.encode_confluent(&note, 42).expect("encodes");
+        let letter = DeadLetter::new(record(Some(confluent), RecordHeaders::new()), false);
+        let json = letter.to_json(codec);
+        assert_eq!(json["writer_schema"], "confluent, schema id 42");
+        assert!(
+            json["decode_error"]
+                .as_str()
+                .is_some_and(|error| error.contains("no schema registry")),
+            "{json}"
+        );
+        let text = letter.render_text(codec);
+        assert!(text.contains("schema id 42"), "{text}");
     }
 
     #[test]

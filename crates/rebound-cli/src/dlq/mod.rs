@@ -150,7 +150,13 @@ async fn print_stats(kafka: &KafkaArgs, args: &DlqStatsArgs) -> anyhow::Result<(
 }
 
 async fn print_inspect(kafka: &KafkaArgs, args: &DlqInspectArgs) -> anyhow::Result<()> {
-    let codec = NoteCodec::embedded();
+    let registry = (*args.registry)
+        .clone()
+        .into_config()?
+        .map(|config| rebound_registry::RegistryClient::new(&config))
+        .transpose()?;
+    let codec = RegistryNoteReader(rebound_registry::NoteDecoder::new(NoteCodec::embedded(), registry));
+    let codec = &codec;
     let output = args.output;
     let listed = inspect_dead_letters(kafka, args, rebound_service::now_epoch_ms(), |letter| match output {
         OutputFormat::Text => println!("{}", letter.render_text(codec)),
@@ -161,6 +167,19 @@ async fn print_inspect(kafka: &KafkaArgs, args: &DlqInspectArgs) -> anyhow::Resu
         println!("{listed} dead letters listed");
     }
     Ok(())
+}
+
+/// Both wire formats for `inspect`: a Confluent-framed value's writer schema is fetched from
+/// the registry (once per id), when `--schema-registry-url` is given.
+struct RegistryNoteReader(rebound_registry::NoteDecoder);
+
+impl letter::ReadNote for RegistryNoteReader {
+    fn read_note(&self, value: &[u8]) -> Result<rebound_schema::Note, String> {
+        // Rendering is synchronous; the registry look-up is not. The CLI runs on the
+        // multi-threaded runtime, where a worker may block on a future this way.
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(self.0.decode(value)))
+            .map_err(|failure| failure.message)
+    }
 }
 
 async fn print_replay(kafka: &KafkaArgs, args: &DlqReplayArgs) -> anyhow::Result<()> {
