@@ -17,6 +17,7 @@ pub mod record_limit;
 pub mod relay;
 mod send;
 mod serve;
+mod watched_files;
 
 use std::time::Duration;
 
