@@ -552,3 +552,41 @@ async fn slow_clients_are_cut_off_and_requests_over_the_bound_in_flight_get_503(
     );
     intake.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_tokens_file_stops_the_start_naming_its_line_before_the_outbox_opens() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tokens = work.path().join("tokens");
+    write_tokens(
+        &tokens,
+        &[BATCH_TOKEN.to_owned(), "mobile:not-a-hash-of-a-secret".to_owned()],
+    );
+    let outbox = work.path().join("outbox");
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
+            .args(["--brokers", NO_BROKER, "serve", "--listen"])
+            .arg(format!("127.0.0.1:{}", free_local_port()))
+            .arg("--outbox-dir")
+            .arg(&outbox)
+            .arg("--auth-tokens-file")
+            .arg(&tokens)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits within 30 s")
+    .expect("runs");
+    assert_eq!(output.status.code(), Some(2), "bad input");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--auth-tokens-file") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-a-hash-of-a-secret"),
+        "the line is not echoed: {stderr}"
+    );
+    assert!(!outbox.exists(), "nothing was opened before the tokens were checked");
+}
