@@ -14,6 +14,7 @@ use rebound_service::{CommonArgs, OperationalArgs, OutputFormat, parse_duration_
 
 use crate::ProducerError;
 use crate::flags::FlagsSource;
+use crate::intake::{IntakeArgs, IntakeConfig};
 use crate::record_limit::RecordSizeLimit;
 
 /// Flags of `rebound-producer`.
@@ -111,6 +112,10 @@ pub struct ServeArgs {
     /// Metrics and health endpoints (the API port serves `/healthz` and `/readyz` too).
     #[command(flatten)]
     pub operational: OperationalArgs,
+
+    /// Authentication, TLS and limits of the HTTP API.
+    #[command(flatten)]
+    pub intake: IntakeArgs,
 
     /// Outbox and resend.
     #[command(flatten)]
@@ -224,8 +229,9 @@ pub struct OutboxConfig {
 pub struct ServeConfig {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
-    /// Largest accepted request body, in bytes.
-    pub max_body_bytes: usize,
+    /// Authentication, TLS and limits of the HTTP API (the body limit among them); boxed, as
+    /// the largest part of the largest mode.
+    pub intake: Box<IntakeConfig>,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
     pub metrics_listen: Option<SocketAddr>,
     /// Record limit and send timeout.
@@ -329,7 +335,10 @@ impl ServeArgs {
         }
         Ok(ServeConfig {
             listen: self.listen,
-            max_body_bytes: self.max_body_bytes,
+            intake: Box::new(
+                self.intake
+                    .into_config(self.listen, self.max_body_bytes, record_limit)?,
+            ),
             metrics_listen,
             delivery: self.outbox.delivery(record_limit)?,
             outbox: self.outbox.into_config()?,

@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::watched_files::{FilesLook, WatchedFiles};
+
 /// The resend flags in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ResendFlags {
@@ -106,17 +108,12 @@ pub async fn watch_flags(source: FlagsSource) -> watch::Receiver<ResendFlags> {
             });
         }
         FlagsSource::File { path, poll } => {
+            let origin = path.display().to_string();
+            let mut files = WatchedFiles::new(vec![path]);
             let mut last_seen: Option<Vec<u8>> = None;
-            reload_file(&path, &sender, &mut last_seen).await;
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(poll);
-                loop {
-                    ticker.tick().await;
-                    if sender.is_closed() {
-                        return;
-                    }
-                    reload_file(&path, &sender, &mut last_seen).await;
-                }
+            apply_file_look(&origin, files.look().await, &sender, &mut last_seen);
+            files.keep_watching(poll, sender, move |look, sender| {
+                apply_file_look(&origin, look, sender, &mut last_seen);
             });
         }
         FlagsSource::Url { url, poll } => {
@@ -141,14 +138,17 @@ pub async fn watch_flags(source: FlagsSource) -> watch::Receiver<ResendFlags> {
     receiver
 }
 
-async fn reload_file(path: &PathBuf, sender: &watch::Sender<ResendFlags>, last_seen: &mut Option<Vec<u8>>) {
-    match tokio::fs::read(path).await {
-        Ok(document) => apply_document(&path.display().to_string(), document, sender, last_seen),
-        Err(error) => {
-            if last_seen.is_none() {
-                tracing::warn!(path = %path.display(), %error, flags = ?*sender.borrow(), "cannot read flags file; using the last good flags");
-                *last_seen = Some(Vec::new());
-            }
+fn apply_file_look(
+    origin: &str,
+    look: FilesLook,
+    sender: &watch::Sender<ResendFlags>,
+    last_seen: &mut Option<Vec<u8>>,
+) {
+    match look {
+        FilesLook::Unchanged => {}
+        FilesLook::Changed(mut contents) => apply_document(origin, contents.remove(0), sender, last_seen),
+        FilesLook::Unreadable { error, .. } => {
+            tracing::warn!(path = origin, %error, flags = ?*sender.borrow(), "cannot read flags file; using the last good flags");
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The producer's HTTP API: `POST /v1/notes` (202 only once the notes are durably in the
-//! outbox), `GET /v1/outbox`, `GET /v1/flags`, `GET /healthz`, `GET /readyz`.
+//! outbox), `GET /v1/outbox`, `GET /v1/flags`, `GET /healthz`, `GET /readyz`. Every `/v1/`
+//! route passes `admission` first (credentials, rate, requests in flight); the size and time
+//! limits of a request's body are `limits`' too.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,10 +18,12 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::ProducerError;
+use crate::admission::{Admission, admit};
+use crate::auth::Client;
 use crate::flags::ResendFlags;
+use crate::limits::{IntakeLimits, Refusal};
 use crate::note_json::{NoteRejection, parse_notes_body};
 use crate::outbox::{NewEntry, Outbox};
-use crate::record_limit::RecordSizeLimit;
 use crate::relay::{RelayStatus, oldest_age_seconds};
 
 /// What the handlers share.
@@ -31,23 +35,24 @@ pub struct ApiState {
     pub flags: watch::Receiver<ResendFlags>,
     /// Broker status from the relay.
     pub status: Arc<RelayStatus>,
-    /// Largest accepted request body, in bytes.
-    pub max_body_bytes: usize,
-    /// Largest note Kafka will take from this producer.
-    pub record_limit: RecordSizeLimit,
+    /// Body size, note count and body time limits (the largest note Kafka takes among them).
+    pub limits: IntakeLimits,
 }
 
 /// Rejected notes listed by `GET /v1/outbox`, newest first.
 const REJECTED_NOTES_LISTED: usize = 100;
 
-/// The API's routes.
-pub fn router(state: ApiState) -> axum::Router {
-    axum::Router::new()
+/// The API's routes; the `/v1/` ones behind `admission`.
+pub(crate) fn router(state: ApiState, admission: Arc<Admission>) -> axum::Router {
+    let api = axum::Router::new()
         .route("/v1/notes", post(post_notes))
         .route("/v1/outbox", get(get_outbox))
         .route("/v1/flags", get(get_flags))
+        .route_layer(axum::middleware::from_fn_with_state(admission, admit));
+    axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(get_ready))
+        .merge(api)
         .with_state(state)
 }
 
@@ -55,17 +60,30 @@ fn error_response(status: StatusCode, message: &str, problems: serde_json::Value
     (status, Json(json!({ "error": message, "problems": problems }))).into_response()
 }
 
-async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+async fn post_notes(
+    State(state): State<ApiState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let refuse = |refusal: Refusal| refusal.respond(&client.to_string(), "/v1/notes");
+    let limits = state.limits;
     // A declared length over the limit is refused before reading a byte of it.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > state.max_body_bytes) {
-        return body_too_large(state.max_body_bytes);
+    if declared.is_some_and(|length| length > limits.max_body_bytes) {
+        return refuse(Refusal::BodyTooLarge(limits.max_body_bytes));
     }
-    let Ok(bytes) = axum::body::to_bytes(body, state.max_body_bytes).await else {
-        return body_too_large(state.max_body_bytes);
+    // A client trickling its body cannot hold the request (and its place in flight) for long.
+    let bytes = match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await
+    {
+        Ok(Ok(bytes)) => bytes,
+        // Over the limit, or the connection broke mid-body; for a broken one the answer is
+        // never read.
+        Ok(Err(_)) => return refuse(Refusal::BodyTooLarge(limits.max_body_bytes)),
+        Err(_) => return refuse(Refusal::SlowBody(limits.body_timeout)),
     };
     let notes = match parse_notes_body(&bytes) {
         Ok(notes) => notes,
@@ -89,6 +107,12 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
             return error_response(status, &summary, json!(listed));
         }
     };
+    if notes.len() > limits.max_notes_per_request {
+        return refuse(Refusal::TooManyNotes {
+            count: notes.len(),
+            limit: limits.max_notes_per_request,
+        });
+    }
     // A client that traces its requests sends `traceparent`; each note's trace continues it.
     let request_trace = headers_with_traceparent(headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()));
     let mut entries = Vec::with_capacity(notes.len());
@@ -100,7 +124,7 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
         continue_trace(&span, &request_trace);
         match NoteCodec::embedded().encode(note) {
             Ok(value) => {
-                if let Err(refusal) = state.record_limit.check(&note.note_id, value.len()) {
+                if let Err(refusal) = limits.record_limit.check(&note.note_id, value.len()) {
                     too_large.push(json!({
                         "index": index,
                         "message": format!("note {:?} version {} is too large for Kafka: {refusal}", note.note_id, note.version),
@@ -125,7 +149,10 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
             first["index"],
             first["message"].as_str().unwrap_or_default()
         );
-        return error_response(StatusCode::PAYLOAD_TOO_LARGE, &summary, json!(too_large));
+        return refuse(Refusal::NotesTooLarge {
+            summary,
+            problems: too_large,
+        });
     }
     match state.outbox.append(entries, now_epoch_ms()).await {
         Ok(_) => {
@@ -161,14 +188,6 @@ async fn post_notes(State(state): State<ApiState>, headers: HeaderMap, body: Bod
             )
         }
     }
-}
-
-fn body_too_large(limit: usize) -> Response {
-    error_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("request body is larger than {limit} bytes; nothing was accepted"),
-        json!([]),
-    )
 }
 
 async fn get_outbox(State(state): State<ApiState>) -> Response {

@@ -6,17 +6,24 @@
 //! and a producer crash. `generate` publishes synthetic notes straight to Kafka for demos and
 //! benchmarks. Resending of pending notes is governed by hot-reloaded feature flags.
 
+mod admission;
+pub mod auth;
 mod config;
 pub mod flags;
 mod generate;
 mod generator;
 mod http;
+mod intake;
+pub mod limits;
+mod listener;
 pub mod note_json;
 pub mod outbox;
 pub mod record_limit;
 pub mod relay;
 mod send;
 mod serve;
+pub mod tls;
+mod watched_files;
 
 use std::time::Duration;
 
@@ -25,6 +32,7 @@ pub use config::{
     ProducerConfig, ProducerMode, SendArgs, SendConfig, ServeArgs, ServeConfig,
 };
 pub use generator::NoteGenerator;
+pub use intake::{IntakeArgs, IntakeConfig};
 use rebound_kafka::{KafkaArgs, ProducerSettings, RecordProducer};
 use rebound_registry::NoteEncoder;
 use rebound_service::Shutdown;
@@ -138,6 +146,17 @@ pub enum ProducerError {
         timeout_seconds: u64,
         /// The outbox directory.
         outbox: String,
+    },
+    /// A file of the intake (bearer tokens, TLS certificate, key or client CA) could not be
+    /// loaded at start-up.
+    #[error("failed to load {what} {path}: {reason}")]
+    LoadIntakeFile {
+        /// The flags naming the file.
+        what: &'static str,
+        /// The file or files.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The HTTP listener could not be bound or failed.
     #[error("failed to serve http on {listen}: {reason}")]

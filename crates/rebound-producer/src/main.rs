@@ -15,11 +15,14 @@ async fn main() -> ExitCode {
         &common,
         || args.into_config(),
         rebound_producer::run,
-        // A `send` input that is not valid notes is bad input, like a bad flag.
+        // A `send` input that is not valid notes, or an intake file that cannot be used, is bad
+        // input, like a bad flag.
         |error| {
             matches!(
                 error,
-                ProducerError::ParseInput { .. } | ProducerError::AcceptInput { .. }
+                ProducerError::ParseInput { .. }
+                    | ProducerError::AcceptInput { .. }
+                    | ProducerError::LoadIntakeFile { .. }
             )
         },
     )

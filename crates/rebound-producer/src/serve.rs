@@ -1,5 +1,7 @@
 //! `rebound-producer serve`: the HTTP intake in front of the durable outbox, with the relay
 //! draining the outbox to Kafka, until shutdown or until the Kafka producer fails for good.
+//! The intake's files (tokens, TLS) are loaded before anything else starts, so a bad one stops
+//! the service before it opens the outbox or a listener.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,10 +9,19 @@ use std::time::Duration;
 use rebound_kafka::{KafkaArgs, RecordProducer};
 use rebound_service::{Readiness, Shutdown, events, serve_operational_endpoints};
 
+use crate::admission::Admission;
+use crate::auth::{Authenticator, watch_tokens};
 use crate::config::ServeConfig;
+use crate::intake::IntakeConfig;
+use crate::limits::RequestGate;
+use crate::listener::{self, ListenerSettings};
 use crate::outbox::Outbox;
 use crate::relay::{self, RelayStatus, relay_failed_for_good, start_outbox};
+use crate::tls::watch_tls;
 use crate::{ProducerError, http};
+
+/// How often the rate limiter forgets clients whose rate has recovered.
+const RATE_LIMITER_CLEANUP: Duration = Duration::from_secs(60);
 
 /// Serves the HTTP API until `shutdown` triggers; then stops the relay and flushes what Kafka
 /// has in hand (unacknowledged notes stay in the outbox).
@@ -21,6 +32,7 @@ pub(crate) async fn run(
     encoder: rebound_registry::NoteEncoder,
     shutdown: Shutdown,
 ) -> Result<(), ProducerError> {
+    let (admission, listener_settings) = intake_guards(&config.intake).await?;
     let producer: RecordProducer = crate::create_producer(kafka, config.delivery.send_timeout)?;
     let flush_producer = producer.clone();
     let (outbox, relay, status) = start_outbox(producer, topic, encoder, &config.outbox).await?;
@@ -59,22 +71,18 @@ pub(crate) async fn run(
             listen: config.listen.to_string(),
             reason: error.to_string(),
         })?;
-    tracing::info!(listen = %config.listen, "http api listening");
-    let app = http::router(http::ApiState {
-        outbox,
-        flags,
-        status,
-        max_body_bytes: config.max_body_bytes,
-        record_limit: config.delivery.record_limit,
-    });
-    let graceful = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { graceful.wait().await })
-        .await
-        .map_err(|error| ProducerError::ServeHttp {
-            listen: config.listen.to_string(),
-            reason: error.to_string(),
-        })?;
+    announce_listener(&config);
+    tokio::spawn(forget_idle_clients(Arc::clone(&admission), shutdown.clone()));
+    let app = http::router(
+        http::ApiState {
+            outbox,
+            flags,
+            status,
+            limits: config.intake.limits,
+        },
+        admission,
+    );
+    listener::serve(listener, app, listener_settings, shutdown.clone()).await;
     shutdown.trigger();
     relay_failed_for_good(relay_task.await)?;
     if let Err(error) = flush_producer.flush(Duration::from_secs(5)).await {
@@ -82,6 +90,62 @@ pub(crate) async fn run(
     }
     tracing::info!("producer stopped");
     Ok(())
+}
+
+/// Loads the tokens and TLS files and sets up the checks every request passes.
+async fn intake_guards(intake: &IntakeConfig) -> Result<(Arc<Admission>, ListenerSettings), ProducerError> {
+    let tokens = match &intake.auth_tokens_file {
+        Some(path) => Some(watch_tokens(path.clone(), intake.reload_interval).await?),
+        None => None,
+    };
+    let tls = match &intake.tls {
+        Some(files) => Some(watch_tls(files.clone(), intake.reload_interval).await?),
+        None => None,
+    };
+    let admission = Arc::new(Admission {
+        authenticator: Authenticator {
+            tokens,
+            client_certificates: intake.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        },
+        gate: RequestGate::new(&intake.limits),
+    });
+    let settings = ListenerSettings {
+        tls,
+        header_timeout: intake.limits.header_timeout,
+    };
+    Ok((admission, settings))
+}
+
+fn announce_listener(config: &ServeConfig) {
+    let scheme = if config.intake.tls.is_some() { "https" } else { "http" };
+    let intake = &config.intake;
+    if intake.authenticates() {
+        tracing::info!(
+            listen = %config.listen,
+            scheme,
+            bearer_tokens = intake.auth_tokens_file.is_some(),
+            client_certificates = intake.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+            "http api listening; credentials required on /v1/"
+        );
+    } else if config.listen.ip().is_loopback() {
+        tracing::info!(listen = %config.listen, scheme, "http api listening on loopback without credentials");
+    } else {
+        tracing::warn!(
+            listen = %config.listen,
+            scheme,
+            "http api listening with --insecure-listen: anyone who reaches it can write notes"
+        );
+    }
+}
+
+async fn forget_idle_clients(admission: Arc<Admission>, shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(RATE_LIMITER_CLEANUP);
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = ticker.tick() => admission.gate.forget_idle_clients(),
+        }
+    }
 }
 
 /// Keeps the outbox gauges and the readiness of the broker check current, also while idle.

@@ -337,6 +337,38 @@ pub fn producer_note_rejected(note_id: &str, version: i64, error: &str) {
     metrics::counter!(PRODUCER_NOTES_REJECTED_TOTAL).increment(1);
 }
 
+/// Producer counter of intake requests refused before anything reached the outbox, labelled by
+/// `reason` (a fixed set: `unauthenticated`, `rate_limited`, `overloaded`, `body_too_large`,
+/// `too_many_notes`, `note_too_large`, `slow_body`).
+pub const PRODUCER_REQUESTS_REJECTED_TOTAL: &str = "rebound_producer_requests_rejected_total";
+/// Producer counter of intake connections closed before a request was answered, labelled by
+/// `reason` (`tls_handshake`, `slow_client`, `connection_error`).
+pub const PRODUCER_CONNECTIONS_DROPPED_TOTAL: &str = "rebound_producer_connections_dropped_total";
+/// Producer counter of intake files (bearer tokens, TLS certificate and key, client CA) that
+/// changed but could not be loaded; the last good version stays in force.
+pub const PRODUCER_INTAKE_RELOAD_FAILURES_TOTAL: &str = "rebound_producer_intake_reload_failures_total";
+
+/// An intake request was refused for `reason`. `client` is a token's name, a client
+/// certificate's fingerprint or the peer address: never a credential.
+pub fn producer_request_rejected(reason: &'static str, client: &str, path: &str) {
+    tracing::warn!(reason, client, path, "intake request refused");
+    metrics::counter!(PRODUCER_REQUESTS_REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// An intake connection was closed before it was answered (a failed TLS handshake, a client
+/// too slow to send its request, a broken connection).
+pub fn producer_connection_dropped(reason: &'static str, peer: &str, error: &dyn std::error::Error) {
+    tracing::info!(reason, peer, %error, "intake connection dropped");
+    metrics::counter!(PRODUCER_CONNECTIONS_DROPPED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// An intake file changed but was refused (unreadable, invalid); the last good version of
+/// `file` (`auth_tokens` or `tls`) stays in force.
+pub fn producer_intake_reload_failed(file: &'static str, path: &str, reason: &str) {
+    tracing::error!(file, path, reason, "intake file refused; keeping the last good version");
+    metrics::counter!(PRODUCER_INTAKE_RELOAD_FAILURES_TOTAL, "file" => file).increment(1);
+}
+
 /// Scheduler counter of republished or dead-lettered copies the broker refused, labelled by
 /// `cause`; each such record stays at the head of its partition and is sent again.
 pub const SCHEDULER_REPUBLISH_REFUSED_TOTAL: &str = "rebound_scheduler_republish_refused_total";
