@@ -250,7 +250,9 @@ async fn stats_count_dead_letters_by_original_topic_kind_and_fingerprint() {
             )
         })
         .collect();
-    let marker = error_fingerprint("failed to decode record: expected single-object marker c3 01, found 67 61");
+    let marker = error_fingerprint(
+        "failed to decode record: expected single-object marker c3 01 or confluent magic byte 00, found 67 61",
+    );
     let unknown_schema =
         error_fingerprint("failed to decode record: unknown writer schema fingerprint 1020003040506070");
     let expected: BTreeMap<(String, String, String), u64> = [
