@@ -12,28 +12,15 @@ use std::time::Duration;
 use common::start_consumer;
 use rebound_kafka::{ConsumerSettings, RecordConsumer};
 use rebound_testkit::{
-    ScriptedHttpSink, create_test_topics, free_local_port, kafka_args, note, produce_notes, unique_prefix, wait_for,
-    wait_for_http_ok,
+    ScriptedHttpSink, create_test_topics, free_local_port, kafka_args, metric_sample, note, produce_notes,
+    scrape_metrics, unique_prefix, wait_for, wait_for_http_ok,
 };
 
-/// The value of the first sample whose line starts with `series` (name plus labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
-async fn scrape(url: &str) -> String {
-    reqwest::get(url).await.expect("scraped").text().await.expect("text")
-}
-
 async fn held_and_paused(url: &str) -> (f64, f64) {
-    let metrics = scrape(url).await;
+    let metrics = scrape_metrics(url).await;
     (
-        sample(&metrics, "rebound_consumer_breaker_held_records").unwrap_or(-1.0),
-        sample(&metrics, "rebound_consumer_paused").unwrap_or(-1.0),
+        metric_sample(&metrics, "rebound_consumer_breaker_held_records").unwrap_or(-1.0),
+        metric_sample(&metrics, "rebound_consumer_paused").unwrap_or(-1.0),
     )
 }
 
@@ -70,8 +57,8 @@ async fn partitions_stay_paused_across_rebalances_while_the_breaker_is_open() {
         "the breaker open, both partitions paused",
         Duration::from_secs(60),
         || async {
-            let metrics = scrape(&metrics_url).await;
-            let open = sample(&metrics, "rebound_consumer_breaker_state") == Some(2.0);
+            let metrics = scrape_metrics(&metrics_url).await;
+            let open = metric_sample(&metrics, "rebound_consumer_breaker_state") == Some(2.0);
             let (held, paused) = held_and_paused(&metrics_url).await;
             (open && paused == 2.0 && held >= 1.0).then_some(held)
         },

@@ -10,13 +10,9 @@ use std::time::Duration;
 
 use common::{start_consumer, start_scheduler};
 use rebound_testkit::{
-    ScriptedHttpSink, create_test_topics, free_local_port, metric_sample, note, produce_notes, unique_prefix, wait_for,
-    wait_for_http_ok,
+    ScriptedHttpSink, create_test_topics, free_local_port, metric_sample, note, produce_notes, scrape_metrics,
+    unique_prefix, wait_for, wait_for_http_ok,
 };
-
-async fn scrape(url: &str) -> String {
-    reqwest::get(url).await.expect("scraped").text().await.expect("text")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_driven_through_the_pipeline_move_the_counters() {
@@ -64,7 +60,7 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
         "applied, retried and dead-lettered counters",
         Duration::from_secs(60),
         || async {
-            let metrics = scrape(&format!("{consumer_url}/metrics")).await;
+            let metrics = scrape_metrics(&format!("{consumer_url}/metrics")).await;
             let applied_first = metric_sample(
                 &metrics,
                 "rebound_consumer_records_total{outcome=\"applied\",after=\"first_try\"}",
@@ -88,7 +84,7 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
     );
     assert_eq!(metric_sample(&metrics, "rebound_consumer_in_flight_records"), Some(0.0));
 
-    let scheduler_metrics = scrape(&format!("{scheduler_url}/metrics")).await;
+    let scheduler_metrics = scrape_metrics(&format!("{scheduler_url}/metrics")).await;
     let republished = format!("rebound_scheduler_republished_total{{tier=\"{prefix}retry-5s\"}}");
     assert_eq!(
         metric_sample(&scheduler_metrics, &republished),
@@ -104,7 +100,7 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
     // Lag of the source topic reaches 0 once everything is committed (statistics every 5 s).
     let lag_series = format!("rebound_consumer_lag_records{{topic=\"{prefix}notes\"}}");
     wait_for("the consumer lag gauge at 0", Duration::from_secs(30), || async {
-        let metrics = scrape(&format!("{consumer_url}/metrics")).await;
+        let metrics = scrape_metrics(&format!("{consumer_url}/metrics")).await;
         (metric_sample(&metrics, &lag_series) == Some(0.0)).then_some(())
     })
     .await;

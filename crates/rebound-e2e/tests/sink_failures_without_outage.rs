@@ -13,25 +13,12 @@ use std::time::Duration;
 
 use common::{start_consumer, start_scheduler};
 use rebound_testkit::{
-    ScriptedHttpSink, create_test_topics, free_local_port, note, produce_notes, read_all, unique_prefix, wait_for,
-    wait_for_http_ok, wait_for_records,
+    ScriptedHttpSink, create_test_topics, free_local_port, metric_sample, note, produce_notes, read_all,
+    scrape_metrics, unique_prefix, wait_for, wait_for_http_ok, wait_for_records,
 };
 
 /// The header naming a dead letter's error kind (the header contract's `retry.error.kind`).
 const ERROR_KIND_HEADER: &str = "retry.error.kind";
-
-/// The value of the first sample whose line starts with `series` (name plus labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
-async fn scrape(url: &str) -> String {
-    reqwest::get(url).await.expect("scraped").text().await.expect("text")
-}
 
 /// A random-looking but repeatable choice of 30% of the requests.
 fn fails_at_random(note_id: &str, attempt: usize) -> bool {
@@ -42,16 +29,20 @@ fn fails_at_random(note_id: &str, attempt: usize) -> bool {
 
 fn assert_never_opened(metrics: &str) {
     assert_eq!(
-        sample(metrics, "rebound_consumer_breaker_state"),
+        metric_sample(metrics, "rebound_consumer_breaker_state"),
         Some(0.0),
         "{metrics}"
     );
     assert_eq!(
-        sample(metrics, "rebound_consumer_breaker_transitions_total{to=\"open\"}"),
+        metric_sample(metrics, "rebound_consumer_breaker_transitions_total{to=\"open\"}"),
         Some(0.0),
         "{metrics}"
     );
-    assert_eq!(sample(metrics, "rebound_consumer_paused"), Some(0.0), "{metrics}");
+    assert_eq!(
+        metric_sample(metrics, "rebound_consumer_paused"),
+        Some(0.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +98,7 @@ async fn a_sink_failing_30_percent_at_random_keeps_the_breaker_closed() {
     assert!(failed >= NOTES / 5, "about 30% of first attempts fail: {failed}");
     assert_eq!(tier_records, failed, "every failure went to a tier, none was held");
     assert!(read_all(&format!("{prefix}dlq")).await.is_empty());
-    assert_never_opened(&scrape(&metrics_url).await);
+    assert_never_opened(&scrape_metrics(&metrics_url).await);
     consumer.stop().await;
     scheduler.stop().await;
 }
@@ -147,6 +138,6 @@ async fn a_sink_refusing_everything_with_422_dead_letters_as_without_a_breaker()
     }));
     assert!(read_all(&format!("{prefix}retry-1s")).await.is_empty());
     assert_eq!(sink.requests().len(), NOTES, "each note tried once");
-    assert_never_opened(&scrape(&metrics_url).await);
+    assert_never_opened(&scrape_metrics(&metrics_url).await);
     consumer.stop().await;
 }

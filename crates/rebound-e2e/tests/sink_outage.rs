@@ -12,25 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::{start_consumer, start_scheduler};
 use rebound_testkit::{
-    ScriptedHttpSink, create_test_topics, free_local_port, note, produce_notes, read_all, unique_prefix, wait_for,
-    wait_for_http_ok,
+    ScriptedHttpSink, create_test_topics, free_local_port, metric_sample, note, produce_notes, read_all,
+    scrape_metrics, unique_prefix, wait_for, wait_for_http_ok,
 };
 
 const OUTAGE: Duration = Duration::from_secs(90);
 const NOTES: usize = 200;
-
-/// The value of the first sample whose line starts with `series` (name plus labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
-async fn scrape(url: &str) -> String {
-    reqwest::get(url).await.expect("scraped").text().await.expect("text")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_down_for_90_seconds_dead_letters_nothing_and_every_note_arrives() {
@@ -66,20 +53,20 @@ async fn a_sink_down_for_90_seconds_dead_letters_nothing_and_every_note_arrives(
     // During the outage: the breaker opens and the source partitions are paused.
     let open_series = "rebound_consumer_breaker_transitions_total{to=\"open\"}";
     wait_for("the breaker to open", Duration::from_secs(60), || async {
-        let metrics = scrape(&metrics_url).await;
-        (sample(&metrics, "rebound_consumer_breaker_state") == Some(2.0)
-            && sample(&metrics, "rebound_consumer_paused").is_some_and(|paused| paused >= 1.0))
+        let metrics = scrape_metrics(&metrics_url).await;
+        (metric_sample(&metrics, "rebound_consumer_breaker_state") == Some(2.0)
+            && metric_sample(&metrics, "rebound_consumer_paused").is_some_and(|paused| paused >= 1.0))
         .then_some(())
     })
     .await;
     // Sample the held records until the outage ends.
     let mut most_held = 0.0_f64;
     while outage_started.elapsed() < OUTAGE {
-        let metrics = scrape(&metrics_url).await;
-        let held = sample(&metrics, "rebound_consumer_breaker_held_records").unwrap_or(0.0);
+        let metrics = scrape_metrics(&metrics_url).await;
+        let held = metric_sample(&metrics, "rebound_consumer_breaker_held_records").unwrap_or(0.0);
         most_held = most_held.max(held);
         assert_eq!(
-            sample(&metrics, "rebound_consumer_breaker_state"),
+            metric_sample(&metrics, "rebound_consumer_breaker_state"),
             Some(2.0),
             "open for the whole outage: {metrics}"
         );
@@ -102,9 +89,9 @@ async fn a_sink_down_for_90_seconds_dead_letters_nothing_and_every_note_arrives(
     .await;
     let drained_in = recovered_at.elapsed();
     let metrics = wait_for("the breaker closed", Duration::from_secs(30), || async {
-        let metrics = scrape(&metrics_url).await;
-        (sample(&metrics, "rebound_consumer_breaker_state") == Some(0.0)
-            && sample(&metrics, "rebound_consumer_paused") == Some(0.0))
+        let metrics = scrape_metrics(&metrics_url).await;
+        (metric_sample(&metrics, "rebound_consumer_breaker_state") == Some(0.0)
+            && metric_sample(&metrics, "rebound_consumer_paused") == Some(0.0))
         .then_some(metrics)
     })
     .await;
@@ -113,8 +100,9 @@ async fn a_sink_down_for_90_seconds_dead_letters_nothing_and_every_note_arrives(
         read_all(&format!("{prefix}retry-1s")).await.len() + read_all(&format!("{prefix}retry-2s")).await.len();
     let requests = sink.requests();
     let failed_requests = requests.iter().filter(|request| request.status == 503).count();
-    let opened = sample(&metrics, open_series).unwrap_or(0.0);
-    let probes_failed = sample(&metrics, "rebound_consumer_breaker_probes_total{outcome=\"failed\"}").unwrap_or(0.0);
+    let opened = metric_sample(&metrics, open_series).unwrap_or(0.0);
+    let probes_failed =
+        metric_sample(&metrics, "rebound_consumer_breaker_probes_total{outcome=\"failed\"}").unwrap_or(0.0);
     println!(
         "outage {OUTAGE:?}: {NOTES} notes, most held {most_held}, tier records {tier_records} \
          ({tier_records_during_outage} during the outage), dead letters {}, sink requests {} \

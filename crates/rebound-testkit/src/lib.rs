@@ -13,7 +13,9 @@ mod registry;
 mod service;
 
 mod records;
-pub use records::{assert_history_headers_at_most_once, foreign_headers, metric_sample, record_keyed, required_header};
+pub use records::{
+    assert_history_headers_at_most_once, foreign_headers, metric_sample, record_keyed, required_header, scrape_metrics,
+};
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -52,3 +52,8 @@ pub fn metric_sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
+
+/// The text of a `/metrics` scrape of `url`; panics when the endpoint does not answer.
+pub async fn scrape_metrics(url: &str) -> String {
+    reqwest::get(url).await.expect("scraped").text().await.expect("text")
+}
