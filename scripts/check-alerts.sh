@@ -42,28 +42,8 @@ ensure_tools() {
 
 # --- checks ------------------------------------------------------------------------------------
 
-passed=0
-failed=0
-failures=()
-
-# check NAME COMMAND...: runs one check, shows its output indented, counts it.
-check() {
-  local name=$1
-  shift
-  local out status=0
-  out=$("$@" 2>&1) || status=$?
-  if [[ $status == 0 ]]; then
-    passed=$((passed + 1))
-    printf 'ok   %s\n' "$name"
-  else
-    failed=$((failed + 1))
-    failures+=("$name")
-    printf 'FAIL %s (exit %d)\n' "$name" "$status"
-  fi
-  if [[ -n $out ]]; then
-    printf '%s\n' "$out" | sed 's/^/     | /'
-  fi
-}
+# shellcheck source=scripts/lib/checks.sh
+source "$SCRIPT_DIR/lib/checks.sh"
 
 # route_test EXPECTED_RECEIVERS LABEL=VALUE...: the receivers an alert with these labels reaches.
 route_test() {
@@ -123,8 +103,4 @@ check "route: warning -> slack, email-digest" \
   route_test slack,email-digest alertname=ReboundDLQGrowing severity=warning topic=dlq cluster=rebound-compose
 check "runbook anchors $rules -> $runbook" runbook_anchors
 
-if [[ $failed != 0 ]]; then
-  say "failed: ${failures[*]}"
-fi
-echo "alerts: $passed passed, $failed failed"
-[[ $failed == 0 ]]
+checks_summary alerts

@@ -39,27 +39,8 @@ helm() {
   "$HELM" "$@" --kube-version "$KUBERNETES_SCHEMA_VERSION" 2> >(grep -v 'found symbolic link in path' >&2)
 }
 
-passed=0
-failed=0
-failures=()
-# check NAME COMMAND...: runs one check, shows its output indented, counts it.
-check() {
-  local name=$1
-  shift
-  local out status=0
-  out=$("$@" 2>&1) || status=$?
-  if [[ $status == 0 ]]; then
-    passed=$((passed + 1))
-    printf 'ok   %s\n' "$name"
-  else
-    failed=$((failed + 1))
-    failures+=("$name")
-    printf 'FAIL %s (exit %d)\n' "$name" "$status"
-  fi
-  if [[ -n $out ]]; then
-    printf '%s\n' "$out" | sed 's/^/     | /'
-  fi
-}
+# shellcheck source=scripts/lib/checks.sh
+source "$SCRIPT_DIR/lib/checks.sh"
 
 # render_and_validate VALUES_FILE|"": helm template piped into kubeconform -strict. Every kind
 # must have a schema (no -ignore-missing-schemas), so a new kind cannot pass unchecked.
@@ -128,8 +109,4 @@ check "refused: autoscaling with an SQLite sink" \
 check "refused: ';' in a -X value" \
   refuses "contains ';'" --set-string 'kafka.config.sasl\.jaas\.config=a;b'
 
-if [[ $failed != 0 ]]; then
-  say "failed: ${failures[*]}"
-fi
-echo "chart: $passed passed, $failed failed"
-[[ $failed == 0 ]]
+checks_summary chart
