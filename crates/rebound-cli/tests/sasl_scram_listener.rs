@@ -9,9 +9,6 @@
 
 mod common;
 
-use std::net::ToSocketAddrs as _;
-use std::time::Duration;
-
 use common::{dash_x, refused_topics_create, round_trip};
 use rebound_testkit::unique_prefix;
 
@@ -26,19 +23,10 @@ const WRONG_PASSWORD: &str = "not-the-password-7f3a";
 /// The SASL listener's address, checked to accept connections; panics with instructions when it
 /// does not, so a missing listener fails the run instead of passing it vacuously.
 fn sasl_broker() -> String {
-    let brokers = std::env::var(SASL_BROKERS_ENV).unwrap_or_else(|_| "127.0.0.1:9094".to_owned());
-    let reachable = brokers
-        .split(',')
-        .next()
-        .and_then(|first| first.to_socket_addrs().ok())
-        .and_then(|mut addresses| addresses.next())
-        .is_some_and(|address| std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)).is_ok());
-    assert!(
-        reachable,
-        "no SASL listener answers at {brokers} ({SASL_BROKERS_ENV}). Start the broker with \
-         `scripts/kafka-local.sh start` (it listens for SCRAM-SHA-512 on its port + 2), or run `scripts/test.sh`."
-    );
-    brokers
+    common::listener(
+        SASL_BROKERS_ENV,
+        "the SASL_PLAINTEXT listener with SCRAM-SHA-512, the broker's port + 2",
+    )
 }
 
 /// The `-X` flags that authenticate as `password`.

@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::note_json;
@@ -35,17 +34,7 @@ impl Intake {
     /// Starts `serve` with `extra` flags and waits until `/healthz` answers through `client`.
     async fn start(brokers: &str, outbox: &Path, scheme: &str, client: reqwest::Client, extra: &[&str]) -> Self {
         let port = free_local_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
-            .args(["--brokers", brokers, "serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--outbox-dir")
-            .arg(outbox)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("producer starts");
+        let child = common::spawn_serve(brokers, outbox, port, extra);
         let base_url = format!("{scheme}://127.0.0.1:{port}");
         let intake = Self {
             child,

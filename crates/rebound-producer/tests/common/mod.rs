@@ -20,17 +20,7 @@ impl ProducerProcess {
     /// Starts `serve` with the given brokers, outbox and extra flags, and waits for `/healthz`.
     pub async fn serve(brokers: &str, outbox: &Path, port: Option<u16>, extra: &[&str]) -> Self {
         let port = port.unwrap_or_else(free_local_port);
-        let child = Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
-            .args(["--brokers", brokers, "serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--outbox-dir")
-            .arg(outbox)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("producer starts");
+        let child = spawn_serve(brokers, outbox, port, extra);
         let base_url = format!("http://127.0.0.1:{port}");
         wait_for_http_ok(&format!("{base_url}/healthz"), Duration::from_secs(30)).await;
         Self { child, base_url }
@@ -98,4 +88,20 @@ pub fn note_json(note_id: &str, version: i64) -> Value {
 pub fn write_flags(path: &Path, retry_pending_notes: bool, retry_interval_seconds: u64) {
     let document = json!({"features": {"retry_pending_notes": retry_pending_notes, "retry_interval_seconds": retry_interval_seconds}});
     std::fs::write(path, document.to_string()).expect("flags written");
+}
+
+/// Spawns `rebound-producer serve` on `127.0.0.1:port` with the given brokers, outbox and extra
+/// flags; killed when the handle drops. The caller waits for it to answer.
+pub fn spawn_serve(brokers: &str, outbox: &Path, port: u16, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_rebound-producer"))
+        .args(["--brokers", brokers, "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--outbox-dir")
+        .arg(outbox)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("producer starts")
 }
