@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::note_json;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rebound_producer::auth::token_sha256_hex;
-use rebound_testkit::{broker, create_test_topics, free_local_port, read_all, unique_prefix, wait_for};
+use rebound_testkit::{broker, create_test_topics, free_local_port, read_all, scrape_metrics, unique_prefix, wait_for};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
@@ -182,7 +182,17 @@ async fn tokens_guard_the_api_and_a_revoked_token_is_refused_after_the_reload() 
     .await;
     // An invalid file keeps the last good tokens.
     std::fs::write(&tokens, "broken:zz\n").expect("write");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_for(
+        "the broken tokens file to be refused",
+        Duration::from_secs(10),
+        || async {
+            let metrics = scrape_metrics(&format!("http://{metrics_listen}/metrics")).await;
+            metrics
+                .contains(r#"rebound_producer_intake_reload_failures_total{file="auth_tokens"} 1"#)
+                .then_some(())
+        },
+    )
+    .await;
     let (status, _, _) = intake.post(Some(BATCH_TOKEN), &note_json("after-broken", 1)).await;
     assert_eq!(status, 202);
 
