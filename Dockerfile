@@ -16,12 +16,13 @@ ARG REBOUND_BINARIES=builder
 # ---------------------------------------------------------------------------------------------
 # Builder. rdkafka builds its bundled librdkafka with ./configure + make (not cmake, the
 # `cmake-build` feature is off); its `ssl` feature links the system OpenSSL (libssl-dev,
-# pkg-config), `libz` the system zlib; zstd and SQLite (rusqlite `bundled`) are compiled from
-# source with the C compiler the rust image already has.
+# pkg-config), its `curl` feature the system libcurl (OIDC token requests), `libz` the system
+# zlib; zstd and SQLite (rusqlite `bundled`) are compiled from source with the C compiler the
+# rust image already has.
 FROM rust:1-bookworm AS builder
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libssl-dev pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends libssl-dev libcurl4-openssl-dev pkg-config zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -53,12 +54,12 @@ COPY prebuilt/rebound prebuilt/rebound-consumer prebuilt/rebound-scheduler prebu
 FROM ${REBOUND_BINARIES} AS binaries
 
 # ---------------------------------------------------------------------------------------------
-# Runtime: the binaries link OpenSSL 3 (libssl3) dynamically; everything else is static or in
-# the base image. CA certificates are for TLS to brokers and to an https:// sink.
+# Runtime: the binaries link OpenSSL 3 (libssl3) and libcurl (librdkafka's OIDC token client)
+# dynamically; everything else is static or in the base image. CA certificates are for TLS to brokers and to an https:// sink.
 FROM debian:bookworm-slim AS runtime
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 \
     && rm -rf /var/lib/apt/lists/*
 
 # Non-root user with a fixed uid, so volume ownership and `runAsNonRoot` checks are predictable.
