@@ -380,7 +380,8 @@ CONSUMER_PID="" SCHEDULER_PID=""
 
 # The final audit, with the table: `lost` is what can no longer arrive.
 AUDIT_RC=0
-RUST_LOG=warn "$BIN/rebound" --brokers "$BROKERS" audit --sink "sqlite://$DB" --ids-log "$IDS" \
+run_cmd rebound
+RUST_LOG=warn "${RUN_CMD[@]}" --brokers "$BROKERS" audit --sink "$SINK" --ids-log "$IDS" \
   --topic-prefix "$PREFIX" </dev/null >"$RUN_DIR/audit.out" 2>"$RUN_DIR/audit.err" || AUDIT_RC=$?
 LOST=$(awk '$1 == "lost" && NF == 2 { print $2 }' "$RUN_DIR/audit.out")
 ((AUDIT_RC == 0)) || DONE=0
@@ -402,16 +403,20 @@ say "timings: build $BUILD_TIME, Kafka $KAFKA_TIME, produce $PRODUCE_TIME, consu
 say "logs: $REL_DIR/consumer.log, $REL_DIR/scheduler.log, $REL_DIR/producer.log (JSON lines);" \
   "sink $SINK_SHOWN, ids $REL_DIR/ids.log; topics $PREFIX*"
 
-# What to try next, against the topics this run left (the binaries as built; `cargo install`, in
-# the README, puts them on the PATH).
-REL_BIN=${BIN#"$REPO/"}
+# What to try next, against the topics this run left (the binaries as built, or the image the
+# services ran in; `cargo install`, in the README, puts the binaries on the PATH).
+if [[ -n $IMAGE ]]; then
+  NEXT_REBOUND="docker run --rm --network host $IMAGE rebound"
+else
+  NEXT_REBOUND="${BIN#"$REPO/"}/rebound"
+fi
 BROKER_FLAG=""
 [[ $BROKERS == 127.0.0.1:9092 ]] || BROKER_FLAG=" --brokers $BROKERS"
 echo
 echo "Next, against what this run left in Kafka:"
-echo "  $REL_BIN/rebound$BROKER_FLAG dlq inspect --topic-prefix $PREFIX --limit 3      # why each dead letter failed"
-echo "  $REL_BIN/rebound$BROKER_FLAG dlq replay --topic-prefix $PREFIX --dry-run       # what a redrive would send back"
-echo "  $REL_BIN/rebound$BROKER_FLAG dlq watch --topic-prefix $PREFIX --metrics-listen 127.0.0.1:9464" \
+echo "  $NEXT_REBOUND$BROKER_FLAG dlq inspect --topic-prefix $PREFIX --limit 3      # why each dead letter failed"
+echo "  $NEXT_REBOUND$BROKER_FLAG dlq replay --topic-prefix $PREFIX --dry-run       # what a redrive would send back"
+echo "  $NEXT_REBOUND$BROKER_FLAG dlq watch --topic-prefix $PREFIX --metrics-listen 127.0.0.1:9464" \
   "   # then: curl -s 127.0.0.1:9464/metrics | grep rebound_dlq"
 ((DONE)) || exit 1
 exit 0
