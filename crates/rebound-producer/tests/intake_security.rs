@@ -80,18 +80,8 @@ impl Intake {
     }
 
     /// SIGTERM and wait for a clean exit.
-    async fn terminate(mut self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("stops within 30 s")
-            .expect("reaped");
-        assert!(exit.success(), "graceful exit: {exit}");
+    async fn terminate(self) {
+        common::terminate_gracefully(self.child).await;
     }
 }
 

@@ -33,18 +33,8 @@ impl ProducerProcess {
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub async fn terminate(mut self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("stops within 30 s")
-            .expect("reaped");
-        assert!(exit.success(), "graceful exit: {exit}");
+    pub async fn terminate(self) {
+        terminate_gracefully(self.child).await;
     }
 
     /// POSTs a JSON body to `/v1/notes`.
@@ -104,4 +94,19 @@ pub fn spawn_serve(brokers: &str, outbox: &Path, port: u16, extra: &[&str]) -> C
         .kill_on_drop(true)
         .spawn()
         .expect("producer starts")
+}
+
+/// Sends SIGTERM to a producer process and asserts it exits cleanly within 30 s.
+pub async fn terminate_gracefully(mut child: Child) {
+    let pid = child.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("stops within 30 s")
+        .expect("reaped");
+    assert!(exit.success(), "graceful exit: {exit}");
 }
