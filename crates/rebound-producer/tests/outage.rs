@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::{ProducerProcess, note_json, write_flags};
 use rebound_schema::NoteCodec;
-use rebound_testkit::free_local_port;
 use serde_json::Value;
 
 struct OwnBroker {
@@ -57,13 +56,8 @@ impl Drop for OwnBroker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notes_accepted_while_kafka_is_down_survive_a_producer_kill_and_arrive_in_order() {
-    // Two free ports in a row: the broker's controller listens on the client port + 1.
-    let port = loop {
-        let port = free_local_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            break port;
-        }
-    };
+    // The broker listens on six ports from this one (controller +1, SASL +2, TLS +3..+5).
+    let port = rebound_testkit::free_local_port_block(6);
     let work = tempfile::tempdir().expect("tempdir");
     let broker = OwnBroker {
         port,

@@ -235,6 +235,34 @@ pub fn free_local_port() -> u16 {
         .unwrap()
 }
 
+/// The first port of `count` consecutive loopback ports that were all free a moment ago, taken
+/// from below the kernel's ephemeral range, for a server that listens on several ports derived
+/// from one (the local broker: client port, controller +1, SASL +2, TLS +3..+5).
+///
+/// Not [`free_local_port`]: that port comes from the ephemeral range, where every outgoing
+/// connection of the machine also takes its local port, so the ports after it can be taken by a
+/// client connection between this check and the server's bind (the broker then exits with
+/// "Address already in use"). Ports below the range are only ever taken by explicit binds.
+pub fn free_local_port_block(count: u16) -> u16 {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let lowest = 20_000u16;
+    let highest = ephemeral_start.saturating_sub(count).max(lowest + 1);
+    // Start where the process id points so that concurrent test binaries spread out, then walk.
+    let span = highest - lowest;
+    let offset = (std::process::id() % u32::from(span)) as u16;
+    for step in 0..span {
+        let first = lowest + (offset + step) % span;
+        let all_free = (0..count).all(|index| std::net::TcpListener::bind(("127.0.0.1", first + index)).is_ok());
+        if all_free {
+            return first;
+        }
+    }
+    panic!("no {count} consecutive free loopback ports between {lowest} and {highest}");
+}
+
 /// Waits until an HTTP GET of `url` answers 200.
 pub async fn wait_for_http_ok(url: &str, deadline: Duration) {
     let client = reqwest::Client::new();
