@@ -16,6 +16,13 @@ use crate::{RegistryClient, RegistryError};
 /// bounded retries; the records go to the retry tiers instead.
 const UNAVAILABLE_HOLD: Duration = Duration::from_secs(2);
 
+/// After the registry refused a schema id (404, or a schema that cannot be used), records naming
+/// that id are poison at once for this long, without asking again: a flood of records with an
+/// unknown id costs the registry one request, not one per record. Not forever, because an id can
+/// become known (a registry restored from a backup, a producer that registers late), and records
+/// dead-lettered meanwhile can be replayed.
+const REFUSED_HOLD: Duration = Duration::from_secs(60);
+
 /// Why a record could not be decoded, and whether trying again later can help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeFailure {
@@ -32,6 +39,7 @@ pub struct NoteDecoder {
     registry: Option<RegistryClient>,
     schemas_by_id: Mutex<HashMap<u32, Arc<PreparedWriterSchema>>>,
     unavailable_until: Mutex<Option<(tokio::time::Instant, String)>>,
+    refused_ids: Mutex<HashMap<u32, (tokio::time::Instant, String)>>,
 }
 
 impl NoteDecoder {
@@ -42,6 +50,7 @@ impl NoteDecoder {
             registry,
             schemas_by_id: Mutex::new(HashMap::new()),
             unavailable_until: Mutex::new(None),
+            refused_ids: Mutex::new(HashMap::new()),
         }
     }
 
@@ -73,6 +82,12 @@ impl NoteDecoder {
                 message: rebound_schema::SchemaError::DecodeNeedsRegistry { schema_id }.to_string(),
             });
         };
+        if let Some(reason) = self.still_refused(schema_id) {
+            return Err(DecodeFailure {
+                kind: ErrorKind::Poison,
+                message: reason,
+            });
+        }
         if let Some(reason) = self.still_unavailable() {
             return Err(DecodeFailure {
                 kind: ErrorKind::Transient,
@@ -106,6 +121,12 @@ impl NoteDecoder {
             }
             Err(error) => {
                 events::schema_registry_refused_schema(schema_id, &error);
+                if let Ok(mut refused) = self.refused_ids.lock() {
+                    refused.insert(
+                        schema_id,
+                        (tokio::time::Instant::now() + REFUSED_HOLD, error.to_string()),
+                    );
+                }
                 Err(DecodeFailure {
                     kind: ErrorKind::Poison,
                     message: error.to_string(),
@@ -116,6 +137,16 @@ impl NoteDecoder {
 
     fn cached(&self, schema_id: u32) -> Option<Arc<PreparedWriterSchema>> {
         self.schemas_by_id.lock().ok()?.get(&schema_id).cloned()
+    }
+
+    fn still_refused(&self, schema_id: u32) -> Option<String> {
+        let mut refused = self.refused_ids.lock().ok()?;
+        let now = tokio::time::Instant::now();
+        // Expired refusals go, so the map holds at most the ids refused within the hold.
+        refused.retain(|_, (until, _)| now < *until);
+        refused
+            .get(&schema_id)
+            .map(|(_, reason)| format!("{reason} (refused within the last {REFUSED_HOLD:?}; not asked again yet)"))
     }
 
     fn still_unavailable(&self) -> Option<String> {
@@ -171,6 +202,67 @@ mod tests {
         tokio::time::advance(UNAVAILABLE_HOLD + Duration::from_millis(1)).await;
         let asked = decoder.decode(&confluent_record(8)).await.expect_err("still down");
         assert!(asked.message.contains("after 3 attempts"), "asked again: {asked:?}");
+    }
+
+    /// A registry on loopback that answers 404 to every schema id and counts the requests.
+    async fn registry_that_knows_no_id() -> (RegistryClient, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        let app = axum::Router::new().route(
+            "/schemas/ids/{id}",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        axum::http::StatusCode::NOT_FOUND,
+                        r#"{"error_code":40403,"message":"Schema not found"}"#,
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = RegistryArgs {
+            schema_registry_url: Some(format!("http://{address}")),
+            schema_registry_basic_auth: None,
+            schema_registry_basic_auth_file: None,
+            schema_registry_bearer_token: None,
+            schema_registry_bearer_token_file: None,
+            schema_registry_ca_file: None,
+            schema_registry_timeout: Duration::from_secs(5),
+        }
+        .into_config()
+        .expect("valid")
+        .expect("a registry");
+        (RegistryClient::new(&config).expect("client"), requests)
+    }
+
+    #[tokio::test]
+    async fn an_id_the_registry_does_not_know_is_poison_and_not_asked_again_for_a_while() {
+        use std::sync::atomic::Ordering;
+        let (client, requests) = registry_that_knows_no_id().await;
+        let decoder = NoteDecoder::new(NoteCodec::embedded(), Some(client));
+        let first = decoder.decode(&confluent_record(404)).await.expect_err("unknown id");
+        assert_eq!(first.kind, ErrorKind::Poison, "{first:?}");
+        assert!(first.message.contains("404"), "{first:?}");
+        // A flood of records naming the same unknown id costs the registry one request.
+        for _ in 0..50 {
+            let again = decoder.decode(&confluent_record(404)).await.expect_err("still unknown");
+            assert_eq!(again.kind, ErrorKind::Poison);
+            assert!(again.message.contains("404"), "{again:?}");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "the refusal is remembered");
+        // Another id is asked for.
+        decoder.decode(&confluent_record(405)).await.expect_err("unknown too");
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        // Past the hold the id is asked again: it may have been registered since.
+        tokio::time::pause();
+        tokio::time::advance(REFUSED_HOLD + Duration::from_millis(1)).await;
+        tokio::time::resume();
+        decoder.decode(&confluent_record(404)).await.expect_err("unknown still");
+        assert_eq!(requests.load(Ordering::SeqCst), 3, "asked again after the hold");
     }
 
     #[tokio::test]
