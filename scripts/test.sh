@@ -29,6 +29,33 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$SCRIPT_DIR/lib/prereqs.sh"
 cd "$REPO"
 
+# Each stage's wall time, printed when the next begins and as a table at the end (also when a
+# stage fails), so a slow machine shows where the time went.
+stage_names=()
+stage_seconds=()
+stage_started=$SECONDS
+stage() { # name
+  finish_stage
+  stage_names+=("$1")
+  stage_started=$SECONDS
+  say "$1"
+}
+finish_stage() {
+  ((${#stage_names[@]} > ${#stage_seconds[@]})) || return 0
+  local took=$((SECONDS - stage_started))
+  stage_seconds+=("$took")
+  say "  ($((took / 60))m$((took % 60))s)"
+}
+stage_table() {
+  finish_stage
+  local index
+  say "stage times (total $((SECONDS / 60))m$((SECONDS % 60))s):"
+  for index in "${!stage_seconds[@]}"; do
+    say "$(printf '%5dm%02ds  %s' $((stage_seconds[index] / 60)) $((stage_seconds[index] % 60)) "${stage_names[index]}")"
+  done
+}
+
+stage "prerequisites (scripts/lib/prereqs.sh --for test)"
 # shellcheck disable=SC2046 # the list is words
 prereqs_ensure $(prereqs_for test)
 
@@ -37,6 +64,7 @@ started_postgres=0
 started_registry=0
 stop_broker() {
   local status=$?
+  stage_table
   if [[ $started_registry == 1 ]]; then
     say "stopping the schema registry this run started"
     scripts/registry-local.sh stop 2>/dev/null || say "warning: stopping the schema registry failed"
@@ -53,10 +81,10 @@ stop_broker() {
 }
 trap stop_broker EXIT
 
-say "cargo fmt --check"
+stage "cargo fmt --check"
 cargo fmt --all --check
 
-say "cargo clippy (all targets, warnings are errors)"
+stage "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # The minimum supported Rust version is the workspace's rust-version; checking with that very
@@ -68,26 +96,27 @@ if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
   say "installing Rust $msrv (the minimum supported version) with rustup"
   rustup toolchain install "$msrv" --profile minimal
 fi
-say "minimum supported Rust: cargo +$msrv check"
+stage "minimum supported Rust: cargo +$msrv check"
 cargo +"$msrv" check --workspace --all-targets --locked --target-dir target/msrv
 
 if prereqs_skipped promtool || prereqs_skipped amtool; then
   warn "SKIPPED: alert rules and alertmanager config (promtool/amtool missing; CI runs them)"
 else
-  say "alert rules and alertmanager config (promtool, amtool)"
+  stage "alert rules and alertmanager config (promtool, amtool)"
   scripts/check-alerts.sh
 fi
 
-say "man pages and shell completions (scripts/man.sh)"
+stage "man pages and shell completions (scripts/man.sh)"
 scripts/man.sh >/dev/null
 
-say "Helm chart (helm lint, helm template | kubeconform -strict, PrometheusRule = alerts.yml)"
+stage "Helm chart (helm lint, helm template | kubeconform -strict, PrometheusRule = alerts.yml)"
 scripts/check-chart.sh
 
 # Build everything before the broker starts, so its start-up wait does not include compiling.
-say "building tests"
+stage "building tests"
 cargo test --workspace --locked --no-run
 
+stage "services: broker, PostgreSQL, schema registry, Python client"
 if scripts/kafka-local.sh status >/dev/null 2>&1; then
   say "using the local broker that is already running"
 else
@@ -129,11 +158,11 @@ export REBOUND_TEST_REGISTRY_URL
 REBOUND_TEST_PYTHON=$(scripts/python-venv.sh)
 export REBOUND_TEST_PYTHON
 
-say "cargo test (broker $REBOUND_TEST_BROKERS, registry $REBOUND_TEST_REGISTRY_URL)"
+stage "cargo test (broker $REBOUND_TEST_BROKERS, registry $REBOUND_TEST_REGISTRY_URL)"
 cargo test --workspace --locked --no-fail-fast "$@"
 
 # Last, as it restarts the broker: the small chaos soak (about 2 minutes), lost = 0 or it fails.
-say "small chaos soak (scripts/soak.sh --small, broker $REBOUND_TEST_BROKERS)"
+stage "small chaos soak (scripts/soak.sh --small, broker $REBOUND_TEST_BROKERS)"
 scripts/soak.sh --small
 
 # A subset of the integration tests, the small soak and the demo once more against a broker in a
@@ -143,7 +172,8 @@ scripts/soak.sh --small
 if [[ ${REBOUND_TEST_DOCKER:-1} == 0 ]]; then
   say "REBOUND_TEST_DOCKER=0: the dockerized stage (scripts/test-docker.sh) is NOT run"
 else
-  say "dockerized stage (scripts/test-docker.sh)"
+  stage "dockerized stage (scripts/test-docker.sh)"
   scripts/test-docker.sh
 fi
+finish_stage
 say "all checks passed"
