@@ -9,16 +9,19 @@
 #
 # Host networking only. The host's local CA certificates (/usr/local/share/ca-certificates, on a
 # network that inspects TLS) are mounted read-only where Debian's ca-certificates picks them up
-# when it is installed: a fresh machine on that network is given them too. The container's broker uses its own port (FRESH_KAFKA_PORT), so a broker
-# already running on the host is neither used nor disturbed. The container has no Docker engine,
+# when it is installed: a fresh machine on that network is given them too. The container's
+# broker, PostgreSQL and schema registry use their own ports (FRESH_*_PORT), so those already
+# running on the host are neither used nor disturbed. The container has no Docker engine,
 # so test.sh runs with REBOUND_TEST_DOCKER=0 (its dockerized stage is the host's to run). Slow:
 # everything is built from scratch inside (crates are downloaded into the container).
 #
 # Files: target/fresh-machine/<run>/ (repo/ the copy and its build, demo.log, test.log).
 #
 # Environment:
-#   FRESH_KAFKA_PORT  client port of the broker inside (default 49092; +1 and +2 are used too)
-#   FRESH_NICE        niceness of the steps inside (default 0; 19 yields to everything else)
+#   FRESH_KAFKA_PORT     client port of the broker inside (default 49092; +1 .. +5 are used too)
+#   FRESH_POSTGRES_PORT  port of the test command's PostgreSQL inside (default 45432)
+#   FRESH_REGISTRY_PORT  port of the test command's schema registry inside (default 48081)
+#   FRESH_NICE           niceness of the steps inside (default 0; 19 yields to everything else)
 #   RUSTUP_HOME, CARGO_HOME  the host's Rust installation (default ~/.rustup, ~/.cargo)
 set -euo pipefail
 
@@ -33,6 +36,8 @@ case ${1:-} in
 esac
 
 readonly KAFKA_PORT=${FRESH_KAFKA_PORT:-49092}
+readonly POSTGRES_PORT=${FRESH_POSTGRES_PORT:-45432}
+readonly REGISTRY_PORT=${FRESH_REGISTRY_PORT:-48081}
 readonly NICENESS=${FRESH_NICE:-0}
 [[ $NICENESS =~ ^[0-9]+$ ]] || die "FRESH_NICE must be a whole number from 0 to 19, not '$NICENESS'"
 readonly HOST_RUSTUP=${RUSTUP_HOME:-$HOME/.rustup}
@@ -61,12 +66,15 @@ local_ca=()
 compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null &&
   local_ca=(-v /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro)
 say "starting $CONTAINER from $base (host network; Rust from $HOST_RUSTUP, read-only)"
-docker run -d --name "$CONTAINER" --network host ${local_ca[@]+"${local_ca[@]}"} \
+# --init: an init reaps the processes the scripts leave behind (the demo's broker, a killed
+# service), as on any real machine; `sleep` as pid 1 would keep them as zombies.
+docker run -d --init --name "$CONTAINER" --network host ${local_ca[@]+"${local_ca[@]}"} \
   -v "$HOST_RUSTUP:/opt/rust/rustup:ro" -v "$HOST_CARGO_BIN:/opt/rust/bin:ro" \
   -v "$RUN_DIR/repo:/src" -w /src \
   -e RUSTUP_HOME=/opt/rust/rustup -e CARGO_HOME=/root/.cargo \
   -e PATH=/root/.cargo/bin:/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  -e REBOUND_KAFKA_PORT="$KAFKA_PORT" -e REBOUND_TEST_DOCKER=0 \
+  -e REBOUND_KAFKA_PORT="$KAFKA_PORT" -e REBOUND_POSTGRES_PORT="$POSTGRES_PORT" \
+  -e REBOUND_REGISTRY_PORT="$REGISTRY_PORT" -e REBOUND_TEST_DOCKER=0 \
   "$base" sleep infinity >/dev/null
 CONTAINER_STARTED=1
 
