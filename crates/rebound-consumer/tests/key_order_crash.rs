@@ -32,10 +32,17 @@ fn spawn_consumer_process(prefix: &str, sink: &str) -> Child {
         .expect("consumer binary starts")
 }
 
-/// Live entries of the state topic, by entry key.
+/// Live entries of the state topic, by entry key (none before the consumer created it).
 async fn live_state_entries(prefix: &str) -> Vec<String> {
+    let topic = format!("{prefix}rebound-blocked-keys");
+    let exists = rebound_kafka::topic_exists(&rebound_testkit::kafka_args(), &topic, Duration::from_secs(10))
+        .await
+        .expect("metadata");
+    if !exists {
+        return Vec::new();
+    }
     let mut latest = BTreeMap::new();
-    for record in read_all(&format!("{prefix}rebound-blocked-keys")).await {
+    for record in read_all(&topic).await {
         latest.insert(
             String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned(),
             record.value.is_some(),
@@ -77,6 +84,24 @@ async fn parked_versions_stay_in_order_across_a_kill_and_a_new_member() {
         || async {
             let live = live_state_entries(&prefix).await;
             (live.len() == 3).then_some(live)
+        },
+    )
+    .await;
+    // The source offsets past v3 are committed, so the new member never reads v1, v2 or v3
+    // from the source again: only the state topic can tell it that v2 and v3 wait.
+    wait_for(
+        "the source offsets past the three versions committed",
+        Duration::from_secs(30),
+        || async {
+            let committed = rebound_kafka::fetch_committed_offsets(
+                &rebound_testkit::kafka_args(),
+                &format!("{prefix}consumer"),
+                &format!("{prefix}notes"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("committed offsets");
+            (committed.values().sum::<i64>() >= 3).then_some(())
         },
     )
     .await;
