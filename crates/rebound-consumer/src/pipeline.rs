@@ -239,6 +239,9 @@ struct AppliedBatch {
     /// Records taken from the per-key order state (released or following a dead blocker):
     /// their source offsets were stored when they were parked, so none is stored for them.
     from_state: Vec<bool>,
+    /// Records of a partition revoked while they were in hand, left to its new owner: no
+    /// offset is stored for them (and their partition is not blocked for later batches).
+    left_to_owner: Vec<bool>,
     /// Entries of the per-key order state topic, produced with the batch's copies; no offset
     /// of the batch is stored before all of them are acknowledged.
     state_writes: Vec<OutgoingRecord>,
@@ -268,6 +271,7 @@ impl AppliedBatch {
         self.batch.push(record);
         self.fates.push(Some(Fate::Held));
         self.from_state.push(false);
+        self.left_to_owner.push(false);
     }
 
     /// Adds a record taken from the per-key order state; returns its index.
@@ -276,6 +280,7 @@ impl AppliedBatch {
         self.batch.push(record);
         self.fates.push(fate);
         self.from_state.push(true);
+        self.left_to_owner.push(false);
         self.batch.len() - 1
     }
 }
@@ -386,6 +391,7 @@ impl Pipeline<'_> {
         let mut applied = AppliedBatch {
             fates: (0..batch.len()).map(|_| None).collect(),
             from_state: vec![false; batch.len()],
+            left_to_owner: vec![false; batch.len()],
             state_writes: Vec::new(),
             batch,
             spans,
@@ -570,7 +576,10 @@ impl Pipeline<'_> {
         for &index in indexes {
             let record = &applied.batch[index];
             if unrestored.contains(&(record.topic.clone(), record.partition)) {
-                // No state for its partition (shutdown while it was read): not safe, read again.
+                // No state for its partition (revoked, or shutdown while it was read): neither
+                // applied nor held; its owner reads it again.
+                applied.fates[index] = None;
+                applied.left_to_owner[index] = true;
                 continue;
             }
             match source_key(record) {
@@ -671,8 +680,8 @@ impl Pipeline<'_> {
 
     /// Applies the assignment changes to the per-key order state, and restores every partition
     /// of the records at `indexes` (and every newly assigned one) that is not tracked yet, by
-    /// reading the state topic. Returns the partitions that could not be restored because
-    /// shutdown came first.
+    /// reading the state topic. Returns the partitions whose records must be left unsafe: not
+    /// assigned any more, or not restored because shutdown came first.
     async fn sync_key_order(&self, applied: &AppliedBatch, indexes: &[usize]) -> BTreeSet<(String, i32)> {
         let Some(state) = &self.key_order else {
             return BTreeSet::new();
@@ -711,8 +720,19 @@ impl Pipeline<'_> {
             }
             state.config.state_topic.clone()
         };
+        // A partition no longer assigned (revoked while its records were in hand) is not
+        // restored: its records are left unsafe, and its new owner reads them again in order.
+        let assigned: BTreeSet<(String, i32)> = self
+            .runtime
+            .consumer
+            .assignment()
+            .into_iter()
+            .map(|partition| (partition.topic, partition.partition))
+            .collect();
+        let not_assigned: BTreeSet<(String, i32)> = wanted.difference(&assigned).cloned().collect();
+        wanted.retain(|partition| assigned.contains(partition));
         if wanted.is_empty() {
-            return wanted;
+            return not_assigned;
         }
         let started = std::time::Instant::now();
         loop {
@@ -728,13 +748,13 @@ impl Pipeline<'_> {
                         events::key_order_state_restored(wanted.len(), blocked_keys, parked, started.elapsed());
                         events::consumer_parked_records(state.order.parked_total());
                     }
-                    return BTreeSet::new();
+                    return not_assigned;
                 }
                 Err(error) => {
                     events::key_order_state_error("read", &state_topic, &error);
                     // No record of these partitions may be applied without their state.
                     tokio::select! {
-                        () = self.stop.wait() => return wanted,
+                        () = self.stop.wait() => return wanted.union(&not_assigned).cloned().collect(),
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
@@ -1106,8 +1126,15 @@ impl Pipeline<'_> {
             fates,
             spans,
             from_state,
+            left_to_owner,
             state_writes,
         } = applied;
+        // Neither kind has an offset of this batch to store.
+        let from_state = from_state
+            .iter()
+            .zip(&left_to_owner)
+            .map(|(from_state, left)| *from_state || *left)
+            .collect();
         let safe = self.deliver_copies(&batch, fates, state_writes, shutdown).await;
         // The records' spans end when their copies are acknowledged, not before.
         drop(spans);
