@@ -839,7 +839,9 @@ impl Pipeline<'_> {
                     }
                     let position = key_position(&applied.batch[index], dispatch);
                     match dispatch.route {
-                        Route::Tier { .. } => writes.extend(state.order.routed_to_tier(key, position)),
+                        Route::Tier { .. } => {
+                            writes.extend(state.order.routed_to_tier(key, position, *role == KeyRole::Released))
+                        }
                         Route::DeadLetter if *role == KeyRole::Flow => {}
                         Route::DeadLetter => {
                             let dead = state.order.dead_lettered(key);

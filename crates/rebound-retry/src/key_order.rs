@@ -306,14 +306,23 @@ impl<P> KeyOrder<P> {
     }
 
     /// A record of `key` first consumed at `original_offset` went to a tier: it blocks its key
-    /// unless it already does. Returns the entries to write.
-    pub fn routed_to_tier(&mut self, key: &SourceKey, original_offset: i64) -> Vec<StateWrite> {
+    /// unless it already does. A record from before the key's block (admitted as
+    /// [`Admission::Flow`] while the key is blocked: a replay, or a duplicate copy of a record
+    /// already settled) never takes the blocker's place, or the records parked behind the real
+    /// blocker would be released while it still waits; it is only a duplicate in a tier.
+    /// `released` says the record was just taken from the key's queue with
+    /// [`KeyOrder::next_released`]: it then becomes the blocker of the records left behind it.
+    /// Returns the entries to write.
+    pub fn routed_to_tier(&mut self, key: &SourceKey, original_offset: i64, released: bool) -> Vec<StateWrite> {
         let state = self.partition_mut(key);
         let key_state = state.keys.entry(key.key.clone()).or_insert_with(|| KeyState {
             blocker: None,
             parked: BTreeMap::new(),
         });
         if key_state.blocker == Some(original_offset) {
+            return Vec::new();
+        }
+        if !released && key_state.head().is_some_and(|head| original_offset < head) {
             return Vec::new();
         }
         key_state.blocker = Some(original_offset);
@@ -566,7 +575,7 @@ mod tests {
         let mut order = tracked(OnDeadKey::DeadLetter, 10);
         let a = key("a");
         assert_eq!(
-            order.routed_to_tier(&a, 5),
+            order.routed_to_tier(&a, 5, false),
             vec![StateWrite::Block {
                 key: a.clone(),
                 blocker_offset: 5
@@ -613,10 +622,10 @@ mod tests {
     fn a_blocker_failing_again_stays_the_blocker_without_a_new_entry() {
         let mut order = tracked(OnDeadKey::DeadLetter, 10);
         let a = key("a");
-        order.routed_to_tier(&a, 5);
+        order.routed_to_tier(&a, 5, false);
         order.park(&a, 6, "v2");
         assert_eq!(order.admit(&a, 30, Some(("notes", 0, 5))), Admission::BlockerBack);
-        assert_eq!(order.routed_to_tier(&a, 5), Vec::new());
+        assert_eq!(order.routed_to_tier(&a, 5, false), Vec::new());
         assert_eq!(order.blocker_of(&a), Some(5));
         assert_eq!(order.next_released(&a), None);
     }
@@ -625,7 +634,7 @@ mod tests {
     fn replays_after_a_crash_are_recognised_and_never_parked_twice() {
         let mut order = tracked(OnDeadKey::DeadLetter, 10);
         let a = key("a");
-        order.routed_to_tier(&a, 5);
+        order.routed_to_tier(&a, 5, false);
         order.park(&a, 7, "v2");
         // The blocker's own source record, read again: its tier copy exists.
         assert_eq!(order.admit(&a, 5, None), Admission::AlreadyInTier);
@@ -643,10 +652,29 @@ mod tests {
     }
 
     #[test]
+    fn an_older_record_failing_again_never_takes_the_blockers_place() {
+        // A duplicate tier copy of v1 (already applied) fails while v2 blocks the key with v3
+        // parked behind it: v2 stays the blocker, so v3 is not released before v2.
+        let mut order = tracked(OnDeadKey::DeadLetter, 10);
+        let a = key("a");
+        order.routed_to_tier(&a, 226, false);
+        order.park(&a, 300, "v3");
+        assert_eq!(order.admit(&a, 871, Some(("notes", 0, 39))), Admission::Flow);
+        assert_eq!(order.routed_to_tier(&a, 39, false), Vec::new());
+        assert_eq!(order.blocker_of(&a), Some(226));
+        // The duplicate back again and applied changes nothing either.
+        assert_eq!(order.admit(&a, 900, Some(("notes", 0, 39))), Admission::Flow);
+        assert_eq!(order.next_released(&a), None);
+        assert_eq!(order.admit(&a, 950, Some(("notes", 0, 226))), Admission::BlockerBack);
+        order.blocker_applied(&a);
+        assert_eq!(order.next_released(&a).map(|released| released.payload), Some("v3"));
+    }
+
+    #[test]
     fn a_copy_from_another_partition_is_ordered_where_it_arrives() {
         let mut order = tracked(OnDeadKey::DeadLetter, 10);
         let a = key("a");
-        order.routed_to_tier(&a, 5);
+        order.routed_to_tier(&a, 5, false);
         assert_eq!(order.admit(&a, 40, Some(("notes", 3, 5))), Admission::Park);
         assert_eq!(order.admit(&a, 40, Some(("other", 0, 5))), Admission::Park);
     }
@@ -655,7 +683,7 @@ mod tests {
     fn a_dead_lettered_blocker_takes_its_parked_records_to_the_dlq() {
         let mut order = tracked(OnDeadKey::DeadLetter, 10);
         let a = key("a");
-        order.routed_to_tier(&a, 5);
+        order.routed_to_tier(&a, 5, false);
         order.park(&a, 6, "v2");
         order.park(&a, 8, "v3");
         let dead = order.dead_lettered(&a);
@@ -682,7 +710,7 @@ mod tests {
     fn with_continue_a_dead_lettered_blocker_releases_its_parked_records() {
         let mut order = tracked(OnDeadKey::Continue, 10);
         let a = key("a");
-        order.routed_to_tier(&a, 5);
+        order.routed_to_tier(&a, 5, false);
         order.park(&a, 6, "v2");
         let dead = order.dead_lettered(&a);
         assert!(dead.follow.is_empty());
@@ -694,13 +722,13 @@ mod tests {
     fn a_released_record_that_fails_transiently_becomes_the_blocker_of_the_rest() {
         let mut order = tracked(OnDeadKey::DeadLetter, 10);
         let a = key("a");
-        order.routed_to_tier(&a, 5);
+        order.routed_to_tier(&a, 5, false);
         order.park(&a, 6, "v2");
         order.park(&a, 8, "v3");
         order.blocker_applied(&a);
         let v2 = order.next_released(&a).expect("v2");
         assert_eq!(
-            order.routed_to_tier(&a, v2.offset),
+            order.routed_to_tier(&a, v2.offset, true),
             vec![StateWrite::Block {
                 key: a.clone(),
                 blocker_offset: 6
@@ -717,12 +745,12 @@ mod tests {
     fn a_released_last_record_that_fails_transiently_blocks_the_key_again() {
         let mut order = tracked(OnDeadKey::DeadLetter, 10);
         let a = key("a");
-        order.routed_to_tier(&a, 5);
+        order.routed_to_tier(&a, 5, false);
         order.park(&a, 6, "v2");
         order.blocker_applied(&a);
         let v2 = order.next_released(&a).expect("v2");
         assert!(!order.is_blocked(&a));
-        order.routed_to_tier(&a, v2.offset);
+        order.routed_to_tier(&a, v2.offset, true);
         assert!(order.is_blocked(&a));
         assert_eq!(order.admit(&a, 7, None), Admission::Park);
     }
@@ -732,7 +760,7 @@ mod tests {
         let mut order = tracked(OnDeadKey::DeadLetter, 2);
         order.restore_partition("notes", 1, []);
         let a = key("a");
-        order.routed_to_tier(&a, 1);
+        order.routed_to_tier(&a, 1, false);
         order.park(&a, 2, "x");
         assert!(!order.at_cap("notes", 0));
         order.park(&a, 3, "y");
