@@ -735,6 +735,29 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_record_is_republished_to_the_partition_it_was_first_consumed_from() {
+        let mut record = ConsumedRecord {
+            topic: "retry-5s".to_owned(),
+            partition: 4,
+            offset: 10,
+            timestamp_ms: None,
+            key: Some(b"note".to_vec()),
+            value: Some(b"value".to_vec()),
+            headers: rebound_retry::RecordHeaders::new(),
+        };
+        let republish = ReleaseAction::Republish {
+            target_topic: "notes".to_owned(),
+        };
+        // Without a history the key decides, as before.
+        assert_eq!(outgoing_of_action(&record, &republish).partition, None);
+        record.headers.set(rebound_retry::contract::ORIGINAL_PARTITION, "2");
+        let outgoing = outgoing_of_action(&record, &republish);
+        assert_eq!((outgoing.topic.as_str(), outgoing.partition), ("notes", Some(2)));
+        record.headers.set(rebound_retry::contract::ORIGINAL_PARTITION, "-1");
+        assert_eq!(outgoing_of_action(&record, &republish).partition, None);
+    }
+
     #[tokio::test]
     async fn prefetch_bounds_are_properties_librdkafka_accepts() {
         // Creating the client validates its configuration without a broker.
