@@ -3,8 +3,14 @@
 # killed, the broker restarts and a consumer freezes.
 #
 # Usage: scripts/soak.sh [--small] [--versions N] [--notes N] [--rate N] [--duration S]
-#                        [--timeout S] [--seed N] [--sink sqlite|postgres]
+#                        [--timeout S] [--seed N] [--sink sqlite|postgres] [--check-order]
 #
+#   --check-order     the ordering soak: notes get 5 versions each (unless --notes says
+#                     otherwise), the injected failures are 10% transient only, a fault comes every
+#                     10 s (unless SOAK_FAULT_MIN/MAX say otherwise), and at the end the sink's
+#                     delivery journal must show every note's versions first applied in increasing
+#                     order (per-key order during retries, the consumers' default
+#                     `--ordering key`). SQLite sink only.
 #   --sink postgres   the consumers share a PostgreSQL sink instead of the SQLite file: a
 #                     database of its own for the run, on the cluster REBOUND_TEST_POSTGRES_URL
 #                     names, else on scripts/postgres-local.sh's (started if it is not running,
@@ -65,7 +71,13 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 
 SMALL=0
 SINK_KIND=sqlite
-for arg in "$@"; do [[ $arg == --small ]] && SMALL=1; done
+CHECK_ORDER=0
+NOTES_GIVEN=${SOAK_NOTES:+1}
+for arg in "$@"; do
+  [[ $arg == --small ]] && SMALL=1
+  [[ $arg == --check-order ]] && CHECK_ORDER=1
+  [[ $arg == --notes ]] && NOTES_GIVEN=1
+done
 if ((SMALL)); then
   VERSIONS=${SOAK_VERSIONS:-5000} NOTES=${SOAK_NOTES:-250} RATE=${SOAK_RATE:-125}
   DURATION=${SOAK_DURATION:-40} TIMEOUT=${SOAK_TIMEOUT:-240}
@@ -76,9 +88,12 @@ fi
 SEED=${SOAK_SEED:-1}
 FAULT_MIN=${SOAK_FAULT_MIN:-5}
 if ((SMALL)); then FAULT_MAX=${SOAK_FAULT_MAX:-8}; else FAULT_MAX=${SOAK_FAULT_MAX:-15}; fi
+if ((CHECK_ORDER)); then
+  FAULT_MIN=${SOAK_FAULT_MIN:-10} FAULT_MAX=${SOAK_FAULT_MAX:-10}
+fi
 while (($# > 0)); do
   case $1 in
-    --small) shift ;;
+    --small | --check-order) shift ;;
     --sink)
       (($# >= 2)) || { warn "error: $1 needs a value"; usage; exit 2; }
       case $2 in
@@ -102,11 +117,20 @@ for var in VERSIONS NOTES RATE DURATION TIMEOUT SEED FAULT_MIN FAULT_MAX; do
 done
 ((VERSIONS > 0 && NOTES > 0)) || { warn "error: versions and notes must be at least 1"; exit 2; }
 ((FAULT_MIN >= 1 && FAULT_MAX >= FAULT_MIN)) || { warn "error: need 1 <= SOAK_FAULT_MIN <= SOAK_FAULT_MAX"; exit 2; }
-readonly VERSIONS NOTES RATE DURATION TIMEOUT SEED FAULT_MIN FAULT_MAX SMALL SINK_KIND
+if ((CHECK_ORDER)); then
+  [[ $SINK_KIND == sqlite ]] || { warn "error: --check-order reads the SQLite sink's delivery journal; drop --sink postgres"; exit 2; }
+  # Keys with 5 versions each, unless the notes were given.
+  [[ -n $NOTES_GIVEN ]] || NOTES=$(((VERSIONS + 4) / 5))
+fi
+readonly VERSIONS NOTES RATE DURATION TIMEOUT SEED FAULT_MIN FAULT_MAX SMALL SINK_KIND CHECK_ORDER
 
 readonly PORT=${REBOUND_KAFKA_PORT:-9092}
 readonly BROKERS=127.0.0.1:$PORT
-readonly FAILURES=transient=0.1,permanent=0.01
+if ((CHECK_ORDER)); then
+  readonly FAILURES=transient=0.1
+else
+  readonly FAILURES=transient=0.1,permanent=0.01
+fi
 # Short tiers, so records that fail twice come back within seconds. The names stay those of the
 # default topics; two tiers of one attempt each make three attempts before the DLQ.
 readonly TIERS=(retry-5s:2s retry-1m:5s)
@@ -492,6 +516,27 @@ EARLY=$(figure "$RUN_DIR/audit.out" "dlq transient before tiers used up")
 LATENESS_MIN=$(figure "$RUN_DIR/audit.out" "retry lateness min")
 NEVER=$(figure "$RUN_DIR/audit.out" "versions never delivered (only superseded)")
 
+# The ordering check: in the delivery journal (one row per note handed to the sink, in the
+# order the sink was handed them), the first delivery of each version of a note must come in
+# increasing version order. Repeats after a crash (at least once) are not first deliveries.
+ORDER_CHECK=""
+OUT_OF_ORDER=0
+if ((CHECK_ORDER)); then
+  ORDER_CHECK=$(python3 - "$DB" <<'PY'
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+first = {}
+for note_id, version in connection.execute("SELECT note_id, version FROM deliveries ORDER BY rowid"):
+    seen = first.setdefault(note_id, [])
+    if version not in seen:
+        seen.append(version)
+out_of_order = [note_id for note_id, versions in first.items() if versions != sorted(versions)]
+print(f"{len(first)} {len(out_of_order)} {' '.join(out_of_order[:5])}")
+PY
+  ) || die "the ordering check could not read $DB"
+  read -r ORDERED_KEYS OUT_OF_ORDER OUT_OF_ORDER_EXAMPLES <<<"$ORDER_CHECK"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # 5. Summary.
 
@@ -506,6 +551,7 @@ FAILED=()
 ((BAD_STOPS == 0)) || FAILED+=("$BAD_STOPS services did not stop cleanly")
 ((${FAULT_COUNT[broker-restart]:-0} >= 2)) || FAILED+=("fewer than 2 broker restarts")
 ((${FAULT_COUNT[sigstop-consumer]:-0} >= 1)) || FAILED+=("no consumer was frozen")
+((OUT_OF_ORDER == 0)) || FAILED+=("$OUT_OF_ORDER notes applied out of order (e.g. ${OUT_OF_ORDER_EXAMPLES:-?})")
 all_types_killed || FAILED+=("not every service type was killed")
 
 kills=0
@@ -525,12 +571,15 @@ row() { printf '  %-44s %s\n' "$1" "$2"; }
   row "  SIGSTOP consumer (${FREEZE_SECONDS}s)" "${FAULT_COUNT[sigstop-consumer]:-0}"
   row "unexpected service exits" "$UNEXPECTED"
   row "versions applied or superseded" "$(figure "$RUN_DIR/audit.out" "versions applied or superseded")"
-  for kind in permanent poison transient; do
+  for kind in permanent poison transient blocked-by-key; do
     n=$(figure "$RUN_DIR/audit.out" "versions in dlq ($kind)")
     [[ -n $n ]] && row "versions in dlq ($kind)" "$n"
   done
   row "dlq transient before tiers used up" "$EARLY"
   row "LOST" "$LOST"
+  if ((CHECK_ORDER)); then
+    row "notes applied in order / out of order" "$((ORDERED_KEYS - OUT_OF_ORDER)) / $OUT_OF_ORDER"
+  fi
   row "versions never delivered (only superseded)" "$NEVER"
   row "dlq duplicates (versions / extra copies)" \
     "$(figure "$RUN_DIR/audit.out" "dlq duplicate versions") / $(figure "$RUN_DIR/audit.out" "dlq extra copies")"

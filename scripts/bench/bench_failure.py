@@ -1,5 +1,6 @@
 # bench_failure.py - phase 3 of the benchmark: the failure path, the consumer with 10% transient
-# failures (and the retry scheduler) against the same run with none.
+# failures (and the retry scheduler) against the same run with none, and the same 10% with
+# per-key order off (`--ordering none`) against the default (`--ordering key`), in one repetition.
 
 import os
 
@@ -9,9 +10,9 @@ from common import log, median, free_port
 class FailurePhase:
     """The failure path; a mixin of harness.Bench."""
 
-    def failure_run(self, transient, rep):
+    def failure_run(self, transient, rep, ordering="key"):
         count = self.args.failure_count
-        label = f"f{rep}-{int(transient * 100)}"
+        label = f"f{rep}-{int(transient * 100)}-{ordering}"
         prefix = f"{self.run_id}-{label}."
         self.create_topics(prefix, ["notes"], ["retry-5s", "retry-1m"])
         self.produce_with_kcat(self.next_name(f"fill-{label}"), prefix + "notes", self.datasets["small"]["kcat"], limit=count)
@@ -28,7 +29,8 @@ class FailurePhase:
             self.next_name(f"consumer-{label}"),
             self.consumer_command(
                 prefix, "notes", f"{self.run_id}-{label}-consumer", "null://", port,
-                extra=["--inject-failures", f"transient={transient}", "--inject-seed", str(rep + 1), *tiers],
+                extra=["--inject-failures", f"transient={transient}", "--inject-seed", str(rep + 1), *tiers,
+                       "--ordering", ordering],
             ),
         )
         result = self.watch_consumer(
@@ -40,6 +42,7 @@ class FailurePhase:
         result.update(
             consumer_rss_kib=consumer_rss, scheduler_rss_kib=scheduler_rss,
             consumer_exit_code=consumer_code, scheduler_exit_code=scheduler_code, transient=transient,
+            ordering=ordering,
         )
         return result
 
@@ -49,12 +52,16 @@ class FailurePhase:
             row = {"rep": rep}
             for transient in ((0.0, 0.1) if rep % 2 == 0 else (0.1, 0.0)):
                 row["fail_10" if transient else "fail_0"] = self.failure_run(transient, rep)
+            # Per-key order on (the default, above) against off, same failures, same repetition.
+            row["fail_10_unordered"] = self.failure_run(0.1, rep, ordering="none")
+            row["ordering_cost"] = row["fail_10"]["seconds_steady"] / row["fail_10_unordered"]["seconds_steady"]
             row["overhead"] = row["fail_10"]["seconds_steady"] / row["fail_0"]["seconds_steady"]
             row["overhead_wall"] = row["fail_10"]["seconds_wall"] / row["fail_0"]["seconds_wall"]
             log(
                 f"failure path rep {rep}: 0% {row['fail_0']['seconds_steady']:.2f}s, "
                 f"10% {row['fail_10']['seconds_steady']:.2f}s ({row['fail_10']['outcomes']['retried']:.0f} retried), "
-                f"overhead {row['overhead']:.2f}x"
+                f"overhead {row['overhead']:.2f}x; 10% with --ordering none "
+                f"{row['fail_10_unordered']['seconds_steady']:.2f}s, per-key order costs {row['ordering_cost']:.2f}x"
             )
             runs.append(row)
         self.results["runs"]["failure"] = runs
@@ -66,8 +73,12 @@ class FailurePhase:
             "fail_10_seconds_wall": median(run["fail_10"]["seconds_wall"] for run in runs),
             "overhead": median(run["overhead"] for run in runs),
             "overhead_wall": median(run["overhead_wall"] for run in runs),
+            "fail_10_unordered_seconds": median(run["fail_10_unordered"]["seconds_steady"] for run in runs),
+            "ordering_cost": median(run["ordering_cost"] for run in runs),
             "retried": median(run["fail_10"]["outcomes"]["retried"] for run in runs),
-            "consumer_peak_rss_kib": max(run[key]["consumer_rss_kib"] for run in runs for key in ("fail_0", "fail_10")),
+            "consumer_peak_rss_kib": max(
+                run[key]["consumer_rss_kib"] for run in runs for key in ("fail_0", "fail_10", "fail_10_unordered")
+            ),
             "scheduler_peak_rss_kib": max(run[key]["scheduler_rss_kib"] for run in runs for key in ("fail_0", "fail_10")),
         }
         self.write_results()

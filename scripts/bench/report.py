@@ -124,6 +124,12 @@ def render_markdown(results):
             f"{failure['fail_10_seconds']:.2f} s vs {failure['fail_0_seconds']:.2f} s | | "
             f"{fmt_ratio(failure['overhead'])} | <= 1.15x | {verdict(failure['overhead'] <= 1.15)} |"
         )
+        if "ordering_cost" in failure:
+            lines.append(
+                f"| failure path, 10% transient, --ordering key vs none | "
+                f"{failure['fail_10_seconds']:.2f} s vs {failure['fail_10_unordered_seconds']:.2f} s | | "
+                f"{fmt_ratio(failure['ordering_cost'])} | measured | |"
+            )
     scheduler = summary.get("scheduler", {})
     for rate, figures in scheduler.items():
         target = ""

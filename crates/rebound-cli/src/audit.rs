@@ -6,7 +6,9 @@
 //!
 //! A version that is neither applied nor dead-lettered but whose latest copy sits in a retry tier
 //! and is due (plus `--due-grace`) after the audit's time can still arrive: it is counted as
-//! waiting in that tier, not as lost. Only what can no longer arrive is lost.
+//! waiting in that tier, not as lost. Only what can no longer arrive is lost. A version parked
+//! behind an earlier version of its key (per-key order: its record is in the consumer's state
+//! topic, waiting for that version to leave its tier) is counted as parked, not as lost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -17,7 +19,7 @@ use anyhow::Context as _;
 use rebound_kafka::{KafkaArgs, TopicScan, read_topic_to_end};
 use rebound_retry::contract;
 use rebound_schema::NoteCodec;
-use rebound_service::{SourceTopicArgs, TopologyArgs, parse_duration_flag};
+use rebound_service::{KeyOrderTopicArgs, SourceTopicArgs, TopologyArgs, parse_duration_flag};
 use rebound_sink_store::{DeliveryJournalSummary, PostgresTlsArgs, SinkReader, SinkSpec};
 
 /// Flags of `rebound audit`.
@@ -40,6 +42,10 @@ pub struct AuditArgs {
     /// DLQ and the prefix of every topic name, shared with the services.
     #[command(flatten)]
     pub topology: TopologyArgs,
+
+    /// The consumer's per-key order state topic: versions parked there are not lost.
+    #[command(flatten)]
+    pub key_order_topic: KeyOrderTopicArgs,
 
     /// How long past its due time a version whose latest copy sits in a tier is still expected
     /// back (the scheduler republishes it, the consumer applies it). Within it the version is
@@ -123,7 +129,11 @@ pub struct AuditReport {
     pub stored_after_tier: BTreeMap<String, usize>,
     /// Versions that can still arrive, by tier (configured name, without the prefix).
     pub waiting_in_tiers: BTreeMap<String, TierWait>,
-    /// Versions neither applied, nor dead-lettered, nor waiting in a tier.
+    /// Versions parked behind an earlier version of their key waiting in a tier (per-key
+    /// order), neither applied nor dead-lettered.
+    #[serde(default)]
+    pub parked_behind_key: usize,
+    /// Versions neither applied, nor dead-lettered, nor waiting in a tier, nor parked.
     pub lost: usize,
     /// A few lost versions, for the error message.
     pub lost_examples: Vec<NoteVersion>,
@@ -205,7 +215,7 @@ impl AuditReport {
 
     /// Every version is applied or dead-lettered: nothing lost, nothing still waiting.
     pub fn settled(&self) -> bool {
-        self.lost == 0 && self.waiting() == 0
+        self.lost == 0 && self.waiting() == 0 && self.parked_behind_key == 0
     }
 
     /// Versions dead-lettered, all kinds together.
@@ -300,6 +310,12 @@ impl AuditReport {
         );
         for (tier, wait) in &self.waiting_in_tiers {
             row(format!("versions waiting in {tier}"), wait.versions.to_string());
+        }
+        if self.parked_behind_key > 0 {
+            row(
+                "versions parked behind their key".to_owned(),
+                self.parked_behind_key.to_string(),
+            );
         }
         row("lost".to_owned(), self.lost.to_string());
         if let Some(extended) = &self.extended {
@@ -432,6 +448,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     // Read after the sink and the DLQ: a version applied or dead-lettered in between is then
     // still found waiting rather than lost.
     let in_tiers = read_tier_copies(kafka, args, codec).await?;
+    let parked = read_parked_versions(kafka, args, codec).await?;
     report.audited_at_ms = epoch_ms_now();
     let grace_ms = i64::try_from(args.due_grace.as_millis()).unwrap_or(i64::MAX);
     for (note_id, version) in &produced {
@@ -455,6 +472,8 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             wait.versions += 1;
             wait.next_due_ms = wait.next_due_ms.min(copy.due_ms);
             wait.last_due_ms = wait.last_due_ms.max(copy.due_ms);
+        } else if parked.contains(&key) {
+            report.parked_behind_key += 1;
         } else {
             report.lost += 1;
             if report.lost_examples.len() < 10 {
@@ -518,6 +537,42 @@ struct TierCopy {
 /// Reads every tier topic and keeps, per note version, the copy with the most attempts (the
 /// latest hop; ties go to the later due time). A tier topic that does not exist holds nothing;
 /// a record that is no note or has no due time is skipped (the scheduler dead-letters it).
+/// The note versions parked in the consumer's per-key order state topic now: live entries
+/// (`parked/...` keys whose latest record is not a tombstone) whose value is a note.
+async fn read_parked_versions(
+    kafka: &KafkaArgs,
+    args: &AuditArgs,
+    codec: &NoteCodec,
+) -> anyhow::Result<HashSet<(String, i64)>> {
+    let topic = args
+        .key_order_topic
+        .prefixed(&args.topology.naming)
+        .map_err(|error| anyhow::anyhow!("invalid {}: {}", error.flag, error.reason))?;
+    let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+    if let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? {
+        while let Some(batch) = scan.next_batch().await? {
+            for record in batch {
+                if let Some(key) = record.key {
+                    latest.insert(key, record.value);
+                }
+            }
+        }
+    }
+    Ok(latest
+        .into_iter()
+        .filter(|(key, _)| {
+            matches!(
+                rebound_retry::parse_state_entry_key(key),
+                Ok(rebound_retry::StateEntryKey::Parked { .. })
+            )
+        })
+        .filter_map(|(_, value)| {
+            let note = codec.decode(&value?).ok()?;
+            Some((note.note_id, note.version))
+        })
+        .collect())
+}
+
 async fn read_tier_copies(
     kafka: &KafkaArgs,
     args: &AuditArgs,

@@ -1,13 +1,16 @@
 //! `rebound topics create`: the pipeline's topics with partition counts, retention and
-//! replication from flags, created idempotently. `rebound topics delete`: every topic whose name
+//! replication from flags, created idempotently, and the consumer's compacted per-key order
+//! state topic. `rebound topics delete`: every topic whose name
 //! starts with a prefix (a test or benchmark run's topics).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rebound_kafka::{KafkaArgs, TopicCreation, TopicSpec, create_topics, delete_topics, list_topics};
-use rebound_service::{SourceTopicArgs, TopologyArgs, parse_duration_flag};
+use rebound_kafka::{
+    KafkaArgs, TopicCreation, TopicSpec, create_topics, delete_topics, key_order_state_topic_spec, list_topics,
+};
+use rebound_service::{KeyOrderTopicArgs, SourceTopicArgs, TopologyArgs, parse_duration_flag};
 use serde::Serialize;
 
 use crate::{OutputFormat, UsageError};
@@ -22,6 +25,10 @@ pub struct TopicsCreateArgs {
     /// Tiers, DLQ and topic prefix, shared with the services (only the tiers' names are used).
     #[command(flatten)]
     pub topology: TopologyArgs,
+
+    /// The consumer's per-key order state topic, created compacted with one partition.
+    #[command(flatten)]
+    pub key_order_topic: KeyOrderTopicArgs,
 
     /// Partitions of each source topic; also the default for tiers.
     #[arg(long, env = "REBOUND_PARTITIONS", default_value_t = 6)]
@@ -171,6 +178,15 @@ pub fn pipeline_topic_specs(args: &TopicsCreateArgs) -> anyhow::Result<Vec<Topic
         args.dlq_partitions,
         dlq_retention,
     ));
+    let state_topic = args
+        .key_order_topic
+        .prefixed(&args.topology.naming)
+        .map_err(|error| anyhow::anyhow!("invalid {}: {}", error.flag, error.reason))?;
+    specs.push(key_order_state_topic_spec(
+        &state_topic,
+        args.replication_factor,
+        args.min_insync_replicas,
+    ));
     Ok(specs)
 }
 
@@ -285,10 +301,15 @@ mod tests {
     }
 
     #[test]
-    fn defaults_create_the_four_pipeline_topics_with_longer_dlq_retention() {
+    fn defaults_create_the_four_pipeline_topics_with_longer_dlq_retention_and_the_state_topic() {
         let specs = pipeline_topic_specs(&parse(&[])).expect("valid");
         let names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
-        assert_eq!(names, vec!["notes", "retry-5s", "retry-1m", "dlq"]);
+        assert_eq!(
+            names,
+            vec!["notes", "retry-5s", "retry-1m", "dlq", "rebound-blocked-keys"]
+        );
+        assert_eq!(specs[4].config["cleanup.policy"], "compact");
+        assert_eq!(specs[4].partitions, 1);
         let retention = |index: usize| specs[index].config["retention.ms"].parse::<u64>().expect("number");
         assert!(retention(3) > retention(0));
     }
@@ -305,7 +326,10 @@ mod tests {
         ]))
         .expect("valid");
         let names: Vec<(&str, i32)> = specs.iter().map(|spec| (spec.name.as_str(), spec.partitions)).collect();
-        assert_eq!(names, vec![("s.notes", 3), ("s.r1", 3), ("s.dlq", 1)]);
+        assert_eq!(
+            names,
+            vec![("s.notes", 3), ("s.r1", 3), ("s.dlq", 1), ("s.rebound-blocked-keys", 1)]
+        );
     }
 
     #[test]

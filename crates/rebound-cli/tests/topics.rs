@@ -32,7 +32,7 @@ async fn topics_create_twice_creates_then_leaves_existing_topics_alone() {
     let first = rebound(&flags);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let first_output = String::from_utf8_lossy(&first.stdout).into_owned();
-    for topic in ["notes", "retry-5s", "retry-1m", "dlq"] {
+    for topic in ["notes", "retry-5s", "retry-1m", "dlq", "rebound-blocked-keys"] {
         assert!(
             first_output.contains(&format!("created  {prefix}{topic}")),
             "{first_output}"
@@ -41,14 +41,14 @@ async fn topics_create_twice_creates_then_leaves_existing_topics_alone() {
     let second = rebound(&flags);
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     let second_output = String::from_utf8_lossy(&second.stdout).into_owned();
-    assert_eq!(second_output.matches("exists   ").count(), 4, "{second_output}");
+    assert_eq!(second_output.matches("exists   ").count(), 5, "{second_output}");
     // The same answer for scripts: one JSON object.
     let json_flags: Vec<&str> = flags.iter().copied().chain(["--output", "json"]).collect();
     let third = rebound(&json_flags);
     assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
     let report: serde_json::Value = serde_json::from_slice(&third.stdout).expect("one JSON object");
     assert_eq!(report["created"], 0, "{report}");
-    assert_eq!(report["existing"], 4, "{report}");
+    assert_eq!(report["existing"], 5, "{report}");
     assert_eq!(report["topics"][0]["name"], format!("{prefix}notes"), "{report}");
     assert_eq!(report["topics"][0]["outcome"], "exists", "{report}");
 
@@ -81,6 +81,9 @@ async fn library_call_reports_created_and_existing_topics() {
                 topic_prefix: prefix.clone(),
             },
         },
+        key_order_topic: rebound_service::KeyOrderTopicArgs {
+            blocked_keys_topic: "rebound-blocked-keys".to_owned(),
+        },
         partitions: 1,
         tier_partitions: None,
         dlq_partitions: 1,
@@ -102,6 +105,7 @@ async fn library_call_reports_created_and_existing_topics() {
             TopicCreation::Created(format!("{prefix}notes")),
             TopicCreation::Created(format!("{prefix}retry-5s")),
             TopicCreation::Created(format!("{prefix}dlq")),
+            TopicCreation::Created(format!("{prefix}rebound-blocked-keys")),
         ]
     );
     let again = rebound_cli::create_pipeline_topics(&kafka_args(), &args)

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_registry::{NoteDecoder, RegistryArgs, RegistryClient, RegistryConfig, RegistryError};
-use rebound_retry::{BreakerSettings, TierPolicy};
+use rebound_retry::{BreakerSettings, OnDeadKey, TierPolicy};
 use rebound_schema::NoteCodec;
 use rebound_service::{
-    CommonArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs, parse_duration_flag,
+    CommonArgs, KeyOrderTopicArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs,
+    parse_duration_flag,
 };
 use rebound_sink_store::{PostgresTlsArgs, SinkSpec, SinkStoreError};
 
@@ -98,6 +99,27 @@ pub struct ConsumerArgs {
     #[arg(long, env = "REBOUND_BREAKER_PROBE_MAX", default_value = "60s", value_parser = parse_duration_flag)]
     pub breaker_probe_max: Duration,
 
+    /// Per-key order during retries: `key` never applies a record while an earlier record of
+    /// its Kafka key waits in a tier (later ones are parked behind it, durably); `none` lets
+    /// later records overtake it.
+    #[arg(long, env = "REBOUND_ORDERING", value_enum, default_value_t = OrderingMode::Key)]
+    pub ordering: OrderingMode,
+
+    /// With `--ordering key`, what becomes of the records parked behind a record that is
+    /// dead-lettered: `dlq` sends them after it, untried (`retry.error.kind=blocked-by-key`);
+    /// `continue` applies them.
+    #[arg(long, env = "REBOUND_ON_DEAD_KEY", value_enum, default_value_t = DeadKeyMode::Dlq)]
+    pub on_dead_key: DeadKeyMode,
+
+    /// With `--ordering key`, parked records per source partition at which the partition is
+    /// paused until releases bring it below (order is never dropped; memory stays bounded).
+    #[arg(long, env = "REBOUND_MAX_PARKED", default_value_t = 10_000)]
+    pub max_parked: usize,
+
+    /// The per-key order state topic.
+    #[command(flatten)]
+    pub key_order_topic: KeyOrderTopicArgs,
+
     /// Most records processed as one batch (one sink transaction).
     #[arg(long, env = "REBOUND_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
@@ -174,6 +196,35 @@ pub enum BreakerMode {
     Off,
 }
 
+/// Whether the consumer keeps per-key order during retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrderingMode {
+    /// A key's later records wait behind its record in a tier.
+    Key,
+    /// Later records may overtake a record waiting in a tier.
+    None,
+}
+
+/// What follows a dead-lettered record whose key has parked records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeadKeyMode {
+    /// The parked records follow it to the DLQ.
+    Dlq,
+    /// The parked records are applied.
+    Continue,
+}
+
+/// Per-key order settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOrderConfig {
+    /// The state topic, prefix applied.
+    pub state_topic: String,
+    /// What follows a dead-lettered blocker.
+    pub on_dead_key: OnDeadKey,
+    /// Parked records per partition at which it is paused.
+    pub max_parked: usize,
+}
+
 /// The consumer's validated configuration.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -212,6 +263,8 @@ pub struct ConsumerConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The schema registry of Confluent-framed records, if configured.
     pub registry: Option<RegistryConfig>,
+    /// Per-key order during retries; `None` with `--ordering none`.
+    pub key_order: Option<KeyOrderConfig>,
 }
 
 /// The decoder of both wire formats, with the registry client if one is configured; warns about
@@ -301,6 +354,35 @@ impl ConsumerArgs {
                 })?,
             ),
         };
+        let key_order = match self.ordering {
+            OrderingMode::None => None,
+            OrderingMode::Key => {
+                if self.max_parked == 0 {
+                    return Err(invalid("--max-parked", "must be at least 1".to_owned()));
+                }
+                let state_topic = self
+                    .key_order_topic
+                    .prefixed(&self.topology.naming)
+                    .map_err(|error| invalid(error.flag, error.reason))?;
+                if source_topics.contains(&state_topic)
+                    || policy.tiers().iter().any(|tier| tier.topic == state_topic)
+                    || policy.dead_letter_topic() == state_topic
+                {
+                    return Err(invalid(
+                        "--blocked-keys-topic",
+                        format!("{state_topic} is also a source, tier or DLQ topic"),
+                    ));
+                }
+                Some(KeyOrderConfig {
+                    state_topic,
+                    on_dead_key: match self.on_dead_key {
+                        DeadKeyMode::Dlq => OnDeadKey::DeadLetter,
+                        DeadKeyMode::Continue => OnDeadKey::Continue,
+                    },
+                    max_parked: self.max_parked,
+                })
+            }
+        };
         let max_poll_interval = max_poll_interval(&self.common.kafka)?;
         let http_batch_timeout = self.http_batch_timeout.unwrap_or(max_poll_interval / 2);
         if http_batch_timeout.is_zero() || http_batch_timeout >= max_poll_interval {
@@ -376,6 +458,7 @@ impl ConsumerArgs {
             batch_linger: self.batch_linger,
             http,
             shutdown_timeout: self.shutdown.shutdown_timeout,
+            key_order,
         })
     }
 }

@@ -7,10 +7,11 @@
 //! the record to be consumed again, never lost. See `ARCHITECTURE.md` for the full argument.
 
 mod config;
+mod key_order;
 mod pipeline;
 pub mod sink;
 
-pub use config::{BreakerMode, ConsumerArgs, ConsumerConfig};
+pub use config::{BreakerMode, ConsumerArgs, ConsumerConfig, DeadKeyMode, KeyOrderConfig, OrderingMode};
 pub use pipeline::{run, run_with_sink};
 
 /// Everything that can stop the consumer.

@@ -16,21 +16,25 @@
 //! batches wait for delivery, and of their records only the failed ones keep their bytes.
 //! A slow sink still slows the intake rather than grow a queue.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 
-use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, TopicPartition};
+use rebound_kafka::{
+    ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, TopicPartition,
+};
 use rebound_registry::NoteDecoder;
 use rebound_retry::{
-    BreakerState, CircuitBreaker, Dispatch, DueTiming, ErrorKind, Failure, RetryContext, Route, SinkAttempt,
-    failure_dispatch, parse_retry_context,
+    Admission, BreakerState, CircuitBreaker, Dispatch, DueTiming, ErrorKind, Failure, OnDeadKey, RetryContext, Route,
+    SinkAttempt, SourceKey, StateWrite, blocked_by_key_dispatch, failure_dispatch, parse_retry_context,
 };
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
 use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
 
+use crate::key_order::{KeyOrderState, entry_record, original_location, read_state, source_key};
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure, open_sink};
 use crate::{ConsumerConfig, ConsumerError};
 
@@ -66,6 +70,19 @@ pub async fn run_with_sink(
     let mut required_topics = config.source_topics.clone();
     required_topics.extend(config.policy.tiers().iter().map(|tier| tier.topic.clone()));
     required_topics.push(config.policy.dead_letter_topic().to_owned());
+    if let Some(key_order) = &config.key_order {
+        // Created here if missing, so turning ordering on needs no separate step.
+        match crate::key_order::ensure_state_topic(&config.kafka, &key_order.state_topic).await {
+            Ok(rebound_kafka::TopicCreation::Created(topic)) => {
+                tracing::info!(topic, "created the per-key order state topic");
+            }
+            Ok(rebound_kafka::TopicCreation::AlreadyExisted(_)) => {}
+            Err(error) => {
+                tracing::warn!(topic = key_order.state_topic, %error, "could not create the per-key order state topic")
+            }
+        }
+        required_topics.push(key_order.state_topic.clone());
+    }
     let spec = RuntimeSpec {
         service: "consumer",
         kafka: &config.kafka,
@@ -104,6 +121,11 @@ pub async fn run_with_sink(
         runtime,
         stop: stop.clone(),
         clock_origin: tokio::time::Instant::now(),
+        key_order: config
+            .key_order
+            .clone()
+            .map(|settings| Mutex::new(KeyOrderState::new(settings))),
+        assignment_changes: Mutex::new(Vec::new()),
     };
     let stop = stop.triggered_by({
         let shutdown = shutdown.clone();
@@ -163,6 +185,21 @@ struct Pipeline<'config> {
     stop: Shutdown,
     /// The origin of the breaker's time.
     clock_origin: tokio::time::Instant,
+    /// Per-key order during retries; `None` with `--ordering none`. Locked only between awaits.
+    key_order: Option<Mutex<KeyOrderState>>,
+    /// Assignment changes not yet applied to the per-key order state.
+    assignment_changes: Mutex<Vec<PartitionAssignmentEvent>>,
+}
+
+/// What a record applied under per-key order is to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyRole {
+    /// Its key was not blocked.
+    Flow,
+    /// The key's blocker, back from its tier.
+    BlockerBack,
+    /// Released from the key's parked queue.
+    Released,
 }
 
 /// What a sink call is, for the breaker.
@@ -199,6 +236,15 @@ struct AppliedBatch {
     batch: Vec<ConsumedRecord>,
     fates: Vec<Option<Fate>>,
     spans: Vec<tracing::Span>,
+    /// Records taken from the per-key order state (released or following a dead blocker):
+    /// their source offsets were stored when they were parked, so none is stored for them.
+    from_state: Vec<bool>,
+    /// Records of a partition revoked while they were in hand, left to its new owner: no
+    /// offset is stored for them (and their partition is not blocked for later batches).
+    left_to_owner: Vec<bool>,
+    /// Entries of the per-key order state topic, produced with the batch's copies; no offset
+    /// of the batch is stored before all of them are acknowledged.
+    state_writes: Vec<OutgoingRecord>,
 }
 
 impl AppliedBatch {
@@ -224,6 +270,18 @@ impl AppliedBatch {
         self.spans.push(record_span(&record));
         self.batch.push(record);
         self.fates.push(Some(Fate::Held));
+        self.from_state.push(false);
+        self.left_to_owner.push(false);
+    }
+
+    /// Adds a record taken from the per-key order state; returns its index.
+    fn push_from_state(&mut self, record: ConsumedRecord, fate: Option<Fate>) -> usize {
+        self.spans.push(record_span(&record));
+        self.batch.push(record);
+        self.fates.push(fate);
+        self.from_state.push(true);
+        self.left_to_owner.push(false);
+        self.batch.len() - 1
     }
 }
 
@@ -231,6 +289,7 @@ impl AppliedBatch {
 struct DeliveredBatch {
     batch: Vec<ConsumedRecord>,
     safe: Vec<bool>,
+    from_state: Vec<bool>,
 }
 
 /// What became of one record of a batch.
@@ -253,7 +312,14 @@ impl Pipeline<'_> {
                 biased;
                 () = shutdown.wait() => return None,
                 // While no record arrives, assignment changes are still noticed (the partition count).
-                _ = idle_tick.tick() => self.log_assignment_events(),
+                _ = idle_tick.tick() => {
+                    self.log_assignment_events();
+                    // Parked records whose blocker was settled before a restart or a rebalance
+                    // are released without waiting for a record of their partition.
+                    if self.key_order_has_idle_work() {
+                        return Some(Vec::new());
+                    }
+                }
                 received = self.runtime.consumer.recv() => match received {
                     Ok(record) => break record,
                     Err(error) => {
@@ -288,9 +354,32 @@ impl Pipeline<'_> {
     }
 
     fn log_assignment_events(&self) {
-        // The runtime logs the changes and keeps readiness; the consumer keeps no state per
-        // partition beyond what librdkafka does.
-        self.runtime.take_assignment_changes();
+        self.note_assignment_changes();
+    }
+
+    /// Takes the runtime's assignment changes (it logs them and keeps readiness) and keeps them
+    /// for the per-key order state, which restores and forgets partitions before the next
+    /// batch is applied. Returns whether anything changed.
+    fn note_assignment_changes(&self) -> bool {
+        let changes = self.runtime.take_assignment_changes();
+        let changed = !changes.is_empty();
+        if self.key_order.is_some()
+            && changed
+            && let Ok(mut pending) = self.assignment_changes.lock()
+        {
+            pending.extend(changes);
+        }
+        changed
+    }
+
+    /// Whether the per-key order state has work without a new record: partitions to restore,
+    /// or keys to release.
+    fn key_order_has_idle_work(&self) -> bool {
+        let Some(state) = &self.key_order else {
+            return false;
+        };
+        let assigned = self.assignment_changes.lock().is_ok_and(|pending| !pending.is_empty());
+        assigned || state.lock().is_ok_and(|state| !state.pending_release.is_empty())
     }
 
     /// Decodes and applies a batch, and decides the fate of each record. With the breaker on,
@@ -301,11 +390,18 @@ impl Pipeline<'_> {
         let spans: Vec<tracing::Span> = batch.iter().map(record_span).collect();
         let mut applied = AppliedBatch {
             fates: (0..batch.len()).map(|_| None).collect(),
+            from_state: vec![false; batch.len()],
+            left_to_owner: vec![false; batch.len()],
+            state_writes: Vec::new(),
             batch,
             spans,
         };
         let all: Vec<usize> = (0..applied.batch.len()).collect();
-        self.apply_records(&mut applied, &all, breaker, SinkCall::Flow).await;
+        if self.key_order.is_some() {
+            self.apply_in_key_order(&mut applied, &all, breaker).await;
+        } else {
+            self.apply_records(&mut applied, &all, breaker, SinkCall::Flow).await;
+        }
         applied
     }
 
@@ -460,6 +556,430 @@ impl Pipeline<'_> {
         }
     }
 
+    /// Applies the records at `indexes` under per-key order (see ARCHITECTURE.md, "Per-key
+    /// order"): in rounds that hold at most one record per key, parking the records of
+    /// blocked keys and releasing the parked records of keys whose blocker was settled, until
+    /// nothing is left to apply. Once the breaker holds a record, later rounds call no sink:
+    /// the keys still to apply are held as they are, in order.
+    async fn apply_in_key_order(
+        &self,
+        applied: &mut AppliedBatch,
+        indexes: &[usize],
+        mut breaker: Option<&mut CircuitBreaker>,
+    ) {
+        let Some(state) = &self.key_order else {
+            return;
+        };
+        let unrestored = self.sync_key_order(applied, indexes).await;
+        let mut queues: BTreeMap<SourceKey, VecDeque<usize>> = BTreeMap::new();
+        let mut free = Vec::new();
+        for &index in indexes {
+            let record = &applied.batch[index];
+            if unrestored.contains(&(record.topic.clone(), record.partition)) {
+                // No state for its partition (revoked, or shutdown while it was read): neither
+                // applied nor held; its owner reads it again.
+                applied.fates[index] = None;
+                applied.left_to_owner[index] = true;
+                continue;
+            }
+            match source_key(record) {
+                Some(key) => queues.entry(key).or_default().push_back(index),
+                None => free.push(index),
+            }
+        }
+        let mut holding = false;
+        loop {
+            let mut round = std::mem::take(&mut free);
+            let mut roles = HashMap::new();
+            {
+                let Ok(mut state) = state.lock() else { return };
+                let state = &mut *state;
+                for (key, queue) in &mut queues {
+                    while let Some(&index) = queue.front() {
+                        let record = &applied.batch[index];
+                        let original = original_location(record);
+                        let admission = state.order.admit(
+                            key,
+                            record.offset,
+                            original
+                                .as_ref()
+                                .map(|(topic, partition, offset)| (topic.as_str(), *partition, *offset)),
+                        );
+                        match admission {
+                            Admission::Flow | Admission::BlockerBack => {
+                                if holding {
+                                    for index in queue.drain(..) {
+                                        applied.fates[index] = Some(Fate::Held);
+                                    }
+                                } else {
+                                    queue.pop_front();
+                                    round.push(index);
+                                    let role = if admission == Admission::BlockerBack {
+                                        KeyRole::BlockerBack
+                                    } else {
+                                        KeyRole::Flow
+                                    };
+                                    roles.insert(index, (key.clone(), role));
+                                }
+                                break;
+                            }
+                            Admission::AlreadyInTier | Admission::AlreadyParked => {
+                                queue.pop_front();
+                                applied.fates[index] = Some(Fate::Safe);
+                            }
+                            Admission::Park => {
+                                queue.pop_front();
+                                let blocker = state.order.blocker_of(key);
+                                let write = state.order.park(key, record.offset, record.clone());
+                                applied.state_writes.push(entry_record(
+                                    &state.config.state_topic,
+                                    &write,
+                                    Some(record),
+                                ));
+                                events::record_parked(record_ref(record, &record.key_for_display()), blocker);
+                                applied.spans[index].record("outcome", "parked");
+                                applied.fates[index] = Some(Fate::Safe);
+                            }
+                        }
+                    }
+                }
+                if !holding {
+                    let keys_in_round: BTreeSet<SourceKey> = roles.values().map(|(key, _)| key.clone()).collect();
+                    for key in state.pending_release.clone() {
+                        if keys_in_round.contains(&key) || queues.get(&key).is_some_and(|queue| !queue.is_empty()) {
+                            continue;
+                        }
+                        match state.order.next_released(&key) {
+                            Some(released) => {
+                                let index = applied.push_from_state(released.payload, None);
+                                round.push(index);
+                                roles.insert(index, (key, KeyRole::Released));
+                            }
+                            None => {
+                                state.pending_release.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+            if round.is_empty() {
+                break;
+            }
+            self.apply_records(applied, &round, breaker.as_deref_mut(), SinkCall::Flow)
+                .await;
+            self.settle_key_order(applied, &round, &roles);
+            if round
+                .iter()
+                .any(|index| matches!(applied.fates[*index], Some(Fate::Held)))
+            {
+                holding = true;
+            }
+        }
+        self.pause_or_resume_at_cap(applied, holding);
+    }
+
+    /// Applies the assignment changes to the per-key order state, and restores every partition
+    /// of the records at `indexes` (and every newly assigned one) that is not tracked yet, by
+    /// reading the state topic. Returns the partitions whose records must be left unsafe: not
+    /// assigned any more, or not restored because shutdown came first.
+    async fn sync_key_order(&self, applied: &AppliedBatch, indexes: &[usize]) -> BTreeSet<(String, i32)> {
+        let Some(state) = &self.key_order else {
+            return BTreeSet::new();
+        };
+        let changes = self
+            .assignment_changes
+            .lock()
+            .map(|mut pending| std::mem::take(&mut *pending))
+            .unwrap_or_default();
+        let mut wanted = BTreeSet::new();
+        let state_topic = {
+            let Ok(mut state) = state.lock() else {
+                return BTreeSet::new();
+            };
+            for change in changes {
+                match change {
+                    PartitionAssignmentEvent::Revoked(partitions) => {
+                        for partition in partitions {
+                            state.forget(&partition.topic, partition.partition);
+                            wanted.remove(&(partition.topic, partition.partition));
+                        }
+                    }
+                    PartitionAssignmentEvent::Assigned(partitions) => {
+                        for partition in partitions {
+                            state.forget(&partition.topic, partition.partition);
+                            wanted.insert((partition.topic, partition.partition));
+                        }
+                    }
+                }
+            }
+            for &index in indexes {
+                let record = &applied.batch[index];
+                if !applied.from_state[index] && !state.order.is_tracked(&record.topic, record.partition) {
+                    wanted.insert((record.topic.clone(), record.partition));
+                }
+            }
+            state.config.state_topic.clone()
+        };
+        // A partition no longer assigned (revoked while its records were in hand) is not
+        // restored: its records are left unsafe, and its new owner reads them again in order.
+        let assigned: BTreeSet<(String, i32)> = self
+            .runtime
+            .consumer
+            .assignment()
+            .into_iter()
+            .map(|partition| (partition.topic, partition.partition))
+            .collect();
+        let not_assigned: BTreeSet<(String, i32)> = wanted.difference(&assigned).cloned().collect();
+        wanted.retain(|partition| assigned.contains(partition));
+        if wanted.is_empty() {
+            return not_assigned;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            match read_state(&self.config.kafka, &state_topic, &wanted).await {
+                Ok(restored) => {
+                    let blocked_keys = restored.values().map(Vec::len).sum::<usize>();
+                    if let Ok(mut state) = state.lock() {
+                        state.restore(&wanted, restored);
+                        let parked = wanted
+                            .iter()
+                            .map(|(topic, partition)| state.order.parked_count(topic, *partition))
+                            .sum();
+                        events::key_order_state_restored(wanted.len(), blocked_keys, parked, started.elapsed());
+                        events::consumer_parked_records(state.order.parked_total());
+                    }
+                    return not_assigned;
+                }
+                Err(error) => {
+                    events::key_order_state_error("read", &state_topic, &error);
+                    // No record of these partitions may be applied without their state.
+                    tokio::select! {
+                        () = self.stop.wait() => return wanted.union(&not_assigned).cloned().collect(),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// What each record at `indexes` is to its key, before it is applied (the state says so
+    /// only until the outcome is settled).
+    fn key_roles(&self, applied: &AppliedBatch, indexes: &[usize]) -> HashMap<usize, (SourceKey, KeyRole)> {
+        let Some(state) = &self.key_order else {
+            return HashMap::new();
+        };
+        let Ok(state) = state.lock() else {
+            return HashMap::new();
+        };
+        indexes
+            .iter()
+            .filter_map(|&index| {
+                let record = &applied.batch[index];
+                let key = source_key(record)?;
+                let role = if applied.from_state[index] {
+                    KeyRole::Released
+                } else {
+                    let original = original_location(record);
+                    match state.order.admit(
+                        &key,
+                        record.offset,
+                        original
+                            .as_ref()
+                            .map(|(topic, partition, offset)| (topic.as_str(), *partition, *offset)),
+                    ) {
+                        Admission::BlockerBack => KeyRole::BlockerBack,
+                        _ => KeyRole::Flow,
+                    }
+                };
+                Some((index, (key, role)))
+            })
+            .collect()
+    }
+
+    /// Records what the sink's answers mean for the keys of the records at `indexes`: a
+    /// blocker applied releases its key, a record routed to a tier blocks it, a blocker or a
+    /// released record dead-lettered takes the parked records with it (or releases them), and
+    /// a released record held by the breaker goes back to its queue.
+    fn settle_key_order(
+        &self,
+        applied: &mut AppliedBatch,
+        indexes: &[usize],
+        roles: &HashMap<usize, (SourceKey, KeyRole)>,
+    ) {
+        let Some(state) = &self.key_order else {
+            return;
+        };
+        let Ok(mut state) = state.lock() else {
+            return;
+        };
+        let state = &mut *state;
+        let state_topic = state.config.state_topic.clone();
+        for &index in indexes {
+            let Some((key, role)) = roles.get(&index) else {
+                continue;
+            };
+            let offset = applied.batch[index].offset;
+            let mut writes = Vec::new();
+            let unpark = StateWrite::Unpark {
+                key: key.clone(),
+                offset,
+            };
+            match &applied.fates[index] {
+                Some(Fate::Safe) => match role {
+                    KeyRole::BlockerBack => {
+                        writes.extend(state.order.blocker_applied(key));
+                        state.pending_release.insert(key.clone());
+                    }
+                    KeyRole::Released => writes.push(unpark),
+                    KeyRole::Flow => {}
+                },
+                Some(Fate::Route(dispatch)) => {
+                    if *role == KeyRole::Released {
+                        writes.push(unpark);
+                    }
+                    let position = key_position(&applied.batch[index], dispatch);
+                    match dispatch.route {
+                        Route::Tier { .. } => {
+                            writes.extend(state.order.routed_to_tier(key, position, *role == KeyRole::Released))
+                        }
+                        Route::DeadLetter if *role == KeyRole::Flow => {}
+                        Route::DeadLetter => {
+                            let dead = state.order.dead_lettered(key);
+                            writes.extend(dead.writes);
+                            for follower in dead.follow {
+                                let record = follower.payload;
+                                let previous = parse_retry_context(&record.headers).ok().flatten();
+                                let follow_dispatch = blocked_by_key_dispatch(
+                                    &self.config.policy,
+                                    &record.headers,
+                                    previous.as_ref(),
+                                    &record.location(),
+                                    (key.topic.as_str(), key.partition, position),
+                                    &self.config.group,
+                                    now_epoch_ms(),
+                                );
+                                writes.push(follower.write);
+                                applied.push_from_state(record, Some(Fate::Route(Box::new(follow_dispatch))));
+                            }
+                            if state.order.on_dead_key() == OnDeadKey::Continue {
+                                state.pending_release.insert(key.clone());
+                            }
+                        }
+                    }
+                }
+                Some(Fate::Held) if *role == KeyRole::Released => {
+                    // Back to its queue (its entry was never removed), to be released later.
+                    let record = applied.batch[index].clone();
+                    state.order.park(key, offset, record);
+                    state.pending_release.insert(key.clone());
+                    applied.fates[index] = Some(Fate::Safe);
+                }
+                Some(Fate::Held) | None => {}
+            }
+            applied
+                .state_writes
+                .extend(writes.iter().map(|write| entry_record(&state_topic, write, None)));
+        }
+        events::consumer_parked_records(state.order.parked_total());
+    }
+
+    /// Under per-key order, the held records that may be tried now: the first held record of
+    /// each key. Held records whose key is blocked meanwhile are parked on the way.
+    fn key_order_heads(&self, applied: &mut AppliedBatch, held: &[usize]) -> Vec<usize> {
+        let Some(state) = &self.key_order else {
+            return held.to_vec();
+        };
+        let Ok(mut state) = state.lock() else {
+            return held.to_vec();
+        };
+        let state = &mut *state;
+        let mut seen = BTreeSet::new();
+        let mut heads = Vec::new();
+        for &index in held {
+            let record = &applied.batch[index];
+            let Some(key) = source_key(record) else {
+                heads.push(index);
+                continue;
+            };
+            if seen.contains(&key) {
+                continue;
+            }
+            let original = original_location(record);
+            match state.order.admit(
+                &key,
+                record.offset,
+                original
+                    .as_ref()
+                    .map(|(topic, partition, offset)| (topic.as_str(), *partition, *offset)),
+            ) {
+                Admission::Flow | Admission::BlockerBack => {
+                    seen.insert(key);
+                    heads.push(index);
+                }
+                Admission::AlreadyInTier | Admission::AlreadyParked => applied.fates[index] = Some(Fate::Safe),
+                Admission::Park => {
+                    let write = state.order.park(&key, record.offset, record.clone());
+                    applied
+                        .state_writes
+                        .push(entry_record(&state.config.state_topic, &write, Some(record)));
+                    applied.fates[index] = Some(Fate::Safe);
+                }
+            }
+        }
+        heads
+    }
+
+    /// Pauses the partitions of the batch that reached `--max-parked`, and resumes those that
+    /// fell below it (not while the breaker holds records: it keeps every partition paused).
+    fn pause_or_resume_at_cap(&self, applied: &AppliedBatch, holding: bool) {
+        let Some(state) = &self.key_order else {
+            return;
+        };
+        let Ok(mut state) = state.lock() else {
+            return;
+        };
+        let state = &mut *state;
+        let partitions: BTreeSet<(String, i32)> = applied
+            .batch
+            .iter()
+            .map(|record| (record.topic.clone(), record.partition))
+            .collect();
+        for (topic, partition) in partitions {
+            if state.order.at_cap(&topic, partition) {
+                // Paused again every time: the breaker's resume at the end of an outage, or a
+                // new assignment, may have resumed it.
+                self.runtime.pause_partitions(&[TopicPartition {
+                    topic: topic.clone(),
+                    partition,
+                }]);
+                if state.paused_at_cap.insert((topic.clone(), partition)) {
+                    events::consumer_parking_cap_reached(
+                        &topic,
+                        partition,
+                        state.order.parked_count(&topic, partition),
+                        state.config.max_parked,
+                    );
+                }
+            }
+        }
+        if !holding {
+            let below: Vec<(String, i32)> = state
+                .paused_at_cap
+                .iter()
+                .filter(|(topic, partition)| !state.order.at_cap(topic, *partition))
+                .cloned()
+                .collect();
+            for (topic, partition) in below {
+                self.runtime.resume_partitions(&[TopicPartition {
+                    topic: topic.clone(),
+                    partition,
+                }]);
+                state.paused_at_cap.remove(&(topic, partition));
+            }
+        }
+        events::consumer_parking_paused(state.paused_at_cap.len());
+    }
+
     /// The delay of the tier a record's next transient failure would send it to; zero when
     /// its tiers are used up.
     fn next_tier_delay(&self, record: &ConsumedRecord) -> Duration {
@@ -495,14 +1015,23 @@ impl Pipeline<'_> {
                 break;
             }
             match breaker.state() {
+                BreakerState::Closed if self.key_order.is_some() => {
+                    self.apply_in_key_order(applied, &held, Some(&mut *breaker)).await;
+                }
                 BreakerState::Closed => {
                     self.apply_records(applied, &held, Some(&mut *breaker), SinkCall::Flow)
                         .await;
                 }
                 BreakerState::HalfOpen => {
-                    let chosen: Vec<usize> = held.iter().copied().take(breaker.half_open_batch()).collect();
+                    let heads = self.key_order_heads(applied, &held);
+                    let chosen: Vec<usize> = heads.iter().copied().take(breaker.half_open_batch()).collect();
+                    if chosen.is_empty() {
+                        continue;
+                    }
+                    let roles = self.key_roles(applied, &chosen);
                     self.apply_records(applied, &chosen, Some(&mut *breaker), SinkCall::HalfOpen)
                         .await;
+                    self.settle_key_order(applied, &chosen, &roles);
                 }
                 BreakerState::Open => {
                     let due = self.clock_origin + breaker.next_probe_at().unwrap_or_default();
@@ -510,12 +1039,18 @@ impl Pipeline<'_> {
                         biased;
                         () = shutdown.wait() => break,
                         () = tokio::time::sleep_until(due) => {
-                            let chosen = held.iter().copied().find(|index| *index >= probe_from).unwrap_or(held[0]);
-                            probe_from = chosen + 1;
-                            self.apply_records(applied, &[chosen], Some(&mut *breaker), SinkCall::Probe).await;
+                            // Under per-key order only a key's first held record may be tried.
+                            let heads = self.key_order_heads(applied, &held);
+                            if let Some(&first) = heads.first() {
+                                let chosen = heads.iter().copied().find(|index| *index >= probe_from).unwrap_or(first);
+                                probe_from = chosen + 1;
+                                let roles = self.key_roles(applied, &[chosen]);
+                                self.apply_records(applied, &[chosen], Some(&mut *breaker), SinkCall::Probe).await;
+                                self.settle_key_order(applied, &[chosen], &roles);
+                            }
                         }
                         _ = assignment_tick.tick() => {
-                            if !self.runtime.take_assignment_changes().is_empty() {
+                            if self.note_assignment_changes() {
                                 self.pause_assigned();
                             }
                         }
@@ -559,9 +1094,18 @@ impl Pipeline<'_> {
         loop {
             tokio::select! {
                 biased;
-                Some(DeliveredBatch { batch, safe }) = in_flight.next(), if !in_flight.is_empty() => {
+                Some(DeliveredBatch { batch, mut safe, from_state }) = in_flight.next(), if !in_flight.is_empty() => {
                     records_in_flight -= batch.len();
                     events::consumer_in_flight(records_in_flight);
+                    // Records from the per-key order state have no offset to store: theirs was
+                    // stored when they were parked.
+                    let batch: Vec<ConsumedRecord> = batch
+                        .into_iter()
+                        .zip(&from_state)
+                        .filter(|(_, from_state)| !**from_state)
+                        .map(|(record, _)| record)
+                        .collect();
+                    safe = safe.into_iter().zip(&from_state).filter(|(_, from_state)| !**from_state).map(|(is_safe, _)| is_safe).collect();
                     self.store_offsets(&batch, &safe, &mut blocked_partitions);
                 }
                 received = applied.recv(), if intake_open && in_flight.len() < COPY_BATCHES_IN_FLIGHT => match received {
@@ -579,11 +1123,28 @@ impl Pipeline<'_> {
 
     /// Delivers one applied batch's copies; returns the batch and which of its records are safe.
     async fn deliver_batch(&self, applied: AppliedBatch, shutdown: &Shutdown) -> DeliveredBatch {
-        let AppliedBatch { batch, fates, spans } = applied;
-        let safe = self.deliver_copies(&batch, fates, shutdown).await;
+        let AppliedBatch {
+            batch,
+            fates,
+            spans,
+            from_state,
+            left_to_owner,
+            state_writes,
+        } = applied;
+        // Neither kind has an offset of this batch to store.
+        let from_state = from_state
+            .iter()
+            .zip(&left_to_owner)
+            .map(|(from_state, left)| *from_state || *left)
+            .collect();
+        let safe = self.deliver_copies(&batch, fates, state_writes, shutdown).await;
         // The records' spans end when their copies are acknowledged, not before.
         drop(spans);
-        DeliveredBatch { batch, safe }
+        DeliveredBatch {
+            batch,
+            safe,
+            from_state,
+        }
     }
 
     /// Decodes a record into a sink item, or explains why it is poison.
@@ -649,6 +1210,7 @@ impl Pipeline<'_> {
         &self,
         batch: &[ConsumedRecord],
         fates: Vec<Option<Fate>>,
+        mut state_writes: Vec<OutgoingRecord>,
         shutdown: &Shutdown,
     ) -> Vec<bool> {
         let mut safe = vec![false; batch.len()];
@@ -662,7 +1224,7 @@ impl Pipeline<'_> {
             }
         }
         let mut backoff = Duration::from_millis(100);
-        while !pending.is_empty() {
+        while !pending.is_empty() || !state_writes.is_empty() {
             let sends: Vec<_> = pending
                 .iter()
                 .map(|(index, dispatch)| {
@@ -670,7 +1232,38 @@ impl Pipeline<'_> {
                     async move { self.runtime.producer.send(&outgoing).await }
                 })
                 .collect();
-            let results = futures::future::join_all(sends).await;
+            // The per-key order state's entries go out with the copies, in the order they were
+            // decided (one partition, one producer: the broker keeps that order).
+            let entry_sends: Vec<_> = state_writes
+                .iter()
+                .map(|entry| async move { self.runtime.producer.send(entry).await })
+                .collect();
+            let (results, entry_results) =
+                futures::future::join(futures::future::join_all(sends), futures::future::join_all(entry_sends)).await;
+            let mut entries_refused = Vec::new();
+            for (entry, result) in std::mem::take(&mut state_writes).into_iter().zip(entry_results) {
+                match result {
+                    Ok(_) => {}
+                    Err(error) if error.is_fatal() => {
+                        self.stop_on_fatal_producer_error(error);
+                        entries_refused.push(entry);
+                    }
+                    Err(error) => {
+                        events::consumer_copy_refused(
+                            RecordRef {
+                                topic: &entry.topic,
+                                partition: -1,
+                                offset: -1,
+                                key: &String::from_utf8_lossy(entry.key.as_deref().unwrap_or_default()),
+                            },
+                            &entry.topic,
+                            &error,
+                        );
+                        entries_refused.push(entry);
+                    }
+                }
+            }
+            state_writes = entries_refused;
             let mut refused = Vec::new();
             let mut too_large = Vec::new();
             for ((index, dispatch), result) in pending.into_iter().zip(results) {
@@ -707,7 +1300,7 @@ impl Pipeline<'_> {
                 }
             }
             pending = refused;
-            if pending.is_empty() || shutdown.is_triggered() {
+            if (pending.is_empty() && state_writes.is_empty()) || shutdown.is_triggered() {
                 break;
             }
             tokio::select! {
@@ -715,6 +1308,11 @@ impl Pipeline<'_> {
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(MAX_PRODUCE_BACKOFF);
+        }
+        if !state_writes.is_empty() {
+            // A parked record or a blocker is safe only with its entry: without them, nothing of
+            // the batch is; it is read again after a restart.
+            safe.iter_mut().for_each(|is_safe| *is_safe = false);
         }
         safe
     }
@@ -805,6 +1403,18 @@ fn offsets_to_store<'batch>(
         }
     }
     offsets
+}
+
+/// Where a record stands in its key's order: its original offset when it was first consumed
+/// from the partition it is in now, else its own offset (as `KeyOrder::admit` reads it).
+fn key_position(record: &ConsumedRecord, dispatch: &Dispatch) -> i64 {
+    let header = |key| dispatch.headers.get_str(key);
+    let same_partition = header(rebound_retry::contract::ORIGINAL_TOPIC) == Some(record.topic.as_str())
+        && header(rebound_retry::contract::ORIGINAL_PARTITION) == Some(record.partition.to_string().as_str());
+    header(rebound_retry::contract::ORIGINAL_OFFSET)
+        .and_then(|text| text.parse::<i64>().ok())
+        .filter(|_| same_partition)
+        .unwrap_or(record.offset)
 }
 
 /// The record to produce for a failed record's copy: its key and value as the dispatch carries them.

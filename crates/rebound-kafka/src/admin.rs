@@ -35,6 +35,26 @@ pub enum TopicCreation {
     AlreadyExisted(String),
 }
 
+/// The consumer's per-key order state topic: compacted (each entry's key names a blocked key
+/// or a parked record, and only its latest value counts), one partition (every member reads
+/// it whole on assignment), and `max.message.bytes` of 8 MiB so a parked copy of any source
+/// record fits (an entry adds a few headers to the record).
+pub fn key_order_state_topic_spec(name: &str, replication_factor: i32, min_insync_replicas: Option<i32>) -> TopicSpec {
+    let mut config = BTreeMap::from([
+        ("cleanup.policy".to_owned(), "compact".to_owned()),
+        ("max.message.bytes".to_owned(), (8 * 1024 * 1024).to_string()),
+    ]);
+    if let Some(min_isr) = min_insync_replicas {
+        config.insert("min.insync.replicas".to_owned(), min_isr.to_string());
+    }
+    TopicSpec {
+        name: name.to_owned(),
+        partitions: 1,
+        replication_factor,
+        config,
+    }
+}
+
 /// Creates the topics that do not exist yet; existing ones are left untouched, so running it
 /// twice is safe. Fails on the first topic the broker refuses for another reason.
 pub async fn create_topics(

@@ -17,7 +17,8 @@ mod scan;
 mod transaction;
 
 pub use admin::{
-    TopicCreation, TopicSpec, alter_topic_config, create_topics, delete_topics, fetch_partition_counts, list_topics,
+    TopicCreation, TopicSpec, alter_topic_config, create_topics, delete_topics, fetch_partition_counts,
+    key_order_state_topic_spec, list_topics,
 };
 pub use config::{KafkaArgs, KafkaConfigPair, REDACTED, is_secret_config_key, redact_config_value};
 pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, RecordConsumer, TopicPartition};

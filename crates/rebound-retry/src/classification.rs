@@ -18,6 +18,9 @@ pub enum ErrorKind {
     /// Cannot even be read (undecodable bytes, garbled retry headers): goes to the DLQ at once,
     /// with its bytes untouched.
     Poison,
+    /// Never tried: parked behind an earlier record of its key that was dead-lettered, it
+    /// followed that record to the DLQ (`--on-dead-key dlq`) to keep the key's order.
+    BlockedByKey,
 }
 
 impl ErrorKind {
@@ -27,6 +30,7 @@ impl ErrorKind {
             ErrorKind::Transient => "transient",
             ErrorKind::Permanent => "permanent",
             ErrorKind::Poison => "poison",
+            ErrorKind::BlockedByKey => "blocked-by-key",
         }
     }
 }
@@ -45,6 +49,7 @@ impl FromStr for ErrorKind {
             "transient" => Ok(ErrorKind::Transient),
             "permanent" => Ok(ErrorKind::Permanent),
             "poison" => Ok(ErrorKind::Poison),
+            "blocked-by-key" => Ok(ErrorKind::BlockedByKey),
             _ => Err(RetryError::ParseErrorKind {
                 input: input.to_owned(),
             }),
@@ -81,7 +86,12 @@ mod tests {
 
     #[test]
     fn error_kind_names_round_trip() {
-        for kind in [ErrorKind::Transient, ErrorKind::Permanent, ErrorKind::Poison] {
+        for kind in [
+            ErrorKind::Transient,
+            ErrorKind::Permanent,
+            ErrorKind::Poison,
+            ErrorKind::BlockedByKey,
+        ] {
             assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
         }
         assert!("Transient".parse::<ErrorKind>().is_err());

@@ -163,6 +163,47 @@ pub fn dead_letter_dispatch(
     )
 }
 
+/// Sends a record that was parked behind `blocker` (its key's record that was dead-lettered,
+/// named by its original location) to the DLQ after it, untried, so the key's order holds
+/// (`--on-dead-key dlq`): kind `blocked-by-key`, and `retry.blocked.by.*` naming the blocker.
+pub fn blocked_by_key_dispatch(
+    policy: &TierPolicy,
+    incoming_headers: &RecordHeaders,
+    previous: Option<&RetryContext>,
+    location: &RecordLocation,
+    blocker: (&str, i32, i64),
+    consumer_group: &str,
+    failed_at_ms: i64,
+) -> Dispatch {
+    let (blocker_topic, blocker_partition, blocker_offset) = blocker;
+    let failure = Failure {
+        kind: ErrorKind::BlockedByKey,
+        message: format!(
+            "not tried: an earlier record of its key ({blocker_topic}/{blocker_partition}@{blocker_offset}) was dead-lettered"
+        ),
+        failed_at_ms,
+    };
+    let mut dispatch = build_dispatch(
+        policy,
+        incoming_headers,
+        previous,
+        location,
+        &failure,
+        consumer_group,
+        previous.map_or(0, |context| context.attempt),
+        Route::DeadLetter,
+        DueTiming::default(),
+    );
+    dispatch.headers.set(contract::BLOCKED_BY_TOPIC, blocker_topic);
+    dispatch
+        .headers
+        .set(contract::BLOCKED_BY_PARTITION, blocker_partition.to_string());
+    dispatch
+        .headers
+        .set(contract::BLOCKED_BY_OFFSET, blocker_offset.to_string());
+    dispatch
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "private helper shared by the two public entry points"
@@ -376,6 +417,39 @@ mod tests {
 
     fn policy() -> TierPolicy {
         TierPolicy::new(TierPolicy::default_tiers(), "dlq", "").expect("valid")
+    }
+
+    #[test]
+    fn a_record_parked_behind_a_dead_letter_follows_it_naming_it() {
+        let mut headers = RecordHeaders::new();
+        headers.push("traceparent", Some(b"00-abc".to_vec()));
+        let dispatch = blocked_by_key_dispatch(
+            &policy(),
+            &headers,
+            None,
+            &location("notes", 9),
+            ("notes", 2, 5),
+            "rebound-consumer",
+            1_000,
+        );
+        assert_eq!(dispatch.topic, "dlq");
+        assert_eq!(dispatch.route, Route::DeadLetter);
+        assert_eq!(dispatch.kind, ErrorKind::BlockedByKey);
+        assert_eq!(dispatch.headers.get_str(contract::ERROR_KIND), Some("blocked-by-key"));
+        assert_eq!(dispatch.headers.get_str(contract::BLOCKED_BY_TOPIC), Some("notes"));
+        assert_eq!(dispatch.headers.get_str(contract::BLOCKED_BY_PARTITION), Some("2"));
+        assert_eq!(dispatch.headers.get_str(contract::BLOCKED_BY_OFFSET), Some("5"));
+        assert_eq!(dispatch.headers.get_str(contract::ORIGINAL_OFFSET), Some("9"));
+        assert_eq!(dispatch.headers.get_str(contract::DLQ_ERRORS_OFFSET), Some("9"));
+        assert_eq!(dispatch.headers.get_str(contract::ATTEMPT), Some("0"));
+        assert_eq!(dispatch.headers.get_str("traceparent"), Some("00-abc"));
+        // The DLQ tooling reads it back.
+        let context = parse_retry_context(&dispatch.headers)
+            .expect("parses")
+            .expect("history");
+        assert_eq!(context.error_kind, Some(ErrorKind::BlockedByKey));
+        // Dead-letter-only keys: a later copy rewrites them from scratch.
+        assert!(contract::DLQ_KEYS.contains(&contract::BLOCKED_BY_OFFSET));
     }
 
     fn location(topic: &str, offset: i64) -> RecordLocation {

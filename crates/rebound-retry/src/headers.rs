@@ -24,7 +24,7 @@ pub mod contract {
     pub const ORIGINAL_TIMESTAMP: &str = "retry.original.timestamp";
     /// Epoch milliseconds of the first failure (set once).
     pub const FIRST_FAILURE_TIMESTAMP: &str = "retry.first.failure.timestamp";
-    /// `transient`, `permanent` or `poison`.
+    /// `transient`, `permanent`, `poison` or `blocked-by-key`.
     pub const ERROR_KIND: &str = "retry.error.kind";
     /// The last error, truncated to 1024 bytes.
     pub const ERROR_MESSAGE: &str = "retry.error.message";
@@ -66,13 +66,27 @@ pub mod contract {
     /// On a dead-letter stub: how many other headers the stub does not carry.
     pub const DROPPED_HEADERS: &str = "retry.dropped.headers";
 
+    /// On a `blocked-by-key` dead letter: topic of the key's record that was dead-lettered
+    /// first (its original topic), which this record was parked behind.
+    pub const BLOCKED_BY_TOPIC: &str = "retry.blocked.by.topic";
+    /// On a `blocked-by-key` dead letter: that record's original partition.
+    pub const BLOCKED_BY_PARTITION: &str = "retry.blocked.by.partition";
+    /// On a `blocked-by-key` dead letter: that record's original offset.
+    pub const BLOCKED_BY_OFFSET: &str = "retry.blocked.by.offset";
+
+    /// On an entry of the per-key order state topic for a parked record: the record's own key
+    /// (the entry's Kafka key names the entry).
+    pub const PARKED_KEY: &str = "retry.parked.key";
+    /// On a parked record's state entry: the record's Kafka timestamp, epoch milliseconds.
+    pub const PARKED_TIMESTAMP: &str = "retry.parked.timestamp";
+
     /// Stands in, in its place, for a foreign header whose key is not valid UTF-8: the Kafka
     /// client cannot read such a key, so neither it nor its value can be carried over.
     pub const UNREADABLE_HEADER: &str = "retry.unreadable.header";
 
     /// The keys written only on dead letters: KIP-1191's, and the stub's account of what it
     /// dropped. Every copy of a record rewrites them from scratch, and a replay removes them.
-    pub const DLQ_KEYS: [&str; 9] = [
+    pub const DLQ_KEYS: [&str; 12] = [
         DLQ_ERRORS_TOPIC,
         DLQ_ERRORS_PARTITION,
         DLQ_ERRORS_OFFSET,
@@ -82,6 +96,9 @@ pub mod contract {
         DROPPED_VALUE_BYTES,
         DROPPED_KEY_BYTES,
         DROPPED_HEADERS,
+        BLOCKED_BY_TOPIC,
+        BLOCKED_BY_PARTITION,
+        BLOCKED_BY_OFFSET,
     ];
 }
 

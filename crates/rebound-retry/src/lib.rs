@@ -11,6 +11,7 @@ mod classification;
 mod dispatch;
 mod dlq;
 mod headers;
+mod key_order;
 mod policy;
 mod replay_ledger;
 
@@ -19,10 +20,14 @@ pub use breaker::{BreakerSettings, BreakerState, BreakerTransition, CircuitBreak
 pub use classification::{ErrorKind, Failure, MAX_ERROR_MESSAGE_BYTES, truncate_error_message};
 pub use dispatch::{
     Carries, Dispatch, DueTiming, RecordLocation, STUB_MAX_KEY_BYTES, STUB_MAX_OTHER_HEADER_BYTES,
-    dead_letter_dispatch, failure_dispatch, oversized_stub,
+    blocked_by_key_dispatch, dead_letter_dispatch, failure_dispatch, oversized_stub,
 };
 pub use dlq::{ErrorFingerprint, ReplayPlan, ReplayRefusal, TimeBound, error_fingerprint, plan_replay};
 pub use headers::{Header, RecordHeaders, RetryContext, contract, parse_retry_context};
+pub use key_order::{
+    Admission, DeadKey, KeyOrder, OnDeadKey, Released, RestoredEntry, SourceKey, StateEntryKey, StateWrite,
+    blocked_entry_key, parked_entry_key, parse_blocker_offset, parse_state_entry_key,
+};
 pub use policy::{Route, Tier, TierPolicy, apply_topic_prefix, parse_duration, parse_tier_spec};
 pub use replay_ledger::{DlqBacklog, ReplayLedger, ReplayMarker, parse_replay_marker_key, replay_marker_key};
 
@@ -72,11 +77,19 @@ pub enum RetryError {
         /// What is wrong with it.
         reason: String,
     },
-    /// An error kind name is not one of `transient`, `permanent`, `poison`.
-    #[error("failed to parse error kind {input:?}: expected transient, permanent or poison")]
+    /// An error kind name is not one of `transient`, `permanent`, `poison`, `blocked-by-key`.
+    #[error("failed to parse error kind {input:?}: expected transient, permanent, poison or blocked-by-key")]
     ParseErrorKind {
         /// The text as given.
         input: String,
+    },
+    /// An entry of the per-key order state topic has a key (or value) rebound does not write.
+    #[error("failed to parse state entry {key:?}: {reason}")]
+    ParseStateEntryKey {
+        /// The entry's key (or what was read), lossily decoded and cut to 256 bytes.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A time bound such as `2h` (ago) or `2025-11-28T10:00:00Z` could not be parsed.
     #[error("failed to parse time {input:?}: {reason}")]

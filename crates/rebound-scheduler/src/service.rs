@@ -111,6 +111,17 @@ fn message_max_bytes(kafka: &rebound_kafka::KafkaArgs) -> usize {
         .unwrap_or(LIBRDKAFKA_DEFAULT)
 }
 
+/// The partition a record is republished to: the one it was first consumed from, so it
+/// comes back to the consumer that owns its key's per-key order state whatever partitioner
+/// wrote the original. `None` (the key decides) when the history does not say.
+fn original_partition(record: &ConsumedRecord) -> Option<i32> {
+    record
+        .headers
+        .get_str(rebound_retry::contract::ORIGINAL_PARTITION)
+        .and_then(|text| text.parse::<i32>().ok())
+        .filter(|partition| *partition >= 0)
+}
+
 /// The record a held record is released as: republished unchanged, or its dead-letter copy.
 fn outgoing_of(held: &HeldRecord) -> OutgoingRecord {
     outgoing_of_action(&held.record, &held.action)
@@ -121,7 +132,7 @@ fn outgoing_of_action(record: &ConsumedRecord, action: &ReleaseAction) -> Outgoi
     match action {
         ReleaseAction::Republish { target_topic } => OutgoingRecord {
             topic: target_topic.clone(),
-            partition: None,
+            partition: original_partition(record),
             key: record.key.clone(),
             value: record.value.clone(),
             headers: record.headers.clone(),
@@ -154,7 +165,7 @@ fn take_outgoing(held: &mut HeldRecord) -> OutgoingRecord {
     match &held.action {
         ReleaseAction::Republish { target_topic } => OutgoingRecord {
             topic: target_topic.clone(),
-            partition: None,
+            partition: original_partition(&held.record),
             key: held.record.key.take(),
             value: held.record.value.take(),
             headers: held.record.headers.clone(),
@@ -723,6 +734,29 @@ mod tests {
     use rebound_kafka::{KafkaArgs, RecordConsumer};
 
     use super::*;
+
+    #[test]
+    fn a_record_is_republished_to_the_partition_it_was_first_consumed_from() {
+        let mut record = ConsumedRecord {
+            topic: "retry-5s".to_owned(),
+            partition: 4,
+            offset: 10,
+            timestamp_ms: None,
+            key: Some(b"note".to_vec()),
+            value: Some(b"value".to_vec()),
+            headers: rebound_retry::RecordHeaders::new(),
+        };
+        let republish = ReleaseAction::Republish {
+            target_topic: "notes".to_owned(),
+        };
+        // Without a history the key decides, as before.
+        assert_eq!(outgoing_of_action(&record, &republish).partition, None);
+        record.headers.set(rebound_retry::contract::ORIGINAL_PARTITION, "2");
+        let outgoing = outgoing_of_action(&record, &republish);
+        assert_eq!((outgoing.topic.as_str(), outgoing.partition), ("notes", Some(2)));
+        record.headers.set(rebound_retry::contract::ORIGINAL_PARTITION, "-1");
+        assert_eq!(outgoing_of_action(&record, &republish).partition, None);
+    }
 
     #[tokio::test]
     async fn prefetch_bounds_are_properties_librdkafka_accepts() {

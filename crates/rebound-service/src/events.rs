@@ -554,3 +554,69 @@ pub fn schema_read_generically(source: &str, fingerprint: &str) {
     );
     metrics::counter!(SCHEMA_GENERIC_READER_SCHEMAS_TOTAL).increment(1);
 }
+
+/// Consumer counter of records parked behind an earlier record of their key waiting in a tier.
+pub const CONSUMER_PARKED_TOTAL: &str = "rebound_consumer_parked_total";
+/// Consumer gauge of the records parked now, over every assigned partition.
+pub const CONSUMER_PARKED_RECORDS: &str = "rebound_consumer_parked_records";
+/// Consumer counter of the times a partition reached `--max-parked` and was paused.
+pub const CONSUMER_PARKING_CAP_REACHED_TOTAL: &str = "rebound_consumer_parking_cap_reached_total";
+/// Consumer gauge of the source partitions paused because they reached `--max-parked`.
+pub const CONSUMER_PARKING_PAUSED_PARTITIONS: &str = "rebound_consumer_parking_paused_partitions";
+/// Consumer counter of failures to read the per-key order state back, by what failed.
+pub const CONSUMER_KEY_ORDER_STATE_ERRORS_TOTAL: &str = "rebound_consumer_key_order_state_errors_total";
+
+/// A record of a blocked key was parked behind the key's blocker (its entry acknowledged).
+pub fn record_parked(record: RecordRef<'_>, blocker_offset: Option<i64>) {
+    tracing::debug!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key,
+        blocker_offset,
+        "parked behind an earlier record of its key"
+    );
+    metrics::counter!(CONSUMER_PARKED_TOTAL).increment(1);
+}
+
+/// The records parked now, over every assigned partition.
+pub fn consumer_parked_records(parked: usize) {
+    #[expect(clippy::cast_precision_loss, reason = "parked records are far below 2^52")]
+    metrics::gauge!(CONSUMER_PARKED_RECORDS).set(parked as f64);
+}
+
+/// A source partition reached `--max-parked` and is paused until releases bring it below.
+pub fn consumer_parking_cap_reached(topic: &str, partition: i32, parked: usize, cap: usize) {
+    tracing::warn!(
+        topic,
+        partition,
+        parked,
+        cap,
+        "partition reached --max-parked: paused until parked records are released"
+    );
+    metrics::counter!(CONSUMER_PARKING_CAP_REACHED_TOTAL).increment(1);
+}
+
+/// Source partitions paused now because they reached `--max-parked`.
+pub fn consumer_parking_paused(partitions: usize) {
+    #[expect(clippy::cast_precision_loss, reason = "partition counts are far below 2^52")]
+    metrics::gauge!(CONSUMER_PARKING_PAUSED_PARTITIONS).set(partitions as f64);
+}
+
+/// The per-key order state of newly assigned partitions was read back from the state topic.
+pub fn key_order_state_restored(partitions: usize, blocked_keys: usize, parked: usize, elapsed: std::time::Duration) {
+    tracing::info!(
+        partitions,
+        blocked_keys,
+        parked,
+        elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        "per-key order state restored"
+    );
+}
+
+/// Reading the per-key order state back failed (`read`: the topic, retried before any record
+/// of the partitions is applied) or an entry was not rebound's (`entry`: skipped).
+pub fn key_order_state_error(what: &'static str, topic: &str, error: &dyn std::error::Error) {
+    tracing::error!(what, topic, %error, "per-key order state");
+    metrics::counter!(CONSUMER_KEY_ORDER_STATE_ERRORS_TOTAL, "what" => what).increment(1);
+}

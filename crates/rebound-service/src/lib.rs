@@ -21,7 +21,9 @@ pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, s
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry, use_colour};
-pub use topology::{DEFAULT_TIERS, InvalidFlag, SourceTopicArgs, TierDelays, TopicNamingArgs, TopologyArgs};
+pub use topology::{
+    DEFAULT_TIERS, InvalidFlag, KeyOrderTopicArgs, SourceTopicArgs, TierDelays, TopicNamingArgs, TopologyArgs,
+};
 
 use rebound_kafka::KafkaArgs;
 

@@ -260,3 +260,26 @@ mod tests {
         assert_eq!(error.flag, "--tier/--dlq-topic", "{error}");
     }
 }
+
+/// The compacted topic holding the consumer's per-key order state (blocked keys and parked
+/// records), shared by the consumer, which writes and reads it, and `rebound topics create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyOrderTopicArgs {
+    /// Compacted topic of the per-key order state: which keys wait for a record in a tier, and
+    /// the records parked behind it (the topic prefix applies).
+    #[arg(long, env = "REBOUND_BLOCKED_KEYS_TOPIC", default_value = "rebound-blocked-keys")]
+    pub blocked_keys_topic: String,
+}
+
+impl KeyOrderTopicArgs {
+    /// The state topic's full name, with the prefix.
+    pub fn prefixed(&self, naming: &TopicNamingArgs) -> Result<String, InvalidFlag> {
+        if self.blocked_keys_topic.trim().is_empty() {
+            return Err(InvalidFlag {
+                flag: "--blocked-keys-topic",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        Ok(naming.prefixed(&self.blocked_keys_topic))
+    }
+}

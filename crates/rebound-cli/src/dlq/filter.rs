@@ -11,8 +11,8 @@ use super::letter::DeadLetter;
 /// (OR). No filter selects every dead letter.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DlqFilterArgs {
-    /// Only dead letters of this error kind: transient, permanent or poison (repeatable or
-    /// comma-separated).
+    /// Only dead letters of this error kind: transient, permanent, poison or blocked-by-key
+    /// (repeatable or comma-separated).
     #[arg(long = "kind", env = "REBOUND_DLQ_KIND", value_delimiter = ',', value_parser = parse_kind)]
     pub kinds: Vec<ErrorKind>,
 
@@ -250,7 +250,7 @@ mod tests {
         assert!(
             parse_kind("fatal")
                 .expect_err("kind")
-                .contains("transient, permanent or poison")
+                .contains("transient, permanent, poison or blocked-by-key")
         );
         assert!(parse_time_bound("yesterday").expect_err("time").contains("RFC 3339"));
         assert!(
