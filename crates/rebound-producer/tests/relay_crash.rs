@@ -51,9 +51,11 @@ async fn a_producer_killed_mid_window_delivers_every_accepted_version_in_order_a
     }
     let total = NOTE_IDS as u64 * VERSIONS as u64;
     let producer = ProducerProcess::serve(&broker(), &outbox, None, &flags).await;
-    wait_for("the relay to remove its first acknowledged notes", Duration::from_secs(60), || async {
-        (producer.get_json("/v1/outbox").await["pending"].as_u64() < Some(total)).then_some(())
-    })
+    wait_for(
+        "the relay to remove its first acknowledged notes",
+        Duration::from_secs(60),
+        || async { (producer.get_json("/v1/outbox").await["pending"].as_u64() < Some(total)).then_some(()) },
+    )
     .await;
     producer.kill().await;
     let sent_before_the_kill = read_all(&topic).await.len();
@@ -67,9 +69,11 @@ async fn a_producer_killed_mid_window_delivers_every_accepted_version_in_order_a
         "the kill must come while the relay is sending: {sent_before_the_kill} records sent, \
          {pending_at_restart} notes pending at restart"
     );
-    wait_for("the outbox to drain after the restart", Duration::from_secs(120), || async {
-        (producer.get_json("/v1/outbox").await["pending"] == 0).then_some(())
-    })
+    wait_for(
+        "the outbox to drain after the restart",
+        Duration::from_secs(120),
+        || async { (producer.get_json("/v1/outbox").await["pending"] == 0).then_some(()) },
+    )
     .await;
     producer.terminate().await;
 
@@ -91,7 +95,10 @@ async fn a_producer_killed_mid_window_delivers_every_accepted_version_in_order_a
                 first_arrivals.push(*version);
             }
         }
-        assert_eq!(first_arrivals, expected, "{note_id} arrived out of order or incomplete: {seen:?}");
+        assert_eq!(
+            first_arrivals, expected,
+            "{note_id} arrived out of order or incomplete: {seen:?}"
+        );
     }
     eprintln!(
         "{} records for {} accepted versions; {sent_before_the_kill} sent before the kill, \
