@@ -191,12 +191,12 @@ impl RelayWindow {
     /// window (it stays in the outbox).
     pub(crate) fn failed(&mut self, seq: i64, may_resend: bool) {
         if may_resend {
-            if let Some(row) = self.rows.get_mut(&seq) {
-                if row.state == RowState::InFlight {
-                    row.state = RowState::Failed;
-                    self.in_flight -= 1;
-                    self.failed.insert(seq);
-                }
+            if let Some(row) = self.rows.get_mut(&seq)
+                && row.state == RowState::InFlight
+            {
+                row.state = RowState::Failed;
+                self.in_flight -= 1;
+                self.failed.insert(seq);
             }
         } else if let Some(row) = self.remove_in_flight(seq) {
             // Its later versions are only waiting, never in flight: they leave with it.
@@ -214,12 +214,12 @@ impl RelayWindow {
 
     /// A row in flight was refused by Kafka for what it is: it waits to be sent alone.
     pub(crate) fn refused(&mut self, seq: i64) {
-        if let Some(row) = self.rows.get_mut(&seq) {
-            if row.state == RowState::InFlight {
-                row.state = RowState::Refused;
-                self.in_flight -= 1;
-                self.refused.insert(seq);
-            }
+        if let Some(row) = self.rows.get_mut(&seq)
+            && row.state == RowState::InFlight
+        {
+            row.state = RowState::Refused;
+            self.in_flight -= 1;
+            self.refused.insert(seq);
         }
     }
 
