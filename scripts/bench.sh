@@ -5,8 +5,8 @@
 # Usage: scripts/bench.sh
 #
 # Builds the release binaries, starts the local broker of scripts/kafka-local.sh unless one is
-# already running (and stops it at the end only if it started it), installs kcat with apt-get
-# when it is missing, then runs scripts/bench/harness.py, which does the measuring. Every figure
+# already running (and stops it at the end only if it started it), installs kcat and wrk with
+# apt-get when they are missing, then runs scripts/bench/harness.py, which does the measuring. Every figure
 # is the median of BENCH_RUNS repetitions, and every comparison is a ratio of two figures taken
 # in the same repetition, because the machines are shared and noisy. docs/performance.md
 # explains each measurement and the latest results.
@@ -25,7 +25,9 @@
 #   BENCH_FAILURE_COUNT      notes per failure-path run (default 100000)
 #   BENCH_SCHEDULER_RATES    tier records per second, comma-separated (default 1000,10000,50000)
 #   BENCH_SCHEDULER_SECONDS  seconds of tier records written at each rate (default 4)
-#   BENCH_PHASES             subset of producer,consumer,failure,scheduler,retry (default all);
+#   BENCH_PHASES             subset of producer,intake,consumer,failure,scheduler,retry (default
+#                            all); intake: rebound-producer serve loaded by wrk, one note per
+#                            request over 64 and 16 connections, 10 s each;
 #                            retry: notes failing once at a webhook, re-applied after a 1 s tier
 #                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
 #                            at the webhook
@@ -85,13 +87,16 @@ cleanup() {
 }
 install_traps cleanup
 
-if ! command -v kcat >/dev/null 2>&1; then
-  say "kcat is missing; installing it with apt-get"
-  command -v apt-get >/dev/null 2>&1 || die "kcat is missing and apt-get is not available; install kcat"
+missing_tools=()
+command -v kcat >/dev/null 2>&1 || missing_tools+=(kcat)
+command -v wrk >/dev/null 2>&1 || missing_tools+=(wrk)
+if ((${#missing_tools[@]})); then
+  say "${missing_tools[*]} missing; installing with apt-get"
+  command -v apt-get >/dev/null 2>&1 || die "${missing_tools[*]} missing and apt-get is not available; install them"
   sudo_cmd=()
   ((EUID == 0)) || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update
-  "${sudo_cmd[@]}" apt-get install -y kcat
+  "${sudo_cmd[@]}" apt-get install -y "${missing_tools[@]}"
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is needed to run scripts/bench/harness.py"
 
@@ -134,7 +139,7 @@ python3 "$SCRIPT_DIR/bench/harness.py" \
   --failure-count "${BENCH_FAILURE_COUNT:-100000}" \
   --scheduler-rates "${BENCH_SCHEDULER_RATES:-1000,10000,50000}" \
   --scheduler-seconds "${BENCH_SCHEDULER_SECONDS:-4}" \
-  --phases "${BENCH_PHASES:-producer,consumer,failure,scheduler,retry}" \
+  --phases "${BENCH_PHASES:-producer,intake,consumer,failure,scheduler,retry}" \
   --command "scripts/bench.sh" &
 HARNESS_PID=$!
 rc=0

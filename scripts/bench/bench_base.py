@@ -257,6 +257,7 @@ class BenchBase:
         self.create_topics(self.prefix, producer_topics, ["retry-5s", "retry-1m"])
         steps = {
             "producer": self.bench_producer,
+            "intake": self.bench_intake,
             "consumer": self.bench_consumer,
             "failure": self.bench_failure,
             "scheduler": self.bench_scheduler,

@@ -117,6 +117,17 @@ def render_markdown(results):
                     f"{fmt_rate(consumer['null_notes_per_s'])}/s (null sink) | "
                     f"{fmt_ratio(consumer['postgres_vs_null'])} | | measured |"
                 )
+    for connections in (64, 16):
+        intake = summary.get(f"intake_{connections}")
+        if intake:
+            target = ">= 25,000/s, " if connections == 64 else ""
+            ok = intake["notes_per_s"] >= 25000 if connections == 64 else True
+            lines.append(
+                f"| HTTP intake, durable outbox, one note per request, {connections} connections (wrk) | "
+                f"{fmt_rate(intake['notes_per_s'])}/s, p50 {intake['latency_ms_p50']:.1f} ms, "
+                f"p99 {intake['latency_ms_p99']:.1f} ms | | | {target}p99 reported | "
+                f"{verdict(ok and intake['refused'] == 0)} |"
+            )
     failure = summary.get("failure")
     if failure:
         lines.append(
@@ -162,6 +173,10 @@ def render_markdown(results):
             rss_rows.append((f"rebound-producer send, outbox off, {size}", producer["send_direct_peak_rss_kib"]))
             rss_rows.append((f"rebound-producer send, durable outbox, {size}", producer["send_outbox_peak_rss_kib"]))
             rss_rows.append((f"kcat -P (reference), {size}", producer["kcat_peak_rss_kib"]))
+    for connections in (64, 16):
+        intake = summary.get(f"intake_{connections}")
+        if intake:
+            rss_rows.append((f"rebound-producer serve, HTTP intake, {connections} connections", intake["peak_rss_kib"]))
     for size in ("small", "large"):
         consumer = summary.get(f"consumer_{size}")
         if consumer:

@@ -18,6 +18,10 @@ use crate::generator::NoteGenerator;
 
 /// How many sends direct publishing keeps in flight.
 const DIRECT_IN_FLIGHT: usize = 8192;
+/// How many bytes of values direct publishing keeps in flight (each is held twice until it is
+/// acknowledged: in its send and in librdkafka's queue), so that large notes stay within the
+/// memory small ones take.
+const DIRECT_IN_FLIGHT_BYTES: usize = 8 << 20;
 
 /// A note published without the outbox: id, version, encoded value.
 pub(crate) struct DirectRecord {
@@ -92,7 +96,8 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Publishes records straight to Kafka, up to `DIRECT_IN_FLIGHT` at once, optionally paced to
+/// Publishes records straight to Kafka, up to `DIRECT_IN_FLIGHT` at once (and
+/// `DIRECT_IN_FLIGHT_BYTES` of values), optionally paced to
 /// `rate` per second, and reports each acknowledgement in input order: with the idempotent
 /// producer that keeps every note's versions in the order they were made. Stops taking new
 /// records once `shutdown` triggers, and still waits for those in flight. Returns how many
@@ -113,9 +118,15 @@ pub(crate) async fn publish_directly(
     let started = tokio::time::Instant::now();
     let mut pending = records.enumerate();
     let mut in_flight = futures::stream::FuturesOrdered::new();
+    // The value sizes of the sends in flight, in the order they complete (input order).
+    let mut in_flight_sizes = std::collections::VecDeque::new();
+    let mut in_flight_bytes = 0_usize;
     let mut acknowledged = 0_u64;
     loop {
-        while in_flight.len() < DIRECT_IN_FLIGHT && !shutdown.is_triggered() {
+        while in_flight.len() < DIRECT_IN_FLIGHT
+            && (in_flight.is_empty() || in_flight_bytes < DIRECT_IN_FLIGHT_BYTES)
+            && !shutdown.is_triggered()
+        {
             let Some((index, record)) = pending.next() else {
                 break;
             };
@@ -132,11 +143,15 @@ pub(crate) async fn publish_directly(
                 headers: RecordHeaders::new(),
             };
             let (note_id, version) = (record.note_id, record.version);
+            let size = outgoing.value.as_ref().map_or(0, Vec::len);
+            in_flight_sizes.push_back(size);
+            in_flight_bytes += size;
             in_flight.push_back(async move { producer.send(&outgoing).await.map(|_| (note_id, version)) });
         }
         let Some(result) = in_flight.next().await else {
             break;
         };
+        in_flight_bytes -= in_flight_sizes.pop_front().unwrap_or(0);
         let (note_id, version) = result.map_err(|source| ProducerError::Kafka {
             operation: "publish note",
             source,

@@ -20,6 +20,7 @@ pub mod note_json;
 pub mod outbox;
 pub mod record_limit;
 pub mod relay;
+mod relay_window;
 mod send;
 mod serve;
 pub mod tls;

@@ -47,23 +47,20 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 ";
 
-/// Sendable notes when resends are allowed: the oldest pending version of each note (`?1`: the
-/// most rows, `?2`: the lowest seq, here any). The value's length, not the value: the window is
-/// cut by bytes before any value is read.
-const SENDABLE_SQL_WITH_RESENDS: &str = "
-SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent FROM outbox AS pending
-WHERE seq >= ?2
-  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
-ORDER BY seq LIMIT ?1
+/// The relay's read: the next rows after its cursor (`?1`), at most `?2`, in acceptance order.
+/// The value's length, not the value: the rows are cut by bytes before any value is read.
+const READ_AFTER_SQL: &str = "
+SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent, 0 FROM outbox
+WHERE seq > ?1 ORDER BY seq LIMIT ?2
 ";
 
-/// Sendable notes when resends are held back: as above, but only notes accepted by this process
-/// (`seq >= ?2`) that never failed.
-const SENDABLE_SQL_FRESH_ONLY: &str = "
-SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent FROM outbox AS pending
-WHERE seq >= ?2 AND attempts = 0
-  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < pending.seq)
-ORDER BY seq LIMIT ?1
+/// As `READ_AFTER_SQL`, and whether the row's note has a pending version below `?3` (accepted
+/// by an earlier run): with resends held back, such a note is held back whole.
+const READ_AFTER_SQL_WITH_EARLIER: &str = "
+SELECT seq, note_id, version, LENGTH(value), accepted_at_ms, attempts, traceparent,
+       EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.note_id = pending.note_id AND earlier.seq < ?3)
+FROM outbox AS pending
+WHERE seq > ?1 ORDER BY seq LIMIT ?2
 ";
 
 /// Most write requests folded into one transaction.
@@ -86,6 +83,17 @@ pub struct OutboxEntry {
     pub attempts: u32,
     /// W3C trace context of the acceptance, continued when the note is sent.
     pub traceparent: Option<String>,
+}
+
+/// A pending note as the relay reads it into its window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRow {
+    /// The note, value and all.
+    pub entry: OutboxEntry,
+    /// Size of its value in bytes.
+    pub value_bytes: u64,
+    /// Whether a version of its note accepted before the asked bound is still pending.
+    pub earlier_version_pending: bool,
 }
 
 /// A note Kafka refused for good, as `GET /v1/outbox` lists it.
@@ -362,49 +370,85 @@ impl Outbox {
             .await
     }
 
-    /// The notes the relay may send now, oldest first, at most `limit` and at most `max_bytes` of
-    /// values (but always the first, however large, so that no note is too large to go): of
-    /// each note id only its oldest pending version (so one version per note, and none while an
-    /// earlier one is pending), and unless `resends_allowed` only notes this process accepted
-    /// (`seq` at or after `first_fresh_seq`) that never failed. A held-back resend therefore also
-    /// holds back the later versions of its note. Chosen in SQL, so that held-back notes, however
-    /// many, never hide a sendable one behind them.
-    pub async fn sendable(
+    /// The pending notes after `cursor`, oldest first, as the relay reads them into its window:
+    /// at most `limit`, and at most `max_bytes` of values (but the first however large when
+    /// `at_least_one`, so that no note is too large to go). Each comes with its value's size and
+    /// whether its note has a pending version below `earlier_than` (checked only when given:
+    /// with resends held back, the relay holds such notes back whole). The flag says that rows
+    /// were left out for want of bytes (so there are more to read once the window has room).
+    pub async fn read_after(
         &self,
-        first_fresh_seq: i64,
-        resends_allowed: bool,
+        cursor: i64,
         limit: usize,
         max_bytes: u64,
-    ) -> Result<Vec<OutboxEntry>, ProducerError> {
+        at_least_one: bool,
+        earlier_than: Option<i64>,
+    ) -> Result<(Vec<ReadRow>, bool), ProducerError> {
         self.read(move |connection| {
-            // Two statements rather than one with an OR on a parameter: each lets SQLite walk
-            // the primary key from where sendable notes can start.
-            let (sql, from_seq) = if resends_allowed {
-                (SENDABLE_SQL_WITH_RESENDS, i64::MIN)
-            } else {
-                (SENDABLE_SQL_FRESH_ONLY, first_fresh_seq)
+            // Two statements rather than one with a condition on a parameter: the plain one walks
+            // the primary key and looks at nothing else.
+            let (sql, floor) = match earlier_than {
+                Some(floor) => (READ_AFTER_SQL_WITH_EARLIER, floor),
+                None => (READ_AFTER_SQL, i64::MIN),
             };
             let mut statement = connection.prepare_cached(sql)?;
-            let candidates = statement
-                .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX), from_seq], |row| {
-                    // The value's length stands in column 3; the value is loaded below, only
-                    // for the notes that fit.
-                    let value_bytes = u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0);
-                    Ok((entry_of_row(row, None)?, value_bytes))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let taken = notes_within_bytes(candidates.iter().map(|(_, value_bytes)| *value_bytes), max_bytes);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut bind = |row: &rusqlite::Row<'_>| {
+                // The value's length stands in column 3; the value is loaded below, only for
+                // the notes that fit.
+                let value_bytes = u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0);
+                Ok(ReadRow {
+                    entry: entry_of_row(row, None)?,
+                    value_bytes,
+                    earlier_version_pending: row.get(7)?,
+                })
+            };
+            let candidates = if earlier_than.is_some() {
+                statement
+                    .query_map(params![cursor, limit, floor], &mut bind)?
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                statement
+                    .query_map(params![cursor, limit], &mut bind)?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let mut taken = notes_within_bytes(candidates.iter().map(|row| row.value_bytes), max_bytes);
+            if !at_least_one && candidates.first().is_some_and(|row| row.value_bytes > max_bytes) {
+                taken = 0;
+            }
             let mut load_value = connection.prepare_cached("SELECT value FROM outbox WHERE seq = ?1")?;
-            let mut window = Vec::with_capacity(taken);
-            for (mut entry, _) in candidates.into_iter().take(taken) {
+            let cut_by_bytes = taken < candidates.len();
+            let mut rows = Vec::with_capacity(taken);
+            for mut row in candidates.into_iter().take(taken) {
                 // Only the relay removes notes, and it is the one asking: the row is there.
-                let value: Option<Vec<u8>> = load_value.query_row([entry.seq], |row| row.get(0)).optional()?;
+                let value: Option<Vec<u8>> = load_value.query_row([row.entry.seq], |found| found.get(0)).optional()?;
                 if let Some(value) = value {
-                    entry.value = value;
-                    window.push(entry);
+                    row.entry.value = value;
+                    rows.push(row);
                 }
             }
-            Ok(window)
+            Ok((rows, cut_by_bytes))
+        })
+        .await
+    }
+
+    /// These notes, those still pending, in the order asked: what the relay resends.
+    pub async fn pending_entries(&self, seqs: Vec<i64>) -> Result<Vec<OutboxEntry>, ProducerError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT seq, note_id, version, value, accepted_at_ms, attempts, traceparent \
+                 FROM outbox WHERE seq = ?1",
+            )?;
+            let mut entries = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                if let Some(entry) = statement
+                    .query_row([seq], |row| entry_of_row(row, Some(3)))
+                    .optional()?
+                {
+                    entries.push(entry);
+                }
+            }
+            Ok(entries)
         })
         .await
     }
@@ -868,56 +912,44 @@ mod tests {
         (directory, outbox, seqs)
     }
 
-    async fn sendable_seqs(outbox: &Outbox, first_fresh_seq: i64, resends_allowed: bool, limit: usize) -> Vec<i64> {
+    async fn read_seqs(outbox: &Outbox, cursor: i64, limit: usize) -> Vec<i64> {
         outbox
-            .sendable(first_fresh_seq, resends_allowed, limit, u64::MAX)
+            .read_after(cursor, limit, u64::MAX, true, None)
             .await
             .expect("reads")
+            .0
             .iter()
-            .map(|entry| entry.seq)
+            .map(|row| row.entry.seq)
             .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_version_per_note_is_sendable_in_acceptance_order() {
+    async fn the_relay_reads_every_version_after_its_cursor_in_acceptance_order() {
         let (_directory, outbox, seqs) = outbox_of(&[("a", 0), ("b", 0), ("a", 0), ("c", 0)]).await;
-        assert_eq!(
-            sendable_seqs(&outbox, 0, true, 10).await,
-            vec![seqs[0], seqs[1], seqs[3]]
-        );
+        assert_eq!(read_seqs(&outbox, 0, 10).await, seqs);
+        assert_eq!(read_seqs(&outbox, seqs[1], 10).await, seqs[2..].to_vec());
+        assert_eq!(read_seqs(&outbox, 0, 3).await, seqs[..3].to_vec(), "bounded by count");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_held_back_resend_also_holds_back_later_versions_of_its_note() {
-        // Note a's first version failed before; with resends off, its later version must wait
-        // too, or it would reach Kafka before the first.
-        let (_directory, outbox, seqs) = outbox_of(&[("a", 1), ("b", 0), ("a", 0)]).await;
-        assert_eq!(sendable_seqs(&outbox, 0, false, 10).await, vec![seqs[1]]);
-        assert_eq!(sendable_seqs(&outbox, 0, true, 10).await, vec![seqs[0], seqs[1]]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn notes_pending_from_an_earlier_run_count_as_resends() {
-        let (_directory, outbox, seqs) = outbox_of(&[("a", 0), ("b", 0), ("c", 0)]).await;
-        assert_eq!(sendable_seqs(&outbox, seqs[2], false, 10).await, vec![seqs[2]]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fresh_notes_behind_any_number_of_held_back_resends_are_sendable() {
+    async fn notes_with_a_version_pending_from_an_earlier_run_are_flagged() {
+        // With resends held back, note a's later version must wait for the earlier run's
+        // version, however far back it is, or it would reach Kafka first.
         let held: Vec<(String, u32)> = (0..3000).map(|index| (format!("held-{index}"), 0)).collect();
         let mut notes: Vec<(&str, u32)> = held.iter().map(|(id, attempts)| (id.as_str(), *attempts)).collect();
+        notes.push(("held-7", 0));
         notes.push(("fresh", 0));
         let (_directory, outbox, seqs) = outbox_of(&notes).await;
-        let fresh = seqs[3000];
-        assert_eq!(sendable_seqs(&outbox, fresh, false, 10).await, vec![fresh]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_sendable_notes_are_bounded_by_count() {
-        let ids: Vec<String> = (0..100).map(|index| format!("n{index}")).collect();
-        let notes: Vec<(&str, u32)> = ids.iter().map(|id| (id.as_str(), 0)).collect();
-        let (_directory, outbox, _) = outbox_of(&notes).await;
-        assert_eq!(sendable_seqs(&outbox, 0, true, 7).await.len(), 7);
+        let first_fresh = seqs[3000];
+        let (rows, _) = outbox
+            .read_after(first_fresh - 1, 10, u64::MAX, true, Some(first_fresh))
+            .await
+            .expect("reads");
+        let flagged: Vec<(&str, bool)> = rows
+            .iter()
+            .map(|row| (row.entry.note_id.as_str(), row.earlier_version_pending))
+            .collect();
+        assert_eq!(flagged, vec![("held-7", true), ("fresh", false)]);
     }
 
     #[test]
@@ -946,14 +978,29 @@ mod tests {
             )
             .await
             .expect("appends");
-        let window = outbox.sendable(0, true, 10, 1000).await.expect("reads");
+        let (window, cut_by_bytes) = outbox.read_after(0, 10, 1000, true, None).await.expect("reads");
+        assert!(cut_by_bytes);
         assert_eq!(
-            window.iter().map(|entry| entry.seq).collect::<Vec<_>>(),
+            window.iter().map(|row| row.entry.seq).collect::<Vec<_>>(),
             seqs[..2].to_vec()
         );
-        assert_eq!(window[0].value, vec![7; 600]);
-        let alone = outbox.sendable(0, true, 10, 100).await.expect("reads");
+        assert_eq!(window[0].entry.value, vec![7; 600]);
+        assert_eq!(window[0].value_bytes, 600);
+        let (alone, _) = outbox.read_after(0, 10, 100, true, None).await.expect("reads");
         assert_eq!(alone.len(), 1, "larger than the bound, the first note goes alone");
+        let (no_room, cut_by_bytes) = outbox.read_after(0, 10, 100, false, None).await.expect("reads");
+        assert!(cut_by_bytes);
+        assert!(no_room.is_empty(), "not alone, a note larger than the room waits");
+        assert_eq!(
+            outbox
+                .pending_entries(vec![seqs[3], seqs[0] + 1000, seqs[1]])
+                .await
+                .expect("reads")
+                .iter()
+                .map(|entry| entry.seq)
+                .collect::<Vec<_>>(),
+            vec![seqs[3], seqs[1]]
+        );
         assert_eq!(
             outbox
                 .pending_entry(seqs[3])

@@ -1,8 +1,14 @@
 //! `rebound-producer send`: NDJSON notes from a file or stdin, accepted all or nothing into the
 //! durable outbox and relayed to Kafka; done once Kafka acknowledged every one of them (and any
 //! left pending by earlier runs), or failed with a count when `--timeout` passes.
+//!
+//! The input is streamed, never held whole: a first pass checks every line and writes the
+//! encoded notes to a spool file (unlinked, in the outbox's folder or the temporary folder),
+//! and a second pass reads them back one by one into the outbox or straight to Kafka. Memory
+//! stays bounded whatever the input's size, and a bad line still refuses the whole input.
 
-use std::io::BufRead as _;
+use std::io::{BufRead as _, Seek as _};
+use std::path::Path;
 use std::time::Duration;
 
 use rebound_kafka::{KafkaArgs, RecordProducer};
@@ -28,14 +34,15 @@ pub(crate) async fn run(
 ) -> Result<(), ProducerError> {
     let input = config.input.clone();
     let record_limit = config.delivery.record_limit;
-    let notes = tokio::task::spawn_blocking(move || read_ndjson_notes(&input, record_limit))
+    let spool_dir = config.outbox.as_ref().map(|outbox| outbox.dir.clone());
+    let notes = tokio::task::spawn_blocking(move || spool_ndjson_notes(&input, record_limit, spool_dir.as_deref()))
         .await
         .map_err(|error| ProducerError::ReadInput {
             input: config.input.to_string(),
             reason: error.to_string(),
         })??;
     let producer = crate::create_producer(kafka, config.delivery.send_timeout)?;
-    let notes_in_input = notes.len();
+    let notes_in_input = notes.count;
     let acknowledged = match &config.outbox {
         None => send_without_outbox(&producer, &topic, encoder, notes, config.timeout, &shutdown).await?,
         Some(outbox) => {
@@ -96,21 +103,59 @@ impl SendReport {
     }
 }
 
-/// Reads NDJSON notes and encodes each once; all or nothing, with the line number of the first
-/// bad line or of the first note too large for Kafka.
-fn read_ndjson_notes(input: &NdjsonInput, record_limit: RecordSizeLimit) -> Result<Vec<DirectRecord>, ProducerError> {
+/// The notes of the input, every one checked, encoded into a spool file to be read back once.
+struct SpooledNotes {
+    /// The spool file, unlinked: it goes away with the process, whatever happens.
+    file: std::fs::File,
+    /// How many notes it holds.
+    count: usize,
+}
+
+/// Bytes buffered when reading the input and the spool.
+const SPOOL_BUFFER: usize = 1 << 16;
+
+/// Reads NDJSON notes and encodes each once into a spool file; all or nothing, with the line
+/// number of the first bad line or of the first note too large for Kafka. The spool goes in
+/// `spool_dir` (the outbox's folder) when given, else in the temporary folder.
+fn spool_ndjson_notes(
+    input: &NdjsonInput,
+    record_limit: RecordSizeLimit,
+    spool_dir: Option<&Path>,
+) -> Result<SpooledNotes, ProducerError> {
     let read_failed = |error: std::io::Error| ProducerError::ReadInput {
         input: input.to_string(),
         reason: error.to_string(),
     };
-    let reader: Box<dyn std::io::BufRead> = match input {
-        NdjsonInput::Stdin => Box::new(std::io::BufReader::new(std::io::stdin())),
-        NdjsonInput::File(path) => Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(read_failed)?)),
+    let spool_failed = |error: std::io::Error| ProducerError::ReadInput {
+        input: input.to_string(),
+        reason: format!("cannot write the spool file of checked notes: {error}"),
     };
+    let mut reader: Box<dyn std::io::BufRead> = match input {
+        NdjsonInput::Stdin => Box::new(std::io::BufReader::with_capacity(SPOOL_BUFFER, std::io::stdin())),
+        NdjsonInput::File(path) => Box::new(std::io::BufReader::with_capacity(
+            SPOOL_BUFFER,
+            std::fs::File::open(path).map_err(read_failed)?,
+        )),
+    };
+    let spool = match spool_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(spool_failed)?;
+            tempfile::tempfile_in(dir)
+        }
+        None => tempfile::tempfile(),
+    }
+    .map_err(spool_failed)?;
+    let mut writer = std::io::BufWriter::with_capacity(SPOOL_BUFFER, spool);
     let codec = NoteCodec::embedded();
-    let mut notes = Vec::new();
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(read_failed)?;
+    let mut line = String::new();
+    let mut line_number = 0;
+    let mut count = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(read_failed)? == 0 {
+            break;
+        }
+        line_number += 1;
         if line.trim().is_empty() {
             continue;
         }
@@ -118,35 +163,75 @@ fn read_ndjson_notes(input: &NdjsonInput, record_limit: RecordSizeLimit) -> Resu
             .map_err(|error| format!("not valid JSON: {error}"))
             .and_then(|value| note_json::note_from_json(&value).map_err(|problem| problem.message().to_owned()));
         let note = parsed.map_err(|reason| ProducerError::ParseInput {
-            line: index + 1,
+            line: line_number,
             reason,
         })?;
         let value = codec.encode(&note)?;
         if let Err(too_large) = record_limit.check(&note.note_id, value.len()) {
             return Err(ProducerError::AcceptInput {
-                line: index + 1,
+                line: line_number,
                 note_id: note.note_id,
                 version: note.version,
                 reason: format!("too large for Kafka: {too_large}"),
             });
         }
-        notes.push(DirectRecord {
-            note_id: note.note_id,
-            version: note.version,
-            value,
-        });
+        write_spooled(&mut writer, &note.note_id, note.version, &value).map_err(spool_failed)?;
+        count += 1;
     }
-    Ok(notes)
+    let mut file = writer.into_inner().map_err(|error| spool_failed(error.into_error()))?;
+    file.rewind().map_err(spool_failed)?;
+    Ok(SpooledNotes { file, count })
 }
 
-/// Commits the notes to the outbox, then runs the relay until Kafka acknowledged them and every
-/// note left pending by earlier runs, `timeout` passes, or `shutdown` triggers.
+/// One spooled note: the id's length and bytes, the version, the value's length and bytes.
+fn write_spooled(writer: &mut impl std::io::Write, note_id: &str, version: i64, value: &[u8]) -> std::io::Result<()> {
+    let length = |bytes: usize| u32::try_from(bytes).map_err(|_| std::io::Error::other("note larger than 4 GiB"));
+    writer.write_all(&length(note_id.len())?.to_le_bytes())?;
+    writer.write_all(note_id.as_bytes())?;
+    writer.write_all(&version.to_le_bytes())?;
+    writer.write_all(&length(value.len())?.to_le_bytes())?;
+    writer.write_all(value)
+}
+
+impl SpooledNotes {
+    /// The notes, read back one at a time in input order.
+    fn into_records(self) -> impl Iterator<Item = Result<DirectRecord, ProducerError>> + Send {
+        let mut reader = std::io::BufReader::with_capacity(SPOOL_BUFFER, self.file);
+        (0..self.count).map(move |_| {
+            read_spooled(&mut reader).map_err(|error| ProducerError::ReadInput {
+                input: "the spool file of checked notes".to_owned(),
+                reason: error.to_string(),
+            })
+        })
+    }
+}
+
+fn read_spooled(reader: &mut impl std::io::Read) -> std::io::Result<DirectRecord> {
+    let mut length = [0_u8; 4];
+    let mut version = [0_u8; 8];
+    reader.read_exact(&mut length)?;
+    let mut note_id = vec![0; u32::from_le_bytes(length) as usize];
+    reader.read_exact(&mut note_id)?;
+    reader.read_exact(&mut version)?;
+    reader.read_exact(&mut length)?;
+    let mut value = vec![0; u32::from_le_bytes(length) as usize];
+    reader.read_exact(&mut value)?;
+    Ok(DirectRecord {
+        note_id: String::from_utf8(note_id).map_err(std::io::Error::other)?,
+        version: i64::from_le_bytes(version),
+        value,
+    })
+}
+
+/// Commits the notes to the outbox while the relay already sends the committed ones, until
+/// Kafka acknowledged them and every note left pending by earlier runs, `timeout` passes, or
+/// `shutdown` triggers.
 async fn send_through_outbox(
     producer: RecordProducer,
     topic: String,
     encoder: NoteEncoder,
     config: &OutboxConfig,
-    notes: Vec<DirectRecord>,
+    notes: SpooledNotes,
     timeout: Duration,
     shutdown: &Shutdown,
 ) -> Result<usize, ProducerError> {
@@ -155,11 +240,23 @@ async fn send_through_outbox(
     // Notes left pending by an earlier run are part of what this run delivers, so that
     // `send` of an empty input is the way to flush a leftover outbox.
     let mut last_seq = relay.first_fresh_seq - 1;
+    let earlier_pending = outbox.pending_up_to(last_seq).await?;
     let run_started_at_ms = now_epoch_ms();
-    let note_count = notes.len();
-    let mut notes = notes.into_iter().peekable();
-    while notes.peek().is_some() {
-        let chunk: Vec<DirectRecord> = notes.by_ref().take(1000).collect();
+    let note_count = notes.count;
+    // The relay sends each chunk as soon as it is committed, while the next one is read.
+    let relay_shutdown = Shutdown::new();
+    let relay_task = tokio::spawn(relay.run(relay_shutdown.clone()));
+    let mut records = notes.into_records().peekable();
+    while records.peek().is_some() {
+        let chunk = records.by_ref().take(1000).collect::<Result<Vec<DirectRecord>, _>>();
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                relay_shutdown.trigger();
+                let _ = relay_task.await;
+                return Err(error);
+            }
+        };
         let mut entries = Vec::with_capacity(chunk.len());
         for note in chunk {
             let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
@@ -171,16 +268,21 @@ async fn send_through_outbox(
             });
         }
         let accepted = entries.len();
-        let seqs = outbox.append(entries, now_epoch_ms()).await?;
+        let seqs = match outbox.append(entries, now_epoch_ms()).await {
+            Ok(seqs) => seqs,
+            Err(error) => {
+                relay_shutdown.trigger();
+                let _ = relay_task.await;
+                return Err(error);
+            }
+        };
         last_seq = seqs.last().copied().unwrap_or(last_seq);
         events::producer_notes_accepted(accepted);
     }
-    tracing::info!(notes = note_count, "notes accepted into the outbox; sending");
-    let relay_shutdown = Shutdown::new();
-    let relay_task = tokio::spawn(relay.run(relay_shutdown.clone()));
+    tracing::info!(notes = note_count, "notes accepted into the outbox");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut unsent = outbox.pending_up_to(last_seq).await?;
-    let to_deliver = unsent;
+    let to_deliver = earlier_pending + note_count as u64;
     while unsent > 0 && tokio::time::Instant::now() < deadline && !shutdown.is_triggered() {
         tokio::select! {
             () = shutdown.wait() => {}
@@ -217,12 +319,12 @@ async fn send_without_outbox(
     producer: &RecordProducer,
     topic: &str,
     encoder: NoteEncoder,
-    notes: Vec<DirectRecord>,
+    notes: SpooledNotes,
     timeout: Duration,
     shutdown: &Shutdown,
 ) -> Result<usize, ProducerError> {
-    let total = notes.len() as u64;
-    let records = notes.into_iter().map(Ok);
+    let total = notes.count as u64;
+    let records = notes.into_records();
     let mut acknowledged = 0_u64;
     let sent = tokio::time::timeout(
         timeout,
@@ -246,4 +348,48 @@ async fn send_without_outbox(
     }
     tracing::info!(notes = acknowledged, "every note acknowledged by kafka (no outbox)");
     Ok(usize::try_from(acknowledged).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spooled_notes_read_back_in_input_order_as_they_were_encoded() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let input = directory.path().join("notes.ndjson");
+        let lines = [
+            r#"{"note_id":"a","user_id":"u","device_id":"d","version":1,"title":"t","body":"b","tags":[],"updated_at":"2026-11-28T09:00:00Z"}"#,
+            "",
+            r#"{"note_id":"b","user_id":"u","device_id":"d","version":7,"title":"é","body":"ünïcode","tags":["x"],"updated_at":"2026-11-28T09:00:00Z"}"#,
+        ];
+        std::fs::write(&input, lines.join("\n")).expect("writes");
+        let spooled = spool_ndjson_notes(
+            &NdjsonInput::File(input),
+            RecordSizeLimit::from_message_max_bytes(None).expect("default limit"),
+            Some(directory.path()),
+        )
+        .expect("spools");
+        assert_eq!(spooled.count, 2);
+        let records: Vec<DirectRecord> = spooled.into_records().collect::<Result<_, _>>().expect("reads back");
+        let codec = NoteCodec::embedded();
+        let decoded: Vec<(String, i64, String)> = records
+            .iter()
+            .map(|record| {
+                let note = codec.decode(&record.value).expect("decodes");
+                assert_eq!(
+                    (note.note_id.as_str(), note.version),
+                    (record.note_id.as_str(), record.version)
+                );
+                (note.note_id, note.version, note.body)
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            vec![
+                ("a".to_owned(), 1, "b".to_owned()),
+                ("b".to_owned(), 7, "ünïcode".to_owned())
+            ]
+        );
+    }
 }
