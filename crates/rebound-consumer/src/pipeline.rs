@@ -15,13 +15,23 @@
 //! Memory stays bounded: at most [`APPLIED_BATCHES_QUEUED`] plus [`COPY_BATCHES_IN_FLIGHT`]
 //! batches wait for delivery, and of their records only the failed ones keep their bytes.
 //! A slow sink still slows the intake rather than grow a queue.
+//!
+//! With exactly-once delivery the delivery stage instead commits each batch (with whatever
+//! batches queued behind it) as one Kafka transaction: the copies and the source offsets
+//! together, through [`Runtime::commit_hop`]. A failed transaction is aborted and the same batch
+//! tried again; records of partitions revoked since they were read are left out, because the
+//! partition's new owner reads them again from the last committed offset.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 
-use rebound_kafka::{ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, TopicPartition};
+use rebound_kafka::{
+    ConsumedRecord, ConsumerSettings, KafkaError, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, TopicPartition,
+};
 use rebound_registry::NoteDecoder;
 use rebound_retry::{
     BreakerState, CircuitBreaker, Dispatch, DueTiming, ErrorKind, Failure, RetryContext, Route, SinkAttempt,
@@ -29,7 +39,10 @@ use rebound_retry::{
 };
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
+use rebound_service::{
+    DeliveryMode, HopFailed, NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, SourceOffset, now_epoch_ms,
+    stub_for_refused_copy,
+};
 
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure, open_sink};
 use crate::{ConsumerConfig, ConsumerError};
@@ -72,6 +85,7 @@ pub async fn run_with_sink(
         required_topics,
         consumer: ConsumerSettings::new(config.group.clone(), config.source_topics.clone()),
         metrics_listen: config.metrics_listen,
+        delivery: config.delivery,
     };
     let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
         return Ok(());
@@ -104,6 +118,8 @@ pub async fn run_with_sink(
         runtime,
         stop: stop.clone(),
         clock_origin: tokio::time::Instant::now(),
+        assignment_epoch: AtomicU64::new(0),
+        revoked_at: Mutex::new(BTreeMap::new()),
     };
     let stop = stop.triggered_by({
         let shutdown = shutdown.clone();
@@ -114,8 +130,8 @@ pub async fn run_with_sink(
         let (pipeline, shutdown) = (&pipeline, &stop);
         let mut breaker = config.breaker.map(CircuitBreaker::new);
         async move {
-            while let Some(batch) = pipeline.next_batch(shutdown).await {
-                let mut applied = pipeline.apply_batch(batch, breaker.as_mut()).await;
+            while let Some((batch, read_epochs)) = pipeline.next_batch(shutdown).await {
+                let mut applied = pipeline.apply_batch(batch, read_epochs, breaker.as_mut()).await;
                 if let Some(breaker) = breaker.as_mut()
                     && breaker.state() != BreakerState::Closed
                 {
@@ -163,6 +179,11 @@ struct Pipeline<'config> {
     stop: Shutdown,
     /// The origin of the breaker's time.
     clock_origin: tokio::time::Instant,
+    /// Counts revocations seen: a record read at epoch `e` of a partition revoked at a later
+    /// epoch is stale (exactly-once leaves it to the partition's next reader).
+    assignment_epoch: AtomicU64,
+    /// The epoch each partition was last revoked at.
+    revoked_at: Mutex<BTreeMap<(String, i32), u64>>,
 }
 
 /// What a sink call is, for the breaker.
@@ -199,6 +220,8 @@ struct AppliedBatch {
     batch: Vec<ConsumedRecord>,
     fates: Vec<Option<Fate>>,
     spans: Vec<tracing::Span>,
+    /// The assignment epoch each record was read at.
+    read_epochs: Vec<u64>,
 }
 
 impl AppliedBatch {
@@ -219,11 +242,21 @@ impl AppliedBatch {
             .count()
     }
 
-    /// Takes a record that arrived while the breaker is open: held like the batch's own.
-    fn hold(&mut self, record: ConsumedRecord) {
+    /// Takes a record that arrived while the breaker is open (read at `read_epoch`): held like
+    /// the batch's own.
+    fn hold(&mut self, record: ConsumedRecord, read_epoch: u64) {
         self.spans.push(record_span(&record));
         self.batch.push(record);
         self.fates.push(Some(Fate::Held));
+        self.read_epochs.push(read_epoch);
+    }
+
+    /// Appends `other`, a batch read after this one, so both go in one transaction.
+    fn append(&mut self, other: AppliedBatch) {
+        self.batch.extend(other.batch);
+        self.fates.extend(other.fates);
+        self.spans.extend(other.spans);
+        self.read_epochs.extend(other.read_epochs);
     }
 }
 
@@ -246,7 +279,7 @@ enum Fate {
 impl Pipeline<'_> {
     /// Waits for the first record, then gathers more until the batch is full or the linger time
     /// passes. `None` once shutdown is triggered with no batch in hand.
-    async fn next_batch(&self, shutdown: &Shutdown) -> Option<Vec<ConsumedRecord>> {
+    async fn next_batch(&self, shutdown: &Shutdown) -> Option<(Vec<ConsumedRecord>, Vec<u64>)> {
         let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
         let first = loop {
             tokio::select! {
@@ -265,6 +298,7 @@ impl Pipeline<'_> {
         };
         self.log_assignment_events();
         let mut batch = Vec::with_capacity(self.config.batch_size.min(1024));
+        let exactly_once = self.runtime.delivery() == DeliveryMode::ExactlyOnce;
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
         while batch.len() < self.config.batch_size {
@@ -278,24 +312,88 @@ impl Pipeline<'_> {
                     Err(_) => break,
                 },
             };
+            if exactly_once {
+                // A revocation is served inside `recv`, before the record it returns: records of
+                // the revoked partitions gathered so far are stale, the new one is not.
+                let revoked = self.take_revocations();
+                if !revoked.is_empty() {
+                    batch
+                        .retain(|record: &ConsumedRecord| !revoked.contains(&(record.topic.clone(), record.partition)));
+                }
+            }
             match received {
                 Ok(record) => batch.push(record),
                 Err(error) => events::kafka_receive_failed("consumer", &error),
             }
         }
         self.log_assignment_events();
-        Some(batch)
+        if batch.is_empty() {
+            return Some((batch, Vec::new()));
+        }
+        let epoch = self.assignment_epoch.load(Ordering::SeqCst);
+        let read_epochs = vec![epoch; batch.len()];
+        Some((batch, read_epochs))
     }
 
     fn log_assignment_events(&self) {
         // The runtime logs the changes and keeps readiness; the consumer keeps no state per
-        // partition beyond what librdkafka does.
-        self.runtime.take_assignment_changes();
+        // partition beyond what librdkafka does, and the epochs of revocations.
+        self.take_revocations();
+    }
+
+    /// The partitions revoked since the last look; see [`Pipeline::take_assignment_changes`].
+    fn take_revocations(&self) -> BTreeSet<(String, i32)> {
+        let mut revoked = BTreeSet::new();
+        for change in self.take_assignment_changes() {
+            if let PartitionAssignmentEvent::Revoked(partitions) = change {
+                revoked.extend(
+                    partitions
+                        .into_iter()
+                        .map(|partition| (partition.topic, partition.partition)),
+                );
+            }
+        }
+        revoked
+    }
+
+    /// Takes the assignment changes (the runtime logs them and keeps readiness) and notes every
+    /// revocation's epoch. Every look at the changes goes through here.
+    fn take_assignment_changes(&self) -> Vec<PartitionAssignmentEvent> {
+        let changes = self.runtime.take_assignment_changes();
+        for change in &changes {
+            if let PartitionAssignmentEvent::Revoked(partitions) = change {
+                let epoch = self.assignment_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut revoked_at = self
+                    .revoked_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for partition in partitions {
+                    revoked_at.insert((partition.topic.clone(), partition.partition), epoch);
+                }
+            }
+        }
+        changes
+    }
+
+    /// True when `record`, read at `read_epoch`, belongs to a partition revoked since.
+    fn is_stale(&self, record: &ConsumedRecord, read_epoch: u64) -> bool {
+        let revoked_at = self
+            .revoked_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked_at
+            .get(&(record.topic.clone(), record.partition))
+            .is_some_and(|revoked| *revoked > read_epoch)
     }
 
     /// Decodes and applies a batch, and decides the fate of each record. With the breaker on,
     /// the sink's answers feed it; once it is open, transient failures are held, not routed.
-    async fn apply_batch(&self, batch: Vec<ConsumedRecord>, breaker: Option<&mut CircuitBreaker>) -> AppliedBatch {
+    async fn apply_batch(
+        &self,
+        batch: Vec<ConsumedRecord>,
+        read_epochs: Vec<u64>,
+        breaker: Option<&mut CircuitBreaker>,
+    ) -> AppliedBatch {
         // One span per record, continuing the trace the record carries and living as long as
         // the record's processing; copies sent to a tier or the DLQ carry this span onwards.
         let spans: Vec<tracing::Span> = batch.iter().map(record_span).collect();
@@ -303,6 +401,7 @@ impl Pipeline<'_> {
             fates: (0..batch.len()).map(|_| None).collect(),
             batch,
             spans,
+            read_epochs,
         };
         let all: Vec<usize> = (0..applied.batch.len()).collect();
         self.apply_records(&mut applied, &all, breaker, SinkCall::Flow).await;
@@ -515,12 +614,15 @@ impl Pipeline<'_> {
                             self.apply_records(applied, &[chosen], Some(&mut *breaker), SinkCall::Probe).await;
                         }
                         _ = assignment_tick.tick() => {
-                            if !self.runtime.take_assignment_changes().is_empty() {
+                            if !self.take_assignment_changes().is_empty() {
                                 self.pause_assigned();
                             }
                         }
                         received = self.runtime.consumer.recv() => match received {
-                            Ok(record) => applied.hold(record),
+                            Ok(record) => {
+                                self.take_revocations();
+                                applied.hold(record, self.assignment_epoch.load(Ordering::SeqCst));
+                            }
                             Err(error) => events::kafka_receive_failed("consumer", &error),
                         },
                     }
@@ -549,6 +651,9 @@ impl Pipeline<'_> {
     /// order the batches were read, once the batch is delivered. Returns when the intake has
     /// stopped and every batch it handed on is delivered (or given up at shutdown).
     async fn deliver_in_order(&self, mut applied: tokio::sync::mpsc::Receiver<AppliedBatch>, shutdown: &Shutdown) {
+        if self.runtime.delivery() == DeliveryMode::ExactlyOnce {
+            return self.deliver_in_transactions(applied, shutdown).await;
+        }
         let mut in_flight: futures::stream::FuturesOrdered<futures::future::BoxFuture<'_, DeliveredBatch>> =
             futures::stream::FuturesOrdered::new();
         let mut records_in_flight = 0_usize;
@@ -577,9 +682,145 @@ impl Pipeline<'_> {
         }
     }
 
+    /// The delivery stage with exactly-once delivery: each applied batch, with every batch queued
+    /// behind it, is committed as one transaction (copies and source offsets), in the order the
+    /// batches were read. Returns when the intake has stopped and every batch is committed (or
+    /// given up at shutdown or on a fatal producer error, with nothing of it committed).
+    async fn deliver_in_transactions(
+        &self,
+        mut applied: tokio::sync::mpsc::Receiver<AppliedBatch>,
+        shutdown: &Shutdown,
+    ) {
+        let mut blocked_partitions = BTreeSet::new();
+        while let Some(mut batch) = applied.recv().await {
+            // Batches that queued while the last transaction committed join this one: fewer,
+            // larger transactions when the broker is the bottleneck.
+            while let Ok(next) = applied.try_recv() {
+                batch.append(next);
+            }
+            let records = batch.batch.len();
+            events::consumer_in_flight(records);
+            self.commit_batch(batch, shutdown, &mut blocked_partitions).await;
+            events::consumer_in_flight(0);
+            if self.runtime.producer_failure.is_recorded() {
+                // Fenced or failed for good: nothing more can be committed. What is queued is read
+                // again by the next owner.
+                self.stop.trigger();
+                while applied.recv().await.is_some() {}
+                return;
+            }
+        }
+    }
+
+    /// Commits one applied batch in a transaction, trying again after an abort until it commits
+    /// or shutdown (or a fatal producer error) comes. Records of partitions revoked since they
+    /// were read are left out: neither copied nor committed.
+    async fn commit_batch(
+        &self,
+        applied: AppliedBatch,
+        shutdown: &Shutdown,
+        blocked_partitions: &mut BTreeSet<(String, i32)>,
+    ) {
+        let AppliedBatch {
+            batch,
+            fates,
+            spans,
+            read_epochs,
+        } = applied;
+        let mut fates: Vec<Option<Fate>> = fates;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let current: Vec<usize> = (0..batch.len())
+                .filter(|index| !self.is_stale(&batch[*index], read_epochs[*index]))
+                .collect();
+            // Applied and routed records are safe once the transaction commits; held or undecided
+            // ones (only at shutdown) block their partition's offset.
+            let mut blocked_after = blocked_partitions.clone();
+            let offsets: Vec<SourceOffset> = offsets_of(
+                current.iter().map(|index| {
+                    let record = &batch[*index];
+                    let safe = matches!(fates[*index], Some(Fate::Safe | Fate::Route(_)));
+                    (record.topic.as_str(), record.partition, record.offset, safe)
+                }),
+                &mut blocked_after,
+            )
+            .into_iter()
+            .map(|(topic, partition, next_offset)| SourceOffset {
+                topic: topic.to_owned(),
+                partition,
+                next_offset,
+            })
+            .collect();
+            let routed: Vec<(usize, &Dispatch)> = current
+                .iter()
+                .filter_map(|index| match &fates[*index] {
+                    Some(Fate::Route(dispatch)) => Some((*index, &**dispatch)),
+                    _ => None,
+                })
+                .collect();
+            let mut copies: Vec<OutgoingRecord> = routed
+                .iter()
+                .map(|(index, dispatch)| copy_of(&batch[*index], dispatch))
+                .collect();
+            if copies.is_empty() && offsets.is_empty() {
+                *blocked_partitions = blocked_after;
+                return;
+            }
+            let committed = self
+                .runtime
+                .commit_hop(&mut copies, &offsets, |position, error: &KafkaError| {
+                    let (index, dispatch) = routed[position];
+                    if dispatch.is_stub() {
+                        return None;
+                    }
+                    let stub = Box::new(stub_for_refused_copy(
+                        &self.config.policy,
+                        dispatch,
+                        &batch[index],
+                        error,
+                        &self.config.group,
+                    ));
+                    let stub_record = copy_of(&batch[index], &stub);
+                    Some((stub, stub_record))
+                })
+                .await;
+            match committed {
+                Ok(stubs) => {
+                    let routed: Vec<usize> = routed.into_iter().map(|(index, _)| index).collect();
+                    for (position, stub) in stubs {
+                        fates[routed[position]] = Some(Fate::Route(stub));
+                    }
+                    for index in routed {
+                        if let Some(Fate::Route(dispatch)) = &fates[index] {
+                            emit_routed(&batch[index], dispatch);
+                        }
+                    }
+                    *blocked_partitions = blocked_after;
+                    // The records' spans end when their copies are committed, not before.
+                    drop(spans);
+                    return;
+                }
+                Err(HopFailed::Fatal) => return,
+                Err(HopFailed::Aborted { .. }) => {
+                    if shutdown.is_triggered() {
+                        // Nothing of the batch was committed: it is read again after a restart.
+                        return;
+                    }
+                    tokio::select! {
+                        () = shutdown.wait() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_PRODUCE_BACKOFF);
+                }
+            }
+        }
+    }
+
     /// Delivers one applied batch's copies; returns the batch and which of its records are safe.
     async fn deliver_batch(&self, applied: AppliedBatch, shutdown: &Shutdown) -> DeliveredBatch {
-        let AppliedBatch { batch, fates, spans } = applied;
+        let AppliedBatch {
+            batch, fates, spans, ..
+        } = applied;
         let safe = self.deliver_copies(&batch, fates, shutdown).await;
         // The records' spans end when their copies are acknowledged, not before.
         drop(spans);
@@ -723,7 +964,7 @@ impl Pipeline<'_> {
     /// service alive and ready while it moves nothing. Say so, report not ready, and stop, so the
     /// service exits non-zero and its orchestrator restarts it with a new producer. Records
     /// whose copies were not acknowledged stay unsafe, so no offset past them is committed.
-    fn stop_on_fatal_producer_error(&self, error: rebound_kafka::KafkaError) {
+    fn stop_on_fatal_producer_error(&self, error: KafkaError) {
         self.runtime.record_producer_failure(error);
         self.stop.trigger();
     }
@@ -778,12 +1019,26 @@ fn offsets_to_store<'batch>(
     safe: &[bool],
     blocked_partitions: &mut BTreeSet<(String, i32)>,
 ) -> Vec<(&'batch str, i32, i64)> {
+    offsets_of(
+        batch
+            .iter()
+            .zip(safe)
+            .map(|(record, is_safe)| (record.topic.as_str(), record.partition, record.offset, *is_safe)),
+        blocked_partitions,
+    )
+}
+
+/// [`offsets_to_store`] over `(topic, partition, offset, safe)` of each record.
+fn offsets_of<'batch>(
+    records: impl IntoIterator<Item = (&'batch str, i32, i64, bool)>,
+    blocked_partitions: &mut BTreeSet<(String, i32)>,
+) -> Vec<(&'batch str, i32, i64)> {
     let mut by_partition: BTreeMap<(&str, i32), Vec<(i64, bool)>> = BTreeMap::new();
-    for (record, is_safe) in batch.iter().zip(safe) {
+    for (topic, partition, offset, is_safe) in records {
         by_partition
-            .entry((record.topic.as_str(), record.partition))
+            .entry((topic, partition))
             .or_default()
-            .push((record.offset, *is_safe));
+            .push((offset, is_safe));
     }
     let mut offsets = Vec::new();
     for ((topic, partition), mut records) in by_partition {

@@ -1,18 +1,23 @@
 //! The runtime a consume-and-produce service (the consumer, the scheduler) stands on: start-up
 //! (topic check that a signal can cut short, the acknowledging producer, readiness and the
 //! operational endpoints, the group subscription), partition assignment as a metric and log
-//! lines, offset storing with its failure events, and the final commit-and-close, in which a
-//! producer's fatal error decides the outcome. Each service supplies only what it does with the
-//! records it receives.
+//! lines, offset storing with its failure events, the exactly-once hop ([`Runtime::commit_hop`]:
+//! every record a hop writes and the source offsets it settles, in one Kafka transaction), and
+//! the final commit-and-close, in which a producer's fatal error decides the outcome. Each
+//! service supplies only what it does with the records it receives.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rebound_kafka::{
-    ConsumedRecord, ConsumerSettings, KafkaArgs, KafkaError, OutgoingRecord, PartitionAssignmentEvent,
-    ProducerSettings, RecordConsumer, RecordProducer, TopicPartition, fetch_partition_counts,
+    ConsumedRecord, ConsumerSettings, KafkaArgs, KafkaError, OffsetCommits, OutgoingRecord, PartitionAssignmentEvent,
+    ProducerSettings, RecordConsumer, RecordProducer, RecordsRefused, SourceOffset, TopicPartition,
+    TransactionalProducer, fetch_partition_counts,
 };
+
+use crate::delivery::{DeliveryConfig, DeliveryMode, transactional_id};
 
 use rebound_retry::{Dispatch, TierPolicy, oversized_stub};
 
@@ -35,6 +40,26 @@ pub struct RuntimeSpec<'spec> {
     pub consumer: ConsumerSettings,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Exactly-once (hops in transactions) or at-least-once.
+    pub delivery: DeliveryConfig,
+}
+
+/// Why a hop's transaction did not commit. Nothing of it is visible to `read_committed`
+/// readers and none of its offsets is committed.
+#[derive(Debug)]
+pub enum HopFailed {
+    /// The transaction was aborted; the hop may be tried again. `refused` names the records the
+    /// broker refused (by index), so the service can apply its refusal rules to them.
+    Aborted {
+        /// What failed.
+        error: KafkaError,
+        /// The refused records' indexes and errors (empty when the offsets or the commit failed).
+        refused: Vec<(usize, KafkaError)>,
+    },
+    /// The producer can do nothing more (fenced by a newer producer with its transactional id,
+    /// or failed fatally). The runtime recorded it as the service's producer failure; the
+    /// service must stop.
+    Fatal,
 }
 
 /// Which record went out when a copy too large for its batch was sent alone.
@@ -68,6 +93,8 @@ pub struct Runtime {
     pub readiness: Arc<Readiness>,
     /// The producer's fatal error, once one was seen.
     pub producer_failure: ProducerFailure,
+    /// The transactional producer of the hops, with exactly-once delivery.
+    transactions: Option<TransactionalProducer>,
 }
 
 impl Runtime {
@@ -106,10 +133,38 @@ impl Runtime {
                     reason: error.to_string(),
                 })?;
         }
-        let consumer = RecordConsumer::subscribe(spec.kafka, &spec.consumer).map_err(|source| ServiceError::Kafka {
-            operation: "subscribe",
-            source,
-        })?;
+        let (consumer_settings, transactions) = match spec.delivery.mode {
+            DeliveryMode::AtLeastOnce => (spec.consumer, None),
+            DeliveryMode::ExactlyOnce => {
+                let static_member = spec
+                    .kafka
+                    .resolve()
+                    .ok()
+                    .and_then(|resolved| resolved.property("group.instance.id").map(str::to_owned));
+                let id = transactional_id(spec.service, &spec.consumer.group_id, static_member.as_deref());
+                let transactions = TransactionalProducer::start(
+                    spec.kafka,
+                    &id,
+                    spec.delivery.transaction_timeout,
+                    spec.delivery.transaction_timeout,
+                )
+                .await
+                .map_err(|source| ServiceError::Kafka {
+                    operation: "initialise transactions",
+                    source,
+                })?;
+                tracing::info!(service = spec.service, transactional_id = %id, "exactly-once delivery: hops are transactions");
+                (
+                    spec.consumer.with_offset_commits(OffsetCommits::InTransactions),
+                    Some(transactions),
+                )
+            }
+        };
+        let consumer =
+            RecordConsumer::subscribe(spec.kafka, &consumer_settings).map_err(|source| ServiceError::Kafka {
+                operation: "subscribe",
+                source,
+            })?;
         // Ready once subscribed, with or without partitions: an instance beyond the partition
         // count is healthy and waiting for a rebalance, and an orchestrator that waited for it to
         // get partitions would stall a rolling update. The partition count is a metric instead.
@@ -121,7 +176,137 @@ impl Runtime {
             consumer,
             readiness,
             producer_failure: ProducerFailure::new(spec.service),
+            transactions,
         }))
+    }
+
+    /// The delivery mode the service runs in.
+    pub fn delivery(&self) -> DeliveryMode {
+        if self.transactions.is_some() {
+            DeliveryMode::ExactlyOnce
+        } else {
+            DeliveryMode::AtLeastOnce
+        }
+    }
+
+    /// Commits one hop with exactly-once delivery: `records` (every record the hop writes: copies
+    /// to tiers or the DLQ, republished records, or any other record the hop's outcome depends on)
+    /// and `offsets` (the source positions they settle, committed for the consumer group) in one
+    /// Kafka transaction. Either all of it becomes visible to `read_committed` readers, or none.
+    ///
+    /// A record refused as too large is tried alone in the next transaction (Kafka refuses a
+    /// whole request for one such record); refused alone too, it can never be sent and
+    /// `make_stub` gives the record to send in its place (its bounded dead-letter stub), or `None`
+    /// when it already is one. Those attempts happen inside this call; `Ok` lists the stubs that
+    /// replaced records, by index (`records` then holds the stub records in their place). Any other failure aborts the transaction, is an event, and is
+    /// returned for the service to try the hop again; a fatal one is recorded as the producer's
+    /// failure. Without exactly-once delivery this is an error: the hop goes through
+    /// [`Runtime::producer`] and [`Runtime::store_next_offset`].
+    pub async fn commit_hop<Stub>(
+        &self,
+        records: &mut [OutgoingRecord],
+        offsets: &[SourceOffset],
+        mut make_stub: impl FnMut(usize, &KafkaError) -> Option<(Stub, OutgoingRecord)>,
+    ) -> Result<Vec<(usize, Stub)>, HopFailed> {
+        let Some(transactions) = self.transactions.as_ref() else {
+            return Err(HopFailed::Aborted {
+                error: KafkaError::Timeout {
+                    operation: "hop transaction without --delivery exactly-once",
+                    timeout_ms: 0,
+                },
+                refused: Vec::new(),
+            });
+        };
+        let mut alone = BTreeSet::new();
+        let mut stubs = Vec::new();
+        loop {
+            let aborted = match self.try_hop(transactions, records, offsets, &alone).await {
+                Ok(()) => {
+                    events::transaction_committed(self.service);
+                    return Ok(stubs);
+                }
+                Err(aborted) => aborted,
+            };
+            let (error, refused) = match aborted {
+                HopFailed::Fatal => return Err(HopFailed::Fatal),
+                HopFailed::Aborted { error, refused } => (error, refused),
+            };
+            let fatal = transactions.fatal_error();
+            if fatal.is_some() || error.is_fatal_transaction_error() {
+                self.record_producer_failure(fatal.unwrap_or(error));
+                return Err(HopFailed::Fatal);
+            }
+            // Too large in a shared request: alone next time. Too large alone: the stub instead.
+            let mut settled_by_size = !refused.is_empty();
+            for (index, refusal) in &refused {
+                if !refusal.is_message_too_large() {
+                    settled_by_size = false;
+                    continue;
+                }
+                if !alone.insert(*index) {
+                    match make_stub(*index, refusal) {
+                        Some((stub, stub_record)) => {
+                            tracing::warn!(service = self.service, error = %refusal, topic = %records[*index].topic, "copy too large even alone; dead-lettering a stub");
+                            records[*index] = stub_record;
+                            stubs.push((*index, stub));
+                            alone.remove(index);
+                        }
+                        None => settled_by_size = false,
+                    }
+                }
+            }
+            events::transaction_aborted(self.service, records.len(), &error);
+            if !settled_by_size {
+                return Err(HopFailed::Aborted { error, refused });
+            }
+        }
+    }
+
+    /// One attempt at a hop's transaction; aborted on any failure.
+    async fn try_hop(
+        &self,
+        transactions: &TransactionalProducer,
+        records: &[OutgoingRecord],
+        offsets: &[SourceOffset],
+        alone: &BTreeSet<usize>,
+    ) -> Result<(), HopFailed> {
+        // The membership as of now: if a rebalance has moved on since the hop's records were
+        // read, the broker refuses the offsets and the transaction aborts (KIP-447).
+        let Some(group) = self.consumer.group_metadata() else {
+            return Err(HopFailed::Aborted {
+                error: KafkaError::Timeout {
+                    operation: "join the consumer group before a hop",
+                    timeout_ms: 0,
+                },
+                refused: Vec::new(),
+            });
+        };
+        if let Err(error) = transactions.begin() {
+            // An earlier abort that failed (a broker away) leaves the transaction open; abort
+            // it now and begin once more.
+            transactions.abort_after(&error).await;
+            transactions.begin().map_err(|error| HopFailed::Aborted {
+                error,
+                refused: Vec::new(),
+            })?;
+        }
+        let failure = match transactions.send_records(records, alone).await {
+            Err(RecordsRefused { error, refused }) => Some((error, refused)),
+            Ok(_) => match transactions.send_offsets(offsets, group).await {
+                Err(error) => Some((error, Vec::new())),
+                Ok(()) => {
+                    failpoint_before_hop_commit().await;
+                    transactions.commit().await.err().map(|error| (error, Vec::new()))
+                }
+            },
+        };
+        match failure {
+            None => Ok(()),
+            Some((error, refused)) => {
+                transactions.abort_after(&error).await;
+                Err(HopFailed::Aborted { error, refused })
+            }
+        }
     }
 
     /// The assignment changes since the last call, logged and counted in
@@ -237,6 +422,9 @@ impl Runtime {
     /// did: only offsets of safe records were stored, so what the failed producer never
     /// delivered is read again by the next owner.
     pub async fn finish(self, timeout: Duration) -> Result<(), ServiceError> {
+        // Every hop transaction was committed or aborted before the service's loop ended; the
+        // consumer then commits nothing itself (its offsets went with the transactions).
+        drop(self.transactions);
         let committed = self.consumer.flush_commit_and_close(&self.producer, timeout).await;
         if let Some(source) = self.producer_failure.into_error() {
             return Err(ServiceError::ProducerFailedForGood { source });
@@ -245,6 +433,26 @@ impl Runtime {
             operation: "commit offsets at shutdown",
             source,
         })
+    }
+}
+
+/// Test-only failpoint: with the `failpoints` feature and `REBOUND_FAILPOINT_HOP_BEFORE_COMMIT=N`,
+/// the Nth hop transaction of the process stops for good after its records were acknowledged and
+/// its offsets sent, before its commit, and says so on stderr, so a test can kill the process
+/// exactly there. Without the feature it does nothing and reads no variable.
+async fn failpoint_before_hop_commit() {
+    #[cfg(feature = "failpoints")]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static HOPS: AtomicU64 = AtomicU64::new(0);
+        let hop = HOPS.fetch_add(1, Ordering::SeqCst) + 1;
+        let chosen = std::env::var("REBOUND_FAILPOINT_HOP_BEFORE_COMMIT")
+            .ok()
+            .and_then(|value| value.parse::<u64>().ok());
+        if chosen == Some(hop) {
+            eprintln!("failpoint hop-before-commit reached at hop {hop}");
+            std::future::pending::<()>().await;
+        }
     }
 }
 
