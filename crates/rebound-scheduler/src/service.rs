@@ -465,17 +465,35 @@ impl Scheduler<'_> {
     }
 
     /// Releases `due` (each record's copy in `outgoings`) with exactly-once delivery: the copies
-    /// and the tier offsets after them in one transaction. Committed, every record is settled;
-    /// aborted, every record goes back to the front of its queue (a republish refused because
-    /// its topic does not exist becomes a dead letter, as with at-least-once), to be released
-    /// again after a pause.
+    /// and the tier offsets after them in one transaction. Committed, every record is settled.
+    /// Aborted because the broker refused some copies, the partitions of those go back to the
+    /// front of their queues (a republish refused because its topic does not exist becomes a
+    /// dead letter, as with at-least-once) and the other partitions' records are tried again at
+    /// once in a new transaction, so one refused record holds back only its own partition.
+    /// Aborted for another reason (the offsets, the commit, a broker away), every record goes
+    /// back, to be released again after a pause.
     async fn release_in_transaction(
         &mut self,
-        mut due: Vec<HeldRecord>,
+        due: Vec<HeldRecord>,
         outgoings: Vec<Option<OutgoingRecord>>,
         now: Instant,
         now_ms: i64,
     ) {
+        let mut pending: Vec<(HeldRecord, Option<OutgoingRecord>)> = due.into_iter().zip(outgoings).collect();
+        while !pending.is_empty() {
+            pending = self.try_release_in_transaction(pending, now, now_ms).await;
+        }
+    }
+
+    /// One transaction of [`Scheduler::release_in_transaction`]; returns what is to be tried
+    /// again at once.
+    async fn try_release_in_transaction(
+        &mut self,
+        pending: Vec<(HeldRecord, Option<OutgoingRecord>)>,
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<(HeldRecord, Option<OutgoingRecord>)> {
+        let (mut due, outgoings): (Vec<HeldRecord>, Vec<Option<OutgoingRecord>>) = pending.into_iter().unzip();
         // With exactly-once no record is ever marked sent, so every due record has a copy; one
         // without is settled already and only moves the offset.
         let positions: Vec<usize> = outgoings
@@ -508,7 +526,7 @@ impl Scheduler<'_> {
                 })
                 .await
         };
-        match committed {
+        let refused = match committed {
             Ok(stubs) => {
                 for (position, stub) in stubs {
                     due[positions[position]].action = stub;
@@ -519,43 +537,54 @@ impl Scheduler<'_> {
                 for held in &due {
                     self.emit_released(held, now_ms);
                 }
+                return Vec::new();
             }
-            Err(failed) => {
-                for (position, index) in positions.iter().enumerate() {
-                    give_back_payload(&mut due[*index], &records[position], true);
-                }
-                let refused = match failed {
-                    HopFailed::Aborted { refused, .. } => refused,
-                    // The service stops: what is held is read again by the next owner.
-                    HopFailed::Fatal => Vec::new(),
-                };
-                let mut presence: BTreeMap<String, TopicPresence> = BTreeMap::new();
-                let mut dead_lettered_now = BTreeSet::new();
-                for (position, error) in refused {
-                    let index = positions[position];
-                    if self
-                        .dead_letter_if_topic_missing(&mut due[index], &error, &mut presence, now, now_ms)
-                        .await
-                    {
-                        dead_lettered_now.insert(index);
-                    }
-                    emit_copy_refused(&due[index], &records[position].topic, &error);
-                }
-                let mut waiting: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
-                for (index, mut held) in due.into_iter().enumerate() {
-                    if !dead_lettered_now.contains(&index) {
-                        held.release_at = held.release_at.max(now + REPUBLISH_BACKOFF);
-                    }
-                    waiting
-                        .entry((held.record.topic.clone(), held.record.partition))
-                        .or_default()
-                        .push(held);
-                }
-                for (_, records) in waiting {
-                    self.holdings.hold_again_at_front(records, now);
-                }
-            }
+            Err(HopFailed::Aborted { refused, .. }) => refused,
+            // The service stops: what is held is read again by the next owner.
+            Err(HopFailed::Fatal) => Vec::new(),
+        };
+        // Partitions with a refused copy go back; without refused copies, all of them do.
+        let everything_back = refused.is_empty();
+        let mut blocked: BTreeSet<(String, i32)> = BTreeSet::new();
+        let mut refusals: BTreeMap<usize, rebound_kafka::KafkaError> = BTreeMap::new();
+        for (position, error) in refused {
+            let index = positions[position];
+            blocked.insert((due[index].record.topic.clone(), due[index].record.partition));
+            refusals.insert(index, error);
         }
+        let mut outgoing_of_index: BTreeMap<usize, OutgoingRecord> = positions.iter().copied().zip(records).collect();
+        let mut presence: BTreeMap<String, TopicPresence> = BTreeMap::new();
+        let mut retry_now = Vec::new();
+        let mut waiting: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
+        for (index, mut held) in due.into_iter().enumerate() {
+            let key = (held.record.topic.clone(), held.record.partition);
+            let outgoing = outgoing_of_index.remove(&index);
+            if !everything_back && !blocked.contains(&key) {
+                retry_now.push((held, outgoing));
+                continue;
+            }
+            if let Some(outgoing) = &outgoing {
+                give_back_payload(&mut held, outgoing, true);
+            }
+            let mut dead_lettered_now = false;
+            if let (Some(error), Some(outgoing)) = (refusals.get(&index), &outgoing) {
+                dead_lettered_now = self
+                    .dead_letter_if_topic_missing(&mut held, error, &mut presence, now, now_ms)
+                    .await;
+                emit_copy_refused(&held, &outgoing.topic, error);
+            }
+            if !dead_lettered_now {
+                held.release_at = held.release_at.max(now + REPUBLISH_BACKOFF);
+            }
+            waiting.entry(key).or_default().push(held);
+        }
+        for (_, records) in waiting {
+            self.holdings.hold_again_at_front(records, now);
+        }
+        if self.runtime.producer_failure.is_recorded() {
+            return Vec::new();
+        }
+        retry_now
     }
 
     /// A republish refused with "unknown topic or partition" whose topic the cluster's metadata
