@@ -39,7 +39,9 @@ pub enum PartitionAssignmentEvent {
 /// A snapshot of the consumer's group membership (member id and generation), given with the
 /// offsets of a transaction so the broker can refuse them from a member that is no longer in
 /// that generation (KIP-447 fencing of zombies).
-pub struct GroupMetadata(ConsumerGroupMetadata);
+/// Cheap to clone: clones share one snapshot.
+#[derive(Clone)]
+pub struct GroupMetadata(Arc<ConsumerGroupMetadata>);
 
 impl GroupMetadata {
     pub(crate) fn native(&self) -> &ConsumerGroupMetadata {
@@ -269,7 +271,9 @@ impl RecordConsumer {
     /// The group membership as of now, for the offsets of a transaction; `None` before the
     /// consumer has joined its group.
     pub fn group_metadata(&self) -> Option<GroupMetadata> {
-        self.inner.group_metadata().map(GroupMetadata)
+        self.inner
+            .group_metadata()
+            .map(|metadata| GroupMetadata(Arc::new(metadata)))
     }
 
     /// Waits for the next record. Rebalances are served inside this call, so keep calling it

@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rebound_kafka::{
-    ConsumedRecord, ConsumerSettings, KafkaArgs, KafkaError, OffsetCommits, OutgoingRecord, PartitionAssignmentEvent,
-    ProducerSettings, RecordConsumer, RecordProducer, RecordsRefused, SourceOffset, TopicPartition,
-    TransactionalProducer, fetch_partition_counts,
+    ConsumedRecord, ConsumerSettings, GroupMetadata, KafkaArgs, KafkaError, OffsetCommits, OutgoingRecord,
+    PartitionAssignmentEvent, ProducerSettings, RecordConsumer, RecordProducer, RecordsRefused, SourceOffset,
+    TopicPartition, TransactionalProducer, fetch_partition_counts,
 };
-
-use crate::delivery::{DeliveryConfig, DeliveryMode, transactional_id};
 
 use rebound_retry::{Dispatch, TierPolicy, oversized_stub};
 
+use crate::delivery::{DeliveryConfig, DeliveryMode, transactional_id};
 use crate::{ProducerFailure, Readiness, ServiceError, Shutdown, events, serve_operational_endpoints};
 
 /// How long the start-up check waits for the brokers' metadata of each topic.
@@ -198,9 +197,9 @@ impl Runtime {
     /// whole request for one such record); refused alone too, it can never be sent and
     /// `make_stub` gives the record to send in its place (its bounded dead-letter stub), or `None`
     /// when it already is one. Those attempts happen inside this call; `Ok` lists the stubs that
-    /// replaced records, by index (`records` then holds the stub records in their place). Any other failure aborts the transaction, is an event, and is
-    /// returned for the service to try the hop again; a fatal one is recorded as the producer's
-    /// failure. Without exactly-once delivery this is an error: the hop goes through
+    /// replaced records, by index (`records` then holds the stub records in their place). Any
+    /// other failure aborts the transaction, is an event, and is returned for the service to try
+    /// the hop again; a fatal one is recorded as the producer's failure. Without exactly-once delivery this is an error: the hop goes through
     /// [`Runtime::producer`] and [`Runtime::store_next_offset`].
     pub async fn commit_hop<Stub>(
         &self,
@@ -217,10 +216,23 @@ impl Runtime {
                 refused: Vec::new(),
             });
         };
+        // The membership as the caller checked its records against it (it calls this without
+        // reading in between), sent with every attempt: if a rebalance moves on meanwhile (the
+        // consumer's intake keeps reading while this call waits), the broker refuses the
+        // offsets and the transaction aborts (KIP-447), however many attempts it takes.
+        let Some(group) = self.consumer.group_metadata() else {
+            return Err(HopFailed::Aborted {
+                error: KafkaError::Timeout {
+                    operation: "join the consumer group before a hop",
+                    timeout_ms: 0,
+                },
+                refused: Vec::new(),
+            });
+        };
         let mut alone = BTreeSet::new();
         let mut stubs = Vec::new();
         loop {
-            let aborted = match self.try_hop(transactions, records, offsets, &alone).await {
+            let aborted = match self.try_hop(transactions, records, offsets, &group, &alone).await {
                 Ok(()) => {
                     events::transaction_committed(self.service);
                     return Ok(stubs);
@@ -268,19 +280,9 @@ impl Runtime {
         transactions: &TransactionalProducer,
         records: &[OutgoingRecord],
         offsets: &[SourceOffset],
+        group: &GroupMetadata,
         alone: &BTreeSet<usize>,
     ) -> Result<(), HopFailed> {
-        // The membership as of now: if a rebalance has moved on since the hop's records were
-        // read, the broker refuses the offsets and the transaction aborts (KIP-447).
-        let Some(group) = self.consumer.group_metadata() else {
-            return Err(HopFailed::Aborted {
-                error: KafkaError::Timeout {
-                    operation: "join the consumer group before a hop",
-                    timeout_ms: 0,
-                },
-                refused: Vec::new(),
-            });
-        };
         if let Err(error) = transactions.begin() {
             // An earlier abort that failed (a broker away) leaves the transaction open; abort
             // it now and begin once more.
@@ -292,7 +294,7 @@ impl Runtime {
         }
         let failure = match transactions.send_records(records, alone).await {
             Err(RecordsRefused { error, refused }) => Some((error, refused)),
-            Ok(_) => match transactions.send_offsets(offsets, group).await {
+            Ok(_) => match transactions.send_offsets(offsets, group.clone()).await {
                 Err(error) => Some((error, Vec::new())),
                 Ok(()) => {
                     failpoint_before_hop_commit().await;
