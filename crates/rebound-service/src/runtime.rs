@@ -93,7 +93,22 @@ pub struct Runtime {
     /// The producer's fatal error, once one was seen.
     pub producer_failure: ProducerFailure,
     /// The transactional producer of the hops, with exactly-once delivery.
-    transactions: Option<TransactionalProducer>,
+    transactions: Option<Transactions>,
+}
+
+/// The hops' transactional producer, and what it takes to start a new one.
+#[derive(Debug)]
+struct Transactions {
+    /// Held by the one hop in progress; replaced when its transaction timed out.
+    producer: tokio::sync::Mutex<TransactionalProducer>,
+    /// `true` when the id is random: no other instance can have it, so being fenced can only
+    /// mean the broker aborted this producer's own transaction (it outlived the transaction
+    /// timeout: a broker away, a stalled process), and a new producer may carry on.
+    id_is_random: bool,
+    kafka: KafkaArgs,
+    service: &'static str,
+    group: String,
+    timeout: Duration,
 }
 
 impl Runtime {
@@ -141,18 +156,22 @@ impl Runtime {
                     .ok()
                     .and_then(|resolved| resolved.property("group.instance.id").map(str::to_owned));
                 let id = transactional_id(spec.service, &spec.consumer.group_id, static_member.as_deref());
-                let transactions = TransactionalProducer::start(
-                    spec.kafka,
-                    &id,
-                    spec.delivery.transaction_timeout,
-                    spec.delivery.transaction_timeout,
-                )
-                .await
-                .map_err(|source| ServiceError::Kafka {
-                    operation: "initialise transactions",
-                    source,
-                })?;
+                let timeout = spec.delivery.transaction_timeout;
+                let producer = TransactionalProducer::start(spec.kafka, &id, timeout, timeout)
+                    .await
+                    .map_err(|source| ServiceError::Kafka {
+                        operation: "initialise transactions",
+                        source,
+                    })?;
                 tracing::info!(service = spec.service, transactional_id = %id, "exactly-once delivery: hops are transactions");
+                let transactions = Transactions {
+                    producer: tokio::sync::Mutex::new(producer),
+                    id_is_random: static_member.is_none(),
+                    kafka: spec.kafka.clone(),
+                    service: spec.service,
+                    group: spec.consumer.group_id.clone(),
+                    timeout,
+                };
                 (
                     spec.consumer.with_offset_commits(OffsetCommits::InTransactions),
                     Some(transactions),
@@ -207,7 +226,7 @@ impl Runtime {
         offsets: &[SourceOffset],
         mut make_stub: impl FnMut(usize, &KafkaError) -> Option<(Stub, OutgoingRecord)>,
     ) -> Result<Vec<(usize, Stub)>, HopFailed> {
-        let Some(transactions) = self.transactions.as_ref() else {
+        let Some(state) = self.transactions.as_ref() else {
             return Err(HopFailed::Aborted {
                 error: KafkaError::Timeout {
                     operation: "hop transaction without --delivery exactly-once",
@@ -229,10 +248,11 @@ impl Runtime {
                 refused: Vec::new(),
             });
         };
+        let mut transactions = state.producer.lock().await;
         let mut alone = BTreeSet::new();
         let mut stubs = Vec::new();
         loop {
-            let aborted = match self.try_hop(transactions, records, offsets, &group, &alone).await {
+            let aborted = match self.try_hop(&transactions, records, offsets, &group, &alone).await {
                 Ok(()) => {
                     events::transaction_committed(self.service);
                     return Ok(stubs);
@@ -245,7 +265,27 @@ impl Runtime {
             };
             let fatal = transactions.fatal_error();
             if fatal.is_some() || error.is_fatal_transaction_error() {
-                self.record_producer_failure(fatal.unwrap_or(error));
+                let fatal = fatal.unwrap_or(error);
+                if state.id_is_random && fatal.is_fenced() {
+                    // Nothing else has this id: the broker aborted this producer's own
+                    // transaction after the timeout and fenced it. The hop is tried again with a
+                    // new producer; nothing of the aborted transaction is visible.
+                    events::transaction_aborted(self.service, records.len(), &fatal);
+                    match state.restart().await {
+                        Ok(producer) => {
+                            *transactions = producer;
+                            return Err(HopFailed::Aborted {
+                                error: fatal,
+                                refused: Vec::new(),
+                            });
+                        }
+                        Err(error) => {
+                            self.record_producer_failure(error);
+                            return Err(HopFailed::Fatal);
+                        }
+                    }
+                }
+                self.record_producer_failure(fatal);
                 return Err(HopFailed::Fatal);
             }
             // Too large in a shared request: alone next time. Too large alone: the stub instead.
@@ -438,10 +478,22 @@ impl Runtime {
     }
 }
 
-/// Test-only failpoint: with the `failpoints` feature and `REBOUND_FAILPOINT_HOP_BEFORE_COMMIT=N`,
-/// the Nth hop transaction of the process stops for good after its records were acknowledged and
-/// its offsets sent, before its commit, and says so on stderr, so a test can kill the process
-/// exactly there. Without the feature it does nothing and reads no variable.
+impl Transactions {
+    /// A new producer with a new random id, after the broker fenced the last one for a
+    /// transaction that outlived the timeout.
+    async fn restart(&self) -> Result<TransactionalProducer, KafkaError> {
+        let id = transactional_id(self.service, &self.group, None);
+        tracing::warn!(service = self.service, transactional_id = %id, "transaction timed out and the producer was fenced; starting a new one");
+        TransactionalProducer::start(&self.kafka, &id, self.timeout, self.timeout).await
+    }
+}
+
+/// Test-only failpoints: with the `failpoints` feature and `REBOUND_FAILPOINT_HOP_BEFORE_COMMIT=N`,
+/// the Nth hop transaction attempt of the process stops for good after its records were
+/// acknowledged and its offsets sent, before its commit, and says so on stderr, so a test can
+/// kill the process exactly there; with `REBOUND_FAILPOINT_HOP_STALL=N:MS` it waits MS
+/// milliseconds there and goes on (a process stalled past the transaction timeout). Without the
+/// feature it does nothing and reads no variable.
 async fn failpoint_before_hop_commit() {
     #[cfg(feature = "failpoints")]
     {
@@ -454,6 +506,16 @@ async fn failpoint_before_hop_commit() {
         if chosen == Some(hop) {
             eprintln!("failpoint hop-before-commit reached at hop {hop}");
             std::future::pending::<()>().await;
+        }
+        let stall = std::env::var("REBOUND_FAILPOINT_HOP_STALL").ok().and_then(|value| {
+            let (stalled_hop, millis) = value.split_once(':')?;
+            Some((stalled_hop.parse::<u64>().ok()?, millis.parse::<u64>().ok()?))
+        });
+        if let Some((stalled_hop, millis)) = stall
+            && stalled_hop == hop
+        {
+            eprintln!("failpoint hop-stall reached at hop {hop}: waiting {millis} ms");
+            tokio::time::sleep(Duration::from_millis(millis)).await;
         }
     }
 }
