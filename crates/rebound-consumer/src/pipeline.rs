@@ -299,6 +299,10 @@ impl Pipeline<'_> {
         self.log_assignment_events();
         let mut batch = Vec::with_capacity(self.config.batch_size.min(1024));
         let exactly_once = self.runtime.delivery() == DeliveryMode::ExactlyOnce;
+        // Each record's epoch is taken when it is received: a rewind between two receives makes
+        // the earlier ones stale and leaves the later ones valid.
+        let mut read_epochs = Vec::with_capacity(batch.capacity());
+        read_epochs.push(self.assignment_epoch.load(Ordering::SeqCst));
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
         while batch.len() < self.config.batch_size {
@@ -317,21 +321,27 @@ impl Pipeline<'_> {
                 // the revoked partitions gathered so far are stale, the new one is not.
                 let revoked = self.take_revocations();
                 if !revoked.is_empty() {
-                    batch
-                        .retain(|record: &ConsumedRecord| !revoked.contains(&(record.topic.clone(), record.partition)));
+                    let mut kept_epochs = Vec::with_capacity(read_epochs.len());
+                    let mut kept = Vec::with_capacity(batch.len());
+                    for (record, epoch) in batch.drain(..).zip(read_epochs.drain(..)) {
+                        if !revoked.contains(&(record.topic.clone(), record.partition)) {
+                            kept.push(record);
+                            kept_epochs.push(epoch);
+                        }
+                    }
+                    batch = kept;
+                    read_epochs = kept_epochs;
                 }
             }
             match received {
-                Ok(record) => batch.push(record),
+                Ok(record) => {
+                    batch.push(record);
+                    read_epochs.push(self.assignment_epoch.load(Ordering::SeqCst));
+                }
                 Err(error) => events::kafka_receive_failed("consumer", &error),
             }
         }
         self.log_assignment_events();
-        if batch.is_empty() {
-            return Some((batch, Vec::new()));
-        }
-        let epoch = self.assignment_epoch.load(Ordering::SeqCst);
-        let read_epochs = vec![epoch; batch.len()];
         Some((batch, read_epochs))
     }
 
@@ -373,6 +383,42 @@ impl Pipeline<'_> {
             }
         }
         changes
+    }
+
+    /// After [`HopFailed::Restarted`]: the partitions of `records` are read again from their
+    /// committed offsets, and every record of them read so far (in this batch, in batches
+    /// queued behind it, in the intake's hands) is stale. The positions are fetched first; the
+    /// epoch is moved and the partitions sought with no await in between, so the intake (which
+    /// runs only at awaits) receives nothing between the two.
+    async fn rewind<'record>(&self, records: impl Iterator<Item = &'record ConsumedRecord>) {
+        let partitions: Vec<TopicPartition> = records
+            .map(|record| TopicPartition {
+                topic: record.topic.clone(),
+                partition: record.partition,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let positions = match self.runtime.committed_positions(&partitions).await {
+            Ok(positions) => positions,
+            Err(error) => {
+                // Without the positions the batch cannot be read again safely: stop, and let
+                // the next owner read from the committed offsets.
+                self.stop_on_fatal_producer_error(error);
+                return;
+            }
+        };
+        let epoch = self.assignment_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut revoked_at = self
+                .revoked_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for partition in &partitions {
+                revoked_at.insert((partition.topic.clone(), partition.partition), epoch);
+            }
+        }
+        self.runtime.seek_positions(&positions);
     }
 
     /// True when `record`, read at `read_epoch`, belongs to a partition revoked since.
@@ -801,6 +847,10 @@ impl Pipeline<'_> {
                     return;
                 }
                 Err(HopFailed::Fatal) => return,
+                Err(HopFailed::Restarted) => {
+                    self.rewind(current.iter().map(|index| &batch[*index])).await;
+                    return;
+                }
                 Err(HopFailed::Aborted { .. }) => {
                     if shutdown.is_triggered() {
                         // Nothing of the batch was committed: it is read again after a restart.

@@ -170,8 +170,8 @@ async fn assert_every_record_copied_once(prefix: &str) {
 
 /// A consumer stalled past its transaction timeout before a commit has its transaction aborted
 /// and its producer fenced by the broker. With a random transactional id nothing else can have
-/// fenced it, so it starts a new producer and tries the batch again rather than exit: the
-/// service keeps running, and every record is still copied exactly once.
+/// fenced it, so it starts a new producer and reads the batch again from the committed offsets
+/// rather than exit: the service keeps running, and every record is still copied exactly once.
 #[tokio::test]
 async fn a_transaction_that_outlives_its_timeout_is_retried_with_a_new_producer() {
     let prefix = unique_prefix("eos-stall");

@@ -268,6 +268,61 @@ impl RecordConsumer {
         })
     }
 
+    /// The offsets the group has committed for `partitions` (the next record to read), asked of
+    /// the coordinator now; `None` for a partition without a commit. Waits while a transaction with offsets of these
+    /// partitions is still open (librdkafka asks for stable offsets), up to `timeout`.
+    pub async fn committed_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        timeout: Duration,
+    ) -> Result<Vec<(TopicPartition, Option<i64>)>, KafkaError> {
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for partition in partitions {
+            list.add_partition(&partition.topic, partition.partition);
+        }
+        let consumer = Arc::clone(&self.inner);
+        let committed = tokio::task::spawn_blocking(move || consumer.committed_offsets(list, timeout))
+            .await
+            .map_err(|_| KafkaError::Timeout {
+                operation: "fetch committed offsets",
+                timeout_ms: timeout.as_millis(),
+            })?
+            .map_err(|source| KafkaError::CommitOffsets { source })?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|element| {
+                let offset = match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                };
+                (
+                    TopicPartition {
+                        topic: element.topic().to_owned(),
+                        partition: element.partition(),
+                    },
+                    offset,
+                )
+            })
+            .collect())
+    }
+
+    /// Moves the fetch position of an assigned partition to `offset` (`None`: its beginning, as
+    /// `auto.offset.reset=earliest` starts a partition without a commit): the next record
+    /// received from it is the one there. Records fetched before the seek are never returned
+    /// after it.
+    pub fn seek(&self, partition: &TopicPartition, offset: Option<i64>) -> Result<(), KafkaError> {
+        let offset = offset.map_or(Offset::Beginning, Offset::Offset);
+        self.inner
+            .seek(&partition.topic, partition.partition, offset, Duration::from_secs(5))
+            .map_err(|source| KafkaError::PauseResume {
+                action: "seek",
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+                source,
+            })
+    }
+
     /// The group membership as of now, for the offsets of a transaction; `None` before the
     /// consumer has joined its group.
     pub fn group_metadata(&self) -> Option<GroupMetadata> {

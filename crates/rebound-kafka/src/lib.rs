@@ -186,7 +186,7 @@ pub enum KafkaError {
     /// Pausing or resuming partitions failed.
     #[error("failed to {action} {topic}[{partition}]: {source}")]
     PauseResume {
-        /// `pause` or `resume`.
+        /// `pause`, `resume` or `seek`.
         action: &'static str,
         /// Topic.
         topic: String,

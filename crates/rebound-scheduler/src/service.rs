@@ -540,6 +540,10 @@ impl Scheduler<'_> {
                 return Vec::new();
             }
             Err(HopFailed::Aborted { refused, .. }) => refused,
+            Err(HopFailed::Restarted) => {
+                self.rewind(&due).await;
+                return Vec::new();
+            }
             // The service stops: what is held is read again by the next owner.
             Err(HopFailed::Fatal) => Vec::new(),
         };
@@ -585,6 +589,29 @@ impl Scheduler<'_> {
             return Vec::new();
         }
         retry_now
+    }
+
+    /// After [`HopFailed::Restarted`]: the partitions of `due` are read again from their
+    /// committed offsets; what is held of them is dropped (the due records with it).
+    async fn rewind(&mut self, due: &[HeldRecord]) {
+        let partitions: Vec<TopicPartition> = due
+            .iter()
+            .map(|held| TopicPartition {
+                topic: held.record.topic.clone(),
+                partition: held.record.partition,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match self.runtime.committed_positions(&partitions).await {
+            Ok(positions) => {
+                self.holdings.forget(&partitions);
+                self.runtime.seek_positions(&positions);
+            }
+            // Without the positions the records cannot be read again safely: stop, and let the
+            // next owner read from the committed offsets.
+            Err(error) => self.runtime.record_producer_failure(error),
+        }
     }
 
     /// A republish refused with "unknown topic or partition" whose topic the cluster's metadata

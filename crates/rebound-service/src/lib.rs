@@ -20,7 +20,9 @@ pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operatio
 pub use output::OutputFormat;
 pub use producer_failure::ProducerFailure;
 pub use rebound_kafka::SourceOffset;
-pub use runtime::{HopFailed, NotSentAlone, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, stub_for_refused_copy};
+pub use runtime::{
+    HopFailed, NotSentAlone, Position, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, stub_for_refused_copy,
+};
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry, use_colour};

@@ -55,11 +55,21 @@ pub enum HopFailed {
         /// The refused records' indexes and errors (empty when the offsets or the commit failed).
         refused: Vec<(usize, KafkaError)>,
     },
+    /// The producer failed for good, but its id is random, so no other instance took it over:
+    /// the runtime replaced it with a new producer. Whether the failed transaction committed is
+    /// not known (a commit whose answer was lost, a transaction the broker aborted after its
+    /// timeout), so the hop must not be tried again from memory: the service drops what it
+    /// holds of the hop's partitions and reads them again from the committed offsets
+    /// ([`Runtime::committed_positions`], then [`Runtime::seek_positions`]).
+    Restarted,
     /// The producer can do nothing more (fenced by a newer producer with its transactional id,
     /// or failed fatally). The runtime recorded it as the service's producer failure; the
     /// service must stop.
     Fatal,
 }
+
+/// A partition and the offset it is read again from (`None`: its beginning, no commit yet).
+pub type Position = (TopicPartition, Option<i64>);
 
 /// Which record went out when a copy too large for its batch was sent alone.
 #[derive(Debug)]
@@ -198,6 +208,28 @@ impl Runtime {
         }))
     }
 
+    /// The offsets the group committed for `partitions`: where to read them again after
+    /// [`HopFailed::Restarted`]. Waits for a transaction of the old producer still open on the
+    /// broker to end (aborted at its timeout, or committed), so the positions are final.
+    pub async fn committed_positions(&self, partitions: &[TopicPartition]) -> Result<Vec<Position>, KafkaError> {
+        let timeout = self.transactions.as_ref().map_or(Duration::from_secs(30), |state| {
+            state.timeout * 3 + Duration::from_secs(30)
+        });
+        self.consumer.committed_offsets(partitions, timeout).await
+    }
+
+    /// Seeks each partition to its position; what was fetched before is never returned. A
+    /// partition that cannot be moved (no longer assigned, say) is an event: its new owner
+    /// reads it from the committed offset anyway.
+    pub fn seek_positions(&self, positions: &[Position]) {
+        for (partition, offset) in positions {
+            if let Err(error) = self.consumer.seek(partition, *offset) {
+                events::pause_or_resume_failed(self.service, "seek", &partition.topic, partition.partition, &error);
+            }
+        }
+        tracing::warn!(service = self.service, partitions = ?positions, "hop partitions read again from the committed offsets");
+    }
+
     /// The delivery mode the service runs in.
     pub fn delivery(&self) -> DeliveryMode {
         if self.transactions.is_some() {
@@ -260,24 +292,22 @@ impl Runtime {
                 Err(aborted) => aborted,
             };
             let (error, refused) = match aborted {
-                HopFailed::Fatal => return Err(HopFailed::Fatal),
                 HopFailed::Aborted { error, refused } => (error, refused),
+                other => return Err(other),
             };
             let fatal = transactions.fatal_error();
             if fatal.is_some() || error.is_fatal_transaction_error() {
                 let fatal = fatal.unwrap_or(error);
-                if state.id_is_random && fatal.is_fenced() {
-                    // Nothing else has this id: the broker aborted this producer's own
-                    // transaction after the timeout and fenced it. The hop is tried again with a
-                    // new producer; nothing of the aborted transaction is visible.
+                if state.id_is_random {
+                    // Nothing else has this id: the producer failed on its own (the broker
+                    // aborted its transaction after the timeout and fenced it, or a broker
+                    // restart left it in a state it cannot leave). A new producer carries on;
+                    // the hop is read again from the committed offsets.
                     events::transaction_aborted(self.service, records.len(), &fatal);
-                    match state.restart().await {
+                    match state.restart(&fatal).await {
                         Ok(producer) => {
                             *transactions = producer;
-                            return Err(HopFailed::Aborted {
-                                error: fatal,
-                                refused: Vec::new(),
-                            });
+                            return Err(HopFailed::Restarted);
                         }
                         Err(error) => {
                             self.record_producer_failure(error);
@@ -479,11 +509,10 @@ impl Runtime {
 }
 
 impl Transactions {
-    /// A new producer with a new random id, after the broker fenced the last one for a
-    /// transaction that outlived the timeout.
-    async fn restart(&self) -> Result<TransactionalProducer, KafkaError> {
+    /// A new producer with a new random id, after the last one failed for good on its own.
+    async fn restart(&self, error: &KafkaError) -> Result<TransactionalProducer, KafkaError> {
         let id = transactional_id(self.service, &self.group, None);
-        tracing::warn!(service = self.service, transactional_id = %id, "transaction timed out and the producer was fenced; starting a new one");
+        tracing::warn!(service = self.service, transactional_id = %id, %error, "transactional producer failed for good; starting a new one");
         TransactionalProducer::start(&self.kafka, &id, self.timeout, self.timeout).await
     }
 }
