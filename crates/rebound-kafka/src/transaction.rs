@@ -163,12 +163,18 @@ impl TransactionalProducer {
         let mut refused = Vec::new();
         for &index in alone {
             let Some(record) = records.get(index) else { continue };
-            match self.enqueue(record) {
-                Ok(delivery) => match settle_delivery(&record.topic, delivery.await) {
-                    Ok(ack) => acked[index] = Some(ack),
-                    Err(error) => refused.push((index, error)),
-                },
-                Err(error) => refused.push((index, error)),
+            let sent = match self.enqueue(record) {
+                Ok(delivery) => settle_delivery(&record.topic, delivery.await),
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(ack) => acked[index] = Some(ack),
+                Err(error) => {
+                    // The transaction must abort now; what would be sent after this record
+                    // could only fail for that reason, hiding which record was at fault.
+                    refused.push((index, error));
+                    break;
+                }
             }
         }
         if refused.is_empty() {
@@ -407,6 +413,19 @@ impl KafkaError {
             KafkaError::TransactionFatal { .. } => true,
             _ => false,
         }
+    }
+
+    /// True when librdkafka purged the record from its queue or from a request in flight (a
+    /// transaction that had to abort takes its records with it): nothing about the record.
+    pub fn is_purged(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::Produce { source, .. }
+                if matches!(
+                    source.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                )
+        )
     }
 
     /// True when a newer producer with the same transactional id took over.

@@ -283,6 +283,7 @@ impl Runtime {
         let mut transactions = state.producer.lock().await;
         let mut alone = BTreeSet::new();
         let mut stubs = Vec::new();
+        let mut purged_attempts = 0;
         loop {
             let aborted = match self.try_hop(&transactions, records, offsets, &group, &alone).await {
                 Ok(()) => {
@@ -319,22 +320,29 @@ impl Runtime {
                 return Err(HopFailed::Fatal);
             }
             // Too large in a shared request: alone next time. Too large alone: the stub instead.
-            let mut settled_by_size = !refused.is_empty();
+            // Other records refused in the same attempt may only have been purged with the
+            // transaction; as long as the sizes make progress (a record newly tried alone, or
+            // replaced by its stub, which can happen only so often), the hop is tried again here.
+            let mut settled_by_size = false;
+            // Right after an aborted transaction librdkafka may purge a record of the next one
+            // (measured: the record sent alone after its neighbour's stub was purged); that says
+            // nothing about the record, so it is tried again here, a few times.
+            if !refused.is_empty() && refused.iter().all(|(_, refusal)| refusal.is_purged()) && purged_attempts < 5 {
+                purged_attempts += 1;
+                settled_by_size = true;
+            }
             for (index, refusal) in &refused {
                 if !refusal.is_message_too_large() {
-                    settled_by_size = false;
                     continue;
                 }
-                if !alone.insert(*index) {
-                    match make_stub(*index, refusal) {
-                        Some((stub, stub_record)) => {
-                            tracing::warn!(service = self.service, error = %refusal, topic = %records[*index].topic, "copy too large even alone; dead-lettering a stub");
-                            records[*index] = stub_record;
-                            stubs.push((*index, stub));
-                            alone.remove(index);
-                        }
-                        None => settled_by_size = false,
-                    }
+                if alone.insert(*index) {
+                    settled_by_size = true;
+                } else if let Some((stub, stub_record)) = make_stub(*index, refusal) {
+                    tracing::warn!(service = self.service, error = %refusal, topic = %records[*index].topic, "copy too large even alone; dead-lettering a stub");
+                    records[*index] = stub_record;
+                    stubs.push((*index, stub));
+                    alone.remove(index);
+                    settled_by_size = true;
                 }
             }
             events::transaction_aborted(self.service, records.len(), &error);
