@@ -814,7 +814,7 @@ impl Pipeline<'_> {
             }
             let committed = self
                 .runtime
-                .commit_hop(&mut copies, &offsets, |position, error: &KafkaError| {
+                .commit_hop(&mut copies, &offsets, |position, _, error: &KafkaError| {
                     let (index, dispatch) = routed[position];
                     if dispatch.is_stub() {
                         return None;

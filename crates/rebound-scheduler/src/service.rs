@@ -520,9 +520,19 @@ impl Scheduler<'_> {
         let committed = {
             let due = &due;
             self.runtime
-                .commit_hop(&mut records, &offsets, |position, error| {
+                .commit_hop(&mut records, &offsets, |position, outgoing, error| {
                     let held = &due[positions[position]];
-                    (!held.action.is_stub()).then(|| self.stub_for(held, error, now_ms))
+                    if held.action.is_stub() {
+                        return None;
+                    }
+                    // A republished copy took the record's key and value (`take_outgoing`); the
+                    // stub needs them back (its key, and the size of the value it leaves out).
+                    let mut with_payload = held.clone();
+                    if matches!(held.action, ReleaseAction::Republish { .. }) {
+                        with_payload.record.key.clone_from(&outgoing.key);
+                        with_payload.record.value.clone_from(&outgoing.value);
+                    }
+                    Some(self.stub_for(&with_payload, error, now_ms))
                 })
                 .await
         };

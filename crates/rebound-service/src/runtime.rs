@@ -246,7 +246,8 @@ impl Runtime {
     ///
     /// A record refused as too large is tried alone in the next transaction (Kafka refuses a
     /// whole request for one such record); refused alone too, it can never be sent and
-    /// `make_stub` gives the record to send in its place (its bounded dead-letter stub), or `None`
+    /// `make_stub` (given its index, the refused record and the refusal) gives the record to send
+    /// in its place (its bounded dead-letter stub), or `None`
     /// when it already is one. Those attempts happen inside this call; `Ok` lists the stubs that
     /// replaced records, by index (`records` then holds the stub records in their place). Any
     /// other failure aborts the transaction, is an event, and is returned for the service to try
@@ -256,7 +257,7 @@ impl Runtime {
         &self,
         records: &mut [OutgoingRecord],
         offsets: &[SourceOffset],
-        mut make_stub: impl FnMut(usize, &KafkaError) -> Option<(Stub, OutgoingRecord)>,
+        mut make_stub: impl FnMut(usize, &OutgoingRecord, &KafkaError) -> Option<(Stub, OutgoingRecord)>,
     ) -> Result<Vec<(usize, Stub)>, HopFailed> {
         let Some(state) = self.transactions.as_ref() else {
             return Err(HopFailed::Aborted {
@@ -337,7 +338,7 @@ impl Runtime {
                 }
                 if alone.insert(*index) {
                     settled_by_size = true;
-                } else if let Some((stub, stub_record)) = make_stub(*index, refusal) {
+                } else if let Some((stub, stub_record)) = make_stub(*index, &records[*index], refusal) {
                     tracing::warn!(service = self.service, error = %refusal, topic = %records[*index].topic, "copy too large even alone; dead-lettering a stub");
                     records[*index] = stub_record;
                     stubs.push((*index, stub));
