@@ -17,17 +17,22 @@
 # complete run. The run's topics are deleted at the end; its processes are stopped on any exit,
 # also on failure or Ctrl-C.
 #
-# Environment (the defaults measure for about 4 minutes on 2 cores; a cold release build adds
-# about 9):
+# Environment (the defaults measure for about 4 minutes on 2 cores, plus the delivery phase's two
+# failure-path runs and two scheduler drains of 30,000 notes; a cold release build adds about 9):
 #   BENCH_RUNS               repetitions of every measurement (default 3)
 #   BENCH_SMALL_COUNT        ~300 B notes per producer and consumer run (default 100000)
 #   BENCH_LARGE_COUNT        ~4 KiB notes per producer and consumer run (default 20000)
 #   BENCH_FAILURE_COUNT      notes per failure-path run (default 100000)
+#   BENCH_DELIVERY_COUNT     notes per failure-path run and due records per scheduler drain of
+#                            the delivery phase (default 30000)
 #   BENCH_SCHEDULER_RATES    tier records per second, comma-separated (default 1000,10000,50000)
 #   BENCH_SCHEDULER_SECONDS  seconds of tier records written at each rate (default 4)
-#   BENCH_PHASES             subset of producer,intake,consumer,failure,scheduler,retry (default
-#                            all); intake: rebound-producer serve loaded by wrk, one note per
-#                            request over 64 and 16 connections, 10 s each;
+#   BENCH_PHASES             subset of producer,intake,consumer,failure,scheduler,retry,delivery
+#                            (default all); intake: rebound-producer serve loaded by wrk, one
+#                            note per request over 64 and 16 connections, 10 s each; delivery:
+#                            the failure path (10% transient) and the scheduler draining a
+#                            backlog, each with --delivery exactly-once and at-least-once side
+#                            by side in every repetition;
 #                            retry: notes failing once at a webhook, re-applied after a 1 s tier
 #                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
 #                            at the webhook
@@ -51,7 +56,7 @@ case ${1:-} in
   *) warn "error: unexpected argument: $1 (settings are BENCH_* variables, see the header)"; usage; exit 2 ;;
 esac
 
-for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT; do
+for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT BENCH_DELIVERY_COUNT; do
   value=${!var:-1}
   [[ $value =~ ^[1-9][0-9]*$ ]] || die "$var must be a whole number of at least 1, not '$value'"
 done
@@ -137,9 +142,10 @@ python3 "$SCRIPT_DIR/bench/harness.py" \
   --small-count "${BENCH_SMALL_COUNT:-100000}" \
   --large-count "${BENCH_LARGE_COUNT:-20000}" \
   --failure-count "${BENCH_FAILURE_COUNT:-100000}" \
+  --delivery-count "${BENCH_DELIVERY_COUNT:-30000}" \
   --scheduler-rates "${BENCH_SCHEDULER_RATES:-1000,10000,50000}" \
   --scheduler-seconds "${BENCH_SCHEDULER_SECONDS:-4}" \
-  --phases "${BENCH_PHASES:-producer,intake,consumer,failure,scheduler,retry}" \
+  --phases "${BENCH_PHASES:-producer,intake,consumer,failure,scheduler,retry,delivery}" \
   --command "scripts/bench.sh" &
 HARNESS_PID=$!
 rc=0

@@ -38,7 +38,9 @@
 # (from the sink's delivery journal) and retry lateness (Kafka timestamp of each republished
 # record on the source topic minus its retry.due.timestamp).
 #
-# Exits 0 only when lost = 0, every accepted version reached the sink (in its delivery journal)
+# Exits 0 only when lost = 0, with exactly-once delivery no hop was written twice (a tier, DLQ or
+# republished copy of one source record at one attempt, found twice by `rebound audit
+# --extended`), every accepted version reached the sink (in its delivery journal)
 # or the DLQ, no transient dead letter skipped a tier, no record was republished before it was
 # due, every required fault was injected, the load client succeeded and no service exited on
 # its own or failed to stop cleanly; 1 otherwise, 2 on bad usage. Everything
@@ -58,6 +60,9 @@
 #                   --small: 240)
 #   SOAK_SEED       seed of the load, the failure injectors and the chaos (default 1)
 #   SOAK_FAULT_MIN, SOAK_FAULT_MAX  seconds between faults (default 5 and 15; --small: 5 and 8)
+#   SOAK_DELIVERY   --delivery of the consumers and schedulers: exactly-once (default; the verdict
+#                   then requires 0 duplicate hops in the tiers, the DLQ and the republished
+#                   records) or at-least-once (duplicate hops are only reported)
 #   SOAK_PROFILE    cargo profile of the binaries: dev (default) or release
 #   SOAK_BUILD      0 to use the binaries already built (default 1: cargo build first)
 #   REBOUND_KAFKA_PORT  the broker's port (default 9092); the other REBOUND_KAFKA_* variables are
@@ -70,6 +75,10 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/common.sh"
 
 
 SMALL=0
+# Every consumer and scheduler started below reads its --delivery from the environment.
+export REBOUND_DELIVERY=${SOAK_DELIVERY:-exactly-once}
+[[ $REBOUND_DELIVERY == exactly-once || $REBOUND_DELIVERY == at-least-once ]] ||
+  { echo "soak: SOAK_DELIVERY must be exactly-once or at-least-once, not $REBOUND_DELIVERY" >&2; exit 2; }
 SINK_KIND=sqlite
 CHECK_ORDER=0
 NOTES_GIVEN=${SOAK_NOTES:+1}
@@ -515,6 +524,9 @@ LOST=$(figure "$RUN_DIR/audit.out" lost)
 EARLY=$(figure "$RUN_DIR/audit.out" "dlq transient before tiers used up")
 LATENESS_MIN=$(figure "$RUN_DIR/audit.out" "retry lateness min")
 NEVER=$(figure "$RUN_DIR/audit.out" "versions never delivered (only superseded)")
+TIER_DUPLICATE_HOPS=$(figure "$RUN_DIR/audit.out" "tier duplicate hops")
+DLQ_DUPLICATE_HOPS=$(figure "$RUN_DIR/audit.out" "dlq duplicate hops")
+REPUBLISH_DUPLICATE_HOPS=$(figure "$RUN_DIR/audit.out" "republish duplicate hops")
 
 # The ordering check: in the delivery journal (one row per note handed to the sink, in the
 # order the sink was handed them), the first delivery of each version of a note must come in
@@ -545,6 +557,11 @@ FAILED=()
 ((AUDIT_RC == 0)) || FAILED+=("audit exited with status $AUDIT_RC")
 [[ $EARLY == 0 ]] || FAILED+=("$EARLY transient dead letters skipped a tier")
 [[ $NEVER == 0 ]] || FAILED+=("$NEVER versions never reached the sink nor the DLQ")
+if [[ $REBOUND_DELIVERY == exactly-once ]]; then
+  [[ $TIER_DUPLICATE_HOPS == 0 ]] || FAILED+=("$TIER_DUPLICATE_HOPS duplicate tier copies")
+  [[ $DLQ_DUPLICATE_HOPS == 0 ]] || FAILED+=("$DLQ_DUPLICATE_HOPS duplicate dead letters")
+  [[ $REPUBLISH_DUPLICATE_HOPS == 0 ]] || FAILED+=("$REPUBLISH_DUPLICATE_HOPS duplicate republished records")
+fi
 [[ $LATENESS_MIN != -* ]] || FAILED+=("a retry was republished before it was due (min lateness $LATENESS_MIN)")
 ((LOAD_RC == 0)) || FAILED+=("load client failed")
 ((UNEXPECTED == 0)) || FAILED+=("$UNEXPECTED unexpected service exits")
@@ -558,7 +575,7 @@ kills=0
 for type in kill-producer kill-consumer kill-scheduler; do kills=$((kills + ${FAULT_COUNT[$type]:-0})); done
 row() { printf '  %-44s %s\n' "$1" "$2"; }
 {
-  echo "Soak $RUN ($PROFILE binaries, broker $BROKERS, seed $SEED)"
+  echo "Soak $RUN ($PROFILE binaries, broker $BROKERS, seed $SEED, $REBOUND_DELIVERY)"
   row "versions sent by the load client" "$VERSIONS over $NOTES notes"
   row "versions accepted (202, in ids.log)" "$ACCEPTED"
   row "load client retries (connection/503/5xx)" \
@@ -583,6 +600,8 @@ row() { printf '  %-44s %s\n' "$1" "$2"; }
   row "versions never delivered (only superseded)" "$NEVER"
   row "dlq duplicates (versions / extra copies)" \
     "$(figure "$RUN_DIR/audit.out" "dlq duplicate versions") / $(figure "$RUN_DIR/audit.out" "dlq extra copies")"
+  row "duplicate hops: tiers / dlq / republished" \
+    "$TIER_DUPLICATE_HOPS / $DLQ_DUPLICATE_HOPS / $REPUBLISH_DUPLICATE_HOPS"
   row "sink deliveries" "$(figure "$RUN_DIR/audit.out" "sink deliveries")"
   row "sink redeliveries (versions / extra)" \
     "$(figure "$RUN_DIR/audit.out" "sink redelivered versions") / $(figure "$RUN_DIR/audit.out" "sink extra deliveries")"

@@ -262,6 +262,7 @@ class BenchBase:
             "failure": self.bench_failure,
             "scheduler": self.bench_scheduler,
             "retry": self.bench_retry_timing,
+            "delivery": self.bench_delivery,
         }
         for phase in phases:
             phase_started = time.monotonic()

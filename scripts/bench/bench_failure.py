@@ -10,9 +10,11 @@ from common import log, median, free_port
 class FailurePhase:
     """The failure path; a mixin of harness.Bench."""
 
-    def failure_run(self, transient, rep, ordering="key"):
-        count = self.args.failure_count
-        label = f"f{rep}-{int(transient * 100)}-{ordering}"
+    def failure_run(self, transient, rep, ordering="key", delivery=None, count=None):
+        """One run; `delivery` sets both services' --delivery (their default when None)."""
+        count = count or self.args.failure_count
+        label = f"f{rep}-{int(transient * 100)}-{ordering}" + (f"-{delivery}" if delivery else "")
+        delivery_flags = ["--delivery", delivery] if delivery else []
         prefix = f"{self.run_id}-{label}."
         self.create_topics(prefix, ["notes"], ["retry-5s", "retry-1m"])
         self.produce_with_kcat(self.next_name(f"fill-{label}"), prefix + "notes", self.datasets["small"]["kcat"], limit=count)
@@ -21,7 +23,8 @@ class FailurePhase:
         scheduler = self.children.spawn(
             self.next_name(f"scheduler-{label}"),
             [os.path.join(self.bin, "rebound-scheduler"), "--brokers", self.brokers, "--topic-prefix", prefix,
-             "--group", f"{self.run_id}-{label}-scheduler", *tiers, "--metrics-listen", f"127.0.0.1:{scheduler_port}"],
+             "--group", f"{self.run_id}-{label}-scheduler", *tiers, *delivery_flags,
+             "--metrics-listen", f"127.0.0.1:{scheduler_port}"],
         )
         self.wait_ready(scheduler, scheduler_port)
         port = free_port()
@@ -30,7 +33,7 @@ class FailurePhase:
             self.consumer_command(
                 prefix, "notes", f"{self.run_id}-{label}-consumer", "null://", port,
                 extra=["--inject-failures", f"transient={transient}", "--inject-seed", str(rep + 1), *tiers,
-                       "--ordering", ordering],
+                       "--ordering", ordering, *delivery_flags],
             ),
         )
         result = self.watch_consumer(

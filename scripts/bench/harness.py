@@ -25,6 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_base import BenchBase  # noqa: E402
 from bench_consumer import ConsumerPhase  # noqa: E402
+from bench_delivery import DeliveryPhase  # noqa: E402
 from bench_failure import FailurePhase  # noqa: E402
 from bench_intake import IntakePhase  # noqa: E402
 from bench_producer import ProducerPhase  # noqa: E402
@@ -34,7 +35,8 @@ from common import BenchError, log  # noqa: E402
 from report import compress_large_files  # noqa: E402
 
 
-class Bench(ProducerPhase, IntakePhase, ConsumerPhase, FailurePhase, SchedulerPhase, RetryPhase, BenchBase):
+class Bench(ProducerPhase, IntakePhase, ConsumerPhase, FailurePhase, SchedulerPhase, RetryPhase, DeliveryPhase,
+            BenchBase):
     """One benchmark run: the phases' measurements on the shared plumbing."""
 
 
@@ -49,13 +51,14 @@ def main():
     parser.add_argument("--small-count", type=int, default=100000)
     parser.add_argument("--large-count", type=int, default=20000)
     parser.add_argument("--failure-count", type=int, default=100000)
+    parser.add_argument("--delivery-count", type=int, default=30000)
     parser.add_argument("--scheduler-rates", type=lambda text: [int(rate) for rate in text.split(",")],
                         default=[1000, 10000, 50000])
     parser.add_argument("--scheduler-seconds", type=float, default=4.0)
     parser.add_argument("--scheduler-delay-ms", type=int, default=2000)
     parser.add_argument("--consumer-extra", default="", help="extra flags of every consumer (experiments)")
     parser.add_argument("--scheduler-extra", default="", help="extra flags of the timed scheduler (experiments)")
-    parser.add_argument("--phases", default="producer,intake,consumer,failure,scheduler,retry")
+    parser.add_argument("--phases", default="producer,intake,consumer,failure,scheduler,retry,delivery")
     parser.add_argument("--postgres-url", default="",
                         help="a PostgreSQL server for the consumer phase's PostgreSQL sink (none: not measured)")
     parser.add_argument("--command", default="scripts/bench.sh")

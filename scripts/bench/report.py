@@ -141,6 +141,18 @@ def render_markdown(results):
                 f"{failure['fail_10_seconds']:.2f} s vs {failure['fail_10_unordered_seconds']:.2f} s | | "
                 f"{fmt_ratio(failure['ordering_cost'])} | measured | |"
             )
+    delivery = summary.get("delivery")
+    if delivery:
+        lines.append(
+            f"| failure path, {delivery['notes']:,} small notes, 10% transient, exactly-once vs at-least-once | "
+            f"{delivery['failure_exactly_once_seconds']:.2f} s vs {delivery['failure_at_least_once_seconds']:.2f} s | | "
+            f"{fmt_ratio(delivery['failure_ratio'])} | | measured |"
+        )
+        lines.append(
+            f"| scheduler draining {delivery['notes']:,} due records, exactly-once vs at-least-once | "
+            f"{fmt_rate(delivery['drain_exactly_once_per_s'])}/s vs {fmt_rate(delivery['drain_at_least_once_per_s'])}/s | | "
+            f"{fmt_ratio(delivery['drain_ratio'])} | | measured |"
+        )
     scheduler = summary.get("scheduler", {})
     for rate, figures in scheduler.items():
         target = ""

@@ -153,6 +153,12 @@ pub struct ExtendedFigures {
     pub dead_letter_duplicate_versions: usize,
     /// Dead letters beyond the first of each note version.
     pub dead_letter_extra_copies: usize,
+    /// Dead letters beyond the first of one source record (`retry.original.*`): a hop written
+    /// twice. Unlike a version dead-lettered twice, which a client that sent one version twice
+    /// also causes, this is zero with exactly-once delivery.
+    pub dead_letter_duplicate_hops: usize,
+    /// Tier copies beyond the first of one source record at one attempt: a hop written twice.
+    pub tier_duplicate_hops: usize,
     /// Transient dead letters with fewer attempts than the tiers allow: routed to the DLQ while
     /// a tier should still have taken them.
     pub transient_dead_letters_early: usize,
@@ -174,6 +180,9 @@ pub struct LatenessSummary {
     pub republished: usize,
     /// Republished copies beyond the first of one note version at one attempt.
     pub duplicate_republishes: usize,
+    /// Republished copies beyond the first of one source record at one attempt (by
+    /// `retry.original.*`): a release written twice, zero with exactly-once delivery.
+    pub duplicate_republish_hops: usize,
     /// Smallest lateness in ms (negative: republished before it was due).
     pub min_ms: Option<i64>,
     /// Median lateness in ms.
@@ -199,6 +208,7 @@ impl LatenessSummary {
         Self {
             republished: samples.len(),
             duplicate_republishes,
+            duplicate_republish_hops: 0,
             min_ms: samples.first().copied(),
             p50_ms: rank(50),
             p99_ms: rank(99),
@@ -256,6 +266,8 @@ impl ExtendedFigures {
             "dead_letter_records": self.dead_letter_records,
             "dead_letter_duplicate_versions": self.dead_letter_duplicate_versions,
             "dead_letter_extra_copies": self.dead_letter_extra_copies,
+            "dead_letter_duplicate_hops": self.dead_letter_duplicate_hops,
+            "tier_duplicate_hops": self.tier_duplicate_hops,
             "transient_dead_letters_early": self.transient_dead_letters_early,
             "sink_deliveries": journal,
             "never_delivered": self.never_delivered,
@@ -329,6 +341,14 @@ impl AuditReport {
                 extended.dead_letter_extra_copies.to_string(),
             );
             row(
+                "dlq duplicate hops".to_owned(),
+                extended.dead_letter_duplicate_hops.to_string(),
+            );
+            row(
+                "tier duplicate hops".to_owned(),
+                extended.tier_duplicate_hops.to_string(),
+            );
+            row(
                 "dlq transient before tiers used up".to_owned(),
                 extended.transient_dead_letters_early.to_string(),
             );
@@ -358,6 +378,10 @@ impl AuditReport {
             row(
                 "retries republished twice or more".to_owned(),
                 lateness.duplicate_republishes.to_string(),
+            );
+            row(
+                "republish duplicate hops".to_owned(),
+                lateness.duplicate_republish_hops.to_string(),
             );
             row("retry lateness min".to_owned(), milliseconds(lateness.min_ms));
             row("retry lateness p50".to_owned(), milliseconds(lateness.p50_ms));
@@ -420,8 +444,12 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     let codec = NoteCodec::embedded();
     let mut in_dlq: HashMap<(String, i64), String> = HashMap::new();
     let mut dead_letter_versions: Vec<(String, i64)> = Vec::new();
+    let mut dead_letter_hops: Vec<HopKey> = Vec::new();
     let mut transient_early = 0;
     for record in &dead_letters {
+        if args.extended {
+            dead_letter_hops.extend(hop_key(&record.headers, false));
+        }
         let kind = record
             .headers
             .get_str(contract::ERROR_KIND)
@@ -447,7 +475,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     }
     // Read after the sink and the DLQ: a version applied or dead-lettered in between is then
     // still found waiting rather than lost.
-    let in_tiers = read_tier_copies(kafka, args, codec).await?;
+    let (in_tiers, tier_hops) = read_tier_copies(kafka, args, codec).await?;
     let parked = read_parked_versions(kafka, args, codec).await?;
     report.audited_at_ms = epoch_ms_now();
     let grace_ms = i64::try_from(args.due_grace.as_millis()).unwrap_or(i64::MAX);
@@ -487,6 +515,8 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
     if args.extended {
         let dead_letter_records = dead_letter_versions.len();
         let (dead_letter_duplicate_versions, dead_letter_extra_copies) = duplicates(dead_letter_versions);
+        let (_, dead_letter_duplicate_hops) = duplicates(dead_letter_hops);
+        let (_, tier_duplicate_hops) = duplicates(tier_hops);
         // The journal shows which versions reached the sink at all; a version neither there nor
         // in the DLQ, and not lost, passed the check above only because a newer version was
         // applied.
@@ -508,6 +538,8 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> anyhow::Result<AuditR
             dead_letter_records,
             dead_letter_duplicate_versions,
             dead_letter_extra_copies,
+            dead_letter_duplicate_hops,
+            tier_duplicate_hops,
             transient_dead_letters_early: transient_early,
             sink_deliveries: sink.read_delivery_journal().await?,
             never_delivered,
@@ -534,9 +566,26 @@ struct TierCopy {
     due_ms: i64,
 }
 
-/// Reads every tier topic and keeps, per note version, the copy with the most attempts (the
-/// latest hop; ties go to the later due time). A tier topic that does not exist holds nothing;
-/// a record that is no note or has no due time is skipped (the scheduler dead-letters it).
+/// One hop of one source record: `retry.original.topic`, `.partition`, `.offset`, and the
+/// attempt for a tier copy (a record visits the tiers once per attempt, the DLQ once).
+type HopKey = (String, String, String, String);
+
+/// The hop a copy's headers name, if they carry its source position.
+fn hop_key(headers: &rebound_retry::RecordHeaders, with_attempt: bool) -> Option<HopKey> {
+    let value = |key| headers.get_str(key).map(str::to_owned);
+    let attempt = if with_attempt {
+        value(contract::ATTEMPT)?
+    } else {
+        String::new()
+    };
+    Some((
+        value(contract::ORIGINAL_TOPIC)?,
+        value(contract::ORIGINAL_PARTITION)?,
+        value(contract::ORIGINAL_OFFSET)?,
+        attempt,
+    ))
+}
+
 /// The note versions parked in the consumer's per-key order state topic now: live entries
 /// (`parked/...` keys whose latest record is not a tombstone) whose value is a note.
 async fn read_parked_versions(
@@ -573,12 +622,17 @@ async fn read_parked_versions(
         .collect())
 }
 
+/// Reads every tier topic and keeps, per note version, the copy with the most attempts (the
+/// latest hop; ties go to the later due time), and every copy's hop. A tier topic that does not
+/// exist holds nothing; a record that is no note or has no due time is skipped (the scheduler
+/// dead-letters it).
 async fn read_tier_copies(
     kafka: &KafkaArgs,
     args: &AuditArgs,
     codec: &NoteCodec,
-) -> anyhow::Result<HashMap<(String, i64), TierCopy>> {
+) -> anyhow::Result<(HashMap<(String, i64), TierCopy>, Vec<HopKey>)> {
     let mut latest: HashMap<(String, i64), TierCopy> = HashMap::new();
+    let mut hops = Vec::new();
     for tier in args.topology.tier_names() {
         let topic = args.topology.naming.prefixed(&tier);
         let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? else {
@@ -586,6 +640,7 @@ async fn read_tier_copies(
         };
         while let Some(batch) = scan.next_batch().await? {
             for record in batch {
+                hops.extend(hop_key(&record.headers, true));
                 let Some(due_ms) = record
                     .headers
                     .get_str(contract::DUE_TIMESTAMP)
@@ -617,7 +672,7 @@ async fn read_tier_copies(
             }
         }
     }
-    Ok(latest)
+    Ok((latest, hops))
 }
 
 /// Scans the source topics for republished records (those carrying `retry.due.timestamp`) and
@@ -628,6 +683,7 @@ async fn read_tier_copies(
 async fn measure_lateness(kafka: &KafkaArgs, args: &AuditArgs, codec: &NoteCodec) -> anyhow::Result<LatenessSummary> {
     let mut samples = Vec::new();
     let mut republished_versions: Vec<(String, i64, String)> = Vec::new();
+    let mut republished_hops: Vec<HopKey> = Vec::new();
     for topic in &args.sources.source_topics {
         let topic = args.topology.naming.prefixed(topic);
         let Some(mut scan) = TopicScan::open_if_exists(kafka, &topic, Duration::from_secs(60)).await? else {
@@ -645,6 +701,7 @@ async fn measure_lateness(kafka: &KafkaArgs, args: &AuditArgs, codec: &NoteCodec
                     continue;
                 };
                 samples.push(timestamp_ms - due_ms);
+                republished_hops.extend(hop_key(&record.headers, true));
                 if let Some(Ok(note)) = record.value.as_deref().map(|value| codec.decode(value)) {
                     let attempt = record.headers.get_str(contract::ATTEMPT).unwrap_or("").to_owned();
                     republished_versions.push((note.note_id, note.version, attempt));
@@ -653,7 +710,11 @@ async fn measure_lateness(kafka: &KafkaArgs, args: &AuditArgs, codec: &NoteCodec
         }
     }
     let (duplicate_republishes, _) = duplicates(republished_versions);
-    Ok(LatenessSummary::from_samples(samples, duplicate_republishes))
+    let (_, duplicate_republish_hops) = duplicates(republished_hops);
+    Ok(LatenessSummary {
+        duplicate_republish_hops,
+        ..LatenessSummary::from_samples(samples, duplicate_republishes)
+    })
 }
 
 #[cfg(test)]
@@ -698,6 +759,8 @@ mod tests {
             dead_letter_records: 12,
             dead_letter_duplicate_versions: 2,
             dead_letter_extra_copies: 2,
+            dead_letter_duplicate_hops: 0,
+            tier_duplicate_hops: 1,
             transient_dead_letters_early: 0,
             sink_deliveries: Some(DeliveryJournalSummary {
                 deliveries: 1005,
@@ -712,7 +775,7 @@ mod tests {
         });
         let table = report.render_table();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 8 + 15);
+        assert_eq!(lines.len(), 8 + 18);
         let row = |label: &str| {
             lines
                 .iter()
@@ -721,6 +784,8 @@ mod tests {
         };
         assert_eq!(row("lost").as_deref(), Some("0"));
         assert_eq!(row("dlq duplicate versions").as_deref(), Some("2"));
+        assert_eq!(row("dlq duplicate hops").as_deref(), Some("0"));
+        assert_eq!(row("tier duplicate hops").as_deref(), Some("1"));
         assert_eq!(row("sink extra deliveries").as_deref(), Some("15"));
         assert_eq!(row("versions never delivered (only superseded)").as_deref(), Some("0"));
         assert_eq!(row("retries republished twice or more").as_deref(), Some("1"));

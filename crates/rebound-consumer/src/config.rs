@@ -9,8 +9,8 @@ use rebound_registry::{NoteDecoder, RegistryArgs, RegistryClient, RegistryConfig
 use rebound_retry::{BreakerSettings, OnDeadKey, TierPolicy};
 use rebound_schema::NoteCodec;
 use rebound_service::{
-    CommonArgs, KeyOrderTopicArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs, TierDelays, TopologyArgs,
-    parse_duration_flag,
+    CommonArgs, DeliveryArgs, DeliveryConfig, KeyOrderTopicArgs, OperationalArgs, ShutdownArgs, SourceTopicArgs,
+    TierDelays, TopologyArgs, parse_duration_flag,
 };
 use rebound_sink_store::{PostgresTlsArgs, SinkSpec, SinkStoreError};
 
@@ -182,6 +182,10 @@ pub struct ConsumerArgs {
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 
+    /// Exactly-once or at-least-once hops.
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
     /// Schema registry, for Confluent-framed records (single-object ones need none).
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -259,6 +263,8 @@ pub struct ConsumerConfig {
     pub postgres_timeout: Duration,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
+    /// Exactly-once (hops in transactions) or at-least-once.
+    pub delivery: DeliveryConfig,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if served.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The schema registry of Confluent-framed records, if configured.
@@ -440,6 +446,10 @@ impl ConsumerArgs {
             RegistryError::InvalidFlag { flag, reason } => invalid(flag, reason),
             other => invalid("--schema-registry-url", other.to_string()),
         })?;
+        let delivery = self
+            .delivery
+            .validate()
+            .map_err(|error| invalid(error.flag, error.reason))?;
         Ok(ConsumerConfig {
             registry,
             sink,
@@ -459,6 +469,7 @@ impl ConsumerArgs {
             http,
             shutdown_timeout: self.shutdown.shutdown_timeout,
             key_order,
+            delivery,
         })
     }
 }

@@ -15,15 +15,22 @@
 //! Memory stays bounded: at most [`APPLIED_BATCHES_QUEUED`] plus [`COPY_BATCHES_IN_FLIGHT`]
 //! batches wait for delivery, and of their records only the failed ones keep their bytes.
 //! A slow sink still slows the intake rather than grow a queue.
+//!
+//! With exactly-once delivery the delivery stage instead commits each batch (with whatever
+//! batches queued behind it) as one Kafka transaction: the copies and the source offsets
+//! together, through [`Runtime::commit_hop`]. A failed transaction is aborted and the same batch
+//! tried again; records of partitions revoked since they were read are left out, because the
+//! partition's new owner reads them again from the last committed offset.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 
 use rebound_kafka::{
-    ConsumedRecord, ConsumerSettings, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, TopicPartition,
+    ConsumedRecord, ConsumerSettings, KafkaError, LagPerTopic, OutgoingRecord, PartitionAssignmentEvent, TopicPartition,
 };
 use rebound_registry::NoteDecoder;
 use rebound_retry::{
@@ -32,7 +39,10 @@ use rebound_retry::{
 };
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
+use rebound_service::{
+    DeliveryMode, HopFailed, NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, SourceOffset, now_epoch_ms,
+    stub_for_refused_copy,
+};
 
 use crate::key_order::{KeyOrderState, entry_record, original_location, read_state, source_key};
 use crate::sink::{ApplyItem, FailureInjectingSink, Sink, SinkFailure, open_sink};
@@ -89,6 +99,7 @@ pub async fn run_with_sink(
         required_topics,
         consumer: ConsumerSettings::new(config.group.clone(), config.source_topics.clone()),
         metrics_listen: config.metrics_listen,
+        delivery: config.delivery,
     };
     let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
         return Ok(());
@@ -126,6 +137,8 @@ pub async fn run_with_sink(
             .clone()
             .map(|settings| Mutex::new(KeyOrderState::new(settings))),
         assignment_changes: Mutex::new(Vec::new()),
+        assignment_epoch: AtomicU64::new(0),
+        revoked_at: Mutex::new(BTreeMap::new()),
     };
     let stop = stop.triggered_by({
         let shutdown = shutdown.clone();
@@ -136,8 +149,8 @@ pub async fn run_with_sink(
         let (pipeline, shutdown) = (&pipeline, &stop);
         let mut breaker = config.breaker.map(CircuitBreaker::new);
         async move {
-            while let Some(batch) = pipeline.next_batch(shutdown).await {
-                let mut applied = pipeline.apply_batch(batch, breaker.as_mut()).await;
+            while let Some((batch, read_epochs)) = pipeline.next_batch(shutdown).await {
+                let mut applied = pipeline.apply_batch(batch, read_epochs, breaker.as_mut()).await;
                 if let Some(breaker) = breaker.as_mut()
                     && breaker.state() != BreakerState::Closed
                 {
@@ -189,6 +202,11 @@ struct Pipeline<'config> {
     key_order: Option<Mutex<KeyOrderState>>,
     /// Assignment changes not yet applied to the per-key order state.
     assignment_changes: Mutex<Vec<PartitionAssignmentEvent>>,
+    /// Counts revocations seen: a record read at epoch `e` of a partition revoked at a later
+    /// epoch is stale (exactly-once leaves it to the partition's next reader).
+    assignment_epoch: AtomicU64,
+    /// The epoch each partition was last revoked at.
+    revoked_at: Mutex<BTreeMap<(String, i32), u64>>,
 }
 
 /// What a record applied under per-key order is to its key.
@@ -242,9 +260,13 @@ struct AppliedBatch {
     /// Records of a partition revoked while they were in hand, left to its new owner: no
     /// offset is stored for them (and their partition is not blocked for later batches).
     left_to_owner: Vec<bool>,
-    /// Entries of the per-key order state topic, produced with the batch's copies; no offset
-    /// of the batch is stored before all of them are acknowledged.
-    state_writes: Vec<OutgoingRecord>,
+    /// Entries of the per-key order state topic, produced with the batch's copies (in its
+    /// transaction, with exactly-once delivery); no offset of the batch is stored before all of
+    /// them are acknowledged. Each with the assignment epoch it was written at: one of a
+    /// partition revoked since is left out, like the records read before the revocation.
+    state_writes: Vec<(OutgoingRecord, u64)>,
+    /// The assignment epoch each record was read at.
+    read_epochs: Vec<u64>,
 }
 
 impl AppliedBatch {
@@ -265,23 +287,38 @@ impl AppliedBatch {
             .count()
     }
 
-    /// Takes a record that arrived while the breaker is open: held like the batch's own.
-    fn hold(&mut self, record: ConsumedRecord) {
+    /// Takes a record that arrived while the breaker is open (read at `read_epoch`): held like
+    /// the batch's own.
+    fn hold(&mut self, record: ConsumedRecord, read_epoch: u64) {
         self.spans.push(record_span(&record));
         self.batch.push(record);
         self.fates.push(Some(Fate::Held));
         self.from_state.push(false);
         self.left_to_owner.push(false);
+        self.read_epochs.push(read_epoch);
     }
 
-    /// Adds a record taken from the per-key order state; returns its index.
-    fn push_from_state(&mut self, record: ConsumedRecord, fate: Option<Fate>) -> usize {
+    /// Adds a record taken from the per-key order state at assignment epoch `epoch`; returns
+    /// its index.
+    fn push_from_state(&mut self, record: ConsumedRecord, fate: Option<Fate>, epoch: u64) -> usize {
         self.spans.push(record_span(&record));
         self.batch.push(record);
         self.fates.push(fate);
         self.from_state.push(true);
         self.left_to_owner.push(false);
+        self.read_epochs.push(epoch);
         self.batch.len() - 1
+    }
+
+    /// Appends `other`, a batch read after this one, so both go in one transaction.
+    fn append(&mut self, other: AppliedBatch) {
+        self.batch.extend(other.batch);
+        self.fates.extend(other.fates);
+        self.spans.extend(other.spans);
+        self.from_state.extend(other.from_state);
+        self.left_to_owner.extend(other.left_to_owner);
+        self.state_writes.extend(other.state_writes);
+        self.read_epochs.extend(other.read_epochs);
     }
 }
 
@@ -305,7 +342,7 @@ enum Fate {
 impl Pipeline<'_> {
     /// Waits for the first record, then gathers more until the batch is full or the linger time
     /// passes. `None` once shutdown is triggered with no batch in hand.
-    async fn next_batch(&self, shutdown: &Shutdown) -> Option<Vec<ConsumedRecord>> {
+    async fn next_batch(&self, shutdown: &Shutdown) -> Option<(Vec<ConsumedRecord>, Vec<u64>)> {
         let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
         let first = loop {
             tokio::select! {
@@ -317,7 +354,7 @@ impl Pipeline<'_> {
                     // Parked records whose blocker was settled before a restart or a rebalance
                     // are released without waiting for a record of their partition.
                     if self.key_order_has_idle_work() {
-                        return Some(Vec::new());
+                        return Some((Vec::new(), Vec::new()));
                     }
                 }
                 received = self.runtime.consumer.recv() => match received {
@@ -331,6 +368,11 @@ impl Pipeline<'_> {
         };
         self.log_assignment_events();
         let mut batch = Vec::with_capacity(self.config.batch_size.min(1024));
+        let exactly_once = self.runtime.delivery() == DeliveryMode::ExactlyOnce;
+        // Each record's epoch is taken when it is received: a rewind between two receives makes
+        // the earlier ones stale and leaves the later ones valid.
+        let mut read_epochs = Vec::with_capacity(batch.capacity());
+        read_epochs.push(self.assignment_epoch.load(Ordering::SeqCst));
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
         while batch.len() < self.config.batch_size {
@@ -344,13 +386,33 @@ impl Pipeline<'_> {
                     Err(_) => break,
                 },
             };
+            if exactly_once {
+                // A revocation is served inside `recv`, before the record it returns: records of
+                // the revoked partitions gathered so far are stale, the new one is not.
+                let revoked = self.take_revocations();
+                if !revoked.is_empty() {
+                    let mut kept_epochs = Vec::with_capacity(read_epochs.len());
+                    let mut kept = Vec::with_capacity(batch.len());
+                    for (record, epoch) in batch.drain(..).zip(read_epochs.drain(..)) {
+                        if !revoked.contains(&(record.topic.clone(), record.partition)) {
+                            kept.push(record);
+                            kept_epochs.push(epoch);
+                        }
+                    }
+                    batch = kept;
+                    read_epochs = kept_epochs;
+                }
+            }
             match received {
-                Ok(record) => batch.push(record),
+                Ok(record) => {
+                    batch.push(record);
+                    read_epochs.push(self.assignment_epoch.load(Ordering::SeqCst));
+                }
                 Err(error) => events::kafka_receive_failed("consumer", &error),
             }
         }
         self.log_assignment_events();
-        Some(batch)
+        Some((batch, read_epochs))
     }
 
     fn log_assignment_events(&self) {
@@ -361,15 +423,7 @@ impl Pipeline<'_> {
     /// for the per-key order state, which restores and forgets partitions before the next
     /// batch is applied. Returns whether anything changed.
     fn note_assignment_changes(&self) -> bool {
-        let changes = self.runtime.take_assignment_changes();
-        let changed = !changes.is_empty();
-        if self.key_order.is_some()
-            && changed
-            && let Ok(mut pending) = self.assignment_changes.lock()
-        {
-            pending.extend(changes);
-        }
-        changed
+        !self.take_assignment_changes().is_empty()
     }
 
     /// Whether the per-key order state has work without a new record: partitions to restore,
@@ -382,9 +436,128 @@ impl Pipeline<'_> {
         assigned || state.lock().is_ok_and(|state| !state.pending_release.is_empty())
     }
 
+    /// The partitions revoked since the last look; see [`Pipeline::take_assignment_changes`].
+    fn take_revocations(&self) -> BTreeSet<(String, i32)> {
+        let mut revoked = BTreeSet::new();
+        for change in self.take_assignment_changes() {
+            if let PartitionAssignmentEvent::Revoked(partitions) = change {
+                revoked.extend(
+                    partitions
+                        .into_iter()
+                        .map(|partition| (partition.topic, partition.partition)),
+                );
+            }
+        }
+        revoked
+    }
+
+    /// Takes the assignment changes (the runtime logs them and keeps readiness), notes every
+    /// revocation's epoch, and keeps the changes for the per-key order state, which restores and
+    /// forgets partitions before the next batch is applied. Every look at the changes goes
+    /// through here.
+    fn take_assignment_changes(&self) -> Vec<PartitionAssignmentEvent> {
+        let changes = self.runtime.take_assignment_changes();
+        if self.key_order.is_some()
+            && !changes.is_empty()
+            && let Ok(mut pending) = self.assignment_changes.lock()
+        {
+            pending.extend(changes.iter().cloned());
+        }
+        for change in &changes {
+            if let PartitionAssignmentEvent::Revoked(partitions) = change {
+                let epoch = self.assignment_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut revoked_at = self
+                    .revoked_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for partition in partitions {
+                    revoked_at.insert((partition.topic.clone(), partition.partition), epoch);
+                }
+            }
+        }
+        changes
+    }
+
+    /// After [`HopFailed::Restarted`]: the partitions of `records` are read again from their
+    /// committed offsets, and every record of them read so far (in this batch, in batches
+    /// queued behind it, in the intake's hands) is stale. The positions are fetched first; the
+    /// epoch is moved and the partitions sought with no await in between, so the intake (which
+    /// runs only at awaits) receives nothing between the two.
+    async fn rewind<'record>(&self, records: impl Iterator<Item = &'record ConsumedRecord>) {
+        let partitions: Vec<TopicPartition> = records
+            .map(|record| TopicPartition {
+                topic: record.topic.clone(),
+                partition: record.partition,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let positions = match self.runtime.committed_positions(&partitions).await {
+            Ok(positions) => positions,
+            Err(error) => {
+                // Without the positions the batch cannot be read again safely: stop, and let
+                // the next owner read from the committed offsets.
+                self.stop_on_fatal_producer_error(error);
+                return;
+            }
+        };
+        let epoch = self.assignment_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut revoked_at = self
+                .revoked_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for partition in &partitions {
+                revoked_at.insert((partition.topic.clone(), partition.partition), epoch);
+            }
+        }
+        self.runtime.seek_positions(&positions);
+        // What the per-key order state learned from the records read again is not durable
+        // (their transaction did not commit): it is forgotten and read back from the state
+        // topic, as for a new assignment, before the next batch is applied.
+        if self.key_order.is_some()
+            && let Ok(mut pending) = self.assignment_changes.lock()
+        {
+            pending.push(PartitionAssignmentEvent::Assigned(partitions));
+        }
+    }
+
+    /// True when a per-key order state entry, written at `epoch`, is for a partition revoked
+    /// since (its key names the partition): the partition's new owner has read the state
+    /// without it, and it must not change that state behind the owner's back.
+    fn state_write_is_stale(&self, write: &OutgoingRecord, epoch: u64) -> bool {
+        let partition = match write.key.as_deref().map(rebound_retry::parse_state_entry_key) {
+            Some(Ok(rebound_retry::StateEntryKey::Blocked(key))) => (key.topic, key.partition),
+            Some(Ok(rebound_retry::StateEntryKey::Parked { topic, partition, .. })) => (topic, partition),
+            // Every entry is written with a key this crate made; never the case.
+            _ => return false,
+        };
+        let revoked_at = self
+            .revoked_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked_at.get(&partition).is_some_and(|revoked| *revoked > epoch)
+    }
+
+    /// True when `record`, read at `read_epoch`, belongs to a partition revoked since.
+    fn is_stale(&self, record: &ConsumedRecord, read_epoch: u64) -> bool {
+        let revoked_at = self
+            .revoked_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked_at
+            .get(&(record.topic.clone(), record.partition))
+            .is_some_and(|revoked| *revoked > read_epoch)
+    }
+
     /// Decodes and applies a batch, and decides the fate of each record. With the breaker on,
     /// the sink's answers feed it; once it is open, transient failures are held, not routed.
-    async fn apply_batch(&self, batch: Vec<ConsumedRecord>, breaker: Option<&mut CircuitBreaker>) -> AppliedBatch {
+    async fn apply_batch(
+        &self,
+        batch: Vec<ConsumedRecord>,
+        read_epochs: Vec<u64>,
+        breaker: Option<&mut CircuitBreaker>,
+    ) -> AppliedBatch {
         // One span per record, continuing the trace the record carries and living as long as
         // the record's processing; copies sent to a tier or the DLQ carry this span onwards.
         let spans: Vec<tracing::Span> = batch.iter().map(record_span).collect();
@@ -395,6 +568,7 @@ impl Pipeline<'_> {
             state_writes: Vec::new(),
             batch,
             spans,
+            read_epochs,
         };
         let all: Vec<usize> = (0..applied.batch.len()).collect();
         if self.key_order.is_some() {
@@ -571,6 +745,8 @@ impl Pipeline<'_> {
             return;
         };
         let unrestored = self.sync_key_order(applied, indexes).await;
+        // Released records belong to the state as it is now, just synced with the assignment.
+        let epoch = self.assignment_epoch.load(Ordering::SeqCst);
         let mut queues: BTreeMap<SourceKey, VecDeque<usize>> = BTreeMap::new();
         let mut free = Vec::new();
         for &index in indexes {
@@ -631,10 +807,9 @@ impl Pipeline<'_> {
                                 queue.pop_front();
                                 let blocker = state.order.blocker_of(key);
                                 let write = state.order.park(key, record.offset, record.clone());
-                                applied.state_writes.push(entry_record(
-                                    &state.config.state_topic,
-                                    &write,
-                                    Some(record),
+                                applied.state_writes.push((
+                                    entry_record(&state.config.state_topic, &write, Some(record)),
+                                    applied.read_epochs[index],
                                 ));
                                 events::record_parked(record_ref(record, &record.key_for_display()), blocker);
                                 applied.spans[index].record("outcome", "parked");
@@ -651,7 +826,7 @@ impl Pipeline<'_> {
                         }
                         match state.order.next_released(&key) {
                             Some(released) => {
-                                let index = applied.push_from_state(released.payload, None);
+                                let index = applied.push_from_state(released.payload, None, epoch);
                                 round.push(index);
                                 roles.insert(index, (key, KeyRole::Released));
                             }
@@ -859,7 +1034,8 @@ impl Pipeline<'_> {
                                     now_epoch_ms(),
                                 );
                                 writes.push(follower.write);
-                                applied.push_from_state(record, Some(Fate::Route(Box::new(follow_dispatch))));
+                                let epoch = applied.read_epochs[index];
+                                applied.push_from_state(record, Some(Fate::Route(Box::new(follow_dispatch))), epoch);
                             }
                             if state.order.on_dead_key() == OnDeadKey::Continue {
                                 state.pending_release.insert(key.clone());
@@ -876,9 +1052,12 @@ impl Pipeline<'_> {
                 }
                 Some(Fate::Held) | None => {}
             }
-            applied
-                .state_writes
-                .extend(writes.iter().map(|write| entry_record(&state_topic, write, None)));
+            let epoch = applied.read_epochs[index];
+            applied.state_writes.extend(
+                writes
+                    .iter()
+                    .map(|write| (entry_record(&state_topic, write, None), epoch)),
+            );
         }
         events::consumer_parked_records(state.order.parked_total());
     }
@@ -919,9 +1098,8 @@ impl Pipeline<'_> {
                 Admission::AlreadyInTier | Admission::AlreadyParked => applied.fates[index] = Some(Fate::Safe),
                 Admission::Park => {
                     let write = state.order.park(&key, record.offset, record.clone());
-                    applied
-                        .state_writes
-                        .push(entry_record(&state.config.state_topic, &write, Some(record)));
+                    let entry = entry_record(&state.config.state_topic, &write, Some(record));
+                    applied.state_writes.push((entry, applied.read_epochs[index]));
                     applied.fates[index] = Some(Fate::Safe);
                 }
             }
@@ -1055,7 +1233,10 @@ impl Pipeline<'_> {
                             }
                         }
                         received = self.runtime.consumer.recv() => match received {
-                            Ok(record) => applied.hold(record),
+                            Ok(record) => {
+                                self.take_revocations();
+                                applied.hold(record, self.assignment_epoch.load(Ordering::SeqCst));
+                            }
                             Err(error) => events::kafka_receive_failed("consumer", &error),
                         },
                     }
@@ -1084,6 +1265,9 @@ impl Pipeline<'_> {
     /// order the batches were read, once the batch is delivered. Returns when the intake has
     /// stopped and every batch it handed on is delivered (or given up at shutdown).
     async fn deliver_in_order(&self, mut applied: tokio::sync::mpsc::Receiver<AppliedBatch>, shutdown: &Shutdown) {
+        if self.runtime.delivery() == DeliveryMode::ExactlyOnce {
+            return self.deliver_in_transactions(applied, shutdown).await;
+        }
         let mut in_flight: futures::stream::FuturesOrdered<futures::future::BoxFuture<'_, DeliveredBatch>> =
             futures::stream::FuturesOrdered::new();
         let mut records_in_flight = 0_usize;
@@ -1121,6 +1305,161 @@ impl Pipeline<'_> {
         }
     }
 
+    /// The delivery stage with exactly-once delivery: each applied batch, with every batch queued
+    /// behind it, is committed as one transaction (copies and source offsets), in the order the
+    /// batches were read. Returns when the intake has stopped and every batch is committed (or
+    /// given up at shutdown or on a fatal producer error, with nothing of it committed).
+    async fn deliver_in_transactions(
+        &self,
+        mut applied: tokio::sync::mpsc::Receiver<AppliedBatch>,
+        shutdown: &Shutdown,
+    ) {
+        let mut blocked_partitions = BTreeSet::new();
+        while let Some(mut batch) = applied.recv().await {
+            // Batches that queued while the last transaction committed join this one: fewer,
+            // larger transactions when the broker is the bottleneck.
+            while let Ok(next) = applied.try_recv() {
+                batch.append(next);
+            }
+            let records = batch.batch.len();
+            events::consumer_in_flight(records);
+            self.commit_batch(batch, shutdown, &mut blocked_partitions).await;
+            events::consumer_in_flight(0);
+            if self.runtime.producer_failure.is_recorded() {
+                // Fenced or failed for good: nothing more can be committed. What is queued is read
+                // again by the next owner.
+                self.stop.trigger();
+                while applied.recv().await.is_some() {}
+                return;
+            }
+        }
+    }
+
+    /// Commits one applied batch in a transaction, trying again after an abort until it commits
+    /// or shutdown (or a fatal producer error) comes. Records of partitions revoked since they
+    /// were read are left out: neither copied nor committed.
+    async fn commit_batch(
+        &self,
+        applied: AppliedBatch,
+        shutdown: &Shutdown,
+        blocked_partitions: &mut BTreeSet<(String, i32)>,
+    ) {
+        let AppliedBatch {
+            batch,
+            fates,
+            spans,
+            read_epochs,
+            from_state,
+            left_to_owner,
+            state_writes,
+        } = applied;
+        let mut fates: Vec<Option<Fate>> = fates;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let current: Vec<usize> = (0..batch.len())
+                .filter(|index| !self.is_stale(&batch[*index], read_epochs[*index]))
+                .collect();
+            // Applied and routed records are safe once the transaction commits; held or undecided
+            // ones (only at shutdown) block their partition's offset.
+            let mut blocked_after = blocked_partitions.clone();
+            // Records taken from the per-key order state had their offsets committed when they
+            // were parked; records left to a partition's new owner have none to commit.
+            let offsets: Vec<SourceOffset> = offsets_of(
+                current
+                    .iter()
+                    .filter(|index| !from_state[**index] && !left_to_owner[**index])
+                    .map(|index| {
+                        let record = &batch[*index];
+                        let safe = matches!(fates[*index], Some(Fate::Safe | Fate::Route(_)));
+                        (record.topic.as_str(), record.partition, record.offset, safe)
+                    }),
+                &mut blocked_after,
+            )
+            .into_iter()
+            .map(|(topic, partition, next_offset)| SourceOffset {
+                topic: topic.to_owned(),
+                partition,
+                next_offset,
+            })
+            .collect();
+            let routed: Vec<(usize, &Dispatch)> = current
+                .iter()
+                .filter_map(|index| match &fates[*index] {
+                    Some(Fate::Route(dispatch)) => Some((*index, &**dispatch)),
+                    _ => None,
+                })
+                .collect();
+            let mut copies: Vec<OutgoingRecord> = routed
+                .iter()
+                .map(|(index, dispatch)| copy_of(&batch[*index], dispatch))
+                .collect();
+            // The per-key order state's entries go in the same transaction, after the copies
+            // (the stub callback below sees only copies' positions as routed ones).
+            copies.extend(
+                state_writes
+                    .iter()
+                    .filter(|(write, epoch)| !self.state_write_is_stale(write, *epoch))
+                    .map(|(write, _)| write.clone()),
+            );
+            if copies.is_empty() && offsets.is_empty() {
+                *blocked_partitions = blocked_after;
+                return;
+            }
+            let committed = self
+                .runtime
+                .commit_hop(&mut copies, &offsets, |position, _, error: &KafkaError| {
+                    // A state entry has no stub: one refused as too large fails the hop.
+                    let (index, dispatch) = *routed.get(position)?;
+                    if dispatch.is_stub() {
+                        return None;
+                    }
+                    let stub = Box::new(stub_for_refused_copy(
+                        &self.config.policy,
+                        dispatch,
+                        &batch[index],
+                        error,
+                        &self.config.group,
+                    ));
+                    let stub_record = copy_of(&batch[index], &stub);
+                    Some((stub, stub_record))
+                })
+                .await;
+            match committed {
+                Ok(stubs) => {
+                    let routed: Vec<usize> = routed.into_iter().map(|(index, _)| index).collect();
+                    for (position, stub) in stubs {
+                        fates[routed[position]] = Some(Fate::Route(stub));
+                    }
+                    for index in routed {
+                        if let Some(Fate::Route(dispatch)) = &fates[index] {
+                            emit_routed(&batch[index], dispatch);
+                        }
+                    }
+                    *blocked_partitions = blocked_after;
+                    // The records' spans end when their copies are committed, not before.
+                    drop(spans);
+                    return;
+                }
+                Err(HopFailed::Fatal) => return,
+                Err(HopFailed::Restarted) => {
+                    self.rewind(current.iter().map(|index| &batch[*index])).await;
+                    return;
+                }
+                Err(HopFailed::Aborted { .. }) => {
+                    if shutdown.is_triggered() {
+                        // Nothing of the batch was committed: it is read again after a restart.
+                        return;
+                    }
+                    tokio::select! {
+                        () = shutdown.wait() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_PRODUCE_BACKOFF);
+                }
+            }
+        }
+    }
+
     /// Delivers one applied batch's copies; returns the batch and which of its records are safe.
     async fn deliver_batch(&self, applied: AppliedBatch, shutdown: &Shutdown) -> DeliveredBatch {
         let AppliedBatch {
@@ -1130,6 +1469,7 @@ impl Pipeline<'_> {
             from_state,
             left_to_owner,
             state_writes,
+            ..
         } = applied;
         // Neither kind has an offset of this batch to store.
         let from_state = from_state
@@ -1137,6 +1477,7 @@ impl Pipeline<'_> {
             .zip(&left_to_owner)
             .map(|(from_state, left)| *from_state || *left)
             .collect();
+        let state_writes = state_writes.into_iter().map(|(write, _)| write).collect();
         let safe = self.deliver_copies(&batch, fates, state_writes, shutdown).await;
         // The records' spans end when their copies are acknowledged, not before.
         drop(spans);
@@ -1321,7 +1662,7 @@ impl Pipeline<'_> {
     /// service alive and ready while it moves nothing. Say so, report not ready, and stop, so the
     /// service exits non-zero and its orchestrator restarts it with a new producer. Records
     /// whose copies were not acknowledged stay unsafe, so no offset past them is committed.
-    fn stop_on_fatal_producer_error(&self, error: rebound_kafka::KafkaError) {
+    fn stop_on_fatal_producer_error(&self, error: KafkaError) {
         self.runtime.record_producer_failure(error);
         self.stop.trigger();
     }
@@ -1376,12 +1717,26 @@ fn offsets_to_store<'batch>(
     safe: &[bool],
     blocked_partitions: &mut BTreeSet<(String, i32)>,
 ) -> Vec<(&'batch str, i32, i64)> {
+    offsets_of(
+        batch
+            .iter()
+            .zip(safe)
+            .map(|(record, is_safe)| (record.topic.as_str(), record.partition, record.offset, *is_safe)),
+        blocked_partitions,
+    )
+}
+
+/// [`offsets_to_store`] over `(topic, partition, offset, safe)` of each record.
+fn offsets_of<'batch>(
+    records: impl IntoIterator<Item = (&'batch str, i32, i64, bool)>,
+    blocked_partitions: &mut BTreeSet<(String, i32)>,
+) -> Vec<(&'batch str, i32, i64)> {
     let mut by_partition: BTreeMap<(&str, i32), Vec<(i64, bool)>> = BTreeMap::new();
-    for (record, is_safe) in batch.iter().zip(safe) {
+    for (topic, partition, offset, is_safe) in records {
         by_partition
-            .entry((record.topic.as_str(), record.partition))
+            .entry((topic, partition))
             .or_default()
-            .push((record.offset, *is_safe));
+            .push((offset, is_safe));
     }
     let mut offsets = Vec::new();
     for ((topic, partition), mut records) in by_partition {

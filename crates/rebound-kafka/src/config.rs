@@ -108,6 +108,16 @@ impl ResolvedKafkaConfig {
         config
     }
 
+    /// [`Self::client_config`] for a client that reads rebound's topics: `isolation.level` is
+    /// `read_committed` whatever the flags, file or `-X` say, so records of aborted or still open
+    /// transactions (a crashed hop's copies) are never read. librdkafka's default is the same; it
+    /// is set here so that no override can turn it off.
+    pub(crate) fn reader_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = self.client_config(defaults);
+        config.set(ISOLATION_LEVEL, READ_COMMITTED);
+        config
+    }
+
     /// A property's value as the user set it (flags, file or `-X`), if set; librdkafka's
     /// default applies otherwise.
     pub fn property(&self, key: &str) -> Option<&str> {
@@ -119,6 +129,11 @@ impl ResolvedKafkaConfig {
         self.properties.get("bootstrap.servers").map_or("", String::as_str)
     }
 }
+
+/// The librdkafka property of a consumer's isolation level.
+pub const ISOLATION_LEVEL: &str = "isolation.level";
+/// The only isolation level rebound's readers use.
+pub const READ_COMMITTED: &str = "read_committed";
 
 impl fmt::Debug for ResolvedKafkaConfig {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {

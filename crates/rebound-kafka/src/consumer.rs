@@ -9,7 +9,9 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
@@ -34,6 +36,36 @@ pub enum PartitionAssignmentEvent {
     Revoked(Vec<TopicPartition>),
 }
 
+/// A snapshot of the consumer's group membership (member id and generation), given with the
+/// offsets of a transaction so the broker can refuse them from a member that is no longer in
+/// that generation (KIP-447 fencing of zombies).
+/// Cheap to clone: clones share one snapshot.
+#[derive(Clone)]
+pub struct GroupMetadata(Arc<ConsumerGroupMetadata>);
+
+impl GroupMetadata {
+    pub(crate) fn native(&self) -> &ConsumerGroupMetadata {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for GroupMetadata {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("GroupMetadata").finish_non_exhaustive()
+    }
+}
+
+/// How a group consumer's offsets reach the group coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetCommits {
+    /// Stored offsets are committed by librdkafka in the background, on rebalance and at
+    /// close (at-least-once).
+    Background,
+    /// Offsets are committed only inside producer transactions
+    /// ([`crate::TransactionalProducer::send_offsets`]); the consumer itself never commits.
+    InTransactions,
+}
+
 /// Consumer settings that are ours to choose; everything else passes through `-X`.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -49,6 +81,8 @@ pub struct ConsumerSettings {
     /// librdkafka properties this service sets in place of the built-in defaults (its own
     /// prefetch bounds, say); `-X` and the config file still override them.
     pub client_defaults: Vec<(String, String)>,
+    /// Who commits the offsets.
+    pub offset_commits: OffsetCommits,
 }
 
 impl ConsumerSettings {
@@ -60,7 +94,15 @@ impl ConsumerSettings {
             auto_offset_reset: "earliest".to_owned(),
             auto_commit_interval: Duration::from_secs(1),
             client_defaults: Vec::new(),
+            offset_commits: OffsetCommits::Background,
         }
+    }
+
+    /// Sets who commits the offsets; see [`OffsetCommits`].
+    #[must_use]
+    pub fn with_offset_commits(mut self, offset_commits: OffsetCommits) -> Self {
+        self.offset_commits = offset_commits;
+        self
     }
 
     /// Sets a librdkafka property in place of the built-in default; see
@@ -152,6 +194,7 @@ pub struct RecordConsumer {
     assignment_events: Mutex<Receiver<PartitionAssignmentEvent>>,
     lag_per_topic: LagPerTopic,
     pause_new_assignments: Arc<AtomicBool>,
+    offset_commits: OffsetCommits,
 }
 
 impl std::fmt::Debug for RecordConsumer {
@@ -162,7 +205,9 @@ impl std::fmt::Debug for RecordConsumer {
 
 impl RecordConsumer {
     /// Creates the consumer and subscribes it. `enable.auto.offset.store` is forced off: an
-    /// offset is stored only through [`RecordConsumer::store_next_offset`].
+    /// offset is stored only through [`RecordConsumer::store_next_offset`]. With
+    /// [`OffsetCommits::InTransactions`] `enable.auto.commit` is off too. The consumer reads
+    /// `read_committed` whatever `-X` says (see [`crate::KafkaArgs`]).
     pub fn subscribe(args: &KafkaArgs, settings: &ConsumerSettings) -> Result<Self, KafkaError> {
         let resolved = args.resolve()?;
         let auto_commit_interval_ms = settings.auto_commit_interval.as_millis().to_string();
@@ -186,9 +231,13 @@ impl RecordConsumer {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         );
-        let mut config = resolved.client_config(&defaults);
+        let mut config = resolved.reader_config(&defaults);
         config.set("group.id", &settings.group_id);
-        config.set("enable.auto.commit", "true");
+        let auto_commit = match settings.offset_commits {
+            OffsetCommits::Background => "true",
+            OffsetCommits::InTransactions => "false",
+        };
+        config.set("enable.auto.commit", auto_commit);
         config.set("enable.auto.offset.store", "false");
         let (sender, receiver) = channel();
         let lag_per_topic = LagPerTopic::default();
@@ -215,7 +264,71 @@ impl RecordConsumer {
             assignment_events: Mutex::new(receiver),
             lag_per_topic,
             pause_new_assignments,
+            offset_commits: settings.offset_commits,
         })
+    }
+
+    /// The offsets the group has committed for `partitions` (the next record to read), asked of
+    /// the coordinator now; `None` for a partition without a commit. Waits while a transaction with offsets of these
+    /// partitions is still open (librdkafka asks for stable offsets), up to `timeout`.
+    pub async fn committed_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        timeout: Duration,
+    ) -> Result<Vec<(TopicPartition, Option<i64>)>, KafkaError> {
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for partition in partitions {
+            list.add_partition(&partition.topic, partition.partition);
+        }
+        let consumer = Arc::clone(&self.inner);
+        let committed = tokio::task::spawn_blocking(move || consumer.committed_offsets(list, timeout))
+            .await
+            .map_err(|_| KafkaError::Timeout {
+                operation: "fetch committed offsets",
+                timeout_ms: timeout.as_millis(),
+            })?
+            .map_err(|source| KafkaError::CommitOffsets { source })?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|element| {
+                let offset = match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                };
+                (
+                    TopicPartition {
+                        topic: element.topic().to_owned(),
+                        partition: element.partition(),
+                    },
+                    offset,
+                )
+            })
+            .collect())
+    }
+
+    /// Moves the fetch position of an assigned partition to `offset` (`None`: its beginning, as
+    /// `auto.offset.reset=earliest` starts a partition without a commit): the next record
+    /// received from it is the one there. Records fetched before the seek are never returned
+    /// after it.
+    pub fn seek(&self, partition: &TopicPartition, offset: Option<i64>) -> Result<(), KafkaError> {
+        let offset = offset.map_or(Offset::Beginning, Offset::Offset);
+        self.inner
+            .seek(&partition.topic, partition.partition, offset, Duration::from_secs(5))
+            .map_err(|source| KafkaError::PauseResume {
+                action: "seek",
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+                source,
+            })
+    }
+
+    /// The group membership as of now, for the offsets of a transaction; `None` before the
+    /// consumer has joined its group.
+    pub fn group_metadata(&self) -> Option<GroupMetadata> {
+        self.inner
+            .group_metadata()
+            .map(|metadata| GroupMetadata(Arc::new(metadata)))
     }
 
     /// Waits for the next record. Rebalances are served inside this call, so keep calling it
@@ -315,6 +428,12 @@ impl RecordConsumer {
     /// Commits every stored offset synchronously, then leaves the group and closes the client,
     /// each bounded by `timeout`: a broker that went away must not hang shutdown forever.
     pub async fn commit_and_close(self, timeout: Duration) -> Result<(), KafkaError> {
+        if self.offset_commits == OffsetCommits::InTransactions {
+            // Offsets were committed with the transactions that settled their records; nothing
+            // is stored, and a commit here could only commit what no transaction settled.
+            self.close(timeout).await;
+            return Ok(());
+        }
         let consumer = Arc::clone(&self.inner);
         let commit = tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last commit: nothing to do.
@@ -328,6 +447,11 @@ impl RecordConsumer {
                 timeout_ms: timeout.as_millis(),
             }),
         };
+        self.close(timeout).await;
+        commit_result
+    }
+
+    async fn close(self, timeout: Duration) {
         // Dropping the last handle closes the consumer (leave group, final auto-commit), which
         // blocks; do it on a blocking thread and stop waiting after the deadline.
         let Self { inner, .. } = self;
@@ -338,7 +462,6 @@ impl RecordConsumer {
                 "consumer close did not finish in time"
             );
         }
-        commit_result
     }
 }
 

@@ -20,14 +20,19 @@ pub use admin::{
     TopicCreation, TopicSpec, alter_topic_config, create_topics, delete_topics, fetch_partition_counts,
     key_order_state_topic_spec, list_topics,
 };
-pub use config::{KafkaArgs, KafkaConfigPair, REDACTED, is_secret_config_key, redact_config_value};
-pub use consumer::{ConsumerSettings, LagPerTopic, PartitionAssignmentEvent, RecordConsumer, TopicPartition};
+pub use config::{
+    ISOLATION_LEVEL, KafkaArgs, KafkaConfigPair, READ_COMMITTED, REDACTED, is_secret_config_key, redact_config_value,
+};
+pub use consumer::{
+    ConsumerSettings, GroupMetadata, LagPerTopic, OffsetCommits, PartitionAssignmentEvent, RecordConsumer,
+    TopicPartition,
+};
 pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
 pub use reader::{TopicWatermarks, fetch_committed_offsets, fetch_topic_watermarks, read_topic_to_end};
 pub use record::ConsumedRecord;
 pub use replay_ledger::{ensure_replay_ledger_topic, fetch_dlq_backlog, read_replay_ledger, topic_exists};
 pub use scan::TopicScan;
-pub use transaction::TransactionalProducer;
+pub use transaction::{RecordsRefused, SourceOffset, TransactionalProducer};
 
 impl KafkaError {
     /// True when the broker said the target topic or partition does not exist: retrying the
@@ -182,7 +187,7 @@ pub enum KafkaError {
     /// Pausing or resuming partitions failed.
     #[error("failed to {action} {topic}[{partition}]: {source}")]
     PauseResume {
-        /// `pause` or `resume`.
+        /// `pause`, `resume` or `seek`.
         action: &'static str,
         /// Topic.
         topic: String,

@@ -28,7 +28,7 @@ fn metadata_client(args: &KafkaArgs) -> Result<BaseConsumer, KafkaError> {
     // librdkafka wants a group id even for a consumer that only assigns partitions; this one
     // never joins the group and never commits.
     args.resolve()?
-        .client_config(&[("enable.auto.commit", "false"), ("enable.partition.eof", "false")])
+        .reader_config(&[("enable.auto.commit", "false"), ("enable.partition.eof", "false")])
         .set("group.id", "rebound-reader")
         .create()
         .map_err(|source| KafkaError::CreateClient {
@@ -160,7 +160,7 @@ pub async fn fetch_committed_offsets(
 ) -> Result<BTreeMap<i32, i64>, KafkaError> {
     let consumer: BaseConsumer = args
         .resolve()?
-        .client_config(&[("enable.auto.commit", "false")])
+        .reader_config(&[("enable.auto.commit", "false")])
         .set("group.id", group)
         .create()
         .map_err(|source| KafkaError::CreateClient {

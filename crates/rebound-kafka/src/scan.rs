@@ -38,12 +38,11 @@ impl std::fmt::Debug for TopicScan {
 }
 
 /// A client that assigns partitions itself. librdkafka wants a group id even then; this one never
-/// joins the group and never commits. The isolation level stays librdkafka's default,
-/// `read_committed`, so records of aborted transactions are never seen and the end of a
-/// partition is its last stable offset.
+/// joins the group and never commits. It reads `read_committed` whatever `-X` says, so records
+/// of aborted transactions are never seen and the end of a partition is its last stable offset.
 pub(crate) fn assigning_consumer(args: &KafkaArgs) -> Result<BaseConsumer, KafkaError> {
     args.resolve()?
-        .client_config(&[("enable.auto.commit", "false"), ("enable.partition.eof", "false")])
+        .reader_config(&[("enable.auto.commit", "false"), ("enable.partition.eof", "false")])
         .set("group.id", "rebound-reader")
         .create()
         .map_err(|source| KafkaError::CreateClient {

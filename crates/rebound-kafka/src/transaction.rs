@@ -3,18 +3,50 @@
 //! `rebound dlq replay` sends each batch of copies together with the ledger markers saying
 //! "this dead letter was replayed" in one transaction, so a copy exists for a `read_committed`
 //! reader exactly when its marker does, whatever moment the process dies at.
+//!
+//! The consumer and the scheduler in exactly-once mode use the same producer step by step
+//! ([`TransactionalProducer::begin`], [`TransactionalProducer::send_records`],
+//! [`TransactionalProducer::send_offsets`], [`TransactionalProducer::commit`]): a hop's copies
+//! and the source offsets they settle are committed together, the offsets with the consumer
+//! group's metadata (KIP-447), so a member that lost its partitions in a rebalance can commit
+//! neither.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 
+use crate::consumer::GroupMetadata;
 use crate::record::headers_to_kafka;
 use crate::scan::blocking;
 use crate::{AckedRecord, KafkaArgs, KafkaError, OutgoingRecord};
+
+/// The offset a consumer group commits for a source partition: the next record to read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SourceOffset {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// The offset of the next record to read (last settled + 1).
+    pub next_offset: i64,
+}
+
+/// Records of an open transaction that the broker did not acknowledge: the transaction can
+/// only be aborted now. `refused` names each refused record by its index, with its error, so the
+/// caller can tell a record that can never be sent (too large) from a passing refusal.
+#[derive(Debug)]
+pub struct RecordsRefused {
+    /// The first error, which the transaction failed with.
+    pub error: KafkaError,
+    /// Every refused record: its index in the records given, and why.
+    pub refused: Vec<(usize, KafkaError)>,
+}
 
 /// How many times a retriable commit failure is retried before giving up.
 const COMMIT_ATTEMPTS: u32 = 5;
@@ -106,6 +138,135 @@ impl TransactionalProducer {
         }
     }
 
+    /// Opens a transaction. Every record sent and offset given until [`Self::commit`] or
+    /// [`Self::abort_after`] belongs to it.
+    pub fn begin(&self) -> Result<(), KafkaError> {
+        self.inner.begin_transaction().map_err(|source| {
+            self.fatal_error().unwrap_or(KafkaError::Transaction {
+                operation: "begin",
+                source,
+            })
+        })
+    }
+
+    /// Sends `records` in the open transaction and waits for every acknowledgement. The records
+    /// whose indexes are in `alone` are sent first, one at a time, each awaited before the next
+    /// is sent (Kafka refuses a whole produce request for one record that is too large, so a
+    /// record refused as too large must be tried alone before it is given up); the others then
+    /// go all in flight together, in order. On any refusal the transaction must be aborted.
+    pub async fn send_records(
+        &self,
+        records: &[OutgoingRecord],
+        alone: &BTreeSet<usize>,
+    ) -> Result<Vec<AckedRecord>, RecordsRefused> {
+        let mut acked: Vec<Option<AckedRecord>> = vec![None; records.len()];
+        let mut refused = Vec::new();
+        for &index in alone {
+            let Some(record) = records.get(index) else { continue };
+            let sent = match self.enqueue(record) {
+                Ok(delivery) => settle_delivery(&record.topic, delivery.await),
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(ack) => acked[index] = Some(ack),
+                Err(error) => {
+                    // The transaction must abort now; what would be sent after this record
+                    // could only fail for that reason, hiding which record was at fault.
+                    refused.push((index, error));
+                    break;
+                }
+            }
+        }
+        if refused.is_empty() {
+            let mut deliveries = Vec::new();
+            for (index, record) in records.iter().enumerate() {
+                if alone.contains(&index) {
+                    continue;
+                }
+                match self.enqueue(record) {
+                    Ok(delivery) => deliveries.push((index, delivery)),
+                    Err(error) => {
+                        refused.push((index, error));
+                        break;
+                    }
+                }
+            }
+            let (indexes, futures): (Vec<usize>, Vec<DeliveryFuture>) = deliveries.into_iter().unzip();
+            for (index, outcome) in indexes.into_iter().zip(join_all(futures).await) {
+                match settle_delivery(&records[index].topic, outcome) {
+                    Ok(ack) => acked[index] = Some(ack),
+                    Err(error) => refused.push((index, error)),
+                }
+            }
+        }
+        if refused.is_empty() {
+            return Ok(acked.into_iter().flatten().collect());
+        }
+        refused.sort_by_key(|(index, _)| *index);
+        // After a fatal error (fenced, above all) the per-record errors only say "purged"; the
+        // producer's fatal error says why.
+        let error = match self.fatal_error() {
+            Some(fatal) => fatal,
+            None => clone_error(&refused[0].1),
+        };
+        Err(RecordsRefused { error, refused })
+    }
+
+    /// Adds the consumer group's `offsets` to the open transaction, with the group's metadata as
+    /// the consumer has it now: the broker refuses them if the member has since left the group
+    /// or a rebalance gave it a new generation (KIP-447), and the transaction must then abort.
+    pub async fn send_offsets(&self, offsets: &[SourceOffset], group: GroupMetadata) -> Result<(), KafkaError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::with_capacity(offsets.len());
+        for offset in offsets {
+            list.add_partition_offset(&offset.topic, offset.partition, Offset::Offset(offset.next_offset))
+                .map_err(|source| KafkaError::CommitOffsets { source })?;
+        }
+        let producer = self.inner.clone();
+        let timeout = self.timeout;
+        let sent = blocking("transaction offsets", timeout, move || {
+            producer
+                .send_offsets_to_transaction(&list, group.native(), Timeout::After(timeout))
+                .map_err(|source| KafkaError::Transaction {
+                    operation: "send offsets to",
+                    source,
+                })
+        })
+        .await;
+        sent.map_err(|error| self.fatal_error().unwrap_or(error))
+    }
+
+    /// The producer's fatal error (fenced by a newer producer with its transactional id, above
+    /// all), if it has one: it can do nothing more.
+    pub fn fatal_error(&self) -> Option<KafkaError> {
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| KafkaError::TransactionFatal { code, reason })
+    }
+
+    fn enqueue(&self, record: &OutgoingRecord) -> Result<DeliveryFuture, KafkaError> {
+        let mut future_record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&record.topic).headers(headers_to_kafka(&record.headers));
+        if let Some(key) = record.key.as_deref() {
+            future_record = future_record.key(key);
+        }
+        if let Some(value) = record.value.as_deref() {
+            future_record = future_record.payload(value);
+        }
+        if let Some(partition) = record.partition {
+            future_record = future_record.partition(partition);
+        }
+        self.inner
+            .send_result(future_record)
+            .map_err(|(source, _)| KafkaError::Produce {
+                topic: record.topic.clone(),
+                source,
+            })
+    }
+
     async fn send_all(&self, records: &[OutgoingRecord]) -> Result<Vec<AckedRecord>, KafkaError> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
@@ -150,7 +311,9 @@ impl TransactionalProducer {
         Ok(acked)
     }
 
-    async fn commit(&self) -> Result<(), KafkaError> {
+    /// Commits the open transaction; resolves once it is durable. A retriable failure is retried
+    /// a few times; any other failure leaves the transaction to [`Self::abort_after`].
+    pub async fn commit(&self) -> Result<(), KafkaError> {
         let mut attempt = 1;
         loop {
             let producer = self.inner.clone();
@@ -178,7 +341,7 @@ impl TransactionalProducer {
 
     /// Aborts the open transaction after `error`, unless the producer is fenced or otherwise
     /// fatally failed: then the broker aborts it, and the abort call could only fail again.
-    async fn abort_after(&self, error: &KafkaError) {
+    pub async fn abort_after(&self, error: &KafkaError) {
         if error.is_fatal_transaction_error() {
             return;
         }
@@ -201,6 +364,43 @@ impl TransactionalProducer {
     }
 }
 
+/// One record's delivery outcome as the acknowledgement or the broker's refusal.
+fn settle_delivery(
+    topic: &str,
+    outcome: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+) -> Result<AckedRecord, KafkaError> {
+    match outcome {
+        Ok(Ok(delivery)) => Ok(AckedRecord {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        }),
+        Ok(Err((source, _))) => Err(KafkaError::Produce {
+            topic: topic.to_owned(),
+            source,
+        }),
+        Err(_) => Err(KafkaError::Produce {
+            topic: topic.to_owned(),
+            source: RdKafkaError::Canceled,
+        }),
+    }
+}
+
+/// A copy of a produce error, for the one that names a failed transaction while the list of
+/// refused records keeps the originals.
+fn clone_error(error: &KafkaError) -> KafkaError {
+    match error {
+        KafkaError::Produce { topic, source } => KafkaError::Produce {
+            topic: topic.clone(),
+            source: source.clone(),
+        },
+        // Refusals are produce errors; anything else is named by the list of refused records.
+        _ => KafkaError::Produce {
+            topic: "(transaction)".to_owned(),
+            source: RdKafkaError::Canceled,
+        },
+    }
+}
+
 impl KafkaError {
     /// True for a transaction error after which this producer can do nothing more: it was
     /// fenced by a newer producer with the same transactional id, or failed fatally.
@@ -213,6 +413,19 @@ impl KafkaError {
             KafkaError::TransactionFatal { .. } => true,
             _ => false,
         }
+    }
+
+    /// True when librdkafka purged the record from its queue or from a request in flight (a
+    /// transaction that had to abort takes its records with it): nothing about the record.
+    pub fn is_purged(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::Produce { source, .. }
+                if matches!(
+                    source.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                )
+        )
     }
 
     /// True when a newer producer with the same transactional id took over.

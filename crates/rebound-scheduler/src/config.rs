@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use rebound_kafka::KafkaArgs;
 use rebound_retry::TierPolicy;
-use rebound_service::{CommonArgs, OperationalArgs, ShutdownArgs, TierDelays, TopologyArgs, parse_duration_flag};
+use rebound_service::{
+    CommonArgs, DeliveryArgs, DeliveryConfig, OperationalArgs, ShutdownArgs, TierDelays, TopologyArgs,
+    parse_duration_flag,
+};
 
 use crate::SchedulerError;
 use crate::holdings::ReadAhead;
@@ -59,6 +62,10 @@ pub struct SchedulerArgs {
     /// The bound on shutdown.
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+
+    /// Exactly-once or at-least-once hops.
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// The scheduler's validated configuration.
@@ -79,6 +86,8 @@ pub struct SchedulerConfig {
     pub max_due_ahead: Duration,
     /// Bound on shutdown.
     pub shutdown_timeout: Duration,
+    /// Exactly-once (hops in transactions) or at-least-once.
+    pub delivery: DeliveryConfig,
 }
 
 impl SchedulerArgs {
@@ -106,6 +115,10 @@ impl SchedulerArgs {
         if self.max_due_ahead.is_zero() {
             return Err(invalid("--max-due-ahead", "must be longer than 0".to_owned()));
         }
+        let delivery = self
+            .delivery
+            .validate()
+            .map_err(|error| invalid(error.flag, error.reason))?;
         Ok(SchedulerConfig {
             read_ahead: ReadAhead {
                 max_records: self.read_ahead,
@@ -118,6 +131,7 @@ impl SchedulerArgs {
             group: self.group,
             policy,
             shutdown_timeout: self.shutdown.shutdown_timeout,
+            delivery,
         })
     }
 }

@@ -8,7 +8,10 @@ use rebound_kafka::{ConsumedRecord, ConsumerSettings, OutgoingRecord, PartitionA
 use rebound_retry::{Dispatch, ErrorKind, Failure, RetryContext, dead_letter_dispatch, parse_retry_context};
 use rebound_service::events::{self, RecordRef};
 use rebound_service::trace_context::{continue_trace, inject_trace};
-use rebound_service::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, now_epoch_ms, stub_for_refused_copy};
+use rebound_service::{
+    DeliveryMode, HopFailed, NotSentAlone, Runtime, RuntimeSpec, SentAlone, Shutdown, SourceOffset, now_epoch_ms,
+    stub_for_refused_copy,
+};
 use tokio::time::Instant;
 
 use crate::holdings::{DueDecision, FetchDecision, HeldRecord, Holdings, ReleaseAction, due_decision, release_at};
@@ -39,6 +42,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Sche
             message_max_bytes(&config.kafka),
         ),
         metrics_listen: config.metrics_listen,
+        delivery: config.delivery,
     };
     let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
         return Ok(());
@@ -420,6 +424,10 @@ impl Scheduler<'_> {
                 Some(outgoing)
             })
             .collect();
+        if self.runtime.delivery() == DeliveryMode::ExactlyOnce {
+            self.release_in_transaction(due, outgoings, now, now_ms).await;
+            return;
+        }
         let producer = &self.runtime.producer;
         let results = futures::future::join_all(outgoings.iter().map(|outgoing| async move {
             match outgoing {
@@ -465,6 +473,232 @@ impl Scheduler<'_> {
         for (_, records) in waiting {
             self.holdings.hold_again_at_front(records, now);
         }
+    }
+
+    /// Releases `due` (each record's copy in `outgoings`) with exactly-once delivery: the copies
+    /// and the tier offsets after them in one transaction. Committed, every record is settled.
+    /// Aborted because the broker refused some copies, the partitions of those go back to the
+    /// front of their queues (a republish refused because its topic does not exist becomes a
+    /// dead letter, as with at-least-once) and the other partitions' records are tried again at
+    /// once in a new transaction, so one refused record holds back only its own partition.
+    /// Aborted for another reason (the offsets, the commit, a broker away), every record goes
+    /// back, to be released again after a pause.
+    async fn release_in_transaction(
+        &mut self,
+        due: Vec<HeldRecord>,
+        outgoings: Vec<Option<OutgoingRecord>>,
+        now: Instant,
+        now_ms: i64,
+    ) {
+        let mut pending: Vec<(HeldRecord, Option<OutgoingRecord>)> = due.into_iter().zip(outgoings).collect();
+        while !pending.is_empty() {
+            pending = self.try_release_in_transaction(pending, now, now_ms).await;
+        }
+    }
+
+    /// One transaction of [`Scheduler::release_in_transaction`]; returns what is to be tried
+    /// again at once.
+    async fn try_release_in_transaction(
+        &mut self,
+        pending: Vec<(HeldRecord, Option<OutgoingRecord>)>,
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<(HeldRecord, Option<OutgoingRecord>)> {
+        let (mut due, outgoings): (Vec<HeldRecord>, Vec<Option<OutgoingRecord>>) = pending.into_iter().unzip();
+        // With exactly-once no record is ever marked sent, so every due record has a copy; one
+        // without is settled already and only moves the offset.
+        let positions: Vec<usize> = outgoings
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outgoing)| outgoing.as_ref().map(|_| index))
+            .collect();
+        let mut records: Vec<OutgoingRecord> = outgoings.into_iter().flatten().collect();
+        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for held in &due {
+            let next = next_offsets
+                .entry((held.record.topic.clone(), held.record.partition))
+                .or_insert(0);
+            *next = (*next).max(held.record.offset + 1);
+        }
+        let offsets: Vec<SourceOffset> = next_offsets
+            .into_iter()
+            .map(|((topic, partition), next_offset)| SourceOffset {
+                topic,
+                partition,
+                next_offset,
+            })
+            .collect();
+        let committed = {
+            let due = &due;
+            self.runtime
+                .commit_hop(&mut records, &offsets, |position, outgoing, error| {
+                    let held = &due[positions[position]];
+                    if held.action.is_stub() {
+                        return None;
+                    }
+                    // A republished copy took the record's key and value (`take_outgoing`); the
+                    // stub needs them back (its key, and the size of the value it leaves out).
+                    let mut with_payload = held.clone();
+                    if matches!(held.action, ReleaseAction::Republish { .. }) {
+                        with_payload.record.key.clone_from(&outgoing.key);
+                        with_payload.record.value.clone_from(&outgoing.value);
+                    }
+                    Some(self.stub_for(&with_payload, error, now_ms))
+                })
+                .await
+        };
+        let refused = match committed {
+            Ok(stubs) => {
+                for (position, stub) in stubs {
+                    due[positions[position]].action = stub;
+                }
+                for (position, index) in positions.iter().enumerate() {
+                    give_back_payload(&mut due[*index], &records[position], false);
+                }
+                for held in &due {
+                    self.emit_released(held, now_ms);
+                }
+                return Vec::new();
+            }
+            Err(HopFailed::Aborted { refused, .. }) => refused,
+            Err(HopFailed::Restarted) => {
+                self.rewind(&due).await;
+                return Vec::new();
+            }
+            // The service stops: what is held is read again by the next owner.
+            Err(HopFailed::Fatal) => Vec::new(),
+        };
+        // Partitions with a refused copy go back; without refused copies, all of them do.
+        let everything_back = refused.is_empty();
+        let mut blocked: BTreeSet<(String, i32)> = BTreeSet::new();
+        let mut refusals: BTreeMap<usize, rebound_kafka::KafkaError> = BTreeMap::new();
+        for (position, error) in refused {
+            let index = positions[position];
+            blocked.insert((due[index].record.topic.clone(), due[index].record.partition));
+            refusals.insert(index, error);
+        }
+        let mut outgoing_of_index: BTreeMap<usize, OutgoingRecord> = positions.iter().copied().zip(records).collect();
+        let mut presence: BTreeMap<String, TopicPresence> = BTreeMap::new();
+        let mut retry_now = Vec::new();
+        let mut waiting: BTreeMap<(String, i32), Vec<HeldRecord>> = BTreeMap::new();
+        for (index, mut held) in due.into_iter().enumerate() {
+            let key = (held.record.topic.clone(), held.record.partition);
+            let outgoing = outgoing_of_index.remove(&index);
+            if !everything_back && !blocked.contains(&key) {
+                retry_now.push((held, outgoing));
+                continue;
+            }
+            if let Some(outgoing) = &outgoing {
+                give_back_payload(&mut held, outgoing, true);
+            }
+            let mut dead_lettered_now = false;
+            if let (Some(error), Some(outgoing)) = (refusals.get(&index), &outgoing) {
+                dead_lettered_now = self
+                    .dead_letter_if_topic_missing(&mut held, error, &mut presence, now, now_ms)
+                    .await;
+                emit_copy_refused(&held, &outgoing.topic, error);
+            }
+            if !dead_lettered_now {
+                held.release_at = held.release_at.max(now + REPUBLISH_BACKOFF);
+            }
+            waiting.entry(key).or_default().push(held);
+        }
+        for (_, records) in waiting {
+            self.holdings.hold_again_at_front(records, now);
+        }
+        if self.runtime.producer_failure.is_recorded() {
+            return Vec::new();
+        }
+        retry_now
+    }
+
+    /// After [`HopFailed::Restarted`]: the partitions of `due` are read again from their
+    /// committed offsets; what is held of them is dropped (the due records with it).
+    async fn rewind(&mut self, due: &[HeldRecord]) {
+        let partitions: Vec<TopicPartition> = due
+            .iter()
+            .map(|held| TopicPartition {
+                topic: held.record.topic.clone(),
+                partition: held.record.partition,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match self.runtime.committed_positions(&partitions).await {
+            Ok(positions) => {
+                self.holdings.forget(&partitions);
+                self.runtime.seek_positions(&positions);
+            }
+            // Without the positions the records cannot be read again safely: stop, and let the
+            // next owner read from the committed offsets.
+            Err(error) => self.runtime.record_producer_failure(error),
+        }
+    }
+
+    /// A republish refused with "unknown topic or partition" whose topic the cluster's metadata
+    /// confirms missing can never be delivered: `held` becomes its poison dead letter, due now
+    /// (`true`). Any other refusal leaves it as it is (`false`).
+    async fn dead_letter_if_topic_missing(
+        &self,
+        held: &mut HeldRecord,
+        error: &rebound_kafka::KafkaError,
+        presence_by_topic: &mut BTreeMap<String, TopicPresence>,
+        now: Instant,
+        now_ms: i64,
+    ) -> bool {
+        let refusal = refusal_of(error);
+        let ReleaseAction::Republish { target_topic } = &held.action else {
+            return false;
+        };
+        if refusal != Refusal::UnknownTopicOrPartition {
+            return false;
+        }
+        let presence = match presence_by_topic.get(target_topic) {
+            Some(presence) => *presence,
+            None => {
+                let presence = self.topic_presence(target_topic).await;
+                presence_by_topic.insert(target_topic.clone(), presence);
+                presence
+            }
+        };
+        if refusal_action(refusal, presence) != RefusalAction::DeadLetter {
+            return false;
+        }
+        let message = format!("republish refused and the topic does not exist: {error}");
+        let previous = parse_retry_context(&held.record.headers).ok().flatten();
+        let dispatch = self.poison_dispatch(&held.record, previous.as_ref(), message, now_ms);
+        held.action = ReleaseAction::DeadLetter(Box::new(dispatch));
+        held.release_at = now;
+        true
+    }
+    /// The dead-letter stub of `held`, whose copy Kafka refused as too large even alone.
+    fn stub_for(
+        &self,
+        held: &HeldRecord,
+        error: &rebound_kafka::KafkaError,
+        now_ms: i64,
+    ) -> (ReleaseAction, OutgoingRecord) {
+        let record = &held.record;
+        let refused = match &held.action {
+            ReleaseAction::DeadLetter(dispatch) => (**dispatch).clone(),
+            ReleaseAction::Republish { target_topic } => {
+                let previous = parse_retry_context(&record.headers).ok().flatten();
+                let mut dispatch =
+                    self.poison_dispatch(record, previous.as_ref(), format!("republish refused: {error}"), now_ms);
+                // The copy that did not fit was the republished one; the stub says so.
+                dispatch.topic.clone_from(target_topic);
+                dispatch
+            }
+        };
+        let stub = ReleaseAction::DeadLetter(Box::new(stub_for_refused_copy(
+            &self.config.policy,
+            &refused,
+            record,
+            error,
+            &self.config.group,
+        )));
+        let stub_record = outgoing_of_action(record, &stub);
+        (stub, stub_record)
     }
 
     /// What became of one copy sent by [`Scheduler::release_due`]: `true` when the record is
@@ -579,33 +813,7 @@ impl Scheduler<'_> {
     ) -> Result<HeldRecord, HeldRecord> {
         let sent = self
             .runtime
-            .send_alone_or_stub(outgoing, |error| {
-                let record = &held.record;
-                let refused = match &held.action {
-                    ReleaseAction::DeadLetter(dispatch) => (**dispatch).clone(),
-                    ReleaseAction::Republish { target_topic } => {
-                        let previous = parse_retry_context(&record.headers).ok().flatten();
-                        let mut dispatch = self.poison_dispatch(
-                            record,
-                            previous.as_ref(),
-                            format!("republish refused: {error}"),
-                            now_ms,
-                        );
-                        // The copy that did not fit was the republished one; the stub says so.
-                        dispatch.topic.clone_from(target_topic);
-                        dispatch
-                    }
-                };
-                let stub = ReleaseAction::DeadLetter(Box::new(stub_for_refused_copy(
-                    &self.config.policy,
-                    &refused,
-                    record,
-                    error,
-                    &self.config.group,
-                )));
-                let stub_record = outgoing_of_action(record, &stub);
-                (stub, stub_record)
-            })
+            .send_alone_or_stub(outgoing, |error| self.stub_for(&held, error, now_ms))
             .await;
         match sent {
             Ok(SentAlone::Copy) => Ok(held),

@@ -242,6 +242,24 @@ pub fn consumer_copy_refused(record: RecordRef<'_>, destination: &str, error: &d
     metrics::counter!(CONSUMER_COPIES_REFUSED_TOTAL, "topic" => destination.to_owned()).increment(1);
 }
 
+/// Counter of hop transactions aborted (and retried), by service.
+pub const TRANSACTIONS_ABORTED_TOTAL: &str = "rebound_transactions_aborted_total";
+/// Counter of hop transactions committed, by service.
+pub const TRANSACTIONS_COMMITTED_TOTAL: &str = "rebound_transactions_committed_total";
+
+/// A hop's transaction (its copies and source offsets) failed and was aborted: none of its
+/// copies is visible to `read_committed` readers and its offsets are not committed; the hop is
+/// tried again.
+pub fn transaction_aborted(service: &'static str, copies: usize, error: &dyn std::error::Error) {
+    tracing::warn!(service, copies, %error, "hop transaction aborted; trying the hop again");
+    metrics::counter!(TRANSACTIONS_ABORTED_TOTAL, "service" => service).increment(1);
+}
+
+/// A hop's transaction committed: its copies and source offsets are durable together.
+pub fn transaction_committed(service: &'static str) {
+    metrics::counter!(TRANSACTIONS_COMMITTED_TOTAL, "service" => service).increment(1);
+}
+
 /// Counter of services that stopped because their Kafka producer failed for good.
 pub const PRODUCER_FAILED_FOR_GOOD_TOTAL: &str = "rebound_producer_failed_for_good_total";
 

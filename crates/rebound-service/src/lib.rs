@@ -2,6 +2,7 @@
 //! clap group defined once), telemetry set-up, the shutdown signal, and the operational events
 //! (applied, retried, dead-lettered, republished) emitted as a log line and a metric together.
 
+mod delivery;
 pub mod events;
 mod operational;
 mod output;
@@ -14,10 +15,14 @@ mod telemetry;
 mod topology;
 pub mod trace_context;
 
+pub use delivery::{DeliveryArgs, DeliveryConfig, DeliveryMode, transactional_id};
 pub use operational::{OperationalArgs, Readiness, metrics_handle, serve_operational_endpoints};
 pub use output::OutputFormat;
 pub use producer_failure::ProducerFailure;
-pub use runtime::{NotSentAlone, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, stub_for_refused_copy};
+pub use rebound_kafka::SourceOffset;
+pub use runtime::{
+    HopFailed, NotSentAlone, Position, Runtime, RuntimeSpec, SentAlone, ShutdownArgs, stub_for_refused_copy,
+};
 pub use service_main::service_main;
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use telemetry::{LogFormat, TelemetryGuard, init_telemetry, use_colour};
