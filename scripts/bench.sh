@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh - rebound's performance benchmark: producer, consumer, failure path, scheduler timing
-# and peak memory, measured against a real local Kafka with kcat as the baseline, in one run.
+# and peak memory, measured against a real local Kafka with kcat as the baseline, and against
+# Spring for Apache Kafka's @RetryableTopic as the peer, in one run.
 #
 # Usage: scripts/bench.sh
 #
@@ -25,10 +26,17 @@
 #   BENCH_FAILURE_COUNT      notes per failure-path run (default 100000)
 #   BENCH_SCHEDULER_RATES    tier records per second, comma-separated (default 1000,10000,50000)
 #   BENCH_SCHEDULER_SECONDS  seconds of tier records written at each rate (default 4)
-#   BENCH_PHASES             subset of producer,consumer,failure,scheduler,retry (default all);
-#                            retry: notes failing once at a webhook, re-applied after a 1 s tier
-#                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
-#                            at the webhook
+#   BENCH_PHASES             subset of producer,consumer,failure,scheduler,retry,peer (default
+#                            all); retry: notes failing once at a webhook, re-applied after a 1 s
+#                            tier (a trickle) and a 500 ms tier (a burst of 100), lateness
+#                            measured at the webhook; peer: rebound beside a Spring Boot
+#                            application with Spring Kafka's @RetryableTopic (scripts/bench/spring/,
+#                            built with Maven by scripts/bench/spring-peer.sh into a cache outside
+#                            the repository): happy path, 10% failure path and retry timing
+#   BENCH_PEER_COUNT         small notes per happy-path run of the peer phase (default 50000)
+#   BENCH_PEER_FAILURE_COUNT small notes per failure-path run of the peer phase (default 5000:
+#                            Spring's failure path runs at tens to hundreds of notes/s)
+#   BENCH_SPRING_JAVA_OPTS   JVM options of the Spring peer (default -Xmx256m)
 #   BENCH_SKIP_BUILD         1: use the binaries in target/release as they are
 #   BENCH_POSTGRES           0: leave the PostgreSQL sink out of the consumer phase (default 1:
 #                            measured on REBOUND_TEST_POSTGRES_URL's server, else on
@@ -49,7 +57,8 @@ case ${1:-} in
   *) warn "error: unexpected argument: $1 (settings are BENCH_* variables, see the header)"; usage; exit 2 ;;
 esac
 
-for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT; do
+for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT BENCH_PEER_COUNT \
+  BENCH_PEER_FAILURE_COUNT; do
   value=${!var:-1}
   [[ $value =~ ^[1-9][0-9]*$ ]] || die "$var must be a whole number of at least 1, not '$value'"
 done
@@ -95,6 +104,20 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is needed to run scripts/bench/harness.py"
 
+readonly PHASES=${BENCH_PHASES:-producer,consumer,failure,scheduler,retry,peer}
+SPRING_JAR=""
+if [[ ,$PHASES, == *,peer,* ]]; then
+  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+    say "Java or Maven is missing (the Spring peer needs both); installing them with apt-get"
+    command -v apt-get >/dev/null 2>&1 || die "java and mvn are missing and apt-get is not available; install Java 17+ and Maven"
+    sudo_cmd=()
+    ((EUID == 0)) || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update
+    "${sudo_cmd[@]}" apt-get install -y openjdk-17-jdk-headless maven
+  fi
+  SPRING_JAR=$("$SCRIPT_DIR/bench/spring-peer.sh") || die "the Spring peer did not build"
+fi
+
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
   say "building release binaries (log: target/bench/$RUN/build.log)"
   cargo build --release --workspace --bins >"$RUN_DIR/build.log" 2>&1 \
@@ -109,7 +132,7 @@ else
   KAFKA_STARTED=1
 fi
 
-if [[ ${BENCH_POSTGRES:-1} == 1 && -z $POSTGRES_URL && ,${BENCH_PHASES:-consumer}, == *,consumer,* ]]; then
+if [[ ${BENCH_POSTGRES:-1} == 1 && -z $POSTGRES_URL && ,$PHASES, == *,consumer,* ]]; then
   if POSTGRES_URL=$("$SCRIPT_DIR/postgres-local.sh" status 2>/dev/null); then
     POSTGRES_URL=${POSTGRES_URL#running }
   else
@@ -134,7 +157,11 @@ python3 "$SCRIPT_DIR/bench/harness.py" \
   --failure-count "${BENCH_FAILURE_COUNT:-100000}" \
   --scheduler-rates "${BENCH_SCHEDULER_RATES:-1000,10000,50000}" \
   --scheduler-seconds "${BENCH_SCHEDULER_SECONDS:-4}" \
-  --phases "${BENCH_PHASES:-producer,consumer,failure,scheduler,retry}" \
+  --phases "$PHASES" \
+  --peer-count "${BENCH_PEER_COUNT:-50000}" \
+  --peer-failure-count "${BENCH_PEER_FAILURE_COUNT:-5000}" \
+  --spring-jar "$SPRING_JAR" \
+  --spring-java-opts "${BENCH_SPRING_JAVA_OPTS:--Xmx256m}" \
   --command "scripts/bench.sh" &
 HARNESS_PID=$!
 rc=0

@@ -203,7 +203,7 @@ class BenchBase:
             *extra, *self.args.consumer_extra.split(),
         ]
 
-    def watch_consumer(self, process, port, expected, done, timeout):
+    def watch_consumer(self, process, port, expected, done, timeout, counter="rebound_consumer_records_total"):
         """Polls /metrics until `done(outcomes)`; returns timings from start and from the first
         record the consumer finished (start-up and group join excluded)."""
         first_at = first_count = None
@@ -215,7 +215,7 @@ class BenchBase:
                 raise BenchError(f"{process.bench_name}: not done after {timeout}s ({outcomes}); see {process.bench_log}")
             if self.children.reap(process, block=False) is not None:
                 raise BenchError(f"{process.bench_name} exited early; see {process.bench_log}")
-            outcomes = consumer_outcomes(scrape(port))
+            outcomes = consumer_outcomes(scrape(port), counter)
             finished = outcomes["applied"] + outcomes["retried"] + outcomes["dead_lettered"]
             if first_at is None and finished > 0:
                 first_at, first_count = now, finished
@@ -261,6 +261,7 @@ class BenchBase:
             "failure": self.bench_failure,
             "scheduler": self.bench_scheduler,
             "retry": self.bench_retry_timing,
+            "peer": self.bench_peer,
         }
         for phase in phases:
             phase_started = time.monotonic()

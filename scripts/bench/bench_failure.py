@@ -9,9 +9,9 @@ from common import log, median, free_port
 class FailurePhase:
     """The failure path; a mixin of harness.Bench."""
 
-    def failure_run(self, transient, rep):
-        count = self.args.failure_count
-        label = f"f{rep}-{int(transient * 100)}"
+    def failure_run(self, transient, rep, count=None, label_prefix="f"):
+        count = count or self.args.failure_count
+        label = f"{label_prefix}{rep}-{int(transient * 100)}"
         prefix = f"{self.run_id}-{label}."
         self.create_topics(prefix, ["notes"], ["retry-5s", "retry-1m"])
         self.produce_with_kcat(self.next_name(f"fill-{label}"), prefix + "notes", self.datasets["small"]["kcat"], limit=count)

@@ -10,7 +10,7 @@
 # (SIGTERM, then SIGKILL) on any exit, and the topics the run created are deleted at the end.
 #
 # The harness is split by phase: bench_producer.py, bench_consumer.py, bench_failure.py,
-# bench_scheduler.py and bench_retry.py hold the measurements, bench_base.py, children.py,
+# bench_scheduler.py, bench_retry.py and bench_peer.py hold the measurements, bench_base.py, children.py,
 # metrics.py, common.py and report.py the shared plumbing. This file puts them together and is
 # the command line.
 
@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_base import BenchBase  # noqa: E402
 from bench_consumer import ConsumerPhase  # noqa: E402
 from bench_failure import FailurePhase  # noqa: E402
+from bench_peer import PeerPhase  # noqa: E402
 from bench_producer import ProducerPhase  # noqa: E402
 from bench_retry import RetryPhase  # noqa: E402
 from bench_scheduler import SchedulerPhase  # noqa: E402
@@ -33,7 +34,7 @@ from common import BenchError, log  # noqa: E402
 from report import compress_large_files  # noqa: E402
 
 
-class Bench(ProducerPhase, ConsumerPhase, FailurePhase, SchedulerPhase, RetryPhase, BenchBase):
+class Bench(ProducerPhase, ConsumerPhase, FailurePhase, SchedulerPhase, RetryPhase, PeerPhase, BenchBase):
     """One benchmark run: the phases' measurements on the shared plumbing."""
 
 
@@ -54,7 +55,12 @@ def main():
     parser.add_argument("--scheduler-delay-ms", type=int, default=2000)
     parser.add_argument("--consumer-extra", default="", help="extra flags of every consumer (experiments)")
     parser.add_argument("--scheduler-extra", default="", help="extra flags of the timed scheduler (experiments)")
-    parser.add_argument("--phases", default="producer,consumer,failure,scheduler,retry")
+    parser.add_argument("--phases", default="producer,consumer,failure,scheduler,retry,peer")
+    parser.add_argument("--peer-count", type=int, default=50000, help="notes per happy-path run of the peer phase")
+    parser.add_argument("--peer-failure-count", type=int, default=5000,
+                        help="notes per failure-path run of the peer phase")
+    parser.add_argument("--spring-jar", default="", help="the Spring peer's jar (scripts/bench/spring-peer.sh)")
+    parser.add_argument("--spring-java-opts", default="", help="JVM options of the Spring peer")
     parser.add_argument("--postgres-url", default="",
                         help="a PostgreSQL server for the consumer phase's PostgreSQL sink (none: not measured)")
     parser.add_argument("--command", default="scripts/bench.sh")

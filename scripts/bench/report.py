@@ -169,11 +169,57 @@ def render_markdown(results):
         rss_rows.append(("rebound-scheduler, failure path (0 s tiers)", failure["scheduler_peak_rss_kib"]))
     for rate, figures in scheduler.items():
         rss_rows.append((f"rebound-scheduler, {int(rate):,} records/s", figures["peak_rss_kib"]))
+    peer = summary.get("peer")
+    if peer:
+        rss_rows.append(("rebound-consumer, peer phase", peer["rebound_consumer_peak_rss_kib"]))
+        rss_rows.append(("rebound-scheduler, peer phase", peer["rebound_scheduler_peak_rss_kib"]))
+        rss_rows.append((f"Spring Kafka peer ({peer['spring_java_opts'] or 'JVM defaults'}) (reference)",
+                         peer["spring_peak_rss_kib"]))
     for label, kib in rss_rows:
-        reference = "kcat" in label
+        reference = "reference" in label
         lines.append(f"| {label} | {fmt_mib(kib)} | {'' if reference else verdict(kib <= 64 * 1024)} |")
     lines.append("")
+    if peer:
+        lines += render_peer(peer)
     return "\n".join(lines)
+
+
+def render_peer(peer):
+    """The "peer" phase's table: rebound beside Spring Kafka's @RetryableTopic, same run."""
+    lines = [f"Against Spring for Apache Kafka's `@RetryableTopic` (two retry topics, fixed back-off, a DLT; "
+             f"{peer['notes']:,} small notes per happy-path run, {peer['failure_notes']:,} per failure-path run; "
+             f"ratio = rebound / Spring; target: rebound ahead):",
+             "", "| measurement | rebound | Spring Kafka | ratio | verdict |", "| --- | --- | --- | --- | --- |"]
+    happy_ok = peer["happy_vs_spring"] > 1.0
+    failure_ok = peer["failure_vs_spring"] > 1.0
+    lines.append(
+        f"| happy path, notes/s (kcat -C {fmt_rate(peer['kcat_notes_per_s'])}/s) | "
+        f"{fmt_rate(peer['rebound_happy_notes_per_s'])} ({fmt_ratio(peer['rebound_happy_vs_kcat'])} kcat) | "
+        f"{fmt_rate(peer['spring_happy_notes_per_s'])} ({fmt_ratio(peer['spring_happy_vs_kcat'])} kcat) | "
+        f"{fmt_ratio(peer['happy_vs_spring'])} | {verdict(happy_ok)} |"
+    )
+    lines.append(
+        f"| 10% transient failures, short tiers, notes/s | {fmt_rate(peer['rebound_failure_notes_per_s'])} | "
+        f"{fmt_rate(peer['spring_failure_notes_per_s'])} | {fmt_ratio(peer['failure_vs_spring'])} | {verdict(failure_ok)} |"
+    )
+    lines.append(
+        f"| failure path time / happy path time, per note | {fmt_ratio(peer['rebound_overhead'])} | "
+        f"{fmt_ratio(peer['spring_overhead'])} | | |"
+    )
+    for shape in ("trickle", "burst"):
+        if f"rebound_{shape}_beyond_ms_p99" not in peer:
+            continue
+        rebound_p99, spring_p99 = peer[f"rebound_{shape}_beyond_ms_p99"], peer[f"spring_{shape}_beyond_ms_p99"]
+        lines.append(
+            f"| retry lateness beyond the delay, {shape} (p50 / p99 / max) | "
+            f"{peer[f'rebound_{shape}_beyond_ms_p50']:.0f} / {rebound_p99:.0f} / "
+            f"{peer[f'rebound_{shape}_beyond_ms_max']:.0f} ms | "
+            f"{peer[f'spring_{shape}_beyond_ms_p50']:.0f} / {spring_p99:.0f} / "
+            f"{peer[f'spring_{shape}_beyond_ms_max']:.0f} ms | | "
+            f"{verdict(rebound_p99 < spring_p99 and peer[f'rebound_{shape}_beyond_ms_min'] >= 0)} |"
+        )
+    lines.append("")
+    return lines
 
 
 def compress_large_files(directory):
