@@ -13,6 +13,7 @@
 # explains each measurement and the latest results.
 #
 # Output: target/bench/<run>/results.md (the table), results.json (every repetition, raw),
+# history-row.md (the run's row for the history table of docs/performance.md),
 # scheduler-*.csv (lateness of every record), logs/ (one log per process started; files over
 # 1 MiB are gzipped at the end); target/bench/latest.md and latest.json are copies of the last
 # complete run. The run's topics are deleted at the end; its processes are stopped on any exit,
@@ -172,4 +173,5 @@ HARNESS_PID=""
 cp "$RUN_DIR/results.md" "$REPO/target/bench/latest.md"
 cp "$RUN_DIR/results.json" "$REPO/target/bench/latest.json"
 say "done in $((SECONDS - started)) s after the build"
+say "the run's row for the history table of docs/performance.md: $(<"$RUN_DIR/history-row.md")"
 cat "$RUN_DIR/results.md"

@@ -12,7 +12,7 @@ import notes as notegen
 from common import RECORD_DELIMITER, KEY_DELIMITER, KCAT_PRODUCER_SETTINGS, METRICS_POLL_SECONDS, log, BenchError
 from metrics import http_get, scrape, consumer_outcomes
 from children import Children
-from report import machine, render_markdown
+from report import machine, render_markdown, history_row, source_commit
 
 
 class BenchBase:
@@ -242,9 +242,13 @@ class BenchBase:
             json.dump(self.results, handle, indent=2, sort_keys=True)
         with open(os.path.join(self.out, "results.md"), "w", encoding="utf-8") as handle:
             handle.write(render_markdown(self.results))
+        # The run's row for docs/performance.md's history table.
+        with open(os.path.join(self.out, "history-row.md"), "w", encoding="utf-8") as handle:
+            handle.write(history_row(self.results) + "\n")
 
     def run(self, phases):
         self.machine_info = machine(self.args.repo)
+        self.results["commit"] = source_commit(self.args.repo)
         self.results["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         started = time.monotonic()
         self.prepare_records()

@@ -222,6 +222,69 @@ def render_peer(peer):
     return lines
 
 
+def source_commit(repo):
+    """The commit measured: `git describe`-like short hash, with "+changes" when the work tree
+    differed from it (the row then measures something no commit holds)."""
+    def git(*arguments):
+        done = subprocess.run(["git", "-C", repo, *arguments], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=7", "HEAD") or "?"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+# The history table's columns: a heading and how to read the figure from the summary.
+HISTORY_COLUMNS = [
+    ("producer/kcat small", lambda s: fmt_ratio(s["producer_small"]["direct_vs_kcat"])),
+    ("outbox/kcat small", lambda s: fmt_ratio(s["producer_small"]["outbox_vs_kcat"])),
+    ("null sink/kcat small", lambda s: fmt_ratio(s["consumer_small"]["null_vs_kcat"])),
+    ("null sink/kcat large", lambda s: fmt_ratio(s["consumer_large"]["null_vs_kcat"])),
+    ("SQLite small/s", lambda s: fmt_rate(s["consumer_small"]["sqlite_notes_per_s"])),
+    ("failure path", lambda s: fmt_ratio(s["failure"]["overhead"])),
+    ("scheduler p99 @10k", lambda s: f"{s['scheduler']['10000']['lateness_ms_p99']:.0f} ms"),
+    ("retry burst p99", lambda s: f"{s['retry_timing']['burst']['beyond_ms_p99']:.0f} ms"),
+    ("vs Spring happy", lambda s: fmt_ratio(s["peer"]["happy_vs_spring"])),
+    ("vs Spring 10%", lambda s: fmt_ratio(s["peer"]["failure_vs_spring"])),
+    ("retry p99 trickle/burst, rebound vs Spring", lambda s: (
+        f"{s['peer']['rebound_trickle_beyond_ms_p99']:.0f}/{s['peer']['rebound_burst_beyond_ms_p99']:.0f} vs "
+        f"{s['peer']['spring_trickle_beyond_ms_p99']:.0f}/{s['peer']['spring_burst_beyond_ms_p99']:.0f} ms")),
+    ("largest rebound peak RSS", lambda s: f"{fmt_mib(largest_rebound_rss_kib(s))} MiB"),
+]
+
+
+def largest_rebound_rss_kib(summary):
+    """The largest peak RSS of any rebound service in the run (the references left out)."""
+    peaks = [
+        value
+        for phase in summary.values() if isinstance(phase, dict)
+        for figures in [phase, *[value for value in phase.values() if isinstance(value, dict)]]
+        for key, value in figures.items()
+        if key.endswith("peak_rss_kib") and not key.startswith(("kcat", "spring"))
+    ]
+    if not peaks:
+        raise KeyError("no peak RSS")
+    return max(peaks)
+
+
+def history_header():
+    headings = ["date", "commit", "runs"] + [heading for heading, _ in HISTORY_COLUMNS]
+    return ["| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings)]
+
+
+def history_row(results):
+    """One row of docs/performance.md's history table: the run's date, commit and figures
+    ("-" for a phase the run left out)."""
+    summary = results["summary"]
+    cells = [results.get("started_at", "?")[:10], f"`{results.get('commit', '?')}`",
+             str(results.get("config", {}).get("runs", "?"))]
+    for _, read in HISTORY_COLUMNS:
+        try:
+            cells.append(read(summary))
+        except (KeyError, TypeError):
+            cells.append("-")
+    return "| " + " | ".join(cells) + " |"
+
+
 def compress_large_files(directory):
     """Gzips logs and series over 1 MiB once measuring is over: the services log every retry and
     republish, which at 50k records/s is tens of MiB per run."""
