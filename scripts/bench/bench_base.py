@@ -196,11 +196,14 @@ class BenchBase:
     # Consumers (the consumer, failure and retry phases).
 
     def consumer_command(self, prefix, source, group, sink, port, extra=()):
+        experiment = self.args.consumer_extra.split()
+        # The consumer refuses a flag given twice: --consumer-extra's batch size replaces 500.
+        batch_size = [] if "--batch-size" in experiment else ["--batch-size", "500"]
         return [
             os.path.join(self.bin, "rebound-consumer"), "--brokers", self.brokers,
             "--topic-prefix", prefix, "--source-topic", source, "--group", group,
-            "--sink", sink, "--batch-size", "500", "--metrics-listen", f"127.0.0.1:{port}",
-            *extra, *self.args.consumer_extra.split(),
+            "--sink", sink, *batch_size, "--metrics-listen", f"127.0.0.1:{port}",
+            *extra, *experiment,
         ]
 
     def watch_consumer(self, process, port, expected, done, timeout, counter="rebound_consumer_records_total"):
