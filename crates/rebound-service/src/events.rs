@@ -213,17 +213,6 @@ pub const OFFSET_STORE_FAILURES_TOTAL: &str = "rebound_offset_store_failures_tot
 /// destination topic; each is sent again.
 pub const CONSUMER_COPIES_REFUSED_TOTAL: &str = "rebound_consumer_copies_refused_total";
 
-/// Consumer counter of WAL checkpoints the SQLite sink's checkpoint thread failed to run.
-pub const CONSUMER_SQLITE_CHECKPOINT_FAILURES_TOTAL: &str = "rebound_consumer_sqlite_checkpoint_failures_total";
-
-/// A WAL checkpoint of the SQLite sink failed on its checkpoint thread (the database locked
-/// past the busy timeout, say). Nothing committed is at risk, the WAL holds it; the writer
-/// checkpoints by itself once the WAL passes its backstop, so the WAL stays bounded.
-pub fn sqlite_checkpoint_failed(sink: &str, error: &dyn std::error::Error) {
-    tracing::warn!(sink, %error, "sqlite checkpoint failed");
-    metrics::counter!(CONSUMER_SQLITE_CHECKPOINT_FAILURES_TOTAL).increment(1);
-}
-
 /// Receiving from Kafka failed (a broker error, a partition's error reported to the consumer);
 /// the service goes on receiving.
 pub fn kafka_receive_failed(service: &'static str, error: &dyn std::error::Error) {

@@ -8,14 +8,8 @@
 //! The tables and statements are `rebound-sink-store`'s, which also reads them back for
 //! `rebound audit`; this module owns the writer: connection settings, transactions, and which
 //! failure fails one note or the whole batch.
-//!
-//! Durability: WAL with `synchronous = FULL`, so a batch's commit returns only after the WAL
-//! (with the batch) is fsynced, once per batch; the consumer commits offsets only after that.
-//! Checkpoints (copying WAL pages into the database file, and its fsync) run on a thread and
-//! connection of their own, so they no longer stall a batch's commit.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use rebound_sink_store::{NoteWrites, create_delivery_journal, migrate_notes_table};
@@ -24,18 +18,12 @@ use rusqlite::Connection;
 use super::{ApplyBatchFuture, ApplyItem, Sink, SinkFailure};
 use crate::ConsumerError;
 
-/// WAL pages past which the writer checkpoints by itself: only when the checkpoint thread falls
-/// this far behind (64 MiB of WAL at 4 KiB pages), so the WAL stays bounded even then.
-const WRITER_CHECKPOINT_BACKSTOP_PAGES: u32 = 16_384;
-
 /// The SQLite sink. Writes run on a blocking thread, one transaction per batch.
 #[derive(Debug, Clone)]
 pub struct SqliteSink {
     path: PathBuf,
     connection: Arc<Mutex<Connection>>,
     journal: bool,
-    /// Wakes the checkpoint thread after a commit; it stops once every clone is dropped.
-    checkpoint_wake: SyncSender<()>,
 }
 
 impl SqliteSink {
@@ -47,14 +35,11 @@ impl SqliteSink {
         // the machine, and readers (the accounting tools) never block the writer. An 8 MiB page
         // cache (the default is 2 MiB) keeps the upper levels of the note index in memory once
         // the table outgrows the default, within the consumer's 64 MiB memory budget.
-        // The writer checkpoints only as a backstop (see WRITER_CHECKPOINT_BACKSTOP_PAGES);
-        // journal_size_limit truncates the WAL file back after a large one.
         connection
-            .execute_batch(&format!(
+            .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
-                 PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_BACKSTOP_PAGES}; \
-                 PRAGMA journal_size_limit = 67108864;"
-            ))
+                 PRAGMA cache_size = -8192;",
+            )
             .map_err(fail)?;
         let migrated = migrate_notes_table(&mut connection).map_err(|error| ConsumerError::OpenSink {
             sink: format!("sqlite://{}", path.display()),
@@ -63,25 +48,10 @@ impl SqliteSink {
         if migrated.from != migrated.to {
             tracing::info!(sink = %path.display(), from = migrated.from, to = migrated.to, "sink schema migrated");
         }
-        let checkpointer = Connection::open(path).map_err(fail)?;
-        checkpointer
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(fail)?;
-        // One pending wake is enough: a checkpoint takes every frame committed before it starts.
-        let (checkpoint_wake, wakes) = sync_channel(1);
-        let sink = format!("sqlite://{}", path.display());
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".to_owned())
-            .spawn(move || checkpoint_until_dropped(&checkpointer, &wakes, &sink))
-            .map_err(|error| ConsumerError::OpenSink {
-                sink: format!("sqlite://{}", path.display()),
-                reason: format!("cannot start the checkpoint thread: {error}"),
-            })?;
         Ok(Self {
             path: path.to_owned(),
             connection: Arc::new(Mutex::new(connection)),
             journal: false,
-            checkpoint_wake,
         })
     }
 
@@ -121,9 +91,6 @@ impl SqliteSink {
                 .map_err(|error| SinkFailure::transient(format!("sqlite transaction failed: {error}")))
         })
         .await;
-        if matches!(outcome, Ok(Ok(_))) {
-            self.wake_checkpointer();
-        }
         match outcome {
             Ok(Ok(results)) => results,
             Ok(Err(failure)) => vec![Err(failure); count],
@@ -132,30 +99,7 @@ impl SqliteSink {
     }
 }
 
-impl SqliteSink {
-    fn wake_checkpointer(&self) {
-        match self.checkpoint_wake.try_send(()) {
-            // Full: a wake is pending already. Disconnected: the thread is gone (it can end
-            // only by a panic while a sink exists); the writer's backstop keeps the WAL bounded.
-            Ok(()) | Err(TrySendError::Full(()) | TrySendError::Disconnected(())) => {}
-        }
-    }
-}
-
-/// Runs a passive checkpoint after each wake, until every sink clone is dropped, then a last
-/// one. Passive: it never waits for the writer or readers, it copies what it can.
-fn checkpoint_until_dropped(connection: &Connection, wakes: &Receiver<()>, sink: &str) {
-    let checkpoint = || {
-        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            rebound_service::events::sqlite_checkpoint_failed(sink, &error);
-        }
-    };
-    while wakes.recv().is_ok() {
-        checkpoint();
-    }
-    checkpoint();
-}
-
+/// The error of any operation on the sink's database, naming the sink.
 impl Sink for SqliteSink {
     fn apply_batch(&self, items: Vec<ApplyItem>) -> ApplyBatchFuture<'_> {
         Box::pin(SqliteSink::apply_batch(self, items))
@@ -218,7 +162,6 @@ fn apply_in_transaction(
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::time::Duration;
 
     use rebound_schema::Note;
     use rebound_sink_store::{DeliveryJournalSummary, read_all_notes, read_delivered_versions, read_delivery_journal};
@@ -312,32 +255,6 @@ mod tests {
                 changed_rows: 2,
             }
         );
-    }
-
-    #[tokio::test]
-    async fn committed_batches_reach_the_database_file_without_the_writer_checkpointing() {
-        let directory = tempfile::tempdir().expect("tempdir");
-        let path = directory.path().join("notes.db");
-        let sink = SqliteSink::open(&path).expect("opens");
-        // About 2 MiB of notes: far below the writer's own checkpoint threshold (64 MiB here,
-        // 4 MiB in SQLite's default), so only the checkpoint thread copies them into the file.
-        let batch: Vec<ApplyItem> = (0..2_000)
-            .map(|index| {
-                let mut note = item(&format!("note-{index:05}"), 1, "title");
-                note.note.body = "b".repeat(1_000);
-                note
-            })
-            .collect();
-        assert!(sink.apply_batch(batch).await.iter().all(Result::is_ok));
-        let database_bytes = || std::fs::metadata(&path).map_or(0, |metadata| metadata.len());
-        rebound_testkit::wait_for("the notes in the database file", Duration::from_secs(20), || {
-            let bytes = database_bytes();
-            std::future::ready((bytes > 1_500_000).then_some(bytes))
-        })
-        .await;
-        // The sink is still open: the writer neither closed nor checkpointed.
-        assert_eq!(read_all_notes(&path).expect("reads").len(), 2_000);
-        drop(sink);
     }
 
     #[tokio::test]
