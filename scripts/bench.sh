@@ -19,8 +19,8 @@
 # complete run. The run's topics are deleted at the end; its processes are stopped on any exit,
 # also on failure or Ctrl-C.
 #
-# Environment (the defaults measure for about 4 minutes on 2 cores; a cold release build adds
-# about 9):
+# Environment (the defaults measure for about 4 minutes on 2 cores, plus about 7 minutes per
+# repetition for the peer phase; a cold release build adds about 9):
 #   BENCH_RUNS               repetitions of every measurement (default 3)
 #   BENCH_SMALL_COUNT        ~300 B notes per producer and consumer run (default 100000)
 #   BENCH_LARGE_COUNT        ~4 KiB notes per producer and consumer run (default 20000)
