@@ -146,6 +146,8 @@ fi
 [[ ${BENCH_POSTGRES:-1} == 1 ]] || POSTGRES_URL=""
 
 started=$SECONDS
+# --spring-java-opts=VALUE, in one word: the value starts with a dash, which argparse would
+# otherwise take for a flag of its own.
 python3 "$SCRIPT_DIR/bench/harness.py" \
   --postgres-url "$POSTGRES_URL" \
   --repo "$REPO" \
@@ -162,7 +164,7 @@ python3 "$SCRIPT_DIR/bench/harness.py" \
   --peer-count "${BENCH_PEER_COUNT:-50000}" \
   --peer-failure-count "${BENCH_PEER_FAILURE_COUNT:-5000}" \
   --spring-jar "$SPRING_JAR" \
-  --spring-java-opts "${BENCH_SPRING_JAVA_OPTS:--Xmx256m}" \
+  --spring-java-opts="${BENCH_SPRING_JAVA_OPTS:--Xmx256m}" \
   --command "scripts/bench.sh" &
 HARNESS_PID=$!
 rc=0
