@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh - rebound's performance benchmark: producer, consumer, failure path, scheduler timing
-# and peak memory, measured against a real local Kafka with kcat as the baseline, in one run.
+# and peak memory, measured against a real local Kafka with kcat as the baseline, and against
+# Spring for Apache Kafka's @RetryableTopic as the peer, in one run.
 #
 # Usage: scripts/bench.sh
 #
@@ -12,13 +13,15 @@
 # explains each measurement and the latest results.
 #
 # Output: target/bench/<run>/results.md (the table), results.json (every repetition, raw),
+# history-row.md (the run's row for the history table of docs/performance.md),
 # scheduler-*.csv (lateness of every record), logs/ (one log per process started; files over
 # 1 MiB are gzipped at the end); target/bench/latest.md and latest.json are copies of the last
 # complete run. The run's topics are deleted at the end; its processes are stopped on any exit,
 # also on failure or Ctrl-C.
 #
 # Environment (the defaults measure for about 4 minutes on 2 cores, plus the delivery phase's two
-# failure-path runs and two scheduler drains of 30,000 notes; a cold release build adds about 9):
+# failure-path runs and two scheduler drains of 30,000 notes, plus about 7 minutes per
+# repetition for the peer phase; a cold release build adds about 9):
 #   BENCH_RUNS               repetitions of every measurement (default 3)
 #   BENCH_SMALL_COUNT        ~300 B notes per producer and consumer run (default 100000)
 #   BENCH_LARGE_COUNT        ~4 KiB notes per producer and consumer run (default 20000)
@@ -27,15 +30,22 @@
 #                            the delivery phase (default 30000)
 #   BENCH_SCHEDULER_RATES    tier records per second, comma-separated (default 1000,10000,50000)
 #   BENCH_SCHEDULER_SECONDS  seconds of tier records written at each rate (default 4)
-#   BENCH_PHASES             subset of producer,intake,consumer,failure,scheduler,retry,delivery
-#                            (default all); intake: rebound-producer serve loaded by wrk, one
-#                            note per request over 64 and 16 connections, 10 s each; delivery:
-#                            the failure path (10% transient) and the scheduler draining a
-#                            backlog, each with --delivery exactly-once and at-least-once side
-#                            by side in every repetition;
+#   BENCH_PHASES             subset of producer,intake,consumer,failure,scheduler,retry,delivery,
+#                            peer (default all); intake: rebound-producer serve loaded by wrk,
+#                            one note per request over 64 and 16 connections, 10 s each;
+#                            delivery: the failure path (10% transient) and the scheduler
+#                            draining a backlog, each with --delivery exactly-once and
+#                            at-least-once side by side in every repetition;
 #                            retry: notes failing once at a webhook, re-applied after a 1 s tier
 #                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
-#                            at the webhook
+#                            at the webhook; peer: rebound beside a Spring Boot application with
+#                            Spring Kafka's @RetryableTopic (scripts/bench/spring/, built with
+#                            Maven by scripts/bench/spring-peer.sh into a cache outside the
+#                            repository): happy path, 10% failure path and retry timing
+#   BENCH_PEER_COUNT         small notes per happy-path run of the peer phase (default 50000)
+#   BENCH_PEER_FAILURE_COUNT small notes per failure-path run of the peer phase (default 5000:
+#                            Spring's failure path runs at tens to hundreds of notes/s)
+#   BENCH_SPRING_JAVA_OPTS   JVM options of the Spring peer (default -Xmx256m)
 #   BENCH_SKIP_BUILD         1: use the binaries in target/release as they are
 #   BENCH_POSTGRES           0: leave the PostgreSQL sink out of the consumer phase (default 1:
 #                            measured on REBOUND_TEST_POSTGRES_URL's server, else on
@@ -56,7 +66,8 @@ case ${1:-} in
   *) warn "error: unexpected argument: $1 (settings are BENCH_* variables, see the header)"; usage; exit 2 ;;
 esac
 
-for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT BENCH_DELIVERY_COUNT; do
+for var in BENCH_RUNS BENCH_SMALL_COUNT BENCH_LARGE_COUNT BENCH_FAILURE_COUNT BENCH_DELIVERY_COUNT \
+  BENCH_PEER_COUNT BENCH_PEER_FAILURE_COUNT; do
   value=${!var:-1}
   [[ $value =~ ^[1-9][0-9]*$ ]] || die "$var must be a whole number of at least 1, not '$value'"
 done
@@ -105,6 +116,20 @@ if ((${#missing_tools[@]})); then
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is needed to run scripts/bench/harness.py"
 
+readonly PHASES=${BENCH_PHASES:-producer,intake,consumer,failure,scheduler,retry,delivery,peer}
+SPRING_JAR=""
+if [[ ,$PHASES, == *,peer,* ]]; then
+  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+    say "Java or Maven is missing (the Spring peer needs both); installing them with apt-get"
+    command -v apt-get >/dev/null 2>&1 || die "java and mvn are missing and apt-get is not available; install Java 17+ and Maven"
+    sudo_cmd=()
+    ((EUID == 0)) || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update
+    "${sudo_cmd[@]}" apt-get install -y openjdk-17-jdk-headless maven
+  fi
+  SPRING_JAR=$("$SCRIPT_DIR/bench/spring-peer.sh") || die "the Spring peer did not build"
+fi
+
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
   say "building release binaries (log: target/bench/$RUN/build.log)"
   cargo build --release --workspace --bins >"$RUN_DIR/build.log" 2>&1 \
@@ -119,7 +144,7 @@ else
   KAFKA_STARTED=1
 fi
 
-if [[ ${BENCH_POSTGRES:-1} == 1 && -z $POSTGRES_URL && ,${BENCH_PHASES:-consumer}, == *,consumer,* ]]; then
+if [[ ${BENCH_POSTGRES:-1} == 1 && -z $POSTGRES_URL && ,$PHASES, == *,consumer,* ]]; then
   if POSTGRES_URL=$("$SCRIPT_DIR/postgres-local.sh" status 2>/dev/null); then
     POSTGRES_URL=${POSTGRES_URL#running }
   else
@@ -132,6 +157,8 @@ fi
 [[ ${BENCH_POSTGRES:-1} == 1 ]] || POSTGRES_URL=""
 
 started=$SECONDS
+# --spring-java-opts=VALUE, in one word: the value starts with a dash, which argparse would
+# otherwise take for a flag of its own.
 python3 "$SCRIPT_DIR/bench/harness.py" \
   --postgres-url "$POSTGRES_URL" \
   --repo "$REPO" \
@@ -145,7 +172,18 @@ python3 "$SCRIPT_DIR/bench/harness.py" \
   --delivery-count "${BENCH_DELIVERY_COUNT:-30000}" \
   --scheduler-rates "${BENCH_SCHEDULER_RATES:-1000,10000,50000}" \
   --scheduler-seconds "${BENCH_SCHEDULER_SECONDS:-4}" \
-  --phases "${BENCH_PHASES:-producer,intake,consumer,failure,scheduler,retry,delivery}" \
+#   BENCH_PHASES             subset of producer,intake,consumer,failure,scheduler,retry,delivery,
+#                            peer (default all); intake: rebound-producer serve loaded by wrk,
+#                            one note per request over 64 and 16 connections, 10 s each;
+#                            delivery: the failure path (10% transient) and the scheduler
+#                            draining a backlog, each with --delivery exactly-once and
+#                            at-least-once side by side in every repetition;
+#                            retry: notes failing once at a webhook, re-applied after a 1 s tier
+#                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
+#                            at the webhook; peer: rebound beside a Spring Boot application with
+#                            Spring Kafka's @RetryableTopic (scripts/bench/spring/, built with
+#                            Maven by scripts/bench/spring-peer.sh into a cache outside the
+#                            repository): happy path, 10% failure path and retry timing
   --command "scripts/bench.sh" &
 HARNESS_PID=$!
 rc=0
@@ -156,4 +194,5 @@ HARNESS_PID=""
 cp "$RUN_DIR/results.md" "$REPO/target/bench/latest.md"
 cp "$RUN_DIR/results.json" "$REPO/target/bench/latest.json"
 say "done in $((SECONDS - started)) s after the build"
+say "the run's row for the history table of docs/performance.md: $(<"$RUN_DIR/history-row.md")"
 cat "$RUN_DIR/results.md"

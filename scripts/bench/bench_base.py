@@ -12,7 +12,7 @@ import notes as notegen
 from common import RECORD_DELIMITER, KEY_DELIMITER, KCAT_PRODUCER_SETTINGS, METRICS_POLL_SECONDS, log, BenchError
 from metrics import http_get, scrape, consumer_outcomes
 from children import Children
-from report import machine, render_markdown
+from report import machine, render_markdown, history_row, source_commit
 
 
 class BenchBase:
@@ -196,14 +196,17 @@ class BenchBase:
     # Consumers (the consumer, failure and retry phases).
 
     def consumer_command(self, prefix, source, group, sink, port, extra=()):
+        experiment = self.args.consumer_extra.split()
+        # The consumer refuses a flag given twice: --consumer-extra's batch size replaces 500.
+        batch_size = [] if "--batch-size" in experiment else ["--batch-size", "500"]
         return [
             os.path.join(self.bin, "rebound-consumer"), "--brokers", self.brokers,
             "--topic-prefix", prefix, "--source-topic", source, "--group", group,
-            "--sink", sink, "--batch-size", "500", "--metrics-listen", f"127.0.0.1:{port}",
-            *extra, *self.args.consumer_extra.split(),
+            "--sink", sink, *batch_size, "--metrics-listen", f"127.0.0.1:{port}",
+            *extra, *experiment,
         ]
 
-    def watch_consumer(self, process, port, expected, done, timeout):
+    def watch_consumer(self, process, port, expected, done, timeout, counter="rebound_consumer_records_total"):
         """Polls /metrics until `done(outcomes)`; returns timings from start and from the first
         record the consumer finished (start-up and group join excluded)."""
         first_at = first_count = None
@@ -215,7 +218,7 @@ class BenchBase:
                 raise BenchError(f"{process.bench_name}: not done after {timeout}s ({outcomes}); see {process.bench_log}")
             if self.children.reap(process, block=False) is not None:
                 raise BenchError(f"{process.bench_name} exited early; see {process.bench_log}")
-            outcomes = consumer_outcomes(scrape(port))
+            outcomes = consumer_outcomes(scrape(port), counter)
             finished = outcomes["applied"] + outcomes["retried"] + outcomes["dead_lettered"]
             if first_at is None and finished > 0:
                 first_at, first_count = now, finished
@@ -242,9 +245,13 @@ class BenchBase:
             json.dump(self.results, handle, indent=2, sort_keys=True)
         with open(os.path.join(self.out, "results.md"), "w", encoding="utf-8") as handle:
             handle.write(render_markdown(self.results))
+        # The run's row for docs/performance.md's history table.
+        with open(os.path.join(self.out, "history-row.md"), "w", encoding="utf-8") as handle:
+            handle.write(history_row(self.results) + "\n")
 
     def run(self, phases):
         self.machine_info = machine(self.args.repo)
+        self.results["commit"] = source_commit(self.args.repo)
         self.results["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         started = time.monotonic()
         self.prepare_records()
@@ -263,6 +270,7 @@ class BenchBase:
             "scheduler": self.bench_scheduler,
             "retry": self.bench_retry_timing,
             "delivery": self.bench_delivery,
+            "peer": self.bench_peer,
         }
         for phase in phases:
             phase_started = time.monotonic()

@@ -10,10 +10,10 @@ from common import log, median, free_port
 class FailurePhase:
     """The failure path; a mixin of harness.Bench."""
 
-    def failure_run(self, transient, rep, ordering="key", delivery=None, count=None):
+    def failure_run(self, transient, rep, ordering="key", delivery=None, count=None, label_prefix="f"):
         """One run; `delivery` sets both services' --delivery (their default when None)."""
         count = count or self.args.failure_count
-        label = f"f{rep}-{int(transient * 100)}-{ordering}" + (f"-{delivery}" if delivery else "")
+        label = f"{label_prefix}{rep}-{int(transient * 100)}-{ordering}" + (f"-{delivery}" if delivery else "")
         delivery_flags = ["--delivery", delivery] if delivery else []
         prefix = f"{self.run_id}-{label}."
         self.create_topics(prefix, ["notes"], ["retry-5s", "retry-1m"])

@@ -32,15 +32,17 @@ class FailOnceReceiver:
                 # One entry per note version: the dataset holds several versions of some notes.
                 note_id = self.headers.get("Idempotency-Key")
                 with owner.lock:
+                    now_ms = time.time() * 1000
                     first = note_id not in owner.failed_at_ms
-                    if not first and note_id not in owner.reapplied_at_ms:
-                        owner.reapplied_at_ms[note_id] = time.time() * 1000
+                    # The failure's time is taken before the answer is sent: taken after, a
+                    # client that retries at once could be seen back before it had failed.
+                    if first:
+                        owner.failed_at_ms[note_id] = now_ms
+                    elif note_id not in owner.reapplied_at_ms:
+                        owner.reapplied_at_ms[note_id] = now_ms
                 self.send_response(503 if first else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                if first:
-                    with owner.lock:
-                        owner.failed_at_ms[note_id] = time.time() * 1000
 
             def log_message(self, *_args):
                 pass
@@ -72,27 +74,44 @@ class FailOnceReceiver:
 class RetryPhase:
     """Retry timing at the webhook; a mixin of harness.Bench."""
 
-    def retry_timing_run(self, label, count, tier_ms, rate, rep):
+    def retry_timing_run(self, label, count, tier_ms, rate, rep, engine="rebound"):
+        """One shape's run; `engine` "spring" measures the Spring peer (bench_peer.py) through the
+        same receiver instead of rebound-consumer and rebound-scheduler."""
         prefix = f"{self.run_id}-{label}-{rep}."
         self.create_topics(prefix, ["notes"], ["retry-5s", "retry-1m"])
         receiver = FailOnceReceiver()
-        tiers = ["--tier", f"retry-5s:{tier_ms}ms", "--tier", f"retry-1m:{tier_ms}ms"]
-        scheduler_port = free_port()
-        scheduler = self.children.spawn(
-            self.next_name(f"scheduler-{label}"),
-            [os.path.join(self.bin, "rebound-scheduler"), "--brokers", self.brokers, "--topic-prefix", prefix,
-             "--group", f"{prefix}scheduler", *tiers, "--metrics-listen", f"127.0.0.1:{scheduler_port}"],
-        )
-        consumer_port = free_port()
-        consumer = self.children.spawn(
-            self.next_name(f"consumer-{label}"),
-            self.consumer_command(
-                prefix, "notes", f"{prefix}consumer", receiver.url, consumer_port, extra=tiers,
-            ),
-        )
+        services = []
+        if engine == "spring":
+            port = free_port()
+            spring = self.children.spawn(
+                self.next_name(f"spring-{label}"),
+                self.spring_command(prefix, f"{prefix}spring", port, delay_ms=tier_ms, failure_rate=0.0, seed=rep + 1,
+                                    sink=receiver.url),
+                stdout="log",
+            )
+            services.append(("spring", spring, port))
+        else:
+            tiers = ["--tier", f"retry-5s:{tier_ms}ms", "--tier", f"retry-1m:{tier_ms}ms"]
+            scheduler_port = free_port()
+            scheduler = self.children.spawn(
+                self.next_name(f"scheduler-{label}"),
+                [os.path.join(self.bin, "rebound-scheduler"), "--brokers", self.brokers, "--topic-prefix", prefix,
+                 "--group", f"{prefix}scheduler", *tiers, "--metrics-listen", f"127.0.0.1:{scheduler_port}"],
+            )
+            services.append(("scheduler", scheduler, scheduler_port))
+            consumer_port = free_port()
+            consumer = self.children.spawn(
+                self.next_name(f"consumer-{label}"),
+                self.consumer_command(
+                    prefix, "notes", f"{prefix}consumer", receiver.url, consumer_port, extra=tiers,
+                ),
+            )
+            services.append(("consumer", consumer, consumer_port))
+        rss = {}
         try:
-            self.wait_ready(scheduler, scheduler_port)
-            self.wait_ready(consumer, consumer_port)
+            # The JVM of the Spring peer takes seconds to start on a busy machine.
+            for _, process, port in services:
+                self.wait_ready(process, port, timeout=120)
             kcat = self.children.spawn(
                 self.next_name(f"load-{label}"),
                 ["kcat", "-P", "-b", self.brokers, "-t", prefix + "notes", "-K", KEY_DELIMITER, "-D",
@@ -114,27 +133,29 @@ class RetryPhase:
                     raise BenchError(f"{label}: {receiver.reapplied()} of {count} notes re-applied after 120 s")
                 time.sleep(0.05)
         finally:
-            self.children.stop(consumer)
-            self.children.stop(scheduler)
+            for service, process, _ in reversed(services):
+                rss[service] = self.children.stop(process)[1]
             receiver.close()
         beyond = receiver.lateness_beyond_ms(tier_ms)
         return {
-            "count": count, "tier_ms": tier_ms, "rate": rate,
+            "count": count, "tier_ms": tier_ms, "rate": rate, "rss_kib": rss,
             "beyond_ms_p50": percentile(beyond, 0.50),
             "beyond_ms_p99": percentile(beyond, 0.99),
             "beyond_ms_max": max(beyond),
             "beyond_ms_min": min(beyond),
         }
 
+    # The two shapes every retry timing measurement uses, the "peer" phase's included.
+    RETRY_SHAPES = {
+        # A trickle: one failing note every 200 ms on a 1 s tier.
+        "trickle": {"count": 30, "tier_ms": 1000, "rate": 5},
+        # A burst: 100 failing notes at once on a 500 ms tier.
+        "burst": {"count": 100, "tier_ms": 500, "rate": 0},
+    }
+
     def bench_retry_timing(self):
-        shapes = {
-            # A trickle: one failing note every 200 ms on a 1 s tier.
-            "trickle": {"count": 30, "tier_ms": 1000, "rate": 5},
-            # A burst: 100 failing notes at once on a 500 ms tier.
-            "burst": {"count": 100, "tier_ms": 500, "rate": 0},
-        }
         summary = {}
-        for shape, params in shapes.items():
+        for shape, params in self.RETRY_SHAPES.items():
             runs = [self.retry_timing_run(shape, rep=rep, **params) for rep in range(self.args.runs)]
             for run in runs:
                 log(f"retry timing {shape}: beyond the delay p50 {run['beyond_ms_p50']:.0f} ms, "

@@ -55,8 +55,12 @@ class Children:
             time.sleep(RSS_SAMPLE_SECONDS)
 
     def spawn(self, name, command, stdin=None, stdout=subprocess.DEVNULL, env=None):
+        """Starts `command` with stderr to its log; stdout="log" sends stdout there too (the
+        Spring peer logs to stdout)."""
         log_path = os.path.join(self.log_dir, f"{name}.log")
         log_file = open(log_path, "ab")
+        if isinstance(stdout, str) and stdout == "log":
+            stdout = log_file
         full_env = dict(os.environ)
         full_env.update(env or {})
         process = subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=log_file, env=full_env)

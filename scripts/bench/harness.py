@@ -9,8 +9,9 @@
 # hit both sides. Each repetition uses its own topics and consumer group. Children are stopped
 # (SIGTERM, then SIGKILL) on any exit, and the topics the run created are deleted at the end.
 #
-# The harness is split by phase: bench_producer.py, bench_intake.py, bench_consumer.py, bench_failure.py,
-# bench_scheduler.py and bench_retry.py hold the measurements, bench_base.py, children.py,
+# The harness is split by phase: bench_producer.py, bench_intake.py, bench_consumer.py,
+# bench_failure.py, bench_scheduler.py, bench_retry.py, bench_delivery.py and bench_peer.py hold
+# the measurements, bench_base.py, children.py,
 # metrics.py, common.py and report.py the shared plumbing. This file puts them together and is
 # the command line.
 
@@ -28,6 +29,7 @@ from bench_consumer import ConsumerPhase  # noqa: E402
 from bench_delivery import DeliveryPhase  # noqa: E402
 from bench_failure import FailurePhase  # noqa: E402
 from bench_intake import IntakePhase  # noqa: E402
+from bench_peer import PeerPhase  # noqa: E402
 from bench_producer import ProducerPhase  # noqa: E402
 from bench_retry import RetryPhase  # noqa: E402
 from bench_scheduler import SchedulerPhase  # noqa: E402
@@ -36,7 +38,7 @@ from report import compress_large_files  # noqa: E402
 
 
 class Bench(ProducerPhase, IntakePhase, ConsumerPhase, FailurePhase, SchedulerPhase, RetryPhase, DeliveryPhase,
-            BenchBase):
+            PeerPhase, BenchBase):
     """One benchmark run: the phases' measurements on the shared plumbing."""
 
 
@@ -58,7 +60,12 @@ def main():
     parser.add_argument("--scheduler-delay-ms", type=int, default=2000)
     parser.add_argument("--consumer-extra", default="", help="extra flags of every consumer (experiments)")
     parser.add_argument("--scheduler-extra", default="", help="extra flags of the timed scheduler (experiments)")
-    parser.add_argument("--phases", default="producer,intake,consumer,failure,scheduler,retry,delivery")
+    parser.add_argument("--phases", default="producer,intake,consumer,failure,scheduler,retry,delivery,peer")
+    parser.add_argument("--peer-count", type=int, default=50000, help="notes per happy-path run of the peer phase")
+    parser.add_argument("--peer-failure-count", type=int, default=5000,
+                        help="notes per failure-path run of the peer phase")
+    parser.add_argument("--spring-jar", default="", help="the Spring peer's jar (scripts/bench/spring-peer.sh)")
+    parser.add_argument("--spring-java-opts", default="", help="JVM options of the Spring peer")
     parser.add_argument("--postgres-url", default="",
                         help="a PostgreSQL server for the consumer phase's PostgreSQL sink (none: not measured)")
     parser.add_argument("--command", default="scripts/bench.sh")

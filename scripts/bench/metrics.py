@@ -40,8 +40,9 @@ def sum_series(samples, name, *label_fragments):
     )
 
 
-def consumer_outcomes(samples):
-    total = "rebound_consumer_records_total"
+def consumer_outcomes(samples, total="rebound_consumer_records_total"):
+    """Applied, retried and dead-lettered records; `total` is the counter's name (the Spring
+    peer of the "peer" phase serves the same labels under its own name)."""
     return {
         "applied": sum_series(samples, total, 'outcome="applied"'),
         "retried": sum_series(samples, total, 'outcome="retried"'),

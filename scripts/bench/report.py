@@ -202,11 +202,120 @@ def render_markdown(results):
         rss_rows.append(("rebound-scheduler, failure path (0 s tiers)", failure["scheduler_peak_rss_kib"]))
     for rate, figures in scheduler.items():
         rss_rows.append((f"rebound-scheduler, {int(rate):,} records/s", figures["peak_rss_kib"]))
+    peer = summary.get("peer")
+    if peer:
+        rss_rows.append(("rebound-consumer, peer phase", peer["rebound_consumer_peak_rss_kib"]))
+        rss_rows.append(("rebound-scheduler, peer phase", peer["rebound_scheduler_peak_rss_kib"]))
+        rss_rows.append((f"Spring Kafka peer ({peer['spring_java_opts'] or 'JVM defaults'}) (reference)",
+                         peer["spring_peak_rss_kib"]))
     for label, kib in rss_rows:
-        reference = "kcat" in label
+        reference = "reference" in label
         lines.append(f"| {label} | {fmt_mib(kib)} | {'' if reference else verdict(kib <= 64 * 1024)} |")
     lines.append("")
+    if peer:
+        lines += render_peer(peer)
     return "\n".join(lines)
+
+
+def render_peer(peer):
+    """The "peer" phase's table: rebound beside Spring Kafka's @RetryableTopic, same run."""
+    lines = [f"Against Spring for Apache Kafka's `@RetryableTopic` (two retry topics, fixed back-off, a DLT; "
+             f"{peer['notes']:,} small notes per happy-path run, {peer['failure_notes']:,} per failure-path run; "
+             f"ratio = rebound / Spring; target: rebound ahead):",
+             "", "| measurement | rebound | Spring Kafka | ratio | verdict |", "| --- | --- | --- | --- | --- |"]
+    happy_ok = peer["happy_vs_spring"] > 1.0
+    failure_ok = peer["failure_vs_spring"] > 1.0
+    lines.append(
+        f"| happy path, notes/s (kcat -C {fmt_rate(peer['kcat_notes_per_s'])}/s) | "
+        f"{fmt_rate(peer['rebound_happy_notes_per_s'])} ({fmt_ratio(peer['rebound_happy_vs_kcat'])} kcat) | "
+        f"{fmt_rate(peer['spring_happy_notes_per_s'])} ({fmt_ratio(peer['spring_happy_vs_kcat'])} kcat) | "
+        f"{fmt_ratio(peer['happy_vs_spring'])} | {verdict(happy_ok)} |"
+    )
+    lines.append(
+        f"| 10% transient failures, short tiers, notes/s | {fmt_rate(peer['rebound_failure_notes_per_s'])} | "
+        f"{fmt_rate(peer['spring_failure_notes_per_s'])} | {fmt_ratio(peer['failure_vs_spring'])} | {verdict(failure_ok)} |"
+    )
+    lines.append(
+        f"| failure path time / happy path time, per note | {fmt_ratio(peer['rebound_overhead'])} | "
+        f"{fmt_ratio(peer['spring_overhead'])} | | |"
+    )
+    for shape in ("trickle", "burst"):
+        if f"rebound_{shape}_beyond_ms_p99" not in peer:
+            continue
+        rebound_p99, spring_p99 = peer[f"rebound_{shape}_beyond_ms_p99"], peer[f"spring_{shape}_beyond_ms_p99"]
+        lines.append(
+            f"| retry lateness beyond the delay, {shape} (p50 / p99 / max) | "
+            f"{peer[f'rebound_{shape}_beyond_ms_p50']:.0f} / {rebound_p99:.0f} / "
+            f"{peer[f'rebound_{shape}_beyond_ms_max']:.0f} ms | "
+            f"{peer[f'spring_{shape}_beyond_ms_p50']:.0f} / {spring_p99:.0f} / "
+            f"{peer[f'spring_{shape}_beyond_ms_max']:.0f} ms | | "
+            f"{verdict(rebound_p99 < spring_p99 and peer[f'rebound_{shape}_beyond_ms_min'] >= 0)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def source_commit(repo):
+    """The commit measured: `git describe`-like short hash, with "+changes" when the work tree
+    differed from it (the row then measures something no commit holds)."""
+    def git(*arguments):
+        done = subprocess.run(["git", "-C", repo, *arguments], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=7", "HEAD") or "?"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+# The history table's columns: a heading and how to read the figure from the summary.
+HISTORY_COLUMNS = [
+    ("producer/kcat small", lambda s: fmt_ratio(s["producer_small"]["direct_vs_kcat"])),
+    ("outbox/kcat small", lambda s: fmt_ratio(s["producer_small"]["outbox_vs_kcat"])),
+    ("null sink/kcat small", lambda s: fmt_ratio(s["consumer_small"]["null_vs_kcat"])),
+    ("null sink/kcat large", lambda s: fmt_ratio(s["consumer_large"]["null_vs_kcat"])),
+    ("SQLite small/s", lambda s: fmt_rate(s["consumer_small"]["sqlite_notes_per_s"])),
+    ("failure path", lambda s: fmt_ratio(s["failure"]["overhead"])),
+    ("scheduler p99 @10k", lambda s: f"{s['scheduler']['10000']['lateness_ms_p99']:.0f} ms"),
+    ("retry burst p99", lambda s: f"{s['retry_timing']['burst']['beyond_ms_p99']:.0f} ms"),
+    ("vs Spring happy", lambda s: fmt_ratio(s["peer"]["happy_vs_spring"])),
+    ("vs Spring 10%", lambda s: fmt_ratio(s["peer"]["failure_vs_spring"])),
+    ("retry p99 trickle/burst, rebound vs Spring", lambda s: (
+        f"{s['peer']['rebound_trickle_beyond_ms_p99']:.0f}/{s['peer']['rebound_burst_beyond_ms_p99']:.0f} vs "
+        f"{s['peer']['spring_trickle_beyond_ms_p99']:.0f}/{s['peer']['spring_burst_beyond_ms_p99']:.0f} ms")),
+    ("largest rebound peak RSS", lambda s: f"{fmt_mib(largest_rebound_rss_kib(s))} MiB"),
+]
+
+
+def largest_rebound_rss_kib(summary):
+    """The largest peak RSS of any rebound service in the run (the references left out)."""
+    peaks = [
+        value
+        for phase in summary.values() if isinstance(phase, dict)
+        for figures in [phase, *[value for value in phase.values() if isinstance(value, dict)]]
+        for key, value in figures.items()
+        if key.endswith("peak_rss_kib") and not key.startswith(("kcat", "spring"))
+    ]
+    if not peaks:
+        raise KeyError("no peak RSS")
+    return max(peaks)
+
+
+def history_header():
+    headings = ["date", "commit", "runs"] + [heading for heading, _ in HISTORY_COLUMNS]
+    return ["| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings)]
+
+
+def history_row(results):
+    """One row of docs/performance.md's history table: the run's date, commit and figures
+    ("-" for a phase the run left out)."""
+    summary = results["summary"]
+    cells = [results.get("started_at", "?")[:10], f"`{results.get('commit', '?')}`",
+             str(results.get("config", {}).get("runs", "?"))]
+    for _, read in HISTORY_COLUMNS:
+        try:
+            cells.append(read(summary))
+        except (KeyError, TypeError):
+            cells.append("-")
+    return "| " + " | ".join(cells) + " |"
 
 
 def compress_large_files(directory):
