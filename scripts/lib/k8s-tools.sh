@@ -9,7 +9,8 @@
 #
 # Needs a Go toolchain: `go` on PATH or /usr/local/go. One older than 1.21 (Debian 12's
 # golang-go is 1.19) cannot fetch a newer one itself, so the toolchain $BOOTSTRAP_GO is then
-# taken from the Go module proxy as the module golang.org/toolchain. Everything goes under $REBOUND_K8S_TOOLS (default ~/.cache/rebound/k8s-tools),
+# taken from the Go module proxy as the module golang.org/toolchain. Everything goes under
+# $REBOUND_K8S_TOOLS (default ~/.cache/rebound/k8s-tools),
 # one folder per version, so a version change installs afresh and a second run does nothing.
 # Sets HELM, KUBECONFORM and K8S_SCHEMA_DIR (the folder of the generated schemas).
 
@@ -50,8 +51,11 @@ k8s_tools_go() {
   dir=$(mkdir -p "$root" && cd "$root" &&
     GOFLAGS=-mod=mod "$found" mod download -json "golang.org/toolchain@v0.0.1-$BOOTSTRAP_GO.linux-$arch" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || return 1
+  # A module zip keeps no file modes: the go command, when it switches toolchains itself, makes
+  # the toolchain's programs executable after the download; done here the same way.
+  [[ -f $dir/bin/go ]] || { k8s_tools_say "no bin/go in golang.org/toolchain $BOOTSTRAP_GO"; return 1; }
+  chmod u+x "$dir"/bin/* "$dir"/pkg/tool/*/* || return 1
   GO=$dir/bin/go
-  [[ -x $GO ]] || { k8s_tools_say "no bin/go in golang.org/toolchain $BOOTSTRAP_GO"; return 1; }
 }
 
 ensure_k8s_tools() {
