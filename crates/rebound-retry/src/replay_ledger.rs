@@ -102,13 +102,6 @@ impl ReplayLedger {
             .collect()
     }
 
-    /// Replayed offsets of one partition within `[low, high)`.
-    fn count_in(&self, partition: i32, low: i64, high: i64) -> i64 {
-        self.replayed.get(&partition).map_or(0, |offsets| {
-            i64::try_from(offsets.range(low..high).count()).unwrap_or(i64::MAX)
-        })
-    }
-
     /// The first offset in `[low, high)` without a marker.
     fn first_not_replayed(&self, partition: i32, low: i64, high: i64) -> Option<i64> {
         // Walk the markers in order until the first gap: linear in markers, not in offsets.
@@ -140,23 +133,24 @@ pub struct DlqBacklog {
 }
 
 impl DlqBacklog {
-    /// Counts the backlog of a DLQ from its watermarks (partition to `(low, high)`) and its
-    /// replay ledger. Markers of dead letters that fell out of retention no longer count. The
-    /// oldest timestamp is left unset: it takes reading the record at
-    /// [`ReplayLedger::first_not_replayed_offsets`].
+    /// Counts one dead letter read from the DLQ: partition, offset and Kafka timestamp.
     ///
-    /// Counts assume the DLQ's offsets are contiguous, which holds for a DLQ written by rebound's
-    /// non-transactional producers and never compacted.
-    pub fn count(watermarks: &BTreeMap<i32, (i64, i64)>, ledger: &ReplayLedger) -> Self {
-        let mut backlog = DlqBacklog::default();
-        for (partition, (low, high)) in watermarks {
-            let records = high - low;
-            let not_replayed = records - ledger.count_in(*partition, *low, *high);
-            backlog.records += records;
-            backlog.not_replayed += not_replayed;
-            backlog.partitions.insert(*partition, (records, not_replayed));
+    /// The backlog is counted from the records read, never from the watermarks: with
+    /// exactly-once delivery every transaction that wrote to a DLQ partition leaves a commit
+    /// marker there, which takes an offset but is no dead letter, so `high - low` overcounts.
+    pub fn add(&mut self, partition: i32, offset: i64, timestamp_ms: Option<i64>, ledger: &ReplayLedger) {
+        let replayed = ledger.contains(partition, offset);
+        let counts = self.partitions.entry(partition).or_default();
+        counts.0 += 1;
+        self.records += 1;
+        if !replayed {
+            counts.1 += 1;
+            self.not_replayed += 1;
+            self.oldest_not_replayed_timestamp_ms = match (self.oldest_not_replayed_timestamp_ms, timestamp_ms) {
+                (Some(oldest), Some(timestamp)) => Some(oldest.min(timestamp)),
+                (oldest, timestamp) => oldest.or(timestamp),
+            };
         }
-        backlog
     }
 }
 
@@ -209,7 +203,6 @@ mod tests {
         assert_eq!(ledger.len(), 6);
         assert!(ledger.contains(0, 5) && !ledger.contains(0, 3) && !ledger.contains(2, 0));
         // Offsets 0 and 1 fell out of retention: their markers no longer count.
-        assert_eq!(ledger.count_in(0, 2, 10), 3);
         assert_eq!(ledger.first_not_replayed(0, 0, 10), Some(3));
         assert_eq!(ledger.first_not_replayed(0, 0, 3), None);
         assert_eq!(ledger.first_not_replayed(1, 0, 1), None);
@@ -217,23 +210,21 @@ mod tests {
     }
 
     #[test]
-    fn the_backlog_counts_dead_letters_without_a_marker_per_partition() {
+    fn the_backlog_counts_the_dead_letters_read_not_the_offsets_between_them() {
         let ledger = sample_ledger();
-        let watermarks = BTreeMap::from([(0, (2, 10)), (1, (0, 1)), (2, (4, 6))]);
-        let backlog = DlqBacklog::count(&watermarks, &ledger);
-        assert_eq!(
-            backlog,
-            DlqBacklog {
-                records: 11,
-                not_replayed: 7,
-                oldest_not_replayed_timestamp_ms: None,
-                partitions: BTreeMap::from([(0, (8, 5)), (1, (1, 0)), (2, (2, 2))]),
-            }
-        );
-        assert_eq!(
-            ledger.first_not_replayed_offsets(&watermarks),
-            BTreeMap::from([(0, 3), (2, 4)])
-        );
-        assert_eq!(DlqBacklog::count(&BTreeMap::new(), &ledger), DlqBacklog::default());
+        let mut backlog = DlqBacklog::default();
+        // Partition 0 holds dead letters at offsets 2..10 with a transaction marker at 6 (no
+        // record is read there); of those read, 2, 5 and 9 are replayed.
+        for offset in [2, 3, 4, 5, 7, 8, 9] {
+            backlog.add(0, offset, Some(1_000 + offset), &ledger);
+        }
+        backlog.add(1, 0, Some(5), &ledger);
+        backlog.add(2, 4, None, &ledger);
+        assert_eq!(backlog.records, 9, "markers take offsets, not records");
+        assert_eq!(backlog.partitions[&0], (7, 4));
+        assert_eq!(backlog.partitions[&1], (1, 0), "offset 0 of partition 1 was replayed");
+        assert_eq!(backlog.partitions[&2], (1, 1));
+        assert_eq!(backlog.not_replayed, 5);
+        assert_eq!(backlog.oldest_not_replayed_timestamp_ms, Some(1_003), "offset 3's");
     }
 }
