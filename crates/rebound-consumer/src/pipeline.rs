@@ -80,19 +80,6 @@ pub async fn run_with_sink(
     let mut required_topics = config.source_topics.clone();
     required_topics.extend(config.policy.tiers().iter().map(|tier| tier.topic.clone()));
     required_topics.push(config.policy.dead_letter_topic().to_owned());
-    if let Some(key_order) = &config.key_order {
-        // Created here if missing, so turning ordering on needs no separate step.
-        match crate::key_order::ensure_state_topic(&config.kafka, &key_order.state_topic).await {
-            Ok(rebound_kafka::TopicCreation::Created(topic)) => {
-                tracing::info!(topic, "created the per-key order state topic");
-            }
-            Ok(rebound_kafka::TopicCreation::AlreadyExisted(_)) => {}
-            Err(error) => {
-                tracing::warn!(topic = key_order.state_topic, %error, "could not create the per-key order state topic")
-            }
-        }
-        required_topics.push(key_order.state_topic.clone());
-    }
     let spec = RuntimeSpec {
         service: "consumer",
         kafka: &config.kafka,
@@ -104,6 +91,20 @@ pub async fn run_with_sink(
     let Some(runtime) = Runtime::start(spec, &shutdown).await? else {
         return Ok(());
     };
+    if let Some(key_order) = &config.key_order {
+        // Created here if missing, so turning ordering on needs no separate step. After the
+        // runtime's topic check, which a signal cuts short: by now the brokers answer, and the
+        // state is first read when partitions are assigned, after this.
+        match crate::key_order::ensure_state_topic(&config.kafka, &key_order.state_topic).await {
+            Ok(rebound_kafka::TopicCreation::Created(topic)) => {
+                tracing::info!(topic, "created the per-key order state topic");
+            }
+            Ok(rebound_kafka::TopicCreation::AlreadyExisted(_)) => {}
+            Err(error) => {
+                tracing::warn!(topic = key_order.state_topic, %error, "could not create the per-key order state topic")
+            }
+        }
+    }
     let sink: Box<dyn Sink> = match config.failure_injection {
         Some((injection, seed)) => Box::new(FailureInjectingSink::new(sink, injection, seed)),
         None => sink,
