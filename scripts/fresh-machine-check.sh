@@ -18,9 +18,9 @@
 # Files: target/fresh-machine/<run>/ (repo/ the copy and its build, demo.log, test.log).
 #
 # Environment:
-#   FRESH_KAFKA_PORT     client port of the broker inside (default 49092; +1 .. +5 are used too)
-#   FRESH_POSTGRES_PORT  port of the test command's PostgreSQL inside (default 45432)
-#   FRESH_REGISTRY_PORT  port of the test command's schema registry inside (default 48081)
+#   FRESH_KAFKA_PORT     client port of the broker inside (default 27092; +1 .. +5 are used too)
+#   FRESH_POSTGRES_PORT  port of the test command's PostgreSQL inside (default 25432)
+#   FRESH_REGISTRY_PORT  port of the test command's schema registry inside (default 28181)
 #   FRESH_NICE           niceness of the steps inside (default 0; 19 yields to everything else)
 #   RUSTUP_HOME, CARGO_HOME  the host's Rust installation (default ~/.rustup, ~/.cargo)
 set -euo pipefail
@@ -35,9 +35,11 @@ case ${1:-} in
   *) warn "error: unexpected argument: $1"; usage; exit 2 ;;
 esac
 
-readonly KAFKA_PORT=${FRESH_KAFKA_PORT:-49092}
-readonly POSTGRES_PORT=${FRESH_POSTGRES_PORT:-45432}
-readonly REGISTRY_PORT=${FRESH_REGISTRY_PORT:-48081}
+# Below the kernel's ephemeral port range (32768 and up on Linux), where outgoing connections
+# take their local ports: a listener there can find its port taken (the broker binds six).
+readonly KAFKA_PORT=${FRESH_KAFKA_PORT:-27092}
+readonly POSTGRES_PORT=${FRESH_POSTGRES_PORT:-25432}
+readonly REGISTRY_PORT=${FRESH_REGISTRY_PORT:-28181}
 readonly NICENESS=${FRESH_NICE:-0}
 [[ $NICENESS =~ ^[0-9]+$ ]] || die "FRESH_NICE must be a whole number from 0 to 19, not '$NICENESS'"
 readonly HOST_RUSTUP=${RUSTUP_HOME:-$HOME/.rustup}
