@@ -39,7 +39,13 @@ async fn one_idle_and_both_ready(first: &str, second: &str) {
         if let (Some((first_status, first_report)), Some((second_status, second_report))) = &last {
             let held = [assigned_partitions(first_report), assigned_partitions(second_report)];
             let holders = held.iter().filter(|count| **count > 0).count();
-            let idle = held.iter().filter(|count| **count == 0).count();
+            // Idle means subscribed with nothing assigned: an instance still starting (its
+            // transactional producer initialising, "joining the consumer group") is neither.
+            let idle = [first_report, second_report]
+                .iter()
+                .zip(held)
+                .filter(|(report, count)| report.contains("subscribed") && *count == 0)
+                .count();
             if holders == 1 && idle == 1 {
                 assert_eq!(
                     (*first_status, *second_status),

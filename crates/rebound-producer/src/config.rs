@@ -87,12 +87,14 @@ pub struct OutboxArgs {
     #[arg(long, env = "REBOUND_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration_flag)]
     pub send_timeout: Duration,
 
-    /// Most bytes of notes the relay reads from the outbox and keeps in flight per round (a
-    /// single larger note still goes, alone). Bounds the relay's memory whatever the notes' size.
+    /// Most bytes of notes the relay reads from the outbox and keeps in flight (a single larger
+    /// note still goes, alone). Bounds the relay's memory whatever the notes' size: the window is
+    /// held about twice (the relay's copy and librdkafka's), so 8 MiB keeps a producer draining
+    /// large notes within its 64 MiB budget.
     #[arg(
         long,
         env = "REBOUND_RELAY_WINDOW_BYTES",
-        default_value_t = 16 << 20,
+        default_value_t = 8 << 20,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub relay_window_bytes: u64,
@@ -495,7 +497,7 @@ mod tests {
         let outbox = send.outbox.expect("the outbox is on by default");
         assert_eq!(outbox.dir, PathBuf::from("rebound-outbox"));
         assert_eq!(outbox.max_bytes, 1 << 30);
-        assert_eq!(outbox.relay_window_bytes, 16 << 20);
+        assert_eq!(outbox.relay_window_bytes, 8 << 20);
         assert!(matches!(outbox.flags, FlagsSource::Defaults));
     }
 

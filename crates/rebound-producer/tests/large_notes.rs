@@ -103,7 +103,7 @@ async fn a_backlog_of_large_notes_is_delivered_in_memory_bounded_by_bytes() {
         peak / MIB as u64,
         over_baseline / MIB as u64
     );
-    // The default 16 MiB window, held once in the relay and once in librdkafka's queue, plus
+    // The default 8 MiB window, held once in the relay and once in librdkafka's queue, plus
     // slack for SQLite and the allocator; the whole backlog would be far above it.
     assert!(
         over_baseline < 96 * MIB as u64,
