@@ -73,7 +73,11 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
                 &metrics,
                 "rebound_consumer_records_total{outcome=\"dead_lettered\",kind=\"permanent\"}",
             );
-            (applied_first == Some(3.0) && applied_retry == Some(1.0) && dead == Some(1.0)).then_some(metrics)
+            // Nothing in flight once all is settled: with exactly-once delivery a transaction
+            // may still be committing the last batch when the counters are already there.
+            let in_flight = metric_sample(&metrics, "rebound_consumer_in_flight_records");
+            (applied_first == Some(3.0) && applied_retry == Some(1.0) && dead == Some(1.0) && in_flight == Some(0.0))
+                .then_some(metrics)
         },
     )
     .await;
@@ -82,7 +86,6 @@ async fn failures_driven_through_the_pipeline_move_the_counters() {
         metrics.contains("rebound_consumer_sink_duration_seconds_bucket"),
         "{metrics}"
     );
-    assert_eq!(metric_sample(&metrics, "rebound_consumer_in_flight_records"), Some(0.0));
 
     let scheduler_metrics = scrape_metrics(&format!("{scheduler_url}/metrics")).await;
     let republished = format!("rebound_scheduler_republished_total{{tier=\"{prefix}retry-5s\"}}");
