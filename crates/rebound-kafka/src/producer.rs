@@ -58,6 +58,25 @@ pub struct OutgoingRecord {
     pub headers: RecordHeaders,
 }
 
+impl OutgoingRecord {
+    /// The record as librdkafka takes it, borrowing key, value and topic; the one place a
+    /// record is mapped for every producer of this crate (acknowledging and transactional).
+    pub(crate) fn to_future_record(&self) -> FutureRecord<'_, [u8], [u8]> {
+        let mut future_record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers_to_kafka(&self.headers));
+        if let Some(key) = self.key.as_deref() {
+            future_record = future_record.key(key);
+        }
+        if let Some(value) = self.value.as_deref() {
+            future_record = future_record.payload(value);
+        }
+        if let Some(partition) = self.partition {
+            future_record = future_record.partition(partition);
+        }
+        future_record
+    }
+}
+
 /// Where the broker stored an acknowledged record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckedRecord {
@@ -114,17 +133,7 @@ impl RecordProducer {
     ///
     /// Many sends may be in flight at once: create the futures, then await them together.
     pub async fn send(&self, record: &OutgoingRecord) -> Result<AckedRecord, KafkaError> {
-        let mut future_record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&record.topic).headers(headers_to_kafka(&record.headers));
-        if let Some(key) = record.key.as_deref() {
-            future_record = future_record.key(key);
-        }
-        if let Some(value) = record.value.as_deref() {
-            future_record = future_record.payload(value);
-        }
-        if let Some(partition) = record.partition {
-            future_record = future_record.partition(partition);
-        }
+        let future_record = record.to_future_record();
         // While librdkafka's local queue is full, `send` waits for room up to this bound instead
         // of failing at once: that is the producer's backpressure.
         match self

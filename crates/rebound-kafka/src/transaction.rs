@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::consumer::GroupMetadata;
-use crate::record::headers_to_kafka;
 use crate::scan::blocking;
 use crate::{AckedRecord, KafkaArgs, KafkaError, OutgoingRecord};
 
@@ -248,17 +247,7 @@ impl TransactionalProducer {
     }
 
     fn enqueue(&self, record: &OutgoingRecord) -> Result<DeliveryFuture, KafkaError> {
-        let mut future_record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&record.topic).headers(headers_to_kafka(&record.headers));
-        if let Some(key) = record.key.as_deref() {
-            future_record = future_record.key(key);
-        }
-        if let Some(value) = record.value.as_deref() {
-            future_record = future_record.payload(value);
-        }
-        if let Some(partition) = record.partition {
-            future_record = future_record.partition(partition);
-        }
+        let future_record = record.to_future_record();
         self.inner
             .send_result(future_record)
             .map_err(|(source, _)| KafkaError::Produce {
@@ -270,17 +259,7 @@ impl TransactionalProducer {
     async fn send_all(&self, records: &[OutgoingRecord]) -> Result<Vec<AckedRecord>, KafkaError> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
-            let mut future_record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&record.topic).headers(headers_to_kafka(&record.headers));
-            if let Some(key) = record.key.as_deref() {
-                future_record = future_record.key(key);
-            }
-            if let Some(value) = record.value.as_deref() {
-                future_record = future_record.payload(value);
-            }
-            if let Some(partition) = record.partition {
-                future_record = future_record.partition(partition);
-            }
+            let future_record = record.to_future_record();
             // Enqueued in order now, so the partition keeps the order of `records`.
             let delivery = self
                 .inner
