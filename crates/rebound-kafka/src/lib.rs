@@ -27,7 +27,7 @@ pub use consumer::{
     ConsumerSettings, GroupMetadata, LagPerTopic, OffsetCommits, PartitionAssignmentEvent, RecordConsumer,
     TopicPartition,
 };
-pub use producer::{AckedRecord, OutgoingRecord, ProducerSettings, RecordProducer};
+pub use producer::{AckedRecord, OutgoingRecord, PendingAck, ProducerSettings, RecordProducer};
 pub use reader::{TopicWatermarks, fetch_committed_offsets, fetch_topic_watermarks, read_topic_to_end};
 pub use record::ConsumedRecord;
 pub use replay_ledger::{ensure_replay_ledger_topic, fetch_dlq_backlog, read_replay_ledger, topic_exists};

@@ -77,6 +77,18 @@ impl OutgoingRecord {
     }
 }
 
+/// A record in librdkafka's queue, not yet acknowledged (see [`RecordProducer::enqueue`]).
+#[must_use = "a record's acknowledgement must be awaited to know it is safe"]
+pub struct PendingAck {
+    delivery: rdkafka::producer::DeliveryFuture,
+}
+
+impl std::fmt::Debug for PendingAck {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("PendingAck").finish_non_exhaustive()
+    }
+}
+
 /// Where the broker stored an acknowledged record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckedRecord {
@@ -148,6 +160,45 @@ impl RecordProducer {
             Err((source, _)) => Err(self.fatal_error().unwrap_or_else(|| KafkaError::Produce {
                 topic: record.topic.clone(),
                 source,
+            })),
+        }
+    }
+
+    /// Puts a record into librdkafka's queue and returns at once, without waiting for the
+    /// broker: the record's bytes are copied, so the caller's copy can go, and
+    /// [`RecordProducer::acknowledgement`] then waits for the broker's answer. `Ok(None)` when
+    /// librdkafka's queue is full: await an earlier acknowledgement, then enqueue again.
+    ///
+    /// For callers that keep thousands of records in flight: one small future per record rather
+    /// than a `send` future holding the record's copy until the broker answers.
+    pub fn enqueue(&self, record: &OutgoingRecord) -> Result<Option<PendingAck>, KafkaError> {
+        match self.inner.send_result(record.to_future_record()) {
+            Ok(delivery) => Ok(Some(PendingAck { delivery })),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                Ok(None)
+            }
+            Err((source, _)) => Err(self.fatal_error().unwrap_or_else(|| KafkaError::Produce {
+                topic: record.topic.clone(),
+                source,
+            })),
+        }
+    }
+
+    /// Waits for the broker's answer to an enqueued record.
+    pub async fn acknowledgement(&self, pending: PendingAck) -> Result<AckedRecord, KafkaError> {
+        match pending.delivery.await {
+            Ok(Ok(delivery)) => Ok(AckedRecord {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((source, message))) => Err(self.fatal_error().unwrap_or_else(|| KafkaError::Produce {
+                topic: rdkafka::Message::topic(&message).to_owned(),
+                source,
+            })),
+            // The producer went away with the record still queued.
+            Err(futures::channel::oneshot::Canceled) => Err(self.fatal_error().unwrap_or(KafkaError::Produce {
+                topic: "(producer closed)".to_owned(),
+                source: rdkafka::error::KafkaError::Canceled,
             })),
         }
     }

@@ -5,7 +5,6 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use rebound_kafka::{KafkaArgs, OutgoingRecord, ProducerSettings, RecordProducer};
 use rebound_registry::NoteEncoder;
 use rebound_retry::RecordHeaders;
@@ -22,6 +21,8 @@ const DIRECT_IN_FLIGHT: usize = 8192;
 /// acknowledged: in its send and in librdkafka's queue), so that large notes stay within the
 /// memory small ones take.
 const DIRECT_IN_FLIGHT_BYTES: usize = 8 << 20;
+/// How long to wait when librdkafka's queue is full and none of our records is in it.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
 /// A note published without the outbox: id, version, encoded value.
 pub(crate) struct DirectRecord {
@@ -103,8 +104,10 @@ pub(crate) async fn run(
 /// records once `shutdown` triggers, and still waits for those in flight. Returns how many
 /// records Kafka acknowledged.
 ///
-/// The sends are owned futures in a `FuturesOrdered` rather than a stream of borrowing
-/// closures, which keeps the whole future `Send` so that callers can spawn it.
+/// Each record is copied into librdkafka's queue and dropped here at once; what stays in flight
+/// is its acknowledgement, awaited oldest first. That is one small future per record rather
+/// than one polled future holding the record until the broker answers, which is where the
+/// publishing thread spent most of its time.
 pub(crate) async fn publish_directly(
     producer: &RecordProducer,
     topic: &str,
@@ -117,47 +120,67 @@ pub(crate) async fn publish_directly(
     let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
     let started = tokio::time::Instant::now();
     let mut pending = records.enumerate();
-    let mut in_flight = futures::stream::FuturesOrdered::new();
-    // The value sizes of the sends in flight, in the order they complete (input order).
-    let mut in_flight_sizes = std::collections::VecDeque::new();
+    let mut in_flight = std::collections::VecDeque::new();
     let mut in_flight_bytes = 0_usize;
+    // A record librdkafka's full queue refused, enqueued again after the next acknowledgement.
+    let mut refused: Option<(OutgoingRecord, i64)> = None;
     let mut acknowledged = 0_u64;
+    let kafka_failed = |source| ProducerError::Kafka {
+        operation: "publish note",
+        source,
+    };
     loop {
         while in_flight.len() < DIRECT_IN_FLIGHT
             && (in_flight.is_empty() || in_flight_bytes < DIRECT_IN_FLIGHT_BYTES)
             && !shutdown.is_triggered()
         {
-            let Some((index, record)) = pending.next() else {
-                break;
+            let (outgoing, version) = match refused.take() {
+                Some(record) => record,
+                None => {
+                    let Some((index, record)) = pending.next() else {
+                        break;
+                    };
+                    let record = record?;
+                    if let Some(interval) = interval {
+                        tokio::time::sleep_until(started + interval * u32::try_from(index).unwrap_or(u32::MAX)).await;
+                    }
+                    let outgoing = OutgoingRecord {
+                        topic: topic.to_owned(),
+                        partition: None,
+                        key: Some(record.note_id.into_bytes()),
+                        value: Some(encoder.frame_outbox_value(record.value)),
+                        headers: RecordHeaders::new(),
+                    };
+                    (outgoing, record.version)
+                }
             };
-            let record = record?;
-            if let Some(interval) = interval {
-                tokio::time::sleep_until(started + interval * u32::try_from(index).unwrap_or(u32::MAX)).await;
+            match producer.enqueue(&outgoing).map_err(kafka_failed)? {
+                Some(ack) => {
+                    let size = outgoing.value.as_ref().map_or(0, Vec::len);
+                    in_flight_bytes += size;
+                    in_flight.push_back((ack, outgoing.key.unwrap_or_default(), version, size));
+                }
+                None if in_flight.is_empty() => {
+                    // Full with other records than ours (a shared producer): wait for room.
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                    refused = Some((outgoing, version));
+                }
+                None => {
+                    refused = Some((outgoing, version));
+                    break;
+                }
             }
-            let producer = producer.clone();
-            let outgoing = OutgoingRecord {
-                topic: topic.to_owned(),
-                partition: None,
-                key: Some(record.note_id.clone().into_bytes()),
-                value: Some(encoder.frame_outbox_value(record.value)),
-                headers: RecordHeaders::new(),
-            };
-            let (note_id, version) = (record.note_id, record.version);
-            let size = outgoing.value.as_ref().map_or(0, Vec::len);
-            in_flight_sizes.push_back(size);
-            in_flight_bytes += size;
-            in_flight.push_back(async move { producer.send(&outgoing).await.map(|_| (note_id, version)) });
         }
-        let Some(result) = in_flight.next().await else {
+        let Some((ack, key, version, size)) = in_flight.pop_front() else {
+            if refused.is_some() && !shutdown.is_triggered() {
+                continue;
+            }
             break;
         };
-        in_flight_bytes -= in_flight_sizes.pop_front().unwrap_or(0);
-        let (note_id, version) = result.map_err(|source| ProducerError::Kafka {
-            operation: "publish note",
-            source,
-        })?;
+        producer.acknowledgement(ack).await.map_err(kafka_failed)?;
+        in_flight_bytes -= size;
         acknowledged += 1;
-        on_acknowledged(&note_id, version)?;
+        on_acknowledged(&String::from_utf8_lossy(&key), version)?;
     }
     Ok(acknowledged)
 }

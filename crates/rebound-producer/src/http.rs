@@ -11,7 +11,6 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rebound_schema::NoteCodec;
 use rebound_service::trace_context::{TRACEPARENT, continue_trace, headers_with_traceparent, traceparent_of};
 use rebound_service::{events, now_epoch_ms};
 use serde_json::json;
@@ -22,7 +21,7 @@ use crate::admission::{Admission, admit};
 use crate::auth::Client;
 use crate::flags::ResendFlags;
 use crate::limits::{IntakeLimits, Refusal};
-use crate::note_json::{NoteRejection, parse_notes_body};
+use crate::note_json::{CheckedNote, NoteRejection, parse_notes_body};
 use crate::outbox::{NewEntry, Outbox};
 use crate::relay::{RelayStatus, oldest_age_seconds};
 
@@ -119,29 +118,24 @@ async fn post_notes(
     // A note Kafka can never take is refused here: acknowledged, it would wait in the outbox
     // forever and hold back every later version of its note.
     let mut too_large = Vec::new();
-    for (index, note) in notes.iter().enumerate() {
+    let mut accepted = Vec::with_capacity(notes.len());
+    for (index, CheckedNote { note, value }) in notes.into_iter().enumerate() {
         let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
         continue_trace(&span, &request_trace);
-        match NoteCodec::embedded().encode(note) {
-            Ok(value) => {
-                if let Err(refusal) = limits.record_limit.check(&note.note_id, value.len()) {
-                    too_large.push(json!({
-                        "index": index,
-                        "message": format!("note {:?} version {} is too large for Kafka: {refusal}", note.note_id, note.version),
-                    }));
-                    continue;
-                }
-                entries.push(NewEntry {
-                    note_id: note.note_id.clone(),
-                    version: note.version,
-                    value,
-                    traceparent: traceparent_of(&span),
-                });
-            }
-            Err(error) => {
-                return error_response(StatusCode::UNPROCESSABLE_ENTITY, &error.to_string(), json!([]));
-            }
+        if let Err(refusal) = limits.record_limit.check(&note.note_id, value.len()) {
+            too_large.push(json!({
+                "index": index,
+                "message": format!("note {:?} version {} is too large for Kafka: {refusal}", note.note_id, note.version),
+            }));
+            continue;
         }
+        accepted.push(json!({ "note_id": note.note_id, "version": note.version }));
+        entries.push(NewEntry {
+            note_id: note.note_id,
+            version: note.version,
+            value,
+            traceparent: traceparent_of(&span),
+        });
     }
     if let Some(first) = too_large.first() {
         let summary = format!(
@@ -156,14 +150,11 @@ async fn post_notes(
     }
     match state.outbox.append(entries, now_epoch_ms()).await {
         Ok(_) => {
-            events::producer_notes_accepted(notes.len());
-            let accepted: Vec<serde_json::Value> = notes
-                .iter()
-                .map(|note| json!({ "note_id": note.note_id, "version": note.version }))
-                .collect();
+            events::producer_notes_accepted(accepted.len());
+            let count = accepted.len();
             (
                 StatusCode::ACCEPTED,
-                Json(json!({ "accepted": accepted, "count": notes.len() })),
+                Json(json!({ "accepted": accepted, "count": count })),
             )
                 .into_response()
         }

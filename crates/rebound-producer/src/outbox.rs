@@ -157,6 +157,23 @@ struct Counters {
     pending_bytes: AtomicU64,
 }
 
+/// An append in the writer's queue (see [`Outbox::queue_append`]).
+#[derive(Debug)]
+#[must_use = "the notes are accepted only once the append is committed"]
+pub struct QueuedAppend {
+    answer: oneshot::Receiver<Result<Vec<i64>, ProducerError>>,
+    appended: Arc<Notify>,
+}
+
+impl QueuedAppend {
+    /// Waits until the notes are committed to disk; their seqs, in order.
+    pub async fn committed(self) -> Result<Vec<i64>, ProducerError> {
+        let seqs = self.answer.await.map_err(|_| writer_gone())??;
+        self.appended.notify_one();
+        Ok(seqs)
+    }
+}
+
 /// The outbox. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
@@ -282,6 +299,18 @@ impl Outbox {
 
     /// Appends notes in order; resolves once they are committed to disk. All or nothing.
     pub async fn append(&self, entries: Vec<NewEntry>, accepted_at_ms: i64) -> Result<Vec<i64>, ProducerError> {
+        self.queue_append(entries, accepted_at_ms).await?.committed().await
+    }
+
+    /// Queues an append behind every one queued before it, and returns without waiting for
+    /// the commit: a caller with many notes keeps the next chunk coming while the writer
+    /// commits this one, and the writer folds queued chunks into one transaction. Chunks are
+    /// committed, and get their seqs, in the order they were queued.
+    pub async fn queue_append(
+        &self,
+        entries: Vec<NewEntry>,
+        accepted_at_ms: i64,
+    ) -> Result<QueuedAppend, ProducerError> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(WriteRequest::Append {
@@ -291,9 +320,10 @@ impl Outbox {
             })
             .await
             .map_err(|_| writer_gone())?;
-        let seqs = answer.await.map_err(|_| writer_gone())??;
-        self.appended.notify_one();
-        Ok(seqs)
+        Ok(QueuedAppend {
+            answer,
+            appended: Arc::clone(&self.appended),
+        })
     }
 
     /// Removes acknowledged notes.
@@ -652,6 +682,22 @@ fn run_writer(
     }
 }
 
+/// The seqs as runs of consecutive numbers, `(first, last)` inclusive, ascending; duplicates
+/// count once. Every number of a run is one of the seqs, so deleting a run deletes nothing else.
+fn consecutive_runs(seqs: &[i64]) -> Vec<(i64, i64)> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for seq in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(seq) => *last = seq,
+            _ => runs.push((seq, seq)),
+        }
+    }
+    runs
+}
+
 fn refusal_to_error(outcome: WriteRefusal) -> ProducerError {
     ProducerError::WriteOutbox {
         reason: match outcome {
@@ -686,6 +732,14 @@ fn write_batch(
         // One statement deletes a note and reports its size for the byte budget; a seq that is
         // already gone (removed twice after a resend) returns no row.
         let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING LENGTH(value)")?;
+        // Acknowledged notes are removed by runs of consecutive seqs: the relay acknowledges
+        // mostly in order, so a batch of 1,024 is a few runs, and two statements per run cost
+        // less than a `DELETE ... RETURNING` per note (which was two thirds of this thread's
+        // time). `LENGTH` of a blob reads its header, not its bytes.
+        let mut measure_run = transaction.prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM outbox WHERE seq BETWEEN ?1 AND ?2",
+        )?;
+        let mut delete_run = transaction.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?;
         let mut fail =
             transaction.prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1")?;
         let mut copy_to_rejected = transaction.prepare_cached(
@@ -724,13 +778,14 @@ fn write_batch(
                     results.push(Ok(seqs));
                 }
                 WriteRequest::Remove { seqs, .. } => {
-                    for seq in seqs {
-                        let size: Option<i64> = delete.query_row([seq], |row| row.get(0)).optional()?;
-                        if let Some(size) = size {
-                            removed_notes += 1;
-                            removed_bytes += u64::try_from(size).unwrap_or(0);
-                            projected_bytes = projected_bytes.saturating_sub(u64::try_from(size).unwrap_or(0));
-                        }
+                    for (first, last) in consecutive_runs(seqs) {
+                        let (count, size): (i64, i64) =
+                            measure_run.query_row([first, last], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                        delete_run.execute([first, last])?;
+                        let size = u64::try_from(size).unwrap_or(0);
+                        removed_notes += u64::try_from(count).unwrap_or(0);
+                        removed_bytes += size;
+                        projected_bytes = projected_bytes.saturating_sub(size);
                     }
                     results.push(Ok(Vec::new()));
                 }
@@ -769,6 +824,16 @@ fn write_batch(
 mod tests {
     use super::*;
 
+    #[test]
+    fn removed_seqs_group_into_runs_that_hold_only_those_seqs() {
+        assert_eq!(consecutive_runs(&[]), vec![]);
+        assert_eq!(consecutive_runs(&[5]), vec![(5, 5)]);
+        assert_eq!(
+            consecutive_runs(&[7, 3, 4, 5, 9, 10, 4, i64::MAX, i64::MAX - 1]),
+            vec![(3, 5), (7, 7), (9, 10), (i64::MAX - 1, i64::MAX)]
+        );
+    }
+
     fn entry(note_id: &str, version: i64, size: usize) -> NewEntry {
         NewEntry {
             note_id: note_id.to_owned(),
@@ -776,6 +841,40 @@ mod tests {
             value: vec![7; size],
             traceparent: None,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removing_scattered_and_repeated_seqs_removes_exactly_those_notes() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(directory.path(), 1 << 20).expect("opens");
+        let seqs = outbox
+            .append(
+                (1..=6)
+                    .map(|index| entry(&format!("n{index}"), 1, index * 10))
+                    .collect(),
+                5,
+            )
+            .await
+            .expect("appends");
+        // Out of order, with a gap and a repeat, and a seq removed before.
+        outbox.remove(vec![seqs[5]]).await.expect("removes");
+        outbox
+            .remove(vec![seqs[3], seqs[0], seqs[2], seqs[3], seqs[5]])
+            .await
+            .expect("removes");
+        assert_eq!(outbox.pending_notes(), 2);
+        assert_eq!(outbox.pending_bytes(), 20 + 50);
+        let left: Vec<String> = outbox
+            .oldest_pending(10)
+            .await
+            .expect("reads")
+            .into_iter()
+            .map(|entry| entry.note_id)
+            .collect();
+        assert_eq!(left, ["n2", "n5"]);
+        drop(outbox);
+        let reopened = Outbox::open(directory.path(), 1 << 20).expect("reopens");
+        assert_eq!((reopened.pending_notes(), reopened.pending_bytes()), (2, 70));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -476,7 +476,13 @@ impl Relay {
         let seq = entry.seq;
         let (record, span) = self.record_of(entry);
         let producer = self.producer.clone();
-        Box::pin(async move { (seq, producer.send(&record).instrument(span).await) })
+        // Enqueued now, so the record's copy goes at once and only its acknowledgement waits;
+        // with librdkafka's queue full, `send` waits for room instead.
+        match span.in_scope(|| producer.enqueue(&record)) {
+            Ok(Some(ack)) => Box::pin(async move { (seq, producer.acknowledgement(ack).instrument(span).await) }),
+            Ok(None) => Box::pin(async move { (seq, producer.send(&record).instrument(span).await) }),
+            Err(error) => Box::pin(std::future::ready((seq, Err(error)))),
+        }
     }
 
     /// Sends one note and waits for Kafka's answer.

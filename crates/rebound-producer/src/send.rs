@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use rebound_kafka::{KafkaArgs, RecordProducer};
 use rebound_registry::NoteEncoder;
-use rebound_schema::NoteCodec;
 use rebound_service::{OutputFormat, Shutdown, events, now_epoch_ms};
 
 use crate::config::{NdjsonInput, OutboxConfig, SendConfig};
@@ -35,13 +34,16 @@ pub(crate) async fn run(
     let input = config.input.clone();
     let record_limit = config.delivery.record_limit;
     let spool_dir = config.outbox.as_ref().map(|outbox| outbox.dir.clone());
+    // Created first: the idempotent producer needs a connection and a producer id before its
+    // first record goes out (librdkafka asks again only every 500 ms while the connection is
+    // not up), and that wait overlaps the pass over the input instead of following it.
+    let producer = crate::create_producer(kafka, config.delivery.send_timeout)?;
     let notes = tokio::task::spawn_blocking(move || spool_ndjson_notes(&input, record_limit, spool_dir.as_deref()))
         .await
         .map_err(|error| ProducerError::ReadInput {
             input: config.input.to_string(),
             reason: error.to_string(),
         })??;
-    let producer = crate::create_producer(kafka, config.delivery.send_timeout)?;
     let notes_in_input = notes.count;
     let acknowledged = match &config.outbox {
         None => send_without_outbox(&producer, &topic, encoder, notes, config.timeout, &shutdown).await?,
@@ -111,6 +113,10 @@ struct SpooledNotes {
     count: usize,
 }
 
+/// Chunks of 1,000 notes queued to the outbox's writer at once; the writer commits what is
+/// queued in one transaction, so a few in the queue keep it busy without waiting on the reader.
+const APPENDS_IN_FLIGHT: usize = 4;
+
 /// Bytes buffered when reading the input and the spool.
 const SPOOL_BUFFER: usize = 1 << 16;
 
@@ -146,7 +152,6 @@ fn spool_ndjson_notes(
     }
     .map_err(spool_failed)?;
     let mut writer = std::io::BufWriter::with_capacity(SPOOL_BUFFER, spool);
-    let codec = NoteCodec::embedded();
     let mut line = String::new();
     let mut line_number = 0;
     let mut count = 0;
@@ -159,14 +164,11 @@ fn spool_ndjson_notes(
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<serde_json::Value>(&line)
-            .map_err(|error| format!("not valid JSON: {error}"))
-            .and_then(|value| note_json::note_from_json(&value).map_err(|problem| problem.message().to_owned()));
-        let note = parsed.map_err(|reason| ProducerError::ParseInput {
-            line: line_number,
-            reason,
-        })?;
-        let value = codec.encode(&note)?;
+        let note_json::CheckedNote { note, value } =
+            note_json::parse_note_line(&line).map_err(|problem| ProducerError::ParseInput {
+                line: line_number,
+                reason: problem.message().to_owned(),
+            })?;
         if let Err(too_large) = record_limit.check(&note.note_id, value.len()) {
             return Err(ProducerError::AcceptInput {
                 line: line_number,
@@ -247,7 +249,26 @@ async fn send_through_outbox(
     let relay_shutdown = Shutdown::new();
     let relay_task = tokio::spawn(relay.run(relay_shutdown.clone()));
     let mut records = notes.into_records().peekable();
-    while records.peek().is_some() {
+    // Chunks queued and not yet committed: the next chunk is read while the writer commits.
+    let mut queued = std::collections::VecDeque::new();
+    loop {
+        if queued.len() >= APPENDS_IN_FLIGHT || records.peek().is_none() {
+            let Some((append, accepted)) = queued.pop_front() else {
+                break;
+            };
+            match crate::outbox::QueuedAppend::committed(append).await {
+                Ok(seqs) => {
+                    last_seq = seqs.last().copied().unwrap_or(last_seq);
+                    events::producer_notes_accepted(accepted);
+                }
+                Err(error) => {
+                    relay_shutdown.trigger();
+                    let _ = relay_task.await;
+                    return Err(error);
+                }
+            }
+            continue;
+        }
         let chunk = records.by_ref().take(1000).collect::<Result<Vec<DirectRecord>, _>>();
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -268,16 +289,14 @@ async fn send_through_outbox(
             });
         }
         let accepted = entries.len();
-        let seqs = match outbox.append(entries, now_epoch_ms()).await {
-            Ok(seqs) => seqs,
+        match outbox.queue_append(entries, now_epoch_ms()).await {
+            Ok(append) => queued.push_back((append, accepted)),
             Err(error) => {
                 relay_shutdown.trigger();
                 let _ = relay_task.await;
                 return Err(error);
             }
-        };
-        last_seq = seqs.last().copied().unwrap_or(last_seq);
-        events::producer_notes_accepted(accepted);
+        }
     }
     tracing::info!(notes = note_count, "notes accepted into the outbox");
     let deadline = tokio::time::Instant::now() + timeout;
@@ -372,7 +391,7 @@ mod tests {
         .expect("spools");
         assert_eq!(spooled.count, 2);
         let records: Vec<DirectRecord> = spooled.into_records().collect::<Result<_, _>>().expect("reads back");
-        let codec = NoteCodec::embedded();
+        let codec = rebound_schema::NoteCodec::embedded();
         let decoded: Vec<(String, i64, String)> = records
             .iter()
             .map(|record| {
