@@ -102,8 +102,12 @@ class RetryPhase:
             consumer_port = free_port()
             consumer = self.children.spawn(
                 self.next_name(f"consumer-{label}"),
+                # Every note fails once here, by design of the shape: to the circuit breaker that
+                # is an outage, and it would hold records until a probe succeeds, measuring the
+                # breaker rather than the tiers. The peer has no breaker; like for like, it is off.
                 self.consumer_command(
-                    prefix, "notes", f"{prefix}consumer", receiver.url, consumer_port, extra=tiers,
+                    prefix, "notes", f"{prefix}consumer", receiver.url, consumer_port,
+                    extra=[*tiers, "--breaker", "off"],
                 ),
             )
             services.append(("consumer", consumer, consumer_port))

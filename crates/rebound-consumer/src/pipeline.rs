@@ -145,7 +145,15 @@ pub async fn run_with_sink(
         let shutdown = shutdown.clone();
         async move { shutdown.wait().await }
     });
-    let (applied_sender, applied_receiver) = tokio::sync::mpsc::channel(APPLIED_BATCHES_QUEUED);
+    // With exactly-once delivery the batches queued here are what the next transaction takes
+    // together (each transaction costs round trips to the coordinator whatever its size), so
+    // the queue also holds what at-least-once delivery keeps in flight instead: the same bound
+    // on memory, and larger transactions when the broker is the bottleneck.
+    let applied_queue = match pipeline.runtime.delivery() {
+        DeliveryMode::ExactlyOnce => APPLIED_BATCHES_QUEUED + COPY_BATCHES_IN_FLIGHT,
+        DeliveryMode::AtLeastOnce => APPLIED_BATCHES_QUEUED,
+    };
+    let (applied_sender, applied_receiver) = tokio::sync::mpsc::channel(applied_queue);
     let intake = {
         let (pipeline, shutdown) = (&pipeline, &stop);
         let mut breaker = config.breaker.map(CircuitBreaker::new);

@@ -20,7 +20,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Valid notes (every one fails transiently, to the first tier) and poison records (to the DLQ).
-const NOTES: usize = 200;
+/// Each killed round commits one hop first, and a hop takes every batch queued behind it (up to
+/// 11 batches of 10 records here): enough records that the last round still has a second hop
+/// to die in.
+const NOTES: usize = 700;
 const POISON: usize = 100;
 /// How many times the consumer is killed between copy and commit.
 const KILLS: usize = 6;

@@ -63,6 +63,34 @@ impl std::fmt::Debug for TransactionalProducer {
     }
 }
 
+/// How long librdkafka waits before asking the transaction coordinator again. Right after a
+/// commit the coordinator is still writing that transaction's markers and answers the next
+/// transaction's first request with `CONCURRENT_TRANSACTIONS`, which it clears in a millisecond
+/// or two; librdkafka's default of 100 ms made every other hop wait that long (measured: the
+/// consumer's happy path at 11,000 notes/s with transactions against 198,000/s without; 57,000
+/// with 10 ms). Other retries back off exponentially from it, up to `retry.backoff.max.ms`.
+const TRANSACTION_RETRY_BACKOFF_MS: &str = "10";
+
+/// The transactional producer's librdkafka configuration: ours where we chose, the user's
+/// (`-X`, file) over it, and the properties transactions need over everything.
+fn transactional_client_config(
+    resolved: &crate::config::ResolvedKafkaConfig,
+    transactional_id: &str,
+    transaction_timeout: Duration,
+) -> rdkafka::ClientConfig {
+    let transaction_timeout_ms = transaction_timeout.as_millis().to_string();
+    let mut config = resolved.client_config(&[
+        ("transaction.timeout.ms", &transaction_timeout_ms),
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+        ("retry.backoff.ms", TRANSACTION_RETRY_BACKOFF_MS),
+    ]);
+    config.set("transactional.id", transactional_id);
+    config.set("enable.idempotence", "true");
+    config.set("acks", "all");
+    config
+}
+
 impl TransactionalProducer {
     /// Creates the producer and initialises transactions for `transactional_id`. The broker
     /// then aborts any transaction an earlier producer with this id left open (it crashed) and
@@ -76,15 +104,7 @@ impl TransactionalProducer {
         transaction_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let transaction_timeout_ms = transaction_timeout.as_millis().to_string();
-        let mut config = args.resolve()?.client_config(&[
-            ("transaction.timeout.ms", &transaction_timeout_ms),
-            ("linger.ms", "5"),
-            ("compression.type", "lz4"),
-        ]);
-        config.set("transactional.id", transactional_id);
-        config.set("enable.idempotence", "true");
-        config.set("acks", "all");
+        let config = transactional_client_config(&args.resolve()?, transactional_id, transaction_timeout);
         let inner: FutureProducer = config.create().map_err(|source| KafkaError::CreateClient {
             client: "transactional producer",
             source,
@@ -418,5 +438,42 @@ impl KafkaError {
             code,
             Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(extra: &[&str]) -> crate::config::ResolvedKafkaConfig {
+        let mut args = KafkaArgs::for_brokers("127.0.0.1:9092");
+        args.kafka_config = extra
+            .iter()
+            .map(|property| property.parse().expect("KEY=VALUE"))
+            .collect();
+        args.resolve().expect("valid")
+    }
+
+    #[test]
+    fn transactions_ask_the_coordinator_again_within_milliseconds_unless_told_otherwise() {
+        let config = transactional_client_config(&resolved(&[]), "id", Duration::from_secs(10));
+        assert_eq!(config.get("retry.backoff.ms"), Some(TRANSACTION_RETRY_BACKOFF_MS));
+        assert_eq!(config.get("transactional.id"), Some("id"));
+        assert_eq!(config.get("transaction.timeout.ms"), Some("10000"));
+        let overridden = transactional_client_config(
+            &resolved(&["retry.backoff.ms=250", "enable.idempotence=false"]),
+            "id",
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            overridden.get("retry.backoff.ms"),
+            Some("250"),
+            "-X wins over our default"
+        );
+        assert_eq!(
+            overridden.get("enable.idempotence"),
+            Some("true"),
+            "transactions need it"
+        );
     }
 }
