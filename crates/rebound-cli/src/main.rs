@@ -7,10 +7,6 @@ use clap::Parser as _;
 use rebound_cli::{Cli, UsageError, run};
 use rebound_service::init_telemetry;
 
-/// mimalloc instead of glibc's malloc: see ARCHITECTURE.md, "Allocator".
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

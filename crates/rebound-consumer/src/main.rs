@@ -5,10 +5,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use rebound_consumer::ConsumerArgs;
 
-/// mimalloc instead of glibc's malloc: see ARCHITECTURE.md, "Allocator".
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ConsumerArgs::parse();

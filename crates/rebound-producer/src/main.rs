@@ -6,10 +6,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use rebound_producer::{ProducerArgs, ProducerError};
 
-/// mimalloc instead of glibc's malloc: see ARCHITECTURE.md, "Allocator".
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ProducerArgs::parse();
