@@ -172,18 +172,11 @@ python3 "$SCRIPT_DIR/bench/harness.py" \
   --delivery-count "${BENCH_DELIVERY_COUNT:-30000}" \
   --scheduler-rates "${BENCH_SCHEDULER_RATES:-1000,10000,50000}" \
   --scheduler-seconds "${BENCH_SCHEDULER_SECONDS:-4}" \
-#   BENCH_PHASES             subset of producer,intake,consumer,failure,scheduler,retry,delivery,
-#                            peer (default all); intake: rebound-producer serve loaded by wrk,
-#                            one note per request over 64 and 16 connections, 10 s each;
-#                            delivery: the failure path (10% transient) and the scheduler
-#                            draining a backlog, each with --delivery exactly-once and
-#                            at-least-once side by side in every repetition;
-#                            retry: notes failing once at a webhook, re-applied after a 1 s tier
-#                            (a trickle) and a 500 ms tier (a burst of 100), lateness measured
-#                            at the webhook; peer: rebound beside a Spring Boot application with
-#                            Spring Kafka's @RetryableTopic (scripts/bench/spring/, built with
-#                            Maven by scripts/bench/spring-peer.sh into a cache outside the
-#                            repository): happy path, 10% failure path and retry timing
+  --phases "$PHASES" \
+  --peer-count "${BENCH_PEER_COUNT:-50000}" \
+  --peer-failure-count "${BENCH_PEER_FAILURE_COUNT:-5000}" \
+  --spring-jar "$SPRING_JAR" \
+  --spring-java-opts="${BENCH_SPRING_JAVA_OPTS:--Xmx256m}" \
   --command "scripts/bench.sh" &
 HARNESS_PID=$!
 rc=0
