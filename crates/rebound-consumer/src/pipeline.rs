@@ -247,13 +247,15 @@ fn jitter_sample() -> f64 {
 
 /// The span of one record's processing, continuing the trace the record carries.
 fn record_span(record: &ConsumedRecord) -> tracing::Span {
-    let span = tracing::info_span!(
-        "consumer.process",
-        messaging.source = %record.topic,
-        messaging.partition = record.partition,
-        messaging.offset = record.offset,
-        outcome = tracing::field::Empty,
-    );
+    let span = rebound_service::trace_context::record_span(|| {
+        tracing::info_span!(
+            "consumer.process",
+            messaging.source = %record.topic,
+            messaging.partition = record.partition,
+            messaging.offset = record.offset,
+            outcome = tracing::field::Empty,
+        )
+    });
     continue_trace(&span, &record.headers);
     span
 }
@@ -1558,7 +1560,9 @@ impl Pipeline<'_> {
                 Route::DeadLetter => "dead_lettered",
             },
         );
-        let hop = tracing::info_span!(parent: span, "consumer.route", messaging.destination = %dispatch.topic, error.kind = %failure.kind);
+        let hop = rebound_service::trace_context::record_span(
+            || tracing::info_span!(parent: span, "consumer.route", messaging.destination = %dispatch.topic, error.kind = %failure.kind),
+        );
         inject_trace(&hop, &mut dispatch.headers);
         Fate::Route(Box::new(dispatch))
     }

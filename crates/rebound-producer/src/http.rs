@@ -120,7 +120,9 @@ async fn post_notes(
     let mut too_large = Vec::new();
     let mut accepted = Vec::with_capacity(notes.len());
     for (index, CheckedNote { note, value }) in notes.into_iter().enumerate() {
-        let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
+        let span = rebound_service::trace_context::record_span(
+            || tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version),
+        );
         continue_trace(&span, &request_trace);
         if let Err(refusal) = limits.record_limit.check(&note.note_id, value.len()) {
             too_large.push(json!({

@@ -457,7 +457,9 @@ impl Relay {
     fn record_of(&self, entry: OutboxEntry) -> (OutgoingRecord, tracing::Span) {
         // The send continues the trace begun when the note was accepted, and the record
         // carries it on to the consumer.
-        let span = tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version);
+        let span = rebound_service::trace_context::record_span(
+            || tracing::info_span!("producer.publish", messaging.destination = %self.topic, note_id = %entry.note_id, version = entry.version),
+        );
         continue_trace(&span, &headers_with_traceparent(entry.traceparent.as_deref()));
         let mut headers = RecordHeaders::new();
         inject_trace(&span, &mut headers);

@@ -280,7 +280,9 @@ async fn send_through_outbox(
         };
         let mut entries = Vec::with_capacity(chunk.len());
         for note in chunk {
-            let span = tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version);
+            let span = rebound_service::trace_context::record_span(
+                || tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version),
+            );
             entries.push(NewEntry {
                 note_id: note.note_id,
                 version: note.version,

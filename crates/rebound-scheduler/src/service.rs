@@ -405,7 +405,7 @@ impl Scheduler<'_> {
                 if held.sent {
                     return None;
                 }
-                let span = match &held.action {
+                let span = rebound_service::trace_context::record_span(|| match &held.action {
                     ReleaseAction::Republish { target_topic } => tracing::info_span!(
                         "scheduler.republish",
                         messaging.source = %held.record.topic,
@@ -417,7 +417,7 @@ impl Scheduler<'_> {
                         messaging.source = %held.record.topic,
                         messaging.destination = %dispatch.topic,
                     ),
-                };
+                });
                 continue_trace(&span, &held.record.headers);
                 let mut outgoing = take_outgoing(held);
                 inject_trace(&span, &mut outgoing.headers);

@@ -117,6 +117,7 @@ pub fn init_telemetry(format: LogFormat, otlp_endpoint: Option<&str>, service_na
         Ok(provider) => {
             let tracer = provider.tracer(service_name);
             guard.provider = Some(provider);
+            crate::trace_context::mark_spans_exported();
             Some(tracing_opentelemetry::layer().with_tracer(tracer))
         }
         Err(error) => {

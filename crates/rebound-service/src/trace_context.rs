@@ -37,6 +37,33 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// Set once the span exporter is installed (`init_telemetry` with an OTLP endpoint).
+static SPANS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans go anywhere: a span exporter is installed.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Says that spans are exported, so per-record spans are made: `init_telemetry` calls it when
+/// it installs its exporter, and a process that installs its own tracing pipeline (an embedding
+/// application, a test with an in-memory exporter) calls it too.
+pub fn mark_spans_exported() {
+    SPANS_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The span of one record's (or one note's) trip through a service, made by `make` only when
+/// spans are exported, and a disabled span otherwise. Without an exporter such a span carries
+/// nothing (the log layers print events only, and there is no trace context to pass on), yet
+/// creating one per record was 9 to 14% of the consumer's time with the null sink.
+pub fn record_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    record_span_if(spans_exported(), make)
+}
+
+fn record_span_if(exported: bool, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if exported { make() } else { tracing::Span::none() }
+}
+
 /// Makes `span` a child of the trace context in `headers`, if they carry a valid one.
 pub fn continue_trace(span: &tracing::Span, headers: &RecordHeaders) {
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
@@ -73,6 +100,21 @@ pub fn headers_with_traceparent(traceparent: Option<&str>) -> RecordHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_spans_are_made_only_when_spans_are_exported() {
+        let mut made = 0;
+        let span = record_span_if(false, || {
+            made += 1;
+            tracing::info_span!("not made")
+        });
+        assert!(span.is_none() && made == 0, "no exporter: no span made");
+        let _ = record_span_if(true, || {
+            made += 1;
+            tracing::info_span!("made")
+        });
+        assert_eq!(made, 1, "with an exporter the span is made");
+    }
 
     #[test]
     fn without_a_tracing_pipeline_headers_are_left_as_they_are() {
