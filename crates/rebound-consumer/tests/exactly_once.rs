@@ -11,11 +11,10 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rebound_kafka::{fetch_committed_offsets, fetch_topic_watermarks};
 use rebound_retry::contract;
 use rebound_testkit::{
-    broker, create_test_topics, free_local_port, kafka_args, metric_sample, note, produce_notes, produce_raw, read_all,
-    scrape_metrics, unique_prefix, wait_for,
+    broker, create_test_topics, free_local_port, metric_sample, note, produce_notes, produce_raw, read_all,
+    scrape_metrics, unique_prefix, wait_for, wait_for_group_at_end,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -142,29 +141,15 @@ async fn produce_source_records(prefix: &str) {
     }
 }
 
-/// Waits until the consumer group's committed offsets are the source's end offsets.
-async fn wait_for_group_at_source_end(prefix: &str) {
-    let source = format!("{prefix}notes");
-    let ends = fetch_topic_watermarks(&kafka_args(), &source, Duration::from_secs(10))
-        .await
-        .expect("watermarks");
-    let group = format!("{prefix}consumer");
-    wait_for("the source committed to its end", Duration::from_secs(60), || async {
-        let committed = fetch_committed_offsets(&kafka_args(), &group, &source, Duration::from_secs(5))
-            .await
-            .ok()?;
-        ends.partitions
-            .iter()
-            .all(|(partition, (_, high))| committed.get(partition) == Some(high))
-            .then_some(())
-    })
-    .await;
-}
-
 /// Waits until the group committed the whole source, then finds exactly one copy of every
 /// source record in the tiers and the DLQ, read `read_committed`.
 async fn assert_every_record_copied_once(prefix: &str) {
-    wait_for_group_at_source_end(prefix).await;
+    wait_for_group_at_end(
+        &format!("{prefix}consumer"),
+        &format!("{prefix}notes"),
+        Duration::from_secs(60),
+    )
+    .await;
     // The killed rounds' open transactions hold the tiers' last stable offset until the broker
     // aborts them (the transaction timeout); every committed copy is readable after that.
     let copies = wait_for("a copy of every record", Duration::from_secs(60), || async {
@@ -199,7 +184,12 @@ async fn batches_that_write_nothing_commit_their_offsets_without_a_transaction()
         .kill_on_drop(true)
         .spawn()
         .expect("consumer binary starts");
-    wait_for_group_at_source_end(&prefix).await;
+    wait_for_group_at_end(
+        &format!("{prefix}consumer"),
+        &format!("{prefix}notes"),
+        Duration::from_secs(60),
+    )
+    .await;
     let metrics = scrape_metrics(&format!("http://127.0.0.1:{port}/metrics")).await;
     let applied: f64 = metrics
         .lines()

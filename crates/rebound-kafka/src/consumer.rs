@@ -424,11 +424,7 @@ impl RecordConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut list = TopicPartitionList::with_capacity(offsets.len());
-        for offset in offsets {
-            list.add_partition_offset(&offset.topic, offset.partition, Offset::Offset(offset.next_offset))
-                .map_err(|source| KafkaError::CommitOffsets { source })?;
-        }
+        let list = crate::transaction::offsets_to_commit(offsets)?;
         let consumer = Arc::clone(&self.inner);
         let commit = tokio::task::spawn_blocking(move || {
             consumer

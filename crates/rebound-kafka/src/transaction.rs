@@ -36,6 +36,16 @@ pub struct SourceOffset {
     pub next_offset: i64,
 }
 
+/// The positions as librdkafka commits them, for a transaction or a plain offset commit.
+pub(crate) fn offsets_to_commit(offsets: &[SourceOffset]) -> Result<TopicPartitionList, KafkaError> {
+    let mut list = TopicPartitionList::with_capacity(offsets.len());
+    for offset in offsets {
+        list.add_partition_offset(&offset.topic, offset.partition, Offset::Offset(offset.next_offset))
+            .map_err(|source| KafkaError::CommitOffsets { source })?;
+    }
+    Ok(list)
+}
+
 /// Records of an open transaction that the broker did not acknowledge: the transaction can
 /// only be aborted now. `refused` names each refused record by its index, with its error, so the
 /// caller can tell a record that can never be sent (too large) from a passing refusal.
@@ -238,11 +248,7 @@ impl TransactionalProducer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut list = TopicPartitionList::with_capacity(offsets.len());
-        for offset in offsets {
-            list.add_partition_offset(&offset.topic, offset.partition, Offset::Offset(offset.next_offset))
-                .map_err(|source| KafkaError::CommitOffsets { source })?;
-        }
+        let list = offsets_to_commit(offsets)?;
         let producer = self.inner.clone();
         let timeout = self.timeout;
         let sent = blocking("transaction offsets", timeout, move || {

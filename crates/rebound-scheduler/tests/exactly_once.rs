@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rebound_kafka::{fetch_committed_offsets, fetch_topic_watermarks};
 use rebound_retry::contract;
 use rebound_service::now_epoch_ms;
 use rebound_testkit::{
-    broker, create_test_topics, kafka_args, produce_raw, read_all, tier_record_headers, unique_prefix, wait_for,
+    broker, create_test_topics, produce_raw, read_all, tier_record_headers, unique_prefix, wait_for,
+    wait_for_group_at_end,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -91,20 +91,7 @@ async fn killed_between_republishing_and_commit_every_record_is_republished_exac
     }
 
     let mut scheduler = spawn_scheduler(&prefix, None);
-    let ends = fetch_topic_watermarks(&kafka_args(), &tier, Duration::from_secs(10))
-        .await
-        .expect("watermarks");
-    let group = format!("{prefix}scheduler");
-    wait_for("the tier committed to its end", Duration::from_secs(60), || async {
-        let committed = fetch_committed_offsets(&kafka_args(), &group, &tier, Duration::from_secs(5))
-            .await
-            .ok()?;
-        ends.partitions
-            .iter()
-            .all(|(partition, (_, high))| committed.get(partition) == Some(high))
-            .then_some(())
-    })
-    .await;
+    wait_for_group_at_end(&format!("{prefix}scheduler"), &tier, Duration::from_secs(60)).await;
     let republished = wait_for("every record republished", Duration::from_secs(60), || async {
         let mut by_original: BTreeMap<String, usize> = BTreeMap::new();
         for record in read_all(&format!("{prefix}notes")).await {

@@ -121,6 +121,24 @@ where
     }
 }
 
+/// Waits until consumer group `group` has committed every partition of `topic` at the end the
+/// topic has now: the group's service has settled every record written so far.
+pub async fn wait_for_group_at_end(group: &str, topic: &str, deadline: Duration) {
+    let ends = rebound_kafka::fetch_topic_watermarks(&kafka_args(), topic, Duration::from_secs(10))
+        .await
+        .expect("watermarks");
+    wait_for(&format!("{group} committed {topic} to its end"), deadline, || async {
+        let committed = rebound_kafka::fetch_committed_offsets(&kafka_args(), group, topic, Duration::from_secs(5))
+            .await
+            .ok()?;
+        ends.partitions
+            .iter()
+            .all(|(partition, (_, high))| committed.get(partition) == Some(high))
+            .then_some(())
+    })
+    .await;
+}
+
 /// Every record of a topic as it is now.
 pub async fn read_all(topic: &str) -> Vec<ConsumedRecord> {
     read_topic_to_end(&kafka_args(), topic, Duration::from_secs(60))
