@@ -1416,15 +1416,6 @@ impl Pipeline<'_> {
                 *blocked_partitions = blocked_after;
                 return;
             }
-            if copies.is_empty() {
-                // A hop that wrote nothing (every record applied): its offsets alone, committed
-                // at once rather than in a transaction of their own (ARCHITECTURE.md,
-                // "Exactly-once hops"). A failed commit is an event; the records are read again,
-                // and applying a note twice leaves the sink as it was.
-                let _ = self.runtime.commit_offsets_only(&offsets).await;
-                *blocked_partitions = blocked_after;
-                return;
-            }
             let committed = self
                 .runtime
                 .commit_hop(&mut copies, &offsets, |position, _, error: &KafkaError| {

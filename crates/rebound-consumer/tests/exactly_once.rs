@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use rebound_retry::contract;
 use rebound_testkit::{
-    broker, create_test_topics, free_local_port, metric_sample, note, produce_notes, produce_raw, read_all,
-    scrape_metrics, unique_prefix, wait_for, wait_for_group_at_end,
+    broker, create_test_topics, note, produce_notes, produce_raw, read_all, unique_prefix, wait_for,
+    wait_for_group_at_end,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -160,48 +160,6 @@ async fn assert_every_record_copied_once(prefix: &str) {
     let duplicated: Vec<_> = copies.iter().filter(|(_, count)| **count > 1).collect();
     assert!(duplicated.is_empty(), "copied more than once: {duplicated:?}");
     assert_eq!(copies.len(), NOTES + POISON, "every record copied once");
-}
-
-/// Batches whose every record was applied write nothing, so they are not transactions: their
-/// offsets are committed at once. The group still reaches the end of the source, no
-/// transaction is committed, and nothing reaches the tiers or the DLQ.
-#[tokio::test]
-async fn batches_that_write_nothing_commit_their_offsets_without_a_transaction() {
-    let prefix = unique_prefix("eos-happy");
-    create_test_topics(&prefix, &["notes", "retry-5s", "retry-1m", "dlq"], 3).await;
-    let notes: Vec<_> = (0..300).map(|index| note(&format!("happy-{index}"), 1)).collect();
-    produce_notes(&format!("{prefix}notes"), &notes).await;
-    let port = free_local_port();
-    let mut consumer = Command::new(env!("CARGO_BIN_EXE_rebound-consumer"))
-        .args(["--brokers", &broker(), "--topic-prefix", &prefix, "--sink", "null://"])
-        .args(["--group", &format!("{prefix}consumer")])
-        .args(["--batch-size", "10", "--batch-linger", "5ms"])
-        .args(["--delivery", "exactly-once"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("consumer binary starts");
-    wait_for_group_at_end(
-        &format!("{prefix}consumer"),
-        &format!("{prefix}notes"),
-        Duration::from_secs(60),
-    )
-    .await;
-    let metrics = scrape_metrics(&format!("http://127.0.0.1:{port}/metrics")).await;
-    let applied: f64 = metrics
-        .lines()
-        .filter(|line| line.starts_with("rebound_consumer_records_total{") && line.contains("outcome=\"applied\""))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(applied, 300.0, "every note applied:\n{metrics}");
-    let transactions =
-        metric_sample(&metrics, "rebound_transactions_committed_total{service=\"consumer\"}").unwrap_or(0.0);
-    assert_eq!(transactions, 0.0, "no transaction for batches that wrote nothing");
-    assert!(copies_by_source(&prefix).await.is_empty(), "nothing copied");
-    consumer.start_kill().expect("SIGKILL");
 }
 
 /// A consumer stalled past its transaction timeout before a commit has its transaction aborted

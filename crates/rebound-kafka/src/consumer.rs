@@ -415,31 +415,6 @@ impl RecordConsumer {
             .unwrap_or_default()
     }
 
-    /// Commits these positions for the group now, synchronously, outside any transaction: for a
-    /// hop of exactly-once delivery that wrote no record, where a transaction would only carry
-    /// the offsets and cost three round trips to the coordinator. The broker refuses the commit
-    /// of a member that lost its partitions (the generation is checked as for a transaction's
-    /// offsets), and the records are then read again by their new owner.
-    pub async fn commit_offsets(&self, offsets: &[crate::SourceOffset], timeout: Duration) -> Result<(), KafkaError> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let list = crate::transaction::offsets_to_commit(offsets)?;
-        let consumer = Arc::clone(&self.inner);
-        let commit = tokio::task::spawn_blocking(move || {
-            consumer
-                .commit(&list, CommitMode::Sync)
-                .map_err(|source| KafkaError::CommitOffsets { source })
-        });
-        match tokio::time::timeout(timeout, commit).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err(KafkaError::Timeout {
-                operation: "offset commit",
-                timeout_ms: timeout.as_millis(),
-            }),
-        }
-    }
-
     /// The end of a consume-and-produce service: flushes `producer` (whatever it still holds
     /// was sent for records whose offsets are not stored, so a failed flush loses nothing and is
     /// only logged), then commits and closes as [`RecordConsumer::commit_and_close`] does.
@@ -454,9 +429,8 @@ impl RecordConsumer {
     /// each bounded by `timeout`: a broker that went away must not hang shutdown forever.
     pub async fn commit_and_close(self, timeout: Duration) -> Result<(), KafkaError> {
         if self.offset_commits == OffsetCommits::InTransactions {
-            // Offsets were committed with the hops that settled their records (in a transaction,
-            // or at once when a hop wrote nothing); nothing is stored, and a commit here could
-            // only commit what no hop settled.
+            // Offsets were committed with the transactions that settled their records; nothing
+            // is stored, and a commit here could only commit what no transaction settled.
             self.close(timeout).await;
             return Ok(());
         }

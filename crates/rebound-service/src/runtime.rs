@@ -24,8 +24,6 @@ use crate::{ProducerFailure, Readiness, ServiceError, Shutdown, events, serve_op
 
 /// How long the start-up check waits for the brokers' metadata of each topic.
 const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a hop that wrote nothing waits for its offsets' commit.
-const OFFSETS_ONLY_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a service starts with.
 #[derive(Debug)]
@@ -414,21 +412,6 @@ impl Runtime {
             }
         }
         changes
-    }
-
-    /// Commits a hop that wrote no record: with exactly-once delivery its source offsets alone,
-    /// at once and outside a transaction (see `ARCHITECTURE.md`, "Exactly-once hops"), so that
-    /// the happy path does not pay a transaction per batch. A failure is an event and is
-    /// returned; the records are then read again (by this member after a restart, or by the
-    /// partitions' new owner), which a hop that wrote nothing allows.
-    pub async fn commit_offsets_only(&self, offsets: &[SourceOffset]) -> Result<(), KafkaError> {
-        let committed = self.consumer.commit_offsets(offsets, OFFSETS_ONLY_COMMIT_TIMEOUT).await;
-        if let Err(error) = &committed {
-            for offset in offsets {
-                events::offset_store_failed(self.service, &offset.topic, offset.partition, error);
-            }
-        }
-        committed
     }
 
     /// Stores `next_offset` of a partition for the next commit. A partition no longer
