@@ -17,7 +17,7 @@ use rebound_service::{OutputFormat, Shutdown, events, now_epoch_ms};
 
 use crate::config::{NdjsonInput, OutboxConfig, SendConfig};
 use crate::generate::{DirectRecord, publish_directly};
-use crate::outbox::NewEntry;
+use crate::outbox::{NewEntry, Outbox, QueuedAppend};
 use crate::record_limit::RecordSizeLimit;
 use crate::relay::{relay_failed_for_good, start_outbox};
 use crate::{ProducerError, note_json};
@@ -248,58 +248,15 @@ async fn send_through_outbox(
     // The relay sends each chunk as soon as it is committed, while the next one is read.
     let relay_shutdown = Shutdown::new();
     let relay_task = tokio::spawn(relay.run(relay_shutdown.clone()));
-    let mut records = notes.into_records().peekable();
-    // Chunks queued and not yet committed: the next chunk is read while the writer commits.
-    let mut queued = std::collections::VecDeque::new();
-    loop {
-        if queued.len() >= APPENDS_IN_FLIGHT || records.peek().is_none() {
-            let Some((append, accepted)) = queued.pop_front() else {
-                break;
-            };
-            match crate::outbox::QueuedAppend::committed(append).await {
-                Ok(seqs) => {
-                    last_seq = seqs.last().copied().unwrap_or(last_seq);
-                    events::producer_notes_accepted(accepted);
-                }
-                Err(error) => {
-                    relay_shutdown.trigger();
-                    let _ = relay_task.await;
-                    return Err(error);
-                }
-            }
-            continue;
+    let appended = append_spooled_notes(&outbox, notes, config.max_bytes, last_seq).await;
+    last_seq = match appended {
+        Ok(seq) => seq,
+        Err(error) => {
+            relay_shutdown.trigger();
+            let _ = relay_task.await;
+            return Err(error);
         }
-        let chunk = records.by_ref().take(1000).collect::<Result<Vec<DirectRecord>, _>>();
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                relay_shutdown.trigger();
-                let _ = relay_task.await;
-                return Err(error);
-            }
-        };
-        let mut entries = Vec::with_capacity(chunk.len());
-        for note in chunk {
-            let span = rebound_service::trace_context::record_span(
-                || tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version),
-            );
-            entries.push(NewEntry {
-                note_id: note.note_id,
-                version: note.version,
-                value: note.value,
-                traceparent: rebound_service::trace_context::traceparent_of(&span),
-            });
-        }
-        let accepted = entries.len();
-        match outbox.queue_append(entries, now_epoch_ms()).await {
-            Ok(append) => queued.push_back((append, accepted)),
-            Err(error) => {
-                relay_shutdown.trigger();
-                let _ = relay_task.await;
-                return Err(error);
-            }
-        }
-    }
+    };
     tracing::info!(notes = note_count, "notes accepted into the outbox");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut unsent = outbox.pending_up_to(last_seq).await?;
@@ -332,6 +289,83 @@ async fn send_through_outbox(
     }
     tracing::info!(notes = note_count, "every note acknowledged by kafka");
     Ok(usize::try_from(to_deliver).unwrap_or(usize::MAX))
+}
+
+/// Appends the spooled notes to the outbox in chunks of 1,000, up to `APPENDS_IN_FLIGHT` chunks
+/// queued at once, and returns the last seq appended. The notes accepted are always a prefix of
+/// the input: a chunk that might not fit the outbox's budget beside the queued ones is queued
+/// only once they are committed, so a chunk refused for want of room never has a later chunk
+/// committed behind it.
+async fn append_spooled_notes(
+    outbox: &Outbox,
+    notes: SpooledNotes,
+    budget_bytes: u64,
+    mut last_seq: i64,
+) -> Result<i64, ProducerError> {
+    let mut records = notes.into_records().peekable();
+    let mut queued = QueuedChunks::default();
+    loop {
+        if queued.chunks.len() >= APPENDS_IN_FLIGHT || records.peek().is_none() {
+            match queued.commit_oldest().await? {
+                Some(seq) => last_seq = seq.unwrap_or(last_seq),
+                None => return Ok(last_seq),
+            }
+            continue;
+        }
+        let chunk = records.by_ref().take(1000).collect::<Result<Vec<DirectRecord>, _>>()?;
+        let entries: Vec<NewEntry> = chunk
+            .into_iter()
+            .map(|note| {
+                let span = rebound_service::trace_context::record_span(
+                    || tracing::info_span!("producer.accept", note_id = %note.note_id, version = note.version),
+                );
+                NewEntry {
+                    note_id: note.note_id,
+                    version: note.version,
+                    value: note.value,
+                    traceparent: rebound_service::trace_context::traceparent_of(&span),
+                }
+            })
+            .collect();
+        let bytes: u64 = entries.iter().map(|entry| entry.value.len() as u64).sum();
+        while !queued.chunks.is_empty()
+            && outbox
+                .pending_bytes()
+                .saturating_add(queued.bytes)
+                .saturating_add(bytes)
+                > budget_bytes
+        {
+            if let Some(Some(seq)) = queued.commit_oldest().await? {
+                last_seq = seq;
+            }
+        }
+        let accepted = entries.len();
+        let append = outbox.queue_append(entries, now_epoch_ms()).await?;
+        queued.bytes += bytes;
+        queued.chunks.push_back((append, accepted, bytes));
+    }
+}
+
+/// Appends queued to the outbox's writer and not yet committed, oldest first, with their notes'
+/// count and bytes.
+#[derive(Default)]
+struct QueuedChunks {
+    chunks: std::collections::VecDeque<(QueuedAppend, usize, u64)>,
+    bytes: u64,
+}
+
+impl QueuedChunks {
+    /// Waits for the oldest queued append to commit: `None` when none is queued, else the last
+    /// seq it appended (if it held any note).
+    async fn commit_oldest(&mut self) -> Result<Option<Option<i64>>, ProducerError> {
+        let Some((append, accepted, bytes)) = self.chunks.pop_front() else {
+            return Ok(None);
+        };
+        let seqs = append.committed().await?;
+        self.bytes -= bytes;
+        events::producer_notes_accepted(accepted);
+        Ok(Some(seqs.last().copied()))
+    }
 }
 
 /// `send --no-outbox`: encodes and publishes the notes directly, as `generate` does, so the
